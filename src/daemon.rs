@@ -1,0 +1,544 @@
+//! The daemon: builds every connection from the configuration, mounts them under one
+//! mount point, serves the control socket, and shuts down cleanly (draining the
+//! write-back queue within a bounded time, or leaving it persisted and saying so).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::json;
+
+use crate::cache::ChunkCache;
+use crate::config::{secs, Config, ConnectionConfig};
+use crate::control::{self, Request, Response};
+use crate::metadata::Store;
+use crate::mount_root::{Connection, MountRoot};
+use crate::provider::local::LocalProvider;
+use crate::provider::Provider;
+use crate::vfs::{Vfs, VfsConfig};
+use crate::writeback::{QueueConfig, WriteBackQueue};
+
+pub type DynError = Box<dyn std::error::Error + Send + Sync>;
+pub type DynResult<T> = Result<T, DynError>;
+
+/// Everything needed to run one mount.
+#[derive(Debug, Clone)]
+pub struct MountSpec {
+    pub config: Config,
+    pub mount_point: PathBuf,
+    /// Show the only connection directly at the mount point.
+    pub single: bool,
+    pub state_dir: PathBuf,
+    pub cache_dir: PathBuf,
+}
+
+pub fn build_provider(c: &ConnectionConfig) -> DynResult<Arc<dyn Provider>> {
+    match c.kind.as_str() {
+        "local" => {
+            let path = c
+                .path
+                .as_ref()
+                .ok_or_else(|| format!("connection {:?}: type \"local\" needs `path`", c.name))?;
+            Ok(Arc::new(
+                LocalProvider::new(path.clone())
+                    .map_err(|e| format!("connection {:?}: {e}", c.name))?,
+            ))
+        }
+        other => Err(format!(
+            "connection {:?}: unknown type {other:?} (known: local)",
+            c.name
+        )
+        .into()),
+    }
+}
+
+fn identity(c: &ConnectionConfig) -> String {
+    format!(
+        "{}:{}:{}",
+        c.kind,
+        c.path
+            .as_ref()
+            .map(|p| p.display().to_string())
+            .unwrap_or_default(),
+        c.settings
+            .get("url")
+            .map(|u| u.to_string())
+            .unwrap_or_default()
+    )
+}
+
+/// The persistent slot of a connection (its inode-number prefix).
+fn slot_for(db: &sled::Db, c: &ConnectionConfig) -> DynResult<u16> {
+    let slots = db.open_tree("slots")?;
+    let ids = db.open_tree("identities")?;
+    if let Some(v) = slots.get(c.name.as_bytes())? {
+        let slot = u16::from_be_bytes([v[0], v[1]]);
+        let known = ids
+            .get(c.name.as_bytes())?
+            .map(|v| String::from_utf8_lossy(&v).into_owned());
+        if known.as_deref() != Some(identity(c).as_str()) {
+            return Err(format!(
+                "connection {:?} now points somewhere else than when its metadata was stored \
+                 ({}); use another state_dir, or another connection name",
+                c.name,
+                known.unwrap_or_default()
+            )
+            .into());
+        }
+        return Ok(slot);
+    }
+    let max = slots
+        .iter()
+        .filter_map(|r| r.ok())
+        .map(|(_, v)| u16::from_be_bytes([v[0], v[1]]))
+        .max()
+        .unwrap_or(0);
+    let slot = max + 1;
+    slots.insert(c.name.as_bytes(), &slot.to_be_bytes())?;
+    ids.insert(c.name.as_bytes(), identity(c).as_bytes())?;
+    Ok(slot)
+}
+
+pub fn open_db(state_dir: &Path) -> DynResult<sled::Db> {
+    std::fs::create_dir_all(state_dir)?;
+    sled::Config::new()
+        .path(state_dir.join("metadata"))
+        .open()
+        .map_err(|e| {
+            format!(
+                "cannot open the metadata store in {} ({e}); is another cloudmount using it?",
+                state_dir.display()
+            )
+            .into()
+        })
+}
+
+/// Build the filesystem of every connection (no kernel involved): used by the daemon and
+/// by tests that drive the filesystem logic directly.
+pub fn build_connections(spec: &MountSpec, db: &sled::Db) -> DynResult<Vec<Connection>> {
+    let cfg = &spec.config;
+    let mut out = Vec::new();
+    for c in &cfg.connections {
+        let provider = build_provider(c)?;
+        out.push(build_connection(spec, db, c, provider)?);
+    }
+    Ok(out)
+}
+
+pub fn build_connection(
+    spec: &MountSpec,
+    db: &sled::Db,
+    c: &ConnectionConfig,
+    provider: Arc<dyn Provider>,
+) -> DynResult<Connection> {
+    let cfg = &spec.config;
+    let slot = slot_for(db, c)?;
+    let store = Store::open(db, slot)?;
+    let queue = WriteBackQueue::load(
+        store.clone(),
+        QueueConfig {
+            upload_delay: secs(cfg.upload_delay_secs),
+            concurrency: cfg.upload_concurrency,
+            max_attempts: cfg.max_attempts,
+            backoff_base: secs(cfg.retry_backoff_secs),
+            backoff_max: secs(cfg.retry_backoff_max_secs),
+        },
+    )?;
+    let cache = ChunkCache::open(
+        spec.cache_dir.join(format!("conn-{slot}")),
+        store.clone(),
+        Arc::clone(&provider),
+        cfg.chunk_size.0,
+        cfg.cache_size.0,
+        cfg.inflight_budget.0,
+    )?;
+    let vfs = Vfs::new(
+        c.name.clone(),
+        provider,
+        store,
+        cache,
+        queue,
+        spec.state_dir.join("staging").join(format!("conn-{slot}")),
+        VfsConfig {
+            dir_ttl: secs(cfg.dir_ttl_secs),
+            read_only: cfg.read_only || c.read_only,
+            readahead_max: cfg.readahead_max.0,
+            versions_to_keep: cfg.versions,
+            ..VfsConfig::default()
+        },
+    )?;
+    Ok(Connection { slot, vfs })
+}
+
+/// Tell systemd (Type=notify) about our state, when started by it.
+pub fn sd_notify(state: &str) {
+    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
+        return;
+    };
+    let sock = match std::os::unix::net::UnixDatagram::unbound() {
+        Ok(s) => s,
+        Err(_) => return,
+    };
+    let bytes = path.as_encoded_bytes();
+    let res = if let Some(name) = bytes.strip_prefix(b"@") {
+        use std::os::linux::net::SocketAddrExt;
+        std::os::unix::net::SocketAddr::from_abstract_name(name)
+            .and_then(|addr| sock.send_to_addr(state.as_bytes(), &addr))
+    } else {
+        sock.send_to(state.as_bytes(), Path::new(&path))
+    };
+    if let Err(e) = res {
+        tracing::warn!(error = %e, "could not notify systemd");
+    }
+}
+
+pub fn status_json(root: &MountRoot, mount_point: &Path) -> serde_json::Value {
+    let mut conns = Vec::new();
+    for c in root.connections.values() {
+        let v = &c.vfs;
+        let (state, message) = v.connection_state();
+        let cache = v.cache.stats();
+        let jobs = v.queue.status();
+        let pending_bytes: u64 = jobs
+            .iter()
+            .filter(|j| j.failed.is_none())
+            .map(|j| j.size)
+            .sum();
+        let done_bytes: u64 = jobs.iter().map(|j| j.done_bytes).sum();
+        conns.push(json!({
+            "name": v.name,
+            "type": v.provider.kind(),
+            "state": state,
+            "message": message,
+            "cache": {"used": cache.used, "quota": cache.quota, "files": cache.files,
+                      "hits": cache.hits, "misses": cache.misses},
+            "queue": {
+                "pending": jobs.iter().filter(|j| j.failed.is_none() && !j.running).count(),
+                "running": jobs.iter().filter(|j| j.running).count(),
+                "failed": jobs.iter().filter(|j| j.failed.is_some()).count(),
+                "bytes_pending": pending_bytes,
+                "bytes_done": done_bytes,
+                "completed": v.queue.completed(),
+                "jobs": jobs,
+            },
+            "conflicts": v.conflicts(),
+            "recent_errors": v.queue.recent_errors().iter().map(|(t, m)| json!({
+                "at": chrono::DateTime::<chrono::Local>::from(*t).to_rfc3339(), "message": m
+            })).collect::<Vec<_>>(),
+        }));
+    }
+    json!({"mount_point": mount_point, "pid": std::process::id(), "connections": conns})
+}
+
+pub async fn handle_request(
+    root: &Arc<MountRoot>,
+    mount_point: &Path,
+    req: Request,
+    shutdown: &tokio::sync::Notify,
+    drain_override: &std::sync::Mutex<Option<f64>>,
+) -> Response {
+    match req {
+        Request::Status => Response::ok(status_json(root, mount_point)),
+        Request::Versions { path } => {
+            let Some((conn, p)) = root.split_mount_path(&path) else {
+                return Response::err(format!("{path}: not inside a connection"));
+            };
+            match conn.vfs.versions.list(&p).await {
+                Ok(list) => Response::ok(json!(list)),
+                Err(e) => Response::err(e.to_string()),
+            }
+        }
+        Request::Restore { path, version } => {
+            let Some((conn, p)) = root.split_mount_path(&path) else {
+                return Response::err(format!("{path}: not inside a connection"));
+            };
+            match conn.vfs.restore_version(&p, version).await {
+                Ok(()) => Response::ok(json!({"restored": version})),
+                Err(e) => Response::err(e.to_string()),
+            }
+        }
+        Request::Diff { path, a, b } => {
+            let Some((conn, p)) = root.split_mount_path(&path) else {
+                return Response::err(format!("{path}: not inside a connection"));
+            };
+            match diff_versions(&conn.vfs, &p, a, b).await {
+                Ok(v) => Response::ok(v),
+                Err(e) => Response::err(e),
+            }
+        }
+        Request::Retry => {
+            let n: usize = root
+                .connections
+                .values()
+                .map(|c| c.vfs.queue.retry_failed())
+                .sum();
+            Response::ok(json!({"retried": n}))
+        }
+        Request::Sync { wait_secs } => {
+            for c in root.connections.values() {
+                c.vfs.queue.expedite();
+            }
+            let mut drained = true;
+            for c in root.connections.values() {
+                drained &= c.vfs.queue.wait_drained(secs(wait_secs)).await;
+            }
+            Response::ok(json!({"drained": drained}))
+        }
+        Request::Refresh => {
+            for c in root.connections.values() {
+                if let Err(e) = c.vfs.expire_listings() {
+                    return Response::err(e.to_string());
+                }
+            }
+            Response::ok(json!({}))
+        }
+        Request::Unmount { drain_secs } => {
+            *drain_override.lock().unwrap() = drain_secs;
+            shutdown.notify_one();
+            Response::ok(json!({"unmounting": true}))
+        }
+    }
+}
+
+async fn diff_versions(
+    vfs: &Vfs,
+    path: &str,
+    a: usize,
+    b: usize,
+) -> Result<serde_json::Value, String> {
+    let list = vfs.versions.list(path).await.map_err(|e| e.to_string())?;
+    let find = |n: usize| {
+        list.iter()
+            .find(|v| v.number == n)
+            .ok_or_else(|| format!("{path} has no version {n}"))
+    };
+    let (va, vb) = (find(a)?, find(b)?);
+    let da = vfs
+        .versions
+        .read(&va.remote_path)
+        .await
+        .map_err(|e| e.to_string())?;
+    let db = vfs
+        .versions
+        .read(&vb.remote_path)
+        .await
+        .map_err(|e| e.to_string())?;
+    let diff = match (std::str::from_utf8(&da), std::str::from_utf8(&db)) {
+        (Ok(ta), Ok(tb)) => Some(
+            similar::TextDiff::from_lines(ta, tb)
+                .unified_diff()
+                .header(
+                    &format!("{path} (version {a})"),
+                    &format!("{path} (version {b})"),
+                )
+                .to_string(),
+        ),
+        _ => None,
+    };
+    Ok(
+        json!({"size_a": da.len(), "size_b": db.len(), "size_change": db.len() as i64 - da.len() as i64, "unified_diff": diff}),
+    )
+}
+
+pub struct KernelMountOptions {
+    pub read_only: bool,
+    pub allow_other: bool,
+    pub attr_ttl: Duration,
+}
+
+/// Mount the tree through the kernel; requests are served on `rt`. Dropping (or
+/// `umount_and_join`) the returned session unmounts.
+pub fn mount_root(
+    root: Arc<MountRoot>,
+    mount_point: &Path,
+    rt: tokio::runtime::Handle,
+    opts: &KernelMountOptions,
+) -> DynResult<fuser::BackgroundSession> {
+    let fs = crate::fuse::CloudFs::new(Arc::clone(&root), rt, opts.attr_ttl);
+    let mut options = vec![
+        fuser::MountOption::FSName(format!(
+            "cloudmount:{}",
+            root.connections
+                .keys()
+                .cloned()
+                .collect::<Vec<_>>()
+                .join(",")
+        )),
+        fuser::MountOption::Subtype("cloudmount".into()),
+        // The kernel checks permissions against the modes we report.
+        fuser::MountOption::DefaultPermissions,
+        fuser::MountOption::NoDev,
+        fuser::MountOption::NoSuid,
+    ];
+    if opts.read_only {
+        options.push(fuser::MountOption::RO);
+    }
+    let mut fuse_cfg = fuser::Config::default();
+    fuse_cfg.mount_options = options;
+    fuse_cfg.acl = if opts.allow_other {
+        fuser::SessionACL::All
+    } else {
+        fuser::SessionACL::Owner
+    };
+    fuse_cfg.n_threads = Some(2);
+    let session = fuser::Session::new(fs, mount_point, &fuse_cfg)
+        .map_err(|e| format!("cannot mount on {}: {e}", mount_point.display()))?;
+    crate::fuse::connect_invalidators(&root, session.notifier());
+    Ok(session.spawn()?)
+}
+
+/// Mount and serve until unmounted or signalled. Blocks the calling thread.
+pub fn run(spec: MountSpec) -> DynResult<()> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(4)
+        .enable_all()
+        .thread_name("cloudmount-worker")
+        .build()?;
+    let _guard = rt.enter();
+    let db = open_db(&spec.state_dir)?;
+    let connections = build_connections(&spec, &db)?;
+    if connections.is_empty() {
+        return Err(
+            "no connections configured: add a [[connection]] to the config, or use --local DIR"
+                .into(),
+        );
+    }
+    let single = spec.single && connections.len() == 1;
+    let root = Arc::new(MountRoot::new(connections, single));
+    let mut writeback_tasks = Vec::new();
+    for c in root.connections.values() {
+        writeback_tasks.push(c.vfs.start_writeback());
+        let pending = c.vfs.queue.len();
+        if pending > 0 {
+            tracing::info!(connection = %c.vfs.name, pending, "resuming queued uploads in the background");
+        }
+    }
+
+    let bg = mount_root(
+        Arc::clone(&root),
+        &spec.mount_point,
+        rt.handle().clone(),
+        &KernelMountOptions {
+            read_only: spec.config.read_only,
+            allow_other: spec.config.allow_other,
+            attr_ttl: secs(spec.config.attr_ttl_secs),
+        },
+    )?;
+    tracing::info!(mount_point = %spec.mount_point.display(), "mounted");
+
+    let shutdown = Arc::new(tokio::sync::Notify::new());
+    let drain_override = Arc::new(std::sync::Mutex::new(None::<f64>));
+    let socket = control::socket_for(&spec.mount_point);
+    let listener = control::bind(&socket)?;
+    {
+        let root = Arc::clone(&root);
+        let shutdown = Arc::clone(&shutdown);
+        let mp = spec.mount_point.clone();
+        let drain_override = Arc::clone(&drain_override);
+        rt.spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let root = Arc::clone(&root);
+                let shutdown = Arc::clone(&shutdown);
+                let mp = mp.clone();
+                let drain_override = Arc::clone(&drain_override);
+                tokio::spawn(async move {
+                    control::serve_connection(stream, |req| {
+                        let root = Arc::clone(&root);
+                        let shutdown = Arc::clone(&shutdown);
+                        let mp = mp.clone();
+                        let drain_override = Arc::clone(&drain_override);
+                        async move { handle_request(&root, &mp, req, &shutdown, &drain_override).await }
+                    })
+                    .await
+                });
+            }
+        });
+    }
+    sd_notify("READY=1");
+
+    let external_unmount = rt.block_on(async {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
+        let mut tick = tokio::time::interval(Duration::from_millis(300));
+        loop {
+            tokio::select! {
+                _ = term.recv() => return Ok::<bool, std::io::Error>(false),
+                _ = int.recv() => return Ok(false),
+                _ = shutdown.notified() => return Ok(false),
+                _ = tick.tick() => {
+                    if bg.guard.is_finished() {
+                        return Ok(true);
+                    }
+                }
+            }
+        }
+    })?;
+    sd_notify("STOPPING=1");
+    tracing::info!("unmounting");
+    if !external_unmount {
+        if let Err(e) = bg.umount_and_join() {
+            tracing::warn!(error = %e, "unmount failed; detaching lazily");
+            lazy_unmount(&spec.mount_point);
+        }
+    }
+    let _ = std::fs::remove_file(&socket);
+
+    let drain = drain_override
+        .lock()
+        .unwrap()
+        .unwrap_or(spec.config.drain_timeout_secs);
+    rt.block_on(drain_queues(&root, secs(drain)));
+    for t in writeback_tasks {
+        t.abort();
+    }
+    db.flush()?;
+    Ok(())
+}
+
+async fn drain_queues(root: &MountRoot, timeout: Duration) {
+    for c in root.connections.values() {
+        c.vfs.queue.expedite();
+    }
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let left: usize = root
+            .connections
+            .values()
+            .map(|c| {
+                c.vfs
+                    .queue
+                    .status()
+                    .iter()
+                    .filter(|j| j.failed.is_none())
+                    .count()
+            })
+            .sum();
+        if left == 0 {
+            tracing::info!("all uploads done");
+            return;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            tracing::warn!(
+                pending = left,
+                "uploads still queued; they stay persisted and resume at the next mount"
+            );
+            eprintln!(
+                "cloudmount: {left} upload(s) still queued; they are kept and resume at the next mount"
+            );
+            return;
+        }
+        tracing::info!(pending = left, "waiting for uploads");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+pub fn lazy_unmount(mount_point: &Path) {
+    if nix::unistd::geteuid().is_root() {
+        let _ = nix::mount::umount2(mount_point, nix::mount::MntFlags::MNT_DETACH);
+    } else {
+        let _ = std::process::Command::new("fusermount3")
+            .args(["-u", "-z"])
+            .arg(mount_point)
+            .status();
+    }
+}

@@ -1,0 +1,713 @@
+//! The `cloudmount` command line.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use clap::{Parser, Subcommand};
+
+use cloudmount::config::{ByteSize, Config, ConnectionConfig};
+use cloudmount::control::{self, Request};
+use cloudmount::daemon::{self, DynResult, MountSpec};
+
+#[derive(Parser)]
+#[command(
+    name = "cloudmount",
+    version,
+    about = "Mount cloud storage as ordinary folders"
+)]
+struct Cli {
+    /// More log output (-v info, -vv debug); RUST_LOG overrides.
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    verbose: u8,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Mount every configured connection (or one local folder with --local).
+    Mount(MountArgs),
+    /// Unmount, uploading what is queued first (within --drain-timeout seconds).
+    Unmount {
+        mount_point: PathBuf,
+        #[arg(long)]
+        drain_timeout: Option<f64>,
+    },
+    /// Connections, queued uploads, cache use, conflicts and recent errors.
+    Status {
+        mount_point: Option<PathBuf>,
+        #[arg(long)]
+        json: bool,
+        /// Refresh every second until interrupted.
+        #[arg(long)]
+        watch: bool,
+    },
+    /// List the kept versions of a file.
+    Versions { path: PathBuf },
+    /// Bring back an earlier version of a file (it is uploaded as a new version).
+    Restore {
+        path: PathBuf,
+        #[arg(long)]
+        version: usize,
+    },
+    /// Compare two versions of a file: size change and, for text, a unified diff.
+    Diff { path: PathBuf, a: usize, b: usize },
+    /// Retry uploads that failed permanently.
+    Retry { mount_point: PathBuf },
+    /// Upload everything queued now, without waiting for the upload delay.
+    Sync {
+        mount_point: PathBuf,
+        /// How long to wait for the queue to drain.
+        #[arg(long, default_value_t = 600.0)]
+        wait: f64,
+    },
+    /// Fetch directory listings again on next access.
+    Refresh { mount_point: PathBuf },
+    /// Create a sample local "cloud" folder with a few files and mount it.
+    Demo {
+        #[arg(default_value = "~/cloudmount-demo")]
+        mount_point: String,
+    },
+}
+
+#[derive(clap::Args, Clone)]
+struct MountArgs {
+    /// Where to mount (default: mount_point from the config).
+    mount_point: Option<PathBuf>,
+    /// Config file (default: $XDG_CONFIG_HOME/cloudmount/config.toml).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Mount this local folder as "the cloud", without a config file.
+    #[arg(long)]
+    local: Option<PathBuf>,
+    /// Stay in the foreground (for systemd); otherwise return once the mount is ready.
+    #[arg(short, long)]
+    foreground: bool,
+    #[arg(long)]
+    state_dir: Option<PathBuf>,
+    #[arg(long)]
+    cache_dir: Option<PathBuf>,
+    /// Chunk cache quota, e.g. 5GiB.
+    #[arg(long)]
+    cache_size: Option<ByteSize>,
+    #[arg(long)]
+    chunk_size: Option<ByteSize>,
+    /// Seconds an upload waits after close (coalesces save-then-rename).
+    #[arg(long)]
+    upload_delay: Option<f64>,
+    #[arg(long)]
+    dir_ttl: Option<f64>,
+    #[arg(long)]
+    retry_backoff: Option<f64>,
+    #[arg(long)]
+    read_only: bool,
+    /// Let other users access the mount (needs user_allow_other in /etc/fuse.conf).
+    #[arg(long)]
+    allow_other: bool,
+    /// Mount options as for mount(8): ro, allow_other, cache_size=, config=, ...
+    #[arg(short = 'o')]
+    options: Vec<String>,
+    /// Log file for the background daemon.
+    #[arg(long)]
+    log_file: Option<PathBuf>,
+}
+
+fn init_logging(verbose: u8, file: Option<&Path>) {
+    use tracing_subscriber::EnvFilter;
+    let default = match verbose {
+        0 => "warn",
+        1 => "info,fuser=warn",
+        _ => "debug,sled=info,fuser=info",
+    };
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    if let Some(path) = file {
+        if let Ok(f) = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+        {
+            builder
+                .with_ansi(false)
+                .with_writer(std::sync::Mutex::new(f))
+                .init();
+            return;
+        }
+    }
+    builder.with_writer(std::io::stderr).init();
+}
+
+fn expand_home(p: &str) -> PathBuf {
+    match p.strip_prefix("~/") {
+        Some(rest) => dirs::home_dir()
+            .unwrap_or_else(|| PathBuf::from("/"))
+            .join(rest),
+        None => PathBuf::from(p),
+    }
+}
+
+fn short_hash(s: &str) -> String {
+    use sha2::Digest;
+    hex::encode(&sha2::Sha256::digest(s.as_bytes())[..6])
+}
+
+/// Apply mount(8)-style options; unknown ones are an error rather than silently ignored.
+fn apply_options(cfg: &mut Config, args: &mut MountArgs) -> DynResult<()> {
+    for group in args.options.clone() {
+        for opt in group.split(',').filter(|o| !o.is_empty()) {
+            let (k, v) = opt
+                .split_once('=')
+                .map_or((opt, None), |(k, v)| (k, Some(v)));
+            match (k, v) {
+                ("ro", None) => cfg.read_only = true,
+                ("rw", None) => cfg.read_only = false,
+                ("allow_other", None) => cfg.allow_other = true,
+                ("cache_size", Some(v)) => cfg.cache_size = v.parse()?,
+                ("chunk_size", Some(v)) => cfg.chunk_size = v.parse()?,
+                ("upload_delay", Some(v)) => cfg.upload_delay_secs = v.parse()?,
+                ("dir_ttl", Some(v)) => cfg.dir_ttl_secs = v.parse()?,
+                ("state_dir", Some(v)) => args.state_dir = Some(PathBuf::from(v)),
+                ("cache_dir", Some(v)) => args.cache_dir = Some(PathBuf::from(v)),
+                ("config", Some(_)) | ("local", Some(_)) => {} // handled before the config loads
+                // Options mount(8) and systemd pass along that concern them, not us.
+                (
+                    "defaults" | "auto" | "noauto" | "user" | "users" | "nouser" | "_netdev"
+                    | "nofail" | "dev" | "nodev" | "suid" | "nosuid" | "exec" | "noexec" | "atime"
+                    | "noatime" | "relatime",
+                    None,
+                ) => {}
+                (k, _) if k.starts_with("x-") || k.starts_with("comment=") => {}
+                _ => return Err(format!("unknown mount option {opt:?}").into()),
+            }
+        }
+    }
+    Ok(())
+}
+
+fn mount_spec(mut args: MountArgs) -> DynResult<MountSpec> {
+    for group in &args.options {
+        for opt in group.split(',') {
+            if let Some(v) = opt.strip_prefix("config=") {
+                args.config = Some(PathBuf::from(v));
+            }
+            if let Some(v) = opt.strip_prefix("local=") {
+                args.local = Some(PathBuf::from(v));
+            }
+        }
+    }
+    let (mut cfg, single) = if let Some(dir) = &args.local {
+        let dir = std::fs::canonicalize(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        let mut cfg = Config::default();
+        cfg.connections.push(ConnectionConfig {
+            name: "local".into(),
+            kind: "local".into(),
+            path: Some(dir),
+            settings: Default::default(),
+            read_only: false,
+        });
+        (cfg, true)
+    } else {
+        let path = args.config.clone().unwrap_or_else(Config::default_path);
+        (Config::load(&path)?, false)
+    };
+    apply_options(&mut cfg, &mut args)?;
+    if let Some(v) = args.cache_size {
+        cfg.cache_size = v;
+    }
+    if let Some(v) = args.chunk_size {
+        cfg.chunk_size = v;
+    }
+    if let Some(v) = args.upload_delay {
+        cfg.upload_delay_secs = v;
+    }
+    if let Some(v) = args.dir_ttl {
+        cfg.dir_ttl_secs = v;
+    }
+    if let Some(v) = args.retry_backoff {
+        cfg.retry_backoff_secs = v;
+    }
+    cfg.read_only |= args.read_only;
+    cfg.allow_other |= args.allow_other;
+    cfg.validate()?;
+    let mount_point = args
+        .mount_point
+        .clone()
+        .or_else(|| cfg.mount_point.clone())
+        .ok_or("no mount point given (argument or mount_point in the config)")?;
+    let mount_point = std::fs::canonicalize(&mount_point)
+        .map_err(|e| format!("mount point {}: {e}", mount_point.display()))?;
+    // Each mount keeps its own metadata and cache, keyed by where it is mounted and what.
+    let key = format!(
+        "{}-{}",
+        control::mount_id(&mount_point),
+        short_hash(&format!(
+            "{:?}",
+            cfg.connections
+                .iter()
+                .map(|c| (&c.name, &c.kind, &c.path))
+                .collect::<Vec<_>>()
+        ))
+    );
+    let state_dir = args
+        .state_dir
+        .clone()
+        .or_else(|| cfg.state_dir.clone())
+        .unwrap_or_else(|| {
+            dirs::state_dir()
+                .or_else(dirs::data_local_dir)
+                .unwrap_or_else(|| PathBuf::from("/var/lib"))
+                .join("cloudmount")
+                .join(&key)
+        });
+    let cache_dir = args
+        .cache_dir
+        .clone()
+        .or_else(|| cfg.cache_dir.clone())
+        .unwrap_or_else(|| {
+            dirs::cache_dir()
+                .unwrap_or_else(|| PathBuf::from("/var/cache"))
+                .join("cloudmount")
+                .join(&key)
+        });
+    Ok(MountSpec {
+        config: cfg,
+        mount_point,
+        single,
+        state_dir,
+        cache_dir,
+    })
+}
+
+fn is_mounted(mount_point: &Path) -> bool {
+    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return false;
+    };
+    let target = mount_point.to_string_lossy();
+    info.lines().any(|l| {
+        let mut f = l.split(' ');
+        f.nth(4).map(unescape_mount) == Some(target.to_string()) && l.contains(" - fuse")
+    })
+}
+
+fn unescape_mount(s: &str) -> String {
+    s.replace("\\040", " ")
+        .replace("\\011", "\t")
+        .replace("\\012", "\n")
+        .replace("\\134", "\\")
+}
+
+/// Start the daemon in the background and return once the mount is usable.
+fn mount_background(args: MountArgs, verbose: u8) -> DynResult<()> {
+    let spec = mount_spec(args.clone())?;
+    if is_mounted(&spec.mount_point) {
+        return Err(format!("{} is already mounted", spec.mount_point.display()).into());
+    }
+    std::fs::create_dir_all(&spec.state_dir)?;
+    let log = args
+        .log_file
+        .clone()
+        .unwrap_or_else(|| spec.state_dir.join("daemon.log"));
+    let exe = std::env::current_exe()?;
+    let mut cmd = std::process::Command::new(exe);
+    cmd.arg("mount")
+        .arg("--foreground")
+        .arg("--log-file")
+        .arg(&log);
+    for _ in 0..verbose.max(1) {
+        cmd.arg("-v");
+    }
+    let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let after_mount = argv
+        .iter()
+        .position(|a| a == "mount")
+        .map_or(argv.len(), |i| i + 1);
+    cmd.args(
+        argv[after_mount..]
+            .iter()
+            .filter(|a| *a != "-f" && *a != "--foreground"),
+    );
+    cmd.stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped());
+    unsafe {
+        use std::os::unix::process::CommandExt;
+        // A session of its own: the daemon outlives the shell that started it.
+        cmd.pre_exec(|| {
+            nix::unistd::setsid().map_err(std::io::Error::from)?;
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn()?;
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(30) {
+        if is_mounted(&spec.mount_point) {
+            println!(
+                "mounted {} (log: {})",
+                spec.mount_point.display(),
+                log.display()
+            );
+            return Ok(());
+        }
+        if let Some(status) = child.try_wait()? {
+            let mut err = String::new();
+            if let Some(mut e) = child.stderr.take() {
+                use std::io::Read;
+                let _ = e.read_to_string(&mut err);
+            }
+            return Err(format!("the daemon exited ({status}): {}", err.trim()).into());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Err(format!(
+        "{} did not appear within 30s; see {}",
+        spec.mount_point.display(),
+        log.display()
+    )
+    .into())
+}
+
+/// The mount point of the cloudmount mount that contains `path`, and the path inside it.
+fn locate(path: &Path) -> DynResult<(PathBuf, String)> {
+    let abs = if path.exists() {
+        std::fs::canonicalize(path)?
+    } else {
+        let parent = path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        std::fs::canonicalize(parent)?.join(path.file_name().ok_or("bad path")?)
+    };
+    let info = std::fs::read_to_string("/proc/self/mountinfo")?;
+    let mut best: Option<PathBuf> = None;
+    for l in info.lines() {
+        if !l.contains(" - fuse.cloudmount ") && !l.contains(" - fuse ") {
+            continue;
+        }
+        let mp = PathBuf::from(unescape_mount(l.split(' ').nth(4).unwrap_or("")));
+        if abs.starts_with(&mp)
+            && best
+                .as_ref()
+                .is_none_or(|b| mp.as_os_str().len() > b.as_os_str().len())
+            && control::socket_for(&mp).exists()
+        {
+            best = Some(mp);
+        }
+    }
+    let mp = best.ok_or_else(|| format!("{} is not inside a cloudmount mount", abs.display()))?;
+    let rel = abs.strip_prefix(&mp)?.to_string_lossy().into_owned();
+    Ok((mp, format!("/{rel}")))
+}
+
+fn call(mount_point: &Path, req: Request) -> DynResult<serde_json::Value> {
+    let mp = std::fs::canonicalize(mount_point).unwrap_or_else(|_| mount_point.to_path_buf());
+    let socket = control::socket_for(&mp);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let resp = rt
+        .block_on(control::call(&socket, &req))
+        .map_err(|e| format!("no cloudmount daemon answers for {} ({e})", mp.display()))?;
+    if resp.ok {
+        Ok(resp.data)
+    } else {
+        Err(resp.error.unwrap_or_else(|| "failed".into()).into())
+    }
+}
+
+fn human(n: u64) -> String {
+    let units = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut i = 0;
+    while v >= 1024.0 && i < units.len() - 1 {
+        v /= 1024.0;
+        i += 1;
+    }
+    if i == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", units[i])
+    }
+}
+
+fn print_status(v: &serde_json::Value) {
+    println!(
+        "{}  (pid {})",
+        v["mount_point"].as_str().unwrap_or("?"),
+        v["pid"]
+    );
+    for c in v["connections"].as_array().into_iter().flatten() {
+        let q = &c["queue"];
+        println!(
+            "  {} [{}]: {}{}",
+            c["name"].as_str().unwrap_or("?"),
+            c["type"].as_str().unwrap_or("?"),
+            c["state"].as_str().unwrap_or("?").to_lowercase(),
+            c["message"]
+                .as_str()
+                .map(|m| format!(" ({m})"))
+                .unwrap_or_default()
+        );
+        println!(
+            "    cache: {} of {} in {} files",
+            human(c["cache"]["used"].as_u64().unwrap_or(0)),
+            human(c["cache"]["quota"].as_u64().unwrap_or(0)),
+            c["cache"]["files"]
+        );
+        println!(
+            "    uploads: {} queued, {} in flight, {} failed; {} done / {} pending; {} completed",
+            q["pending"],
+            q["running"],
+            q["failed"],
+            human(q["bytes_done"].as_u64().unwrap_or(0)),
+            human(q["bytes_pending"].as_u64().unwrap_or(0)),
+            q["completed"]
+        );
+        for j in q["jobs"].as_array().into_iter().flatten().take(20) {
+            let state = if j["failed"].is_string() {
+                "FAILED"
+            } else if j["running"].as_bool() == Some(true) {
+                "running"
+            } else {
+                "queued"
+            };
+            println!(
+                "      {state:7} {:7} {} {}{}",
+                j["kind"].as_str().unwrap_or(""),
+                j["path"].as_str().unwrap_or(""),
+                human(j["size"].as_u64().unwrap_or(0)),
+                j["last_error"]
+                    .as_str()
+                    .map(|e| format!("  last error: {e}"))
+                    .unwrap_or_default()
+            );
+        }
+        for k in c["conflicts"].as_array().into_iter().flatten() {
+            println!(
+                "    conflict: {} -> local edit saved as {}",
+                k["path"].as_str().unwrap_or(""),
+                k["conflict_copy"].as_str().unwrap_or("")
+            );
+        }
+        for e in c["recent_errors"].as_array().into_iter().flatten() {
+            println!(
+                "    error {}: {}",
+                e["at"].as_str().unwrap_or(""),
+                e["message"].as_str().unwrap_or("")
+            );
+        }
+    }
+}
+
+fn all_sockets() -> Vec<PathBuf> {
+    std::fs::read_dir(control::runtime_dir())
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|e| e == "sock"))
+        .collect()
+}
+
+fn status(mount_point: Option<PathBuf>, json: bool, watch: bool) -> DynResult<()> {
+    loop {
+        let mut results = Vec::new();
+        match &mount_point {
+            Some(mp) => results.push(call(mp, Request::Status)?),
+            None => {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()?;
+                for s in all_sockets() {
+                    if let Ok(r) = rt.block_on(control::call(&s, &Request::Status)) {
+                        results.push(r.data);
+                    }
+                }
+            }
+        }
+        if watch && !json {
+            print!("\x1b[2J\x1b[H");
+        }
+        if json {
+            println!("{}", serde_json::to_string_pretty(&results)?);
+        } else if results.is_empty() {
+            println!("no cloudmount mounts are running");
+        } else {
+            for r in &results {
+                print_status(r);
+            }
+        }
+        if !watch {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_secs(1));
+    }
+}
+
+const DEMO_FILES: &[(&str, &str)] = &[
+    ("README.txt", "This folder is served by cloudmount from a local directory acting as the cloud.\nEdit, copy, rename: changes are uploaded in the background.\n"),
+    ("notes/ideas.md", "# Ideas\n\n- mount every account under one folder\n- keep 30 versions of each file\n"),
+    ("notes/todo.txt", "try: cloudmount status\ntry: cloudmount versions notes/todo.txt\n"),
+    ("photos/README.txt", "Put pictures here.\n"),
+];
+
+fn demo(mount_point: &str, verbose: u8) -> DynResult<()> {
+    let mp = expand_home(mount_point);
+    let cloud = dirs::data_local_dir()
+        .unwrap_or_else(|| PathBuf::from("/tmp"))
+        .join("cloudmount")
+        .join("demo-cloud");
+    if !cloud.exists() {
+        for (name, content) in DEMO_FILES {
+            let p = cloud.join(name);
+            std::fs::create_dir_all(p.parent().expect("has parent"))?;
+            std::fs::write(&p, content)?;
+        }
+    }
+    std::fs::create_dir_all(&mp)?;
+    if is_mounted(&std::fs::canonicalize(&mp)?) {
+        println!("{} is already mounted", mp.display());
+        return Ok(());
+    }
+    // Re-enter as a normal `mount` so the background daemon gets the same arguments.
+    let exe = std::env::current_exe()?;
+    let status = std::process::Command::new(exe)
+        .args(["mount"])
+        .arg(&mp)
+        .arg("--local")
+        .arg(&cloud)
+        .args(std::iter::repeat_n("-v", verbose as usize))
+        .status()?;
+    if !status.success() {
+        return Err("mount failed".into());
+    }
+    println!("the demo cloud folder is {}", cloud.display());
+    println!(
+        "try: ls {0}; echo hello > {0}/hello.txt; cloudmount status {0}",
+        mp.display()
+    );
+    println!("unmount with: cloudmount unmount {}", mp.display());
+    Ok(())
+}
+
+fn unmount(mount_point: &Path, drain: Option<f64>) -> DynResult<()> {
+    let mp = std::fs::canonicalize(mount_point)?;
+    match call(&mp, Request::Unmount { drain_secs: drain }) {
+        Ok(_) => {
+            let start = Instant::now();
+            let limit = Duration::from_secs_f64(drain.unwrap_or(30.0) + 30.0);
+            while is_mounted(&mp) && start.elapsed() < limit {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            // Wait for the daemon to finish draining and exit.
+            while control::socket_for(&mp).exists() && start.elapsed() < limit {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            if is_mounted(&mp) {
+                return Err(format!("{} is still mounted (busy?)", mp.display()).into());
+            }
+            println!("unmounted {}", mp.display());
+            Ok(())
+        }
+        Err(e) if is_mounted(&mp) => {
+            // No daemon (it was killed): detach the dead mount.
+            eprintln!("cloudmount: {e}; detaching the mount");
+            daemon::lazy_unmount(&mp);
+            Ok(())
+        }
+        Err(e) => Err(e),
+    }
+}
+
+fn run(cli: Cli) -> DynResult<()> {
+    match cli.command {
+        Command::Mount(args) => {
+            if args.foreground {
+                init_logging(cli.verbose, args.log_file.as_deref());
+                let spec = mount_spec(args)?;
+                daemon::run(spec)
+            } else {
+                init_logging(cli.verbose, None);
+                mount_background(args, cli.verbose)
+            }
+        }
+        Command::Unmount {
+            mount_point,
+            drain_timeout,
+        } => unmount(&mount_point, drain_timeout),
+        Command::Status {
+            mount_point,
+            json,
+            watch,
+        } => status(mount_point, json, watch),
+        Command::Versions { path } => {
+            let (mp, rel) = locate(&path)?;
+            let v = call(&mp, Request::Versions { path: rel })?;
+            println!("{:>4}  {:25}  {:>12}  hash", "#", "time", "size");
+            for e in v.as_array().into_iter().flatten() {
+                let t: std::time::SystemTime = serde_json::from_value(e["time"].clone())?;
+                println!(
+                    "{:>4}  {:25}  {:>12}  {}",
+                    e["number"],
+                    chrono::DateTime::<chrono::Local>::from(t)
+                        .format("%Y-%m-%d %H:%M:%S%.3f")
+                        .to_string(),
+                    e["size"],
+                    e["hash"].as_str().unwrap_or("")
+                );
+            }
+            Ok(())
+        }
+        Command::Restore { path, version } => {
+            let (mp, rel) = locate(&path)?;
+            call(&mp, Request::Restore { path: rel, version })?;
+            println!("restored version {version} of {}", path.display());
+            Ok(())
+        }
+        Command::Diff { path, a, b } => {
+            let (mp, rel) = locate(&path)?;
+            let v = call(&mp, Request::Diff { path: rel, a, b })?;
+            println!(
+                "size: {} -> {} bytes ({:+})",
+                v["size_a"],
+                v["size_b"],
+                v["size_change"].as_i64().unwrap_or(0)
+            );
+            match v["unified_diff"].as_str() {
+                Some(d) => print!("{d}"),
+                None => println!("(binary content: no text diff)"),
+            }
+            Ok(())
+        }
+        Command::Retry { mount_point } => {
+            let v = call(&mount_point, Request::Retry)?;
+            println!("retrying {} upload(s)", v["retried"]);
+            Ok(())
+        }
+        Command::Sync { mount_point, wait } => {
+            let v = call(&mount_point, Request::Sync { wait_secs: wait })?;
+            if v["drained"].as_bool() == Some(true) {
+                println!("everything is uploaded");
+                Ok(())
+            } else {
+                Err("uploads are still queued (see cloudmount status)".into())
+            }
+        }
+        Command::Refresh { mount_point } => call(&mount_point, Request::Refresh).map(|_| ()),
+        Command::Demo { mount_point } => {
+            init_logging(cli.verbose, None);
+            demo(&mount_point, cli.verbose)
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("cloudmount: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,453 @@
+//! An in-memory provider for tests: it can go offline, fail on demand, add latency,
+//! and counts the calls it receives so tests can assert that a warm path stays local.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, SystemTime};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures::StreamExt;
+
+use super::*;
+
+#[derive(Clone)]
+struct Node {
+    kind: EntryKind,
+    data: Vec<u8>,
+    mtime: SystemTime,
+    revision: u64,
+    mode: u32,
+    target: Option<String>,
+}
+
+#[derive(Default)]
+pub struct MemoryProvider {
+    nodes: Mutex<BTreeMap<String, Node>>,
+    next_revision: AtomicU64,
+    offline: AtomicBool,
+    latency_ms: AtomicU64,
+    /// Errors to return from the next calls, consumed first-in first-out.
+    injected: Mutex<Vec<ProviderError>>,
+    calls: Mutex<HashMap<&'static str, u64>>,
+    page_size: AtomicU64,
+}
+
+impl MemoryProvider {
+    pub fn new() -> Self {
+        let p = MemoryProvider::default();
+        p.page_size.store(3, Ordering::Relaxed);
+        p.nodes.lock().unwrap().insert(
+            "/".into(),
+            Node {
+                kind: EntryKind::Dir,
+                data: vec![],
+                mtime: SystemTime::now(),
+                revision: 0,
+                mode: 0o755,
+                target: None,
+            },
+        );
+        p
+    }
+
+    pub fn set_offline(&self, offline: bool) {
+        self.offline.store(offline, Ordering::SeqCst);
+    }
+
+    pub fn set_latency(&self, latency: Duration) {
+        self.latency_ms
+            .store(latency.as_millis() as u64, Ordering::SeqCst);
+    }
+
+    pub fn inject_error(&self, err: ProviderError) {
+        self.injected.lock().unwrap().push(err);
+    }
+
+    /// How many times `op` ("list", "stat", "read_range", "upload", ...) was called.
+    pub fn calls(&self, op: &str) -> u64 {
+        self.calls.lock().unwrap().get(op).copied().unwrap_or(0)
+    }
+
+    pub fn total_calls(&self) -> u64 {
+        self.calls.lock().unwrap().values().sum()
+    }
+
+    /// Change a file directly "on the server", as another client would.
+    pub fn put_remote(&self, path: &str, data: &[u8]) {
+        let rev = self.bump();
+        let mut nodes = self.nodes.lock().unwrap();
+        nodes.insert(
+            path.to_string(),
+            Node {
+                kind: EntryKind::File,
+                data: data.to_vec(),
+                mtime: SystemTime::now(),
+                revision: rev,
+                mode: 0o644,
+                target: None,
+            },
+        );
+    }
+
+    pub fn mkdir_remote(&self, path: &str) {
+        let rev = self.bump();
+        self.nodes.lock().unwrap().insert(
+            path.to_string(),
+            Node {
+                kind: EntryKind::Dir,
+                data: vec![],
+                mtime: SystemTime::now(),
+                revision: rev,
+                mode: 0o755,
+                target: None,
+            },
+        );
+    }
+
+    pub fn get_remote(&self, path: &str) -> Option<Vec<u8>> {
+        self.nodes
+            .lock()
+            .unwrap()
+            .get(path)
+            .filter(|n| n.kind == EntryKind::File)
+            .map(|n| n.data.clone())
+    }
+
+    pub fn exists_remote(&self, path: &str) -> bool {
+        self.nodes.lock().unwrap().contains_key(path)
+    }
+
+    /// Every path below the root, sorted.
+    pub fn paths(&self) -> Vec<String> {
+        self.nodes
+            .lock()
+            .unwrap()
+            .keys()
+            .filter(|k| k.as_str() != "/")
+            .cloned()
+            .collect()
+    }
+
+    fn bump(&self) -> u64 {
+        self.next_revision.fetch_add(1, Ordering::SeqCst) + 1
+    }
+
+    async fn enter(&self, op: &'static str) -> ProviderResult<()> {
+        *self.calls.lock().unwrap().entry(op).or_default() += 1;
+        let latency = self.latency_ms.load(Ordering::SeqCst);
+        if latency > 0 {
+            tokio::time::sleep(Duration::from_millis(latency)).await;
+        }
+        if self.offline.load(Ordering::SeqCst) {
+            return Err(ProviderError::Transient("provider offline".into()));
+        }
+        let mut injected = self.injected.lock().unwrap();
+        if !injected.is_empty() {
+            return Err(injected.remove(0));
+        }
+        Ok(())
+    }
+
+    fn entry(path: &str, node: &Node) -> RemoteEntry {
+        RemoteEntry {
+            id: path.to_string(),
+            name: split_path(path).1.to_string(),
+            kind: node.kind,
+            size: node.data.len() as u64,
+            mtime: node.mtime,
+            revision: node.revision.to_string(),
+            hash: None,
+            mode: Some(node.mode),
+            symlink_target: node.target.clone(),
+        }
+    }
+
+    fn require_parent_dir(nodes: &BTreeMap<String, Node>, path: &str) -> ProviderResult<()> {
+        let (parent, name) = split_path(path);
+        if name.is_empty() || name.contains('\0') {
+            return Err(ProviderError::InvalidName(path.to_string()));
+        }
+        match nodes.get(parent) {
+            Some(n) if n.kind == EntryKind::Dir => Ok(()),
+            Some(_) => Err(ProviderError::NotADirectory(parent.to_string())),
+            None => Err(ProviderError::NotFound(parent.to_string())),
+        }
+    }
+
+    fn children<'n>(nodes: &'n BTreeMap<String, Node>, dir: &str) -> Vec<(&'n String, &'n Node)> {
+        nodes
+            .iter()
+            .filter(|(k, _)| k.as_str() != "/" && split_path(k).0 == dir)
+            .collect()
+    }
+}
+
+#[async_trait]
+impl Provider for MemoryProvider {
+    fn kind(&self) -> &'static str {
+        "memory"
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            symlinks: true,
+            unix_attrs: true,
+            ..Capabilities::default()
+        }
+    }
+
+    fn list<'a>(&'a self, dir: &'a str) -> ListStream<'a> {
+        let fut = async move {
+            self.enter("list").await?;
+            let nodes = self.nodes.lock().unwrap();
+            match nodes.get(dir) {
+                Some(n) if n.kind == EntryKind::Dir => {}
+                Some(_) => return Err(ProviderError::NotADirectory(dir.to_string())),
+                None => return Err(ProviderError::NotFound(dir.to_string())),
+            }
+            Ok(Self::children(&nodes, dir)
+                .into_iter()
+                .map(|(k, n)| Self::entry(k, n))
+                .collect::<Vec<_>>())
+        };
+        let page = self.page_size.load(Ordering::Relaxed).max(1) as usize;
+        futures::stream::once(fut)
+            .flat_map(move |res| {
+                let pages: Vec<ProviderResult<Vec<RemoteEntry>>> = match res {
+                    Ok(all) if all.is_empty() => vec![Ok(vec![])],
+                    Ok(all) => all.chunks(page).map(|c| Ok(c.to_vec())).collect(),
+                    Err(e) => vec![Err(e)],
+                };
+                futures::stream::iter(pages)
+            })
+            .boxed()
+    }
+
+    async fn stat(&self, path: &str) -> ProviderResult<RemoteEntry> {
+        self.enter("stat").await?;
+        let nodes = self.nodes.lock().unwrap();
+        nodes
+            .get(path)
+            .map(|n| Self::entry(path, n))
+            .ok_or_else(|| ProviderError::NotFound(path.to_string()))
+    }
+
+    async fn read_range(
+        &self,
+        path: &str,
+        revision: Option<&str>,
+        offset: u64,
+        len: u64,
+    ) -> ProviderResult<ByteStream> {
+        self.enter("read_range").await?;
+        let nodes = self.nodes.lock().unwrap();
+        let node = nodes
+            .get(path)
+            .ok_or_else(|| ProviderError::NotFound(path.to_string()))?;
+        if node.kind == EntryKind::Dir {
+            return Err(ProviderError::IsADirectory(path.to_string()));
+        }
+        if let Some(rev) = revision {
+            if rev != node.revision.to_string() {
+                return Err(ProviderError::PreconditionFailed(path.to_string()));
+            }
+        }
+        let start = (offset as usize).min(node.data.len());
+        let end = (offset.saturating_add(len) as usize).min(node.data.len());
+        let data = Bytes::copy_from_slice(&node.data[start..end]);
+        Ok(futures::stream::iter(vec![Ok(data)]).boxed())
+    }
+
+    async fn upload(
+        &self,
+        path: &str,
+        source: &Path,
+        options: &UploadOptions,
+    ) -> ProviderResult<RemoteEntry> {
+        self.enter("upload").await?;
+        let data = tokio::fs::read(source).await?;
+        let rev = self.bump();
+        let mut nodes = self.nodes.lock().unwrap();
+        Self::require_parent_dir(&nodes, path)?;
+        if let Some(expected) = &options.expected_revision {
+            let current = nodes.get(path).map(|n| n.revision.to_string());
+            if &current != expected {
+                return Err(ProviderError::PreconditionFailed(path.to_string()));
+            }
+        }
+        if let Some(n) = nodes.get(path) {
+            if n.kind == EntryKind::Dir {
+                return Err(ProviderError::IsADirectory(path.to_string()));
+            }
+        }
+        let node = Node {
+            kind: EntryKind::File,
+            data,
+            mtime: options.mtime.unwrap_or_else(SystemTime::now),
+            revision: rev,
+            mode: options.mode.unwrap_or(0o644),
+            target: None,
+        };
+        let entry = Self::entry(path, &node);
+        nodes.insert(path.to_string(), node);
+        Ok(entry)
+    }
+
+    async fn mkdir(&self, path: &str) -> ProviderResult<RemoteEntry> {
+        self.enter("mkdir").await?;
+        let rev = self.bump();
+        let mut nodes = self.nodes.lock().unwrap();
+        Self::require_parent_dir(&nodes, path)?;
+        if nodes.contains_key(path) {
+            return Err(ProviderError::AlreadyExists(path.to_string()));
+        }
+        let node = Node {
+            kind: EntryKind::Dir,
+            data: vec![],
+            mtime: SystemTime::now(),
+            revision: rev,
+            mode: 0o755,
+            target: None,
+        };
+        let entry = Self::entry(path, &node);
+        nodes.insert(path.to_string(), node);
+        Ok(entry)
+    }
+
+    async fn rename(&self, from: &str, to: &str, overwrite: bool) -> ProviderResult<RemoteEntry> {
+        self.enter("rename").await?;
+        let mut nodes = self.nodes.lock().unwrap();
+        let src = nodes
+            .get(from)
+            .cloned()
+            .ok_or_else(|| ProviderError::NotFound(from.to_string()))?;
+        Self::require_parent_dir(&nodes, to)?;
+        if is_same_or_below(to, from) && to != from {
+            return Err(ProviderError::InvalidName(to.to_string()));
+        }
+        if let Some(dst) = nodes.get(to) {
+            if !overwrite {
+                return Err(ProviderError::AlreadyExists(to.to_string()));
+            }
+            if dst.kind == EntryKind::Dir {
+                if src.kind != EntryKind::Dir {
+                    return Err(ProviderError::IsADirectory(to.to_string()));
+                }
+                if !Self::children(&nodes, to).is_empty() {
+                    return Err(ProviderError::DirectoryNotEmpty(to.to_string()));
+                }
+            } else if src.kind == EntryKind::Dir {
+                return Err(ProviderError::NotADirectory(to.to_string()));
+            }
+        }
+        let moved: Vec<String> = nodes
+            .keys()
+            .filter(|k| is_same_or_below(k, from))
+            .cloned()
+            .collect();
+        for old in moved {
+            let node = nodes.remove(&old).expect("listed above");
+            let new = format!("{to}{}", &old[from.len()..]);
+            nodes.insert(new, node);
+        }
+        Ok(Self::entry(to, &nodes[to]))
+    }
+
+    async fn delete(&self, path: &str) -> ProviderResult<()> {
+        self.enter("delete").await?;
+        let mut nodes = self.nodes.lock().unwrap();
+        let node = nodes
+            .get(path)
+            .ok_or_else(|| ProviderError::NotFound(path.to_string()))?;
+        if node.kind == EntryKind::Dir && !Self::children(&nodes, path).is_empty() {
+            return Err(ProviderError::DirectoryNotEmpty(path.to_string()));
+        }
+        nodes.remove(path);
+        Ok(())
+    }
+
+    async fn copy(&self, from: &str, to: &str) -> ProviderResult<RemoteEntry> {
+        self.enter("copy").await?;
+        let rev = self.bump();
+        let mut nodes = self.nodes.lock().unwrap();
+        let mut node = nodes
+            .get(from)
+            .cloned()
+            .ok_or_else(|| ProviderError::NotFound(from.to_string()))?;
+        // Like a server that creates intermediate folders on copy.
+        let mut ancestors = vec![];
+        let mut dir = split_path(to).0;
+        while dir != "/" && !nodes.contains_key(dir) {
+            ancestors.push(dir.to_string());
+            dir = split_path(dir).0;
+        }
+        for a in ancestors {
+            nodes.insert(
+                a,
+                Node {
+                    kind: EntryKind::Dir,
+                    data: vec![],
+                    mtime: SystemTime::now(),
+                    revision: rev,
+                    mode: 0o755,
+                    target: None,
+                },
+            );
+        }
+        node.revision = rev;
+        let entry = Self::entry(to, &node);
+        nodes.insert(to.to_string(), node);
+        Ok(entry)
+    }
+
+    async fn quota(&self) -> ProviderResult<Quota> {
+        self.enter("quota").await?;
+        let used: u64 = self
+            .nodes
+            .lock()
+            .unwrap()
+            .values()
+            .map(|n| n.data.len() as u64)
+            .sum();
+        let total = 1u64 << 40;
+        Ok(Quota {
+            total: Some(total),
+            used: Some(used),
+            available: Some(total - used),
+        })
+    }
+
+    async fn symlink(&self, path: &str, target: &str) -> ProviderResult<RemoteEntry> {
+        self.enter("symlink").await?;
+        let rev = self.bump();
+        let mut nodes = self.nodes.lock().unwrap();
+        Self::require_parent_dir(&nodes, path)?;
+        if nodes.contains_key(path) {
+            return Err(ProviderError::AlreadyExists(path.to_string()));
+        }
+        let node = Node {
+            kind: EntryKind::Symlink,
+            data: target.as_bytes().to_vec(),
+            mtime: SystemTime::now(),
+            revision: rev,
+            mode: 0o777,
+            target: Some(target.to_string()),
+        };
+        let entry = Self::entry(path, &node);
+        nodes.insert(path.to_string(), node);
+        Ok(entry)
+    }
+
+    async fn set_mode(&self, path: &str, mode: u32) -> ProviderResult<()> {
+        self.enter("set_mode").await?;
+        let mut nodes = self.nodes.lock().unwrap();
+        let node = nodes
+            .get_mut(path)
+            .ok_or_else(|| ProviderError::NotFound(path.to_string()))?;
+        node.mode = mode & 0o7777;
+        Ok(())
+    }
+}

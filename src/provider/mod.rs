@@ -1,0 +1,311 @@
+//! The provider trait: everything the rest of cloudmount knows about a storage backend.
+//!
+//! Providers speak in remote paths ("/dir/file.txt", always absolute, `/` separated, never
+//! with a trailing slash except the root "/"). They know nothing about FUSE, inodes, caching
+//! or the write-back queue; that is the filesystem layer's business.
+
+pub mod local;
+pub mod memory;
+pub mod webdav;
+
+use std::path::Path;
+use std::pin::Pin;
+use std::time::{Duration, SystemTime};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures::Stream;
+use serde::{Deserialize, Serialize};
+
+/// Errors a provider reports. The filesystem layer maps these onto its own error type.
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+pub enum ProviderError {
+    #[error("not found: {0}")]
+    NotFound(String),
+    #[error("already exists: {0}")]
+    AlreadyExists(String),
+    #[error("not a directory: {0}")]
+    NotADirectory(String),
+    #[error("is a directory: {0}")]
+    IsADirectory(String),
+    #[error("directory not empty: {0}")]
+    DirectoryNotEmpty(String),
+    /// Credentials missing, expired beyond refresh, or revoked.
+    #[error("authentication failed: {0}")]
+    Auth(String),
+    #[error("permission denied: {0}")]
+    PermissionDenied(String),
+    /// The provider cannot represent this (hard links, device nodes, ...).
+    #[error("not supported by this provider: {0}")]
+    Unsupported(String),
+    #[error("name not allowed by the provider: {0}")]
+    InvalidName(String),
+    #[error("insufficient storage on the provider")]
+    InsufficientStorage,
+    /// The remote object no longer matches the revision the caller expected.
+    #[error("remote changed: {0}")]
+    PreconditionFailed(String),
+    #[error("rate limited")]
+    RateLimited { retry_after: Option<Duration> },
+    /// Network failures, timeouts, 5xx, locked resources: worth retrying.
+    #[error("temporary failure: {0}")]
+    Transient(String),
+    /// The server answered something we could not understand.
+    #[error("bad reply from server: {0}")]
+    Protocol(String),
+    #[error("I/O error: {0}")]
+    Io(String),
+}
+
+impl ProviderError {
+    /// Whether retrying the same request later may succeed.
+    pub fn is_retryable(&self) -> bool {
+        matches!(
+            self,
+            ProviderError::Transient(_)
+                | ProviderError::RateLimited { .. }
+                | ProviderError::InsufficientStorage
+                | ProviderError::Io(_)
+        )
+    }
+}
+
+impl From<std::io::Error> for ProviderError {
+    fn from(e: std::io::Error) -> Self {
+        use std::io::ErrorKind::*;
+        match e.kind() {
+            NotFound => ProviderError::NotFound(e.to_string()),
+            AlreadyExists => ProviderError::AlreadyExists(e.to_string()),
+            PermissionDenied => ProviderError::PermissionDenied(e.to_string()),
+            NotADirectory => ProviderError::NotADirectory(e.to_string()),
+            IsADirectory => ProviderError::IsADirectory(e.to_string()),
+            DirectoryNotEmpty => ProviderError::DirectoryNotEmpty(e.to_string()),
+            StorageFull => ProviderError::InsufficientStorage,
+            _ => ProviderError::Io(e.to_string()),
+        }
+    }
+}
+
+pub type ProviderResult<T> = Result<T, ProviderError>;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum EntryKind {
+    File,
+    Dir,
+    Symlink,
+}
+
+/// One object on the remote side.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RemoteEntry {
+    /// Stable identifier (a file id, or the path for path-addressed providers).
+    pub id: String,
+    pub name: String,
+    pub kind: EntryKind,
+    pub size: u64,
+    pub mtime: SystemTime,
+    /// Changes whenever the content changes (etag, version, mtime+size...).
+    pub revision: String,
+    /// Content hash as "algo:hex" when the provider gives one.
+    pub hash: Option<String>,
+    /// Unix permission bits, for providers that store them.
+    pub mode: Option<u32>,
+    pub symlink_target: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Quota {
+    pub total: Option<u64>,
+    pub used: Option<u64>,
+    pub available: Option<u64>,
+}
+
+/// What a provider can do beyond the required operations.
+#[derive(Debug, Clone)]
+pub struct Capabilities {
+    /// `changes_since` is implemented.
+    pub delta: bool,
+    /// `list_versions` / `read_version` / `restore_version` are implemented.
+    pub native_versions: bool,
+    pub case_insensitive: bool,
+    /// Longest name (in bytes) the provider accepts.
+    pub max_name_len: usize,
+    /// Characters the provider refuses in names.
+    pub forbidden_chars: Vec<char>,
+    pub symlinks: bool,
+    /// `set_mode` / `set_mtime` keep values on the remote.
+    pub unix_attrs: bool,
+}
+
+impl Default for Capabilities {
+    fn default() -> Self {
+        Capabilities {
+            delta: false,
+            native_versions: false,
+            case_insensitive: false,
+            max_name_len: 255,
+            forbidden_chars: vec![],
+            symlinks: false,
+            unix_attrs: false,
+        }
+    }
+}
+
+/// A remote change reported by a delta API.
+#[derive(Debug, Clone)]
+pub enum Change {
+    Upserted { path: String, entry: RemoteEntry },
+    Removed { path: String },
+}
+
+#[derive(Debug, Clone)]
+pub struct ChangeBatch {
+    pub changes: Vec<Change>,
+    pub cursor: String,
+}
+
+/// A revision kept natively by the provider.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NativeVersion {
+    pub id: String,
+    pub mtime: SystemTime,
+    pub size: u64,
+    pub hash: Option<String>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct UploadOptions {
+    /// Refuse the upload (PreconditionFailed) unless the current remote revision is this.
+    /// `Some(None)` means "the file must not exist yet".
+    pub expected_revision: Option<Option<String>>,
+    pub mtime: Option<SystemTime>,
+    pub mode: Option<u32>,
+}
+
+pub type ByteStream = Pin<Box<dyn Stream<Item = ProviderResult<Bytes>> + Send>>;
+pub type ListStream<'a> = Pin<Box<dyn Stream<Item = ProviderResult<Vec<RemoteEntry>>> + Send + 'a>>;
+
+#[async_trait]
+pub trait Provider: Send + Sync + 'static {
+    /// Human-readable kind, e.g. "local", "webdav".
+    fn kind(&self) -> &'static str;
+
+    fn capabilities(&self) -> Capabilities;
+
+    /// The entries of a directory, one page at a time.
+    fn list<'a>(&'a self, dir: &'a str) -> ListStream<'a>;
+
+    async fn stat(&self, path: &str) -> ProviderResult<RemoteEntry>;
+
+    /// Bytes `[offset, offset+len)` of the file (fewer at end of file). When `revision`
+    /// is given and the remote no longer has it, fails with PreconditionFailed.
+    async fn read_range(
+        &self,
+        path: &str,
+        revision: Option<&str>,
+        offset: u64,
+        len: u64,
+    ) -> ProviderResult<ByteStream>;
+
+    /// Replace (or create) the file at `path` with the contents of the local file `source`.
+    async fn upload(
+        &self,
+        path: &str,
+        source: &Path,
+        options: &UploadOptions,
+    ) -> ProviderResult<RemoteEntry>;
+
+    async fn mkdir(&self, path: &str) -> ProviderResult<RemoteEntry>;
+
+    /// Move `from` to `to`, replacing a file at `to` when `overwrite`.
+    async fn rename(&self, from: &str, to: &str, overwrite: bool) -> ProviderResult<RemoteEntry>;
+
+    /// Remove a file, or an empty directory.
+    async fn delete(&self, path: &str) -> ProviderResult<()>;
+
+    /// Server-side copy of a file.
+    async fn copy(&self, from: &str, to: &str) -> ProviderResult<RemoteEntry>;
+
+    async fn quota(&self) -> ProviderResult<Quota>;
+
+    async fn symlink(&self, path: &str, _target: &str) -> ProviderResult<RemoteEntry> {
+        Err(ProviderError::Unsupported(format!("symlink {path}")))
+    }
+
+    async fn set_mode(&self, _path: &str, _mode: u32) -> ProviderResult<()> {
+        Ok(())
+    }
+
+    async fn set_mtime(&self, _path: &str, _mtime: SystemTime) -> ProviderResult<()> {
+        Ok(())
+    }
+
+    /// Start a change feed: the cursor that `changes_since` continues from.
+    async fn changes_cursor(&self) -> ProviderResult<String> {
+        Err(ProviderError::Unsupported("change feed".into()))
+    }
+
+    async fn changes_since(&self, _cursor: &str) -> ProviderResult<ChangeBatch> {
+        Err(ProviderError::Unsupported("change feed".into()))
+    }
+
+    async fn list_versions(&self, _path: &str) -> ProviderResult<Vec<NativeVersion>> {
+        Err(ProviderError::Unsupported("native versions".into()))
+    }
+
+    async fn read_version(&self, _path: &str, _version_id: &str) -> ProviderResult<ByteStream> {
+        Err(ProviderError::Unsupported("native versions".into()))
+    }
+}
+
+/// Join a remote directory path and a child name.
+pub fn join_path(dir: &str, name: &str) -> String {
+    if dir == "/" {
+        format!("/{name}")
+    } else {
+        format!("{dir}/{name}")
+    }
+}
+
+/// The parent directory and final component of a remote path.
+pub fn split_path(path: &str) -> (&str, &str) {
+    match path.rfind('/') {
+        Some(0) => ("/", &path[1..]),
+        Some(i) => (&path[..i], &path[i + 1..]),
+        None => ("/", path),
+    }
+}
+
+/// Whether `path` is `ancestor` or lies below it.
+pub fn is_same_or_below(path: &str, ancestor: &str) -> bool {
+    ancestor == "/"
+        || path == ancestor
+        || (path.starts_with(ancestor) && path.as_bytes().get(ancestor.len()) == Some(&b'/'))
+}
+
+/// Collect a byte stream into memory (for small reads and tests).
+pub async fn collect_stream(mut s: ByteStream) -> ProviderResult<Vec<u8>> {
+    use futures::StreamExt;
+    let mut out = Vec::new();
+    while let Some(chunk) = s.next().await {
+        out.extend_from_slice(&chunk?);
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn path_helpers() {
+        assert_eq!(join_path("/", "a"), "/a");
+        assert_eq!(join_path("/a", "b"), "/a/b");
+        assert_eq!(split_path("/a/b"), ("/a", "b"));
+        assert_eq!(split_path("/a"), ("/", "a"));
+        assert!(is_same_or_below("/a/b", "/a"));
+        assert!(is_same_or_below("/a", "/a"));
+        assert!(!is_same_or_below("/ab", "/a"));
+        assert!(is_same_or_below("/x", "/"));
+    }
+}

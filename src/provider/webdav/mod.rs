@@ -1,0 +1,1263 @@
+//! WebDAV provider (RFC 4918): ownCloud, Nextcloud, Apache mod_dav, rclone serve webdav, ...
+//!
+//! Remote paths map onto URLs below the configured base URL, one percent-encoded segment at
+//! a time. Servers differ a lot in which status they answer for the same mistake (a PUT onto
+//! a directory is 409 on Apache and 404 on rclone, a MOVE into a missing folder is 500 or
+//! 403...), so failures of mutating requests are diagnosed with a follow-up PROPFIND rather
+//! than trusted blindly.
+
+mod chunked;
+mod paths;
+mod xml;
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures::{Stream, StreamExt, TryStreamExt};
+use reqwest::header::{HeaderMap, CONTENT_LENGTH, CONTENT_TYPE};
+use reqwest::{Method, RequestBuilder, Response, StatusCode};
+use serde::Deserialize;
+use tokio::io::{AsyncReadExt, AsyncSeekExt};
+use tracing::{debug, warn};
+
+use super::{
+    split_path, ByteStream, Capabilities, EntryKind, ListStream, Provider, ProviderError,
+    ProviderResult, Quota, RemoteEntry, UploadOptions,
+};
+use paths::{encode_path, href_segments, path_segments};
+use xml::{DavProps, DavResponse};
+
+/// How many entries one page of a listing carries.
+const LIST_PAGE: usize = 1000;
+/// Read size when streaming a local file into a PUT body.
+const UPLOAD_BUF: usize = 256 * 1024;
+
+/// Whether large uploads use Nextcloud's chunked upload (v2).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ChunkedMode {
+    /// Chunk when the URL has Nextcloud's `.../remote.php/dav/files/USER` shape.
+    #[default]
+    Auto,
+    Off,
+    /// Always chunk files larger than `chunk_size`; the URL must have the Nextcloud shape.
+    Nextcloud,
+}
+
+fn default_timeout_secs() -> u64 {
+    60
+}
+
+fn default_chunk_size() -> u64 {
+    chunked::DEFAULT_CHUNK_SIZE
+}
+
+/// Configuration of one WebDAV account.
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebdavConfig {
+    /// Base URL; may carry a path prefix, e.g. `https://host/remote.php/dav/files/USER/`.
+    pub url: String,
+    #[serde(default)]
+    pub user: Option<String>,
+    /// Already resolved by the caller (from a command or a secrets file).
+    #[serde(default)]
+    pub password: Option<String>,
+    #[serde(default)]
+    pub bearer_token: Option<String>,
+    /// PEM file with extra CA certificates to trust besides the system ones.
+    #[serde(default)]
+    pub extra_ca_file: Option<PathBuf>,
+    /// Connect timeout, and the longest wait for any read from the server.
+    #[serde(default = "default_timeout_secs")]
+    pub timeout_secs: u64,
+    #[serde(default)]
+    pub chunked_upload: ChunkedMode,
+    /// Files larger than this are uploaded in chunks of this size (when chunking applies).
+    #[serde(default = "default_chunk_size")]
+    pub chunk_size: u64,
+}
+
+impl WebdavConfig {
+    /// A config with defaults for everything but the URL.
+    pub fn new(url: impl Into<String>) -> Self {
+        WebdavConfig {
+            url: url.into(),
+            user: None,
+            password: None,
+            bearer_token: None,
+            extra_ca_file: None,
+            timeout_secs: default_timeout_secs(),
+            chunked_upload: ChunkedMode::default(),
+            chunk_size: default_chunk_size(),
+        }
+    }
+}
+
+/// Secrets never reach logs, even through `{:?}` of the config.
+impl fmt::Debug for WebdavConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("WebdavConfig")
+            .field("url", &self.url)
+            .field("user", &self.user)
+            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .field(
+                "bearer_token",
+                &self.bearer_token.as_ref().map(|_| "<redacted>"),
+            )
+            .field("extra_ca_file", &self.extra_ca_file)
+            .field("timeout_secs", &self.timeout_secs)
+            .field("chunked_upload", &self.chunked_upload)
+            .field("chunk_size", &self.chunk_size)
+            .finish()
+    }
+}
+
+enum Auth {
+    None,
+    Basic {
+        user: String,
+        password: Option<String>,
+    },
+    Bearer(String),
+}
+
+pub struct WebdavProvider {
+    client: reqwest::Client,
+    /// "scheme://host[:port]".
+    origin: String,
+    /// The base URL's path, percent-encoded as configured, without trailing slash ("" for
+    /// the server root).
+    base_path: String,
+    /// The same, decoded, for matching hrefs.
+    base_segments: Vec<String>,
+    auth: Auth,
+    /// The URL has Nextcloud's `remote.php/dav/files/USER` shape.
+    nextcloud: bool,
+    chunking: Option<chunked::Target>,
+}
+
+impl fmt::Debug for WebdavProvider {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("WebdavProvider")
+            .field("base", &format_args!("{}{}/", self.origin, self.base_path))
+            .finish_non_exhaustive()
+    }
+}
+
+fn config_error(msg: String) -> ProviderError {
+    ProviderError::Protocol(format!("webdav configuration: {msg}"))
+}
+
+impl WebdavProvider {
+    pub fn new(cfg: WebdavConfig) -> Result<Self, ProviderError> {
+        let mut url = reqwest::Url::parse(&cfg.url)
+            .map_err(|e| config_error(format!("bad url {:?}: {e}", cfg.url)))?;
+        if !matches!(url.scheme(), "http" | "https") {
+            return Err(config_error(format!("url must be http(s): {}", cfg.url)));
+        }
+        if url.query().is_some() || url.fragment().is_some() {
+            return Err(config_error("url must not have a query or fragment".into()));
+        }
+        // Credentials written into the URL are moved to the Authorization header so that
+        // they never show up in logged URLs.
+        let url_user = (!url.username().is_empty()).then(|| {
+            percent_encoding::percent_decode_str(url.username())
+                .decode_utf8_lossy()
+                .into_owned()
+        });
+        let url_password = url.password().map(|p| {
+            percent_encoding::percent_decode_str(p)
+                .decode_utf8_lossy()
+                .into_owned()
+        });
+        let _ = url.set_username("");
+        let _ = url.set_password(None);
+
+        let auth = match (cfg.bearer_token, cfg.user.or(url_user)) {
+            (Some(token), _) => Auth::Bearer(token),
+            (None, Some(user)) => Auth::Basic {
+                user,
+                password: cfg.password.or(url_password),
+            },
+            (None, None) => Auth::None,
+        };
+
+        let origin = url.origin().ascii_serialization();
+        let base_path = url.path().trim_end_matches('/').to_owned();
+        let base_segments = href_segments(&base_path)
+            .ok_or_else(|| config_error("url path is not UTF-8 once decoded".into()))?;
+
+        let timeout = Duration::from_secs(cfg.timeout_secs.max(1));
+        let mut builder = reqwest::Client::builder()
+            .user_agent(concat!("cloudmount/", env!("CARGO_PKG_VERSION")))
+            // A whole-request timeout would cut long transfers; bound each wait instead.
+            .connect_timeout(timeout)
+            .read_timeout(timeout)
+            // reqwest would turn a redirected PROPFIND/MOVE into a GET; better to fail
+            // loudly and let the user fix the URL.
+            .redirect(reqwest::redirect::Policy::none());
+        if let Some(ca) = &cfg.extra_ca_file {
+            let pem = std::fs::read(ca)
+                .map_err(|e| config_error(format!("cannot read {}: {e}", ca.display())))?;
+            let certs = reqwest::Certificate::from_pem_bundle(&pem)
+                .map_err(|e| config_error(format!("bad PEM in {}: {e}", ca.display())))?;
+            if certs.is_empty() {
+                return Err(config_error(format!("no certificate in {}", ca.display())));
+            }
+            for cert in certs {
+                builder = builder.add_root_certificate(cert);
+            }
+        }
+        let client = builder
+            .build()
+            .map_err(|e| config_error(format!("HTTP client: {e}")))?;
+
+        let nextcloud_target = chunked::Target::detect(&origin, &base_segments);
+        let chunking = match cfg.chunked_upload {
+            ChunkedMode::Off => None,
+            ChunkedMode::Auto => nextcloud_target.clone(),
+            ChunkedMode::Nextcloud => Some(nextcloud_target.clone().ok_or_else(|| {
+                config_error(
+                    "chunked_upload = \"nextcloud\" needs a url ending in \
+                     /remote.php/dav/files/USER/"
+                        .into(),
+                )
+            })?),
+        }
+        .map(|t| t.with_chunk_size(cfg.chunk_size));
+
+        debug!(base = %format_args!("{origin}{base_path}/"), chunked = chunking.is_some(), "webdav provider ready");
+        Ok(WebdavProvider {
+            client,
+            origin,
+            base_path,
+            base_segments,
+            auth,
+            nextcloud: nextcloud_target.is_some(),
+            chunking,
+        })
+    }
+
+    /// The absolute URL of a remote path.
+    fn url(&self, path: &str) -> String {
+        let enc = encode_path(path);
+        if enc == "/" {
+            format!("{}{}/", self.origin, self.base_path)
+        } else {
+            format!("{}{}{}", self.origin, self.base_path, enc)
+        }
+    }
+
+    fn request(&self, method: Method, url: &str) -> RequestBuilder {
+        let rb = self.client.request(method, url);
+        // reqwest marks these headers sensitive, which keeps them out of its Debug output.
+        match &self.auth {
+            Auth::None => rb,
+            Auth::Basic { user, password } => rb.basic_auth(user, password.as_deref()),
+            Auth::Bearer(token) => rb.bearer_auth(token),
+        }
+    }
+
+    /// Sends a request, mapping transport failures. Non-2xx statuses are returned as-is.
+    async fn send(&self, rb: RequestBuilder, what: &str) -> ProviderResult<Response> {
+        let req = rb
+            .build()
+            .map_err(|e| ProviderError::Protocol(format!("{what}: {e}")))?;
+        let method = req.method().clone();
+        let url = req.url().to_string();
+        match self.client.execute(req).await {
+            Ok(resp) => {
+                debug!(%method, %url, status = resp.status().as_u16(), "webdav");
+                Ok(resp)
+            }
+            Err(e) => {
+                debug!(%method, %url, error = %e, "webdav request failed");
+                Err(ProviderError::Transient(format!(
+                    "{what}: {}",
+                    error_chain(&e.without_url())
+                )))
+            }
+        }
+    }
+
+    /// Turns a non-2xx reply into the matching error, with the server's message if any.
+    async fn fail(&self, resp: Response, what: &str) -> ProviderError {
+        let status = resp.status();
+        let retry_after = retry_after(resp.headers());
+        if status.is_redirection() {
+            let to = resp
+                .headers()
+                .get(reqwest::header::LOCATION)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("?")
+                .to_owned();
+            return ProviderError::Protocol(format!(
+                "{what}: server redirected ({status}) to {to}; check the configured url"
+            ));
+        }
+        let body = resp.text().await.unwrap_or_default();
+        status_error(status, retry_after, &body, what)
+    }
+
+    async fn propfind(
+        &self,
+        path: &str,
+        depth: &'static str,
+        body: &'static str,
+    ) -> ProviderResult<Vec<DavResponse>> {
+        match self.propfind_once(path, depth, body).await? {
+            Ok(responses) => Ok(responses),
+            // Apache answers 400 when a path goes through a file ("/file/x").
+            Err((StatusCode::BAD_REQUEST, err)) if path != "/" => {
+                let parent = split_path(path).0;
+                match self
+                    .propfind_once(parent, "0", xml::PROPFIND_ENTRY_BODY)
+                    .await
+                {
+                    Ok(Ok(r)) if r.first().is_some_and(|r| !is_collection(&r.props)) => {
+                        Err(ProviderError::NotADirectory(parent.to_owned()))
+                    }
+                    Ok(Err((StatusCode::NOT_FOUND, _))) => {
+                        Err(ProviderError::NotFound(path.to_owned()))
+                    }
+                    _ => Err(err),
+                }
+            }
+            Err((_, err)) => Err(err),
+        }
+    }
+
+    /// One PROPFIND; a non-multistatus reply comes back as its status and mapped error.
+    async fn propfind_once(
+        &self,
+        path: &str,
+        depth: &'static str,
+        body: &'static str,
+    ) -> ProviderResult<Result<Vec<DavResponse>, (StatusCode, ProviderError)>> {
+        let what = format!("PROPFIND {path}");
+        let rb = self
+            .request(
+                Method::from_bytes(b"PROPFIND").expect("valid method"),
+                &self.url(path),
+            )
+            .header("Depth", depth)
+            .header(CONTENT_TYPE, "application/xml; charset=utf-8")
+            .body(body);
+        let resp = self.send(rb, &what).await?;
+        let status = resp.status();
+        if status != StatusCode::MULTI_STATUS && status != StatusCode::OK {
+            return Ok(Err((status, self.fail(resp, &what).await)));
+        }
+        let bytes = resp
+            .bytes()
+            .await
+            .map_err(|e| ProviderError::Transient(format!("{what}: {}", error_chain(&e))))?;
+        let text = String::from_utf8_lossy(&bytes);
+        xml::parse_multistatus(&text)
+            .map(Ok)
+            .map_err(|e| ProviderError::Protocol(format!("{what}: {e}")))
+    }
+
+    /// Depth:0 PROPFIND of one path: the entry and its raw properties.
+    async fn stat_props(&self, path: &str) -> ProviderResult<(RemoteEntry, DavProps)> {
+        let mut responses = self.propfind(path, "0", xml::PROPFIND_ENTRY_BODY).await?;
+        if responses.is_empty() {
+            return Err(ProviderError::Protocol(format!(
+                "PROPFIND {path}: multistatus without a response"
+            )));
+        }
+        let resp = responses.swap_remove(0);
+        // The name comes from the request, not the href, so that a server that normalizes
+        // unicode differently still reports the name the caller asked for.
+        let name = split_path(path).1.to_owned();
+        let entry = entry_from_props(path, name, &resp.props);
+        Ok((entry, resp.props))
+    }
+
+    /// Depth:1 PROPFIND: the directory itself and its children.
+    async fn list_all(&self, dir: &str) -> ProviderResult<(RemoteEntry, Vec<RemoteEntry>)> {
+        let responses = self.propfind(dir, "1", xml::PROPFIND_ENTRY_BODY).await?;
+        let mut want = self.base_segments.clone();
+        want.extend(path_segments(dir));
+        let decoded: Vec<Option<Vec<String>>> =
+            responses.iter().map(|r| href_segments(&r.href)).collect();
+        // The folder itself is normally the first response, but match it by href rather
+        // than rely on order; fall back to the first one for servers behind a proxy that
+        // rewrites the path prefix.
+        let self_idx = decoded
+            .iter()
+            .position(|d| d.as_deref() == Some(want.as_slice()))
+            .or((!responses.is_empty()).then_some(0))
+            .ok_or_else(|| ProviderError::Protocol(format!("PROPFIND {dir}: empty multistatus")))?;
+        let me = entry_from_props(
+            dir,
+            split_path(dir).1.to_owned(),
+            &responses[self_idx].props,
+        );
+        if me.kind != EntryKind::Dir {
+            return Err(ProviderError::NotADirectory(dir.to_owned()));
+        }
+        let mut children = Vec::with_capacity(responses.len().saturating_sub(1));
+        for (i, (resp, segs)) in responses.iter().zip(decoded).enumerate() {
+            if i == self_idx {
+                continue;
+            }
+            let Some(segs) = segs else {
+                warn!(href = %resp.href, "skipping entry whose name is not UTF-8");
+                continue;
+            };
+            let Some(name) = segs
+                .last()
+                .filter(|n| !n.is_empty() && *n != "." && *n != "..")
+            else {
+                continue;
+            };
+            if segs == want {
+                continue;
+            }
+            let path = super::join_path(dir, name);
+            children.push(entry_from_props(&path, name.clone(), &resp.props));
+        }
+        Ok((me, children))
+    }
+
+    /// Why an operation on `path` could not work because of its parent, if that's the cause.
+    async fn parent_problem(&self, path: &str) -> Option<ProviderError> {
+        let (parent, _) = split_path(path);
+        match self.stat_props(parent).await {
+            Ok((e, _)) if e.kind == EntryKind::Dir => None,
+            Ok(_) => Some(ProviderError::NotADirectory(parent.to_owned())),
+            Err(ProviderError::NotFound(_)) => Some(ProviderError::NotFound(format!(
+                "parent directory {parent} of {path}"
+            ))),
+            Err(_) => None,
+        }
+    }
+
+    /// Checks `expected_revision` before an upload. Returns the etag to send as `If-Match`
+    /// so that servers that implement it close the race left by the check.
+    async fn check_expected(
+        &self,
+        path: &str,
+        expected: &Option<Option<String>>,
+    ) -> ProviderResult<Precondition> {
+        match expected {
+            None => Ok(Precondition::None),
+            Some(None) => match self.stat_props(path).await {
+                Ok(_) => Err(ProviderError::PreconditionFailed(format!(
+                    "{path} exists already"
+                ))),
+                Err(ProviderError::NotFound(_)) => Ok(Precondition::MustNotExist),
+                Err(e) => Err(e),
+            },
+            Some(Some(want)) => match self.stat_props(path).await {
+                Ok((entry, props)) if &entry.revision == want => {
+                    // If-Match uses strong comparison: a weak etag would never match.
+                    let strong = props.etag.filter(|e| e.starts_with('"'));
+                    Ok(strong.map_or(Precondition::None, Precondition::IfMatch))
+                }
+                Ok((entry, _)) => Err(ProviderError::PreconditionFailed(format!(
+                    "{path} is at revision {}, expected {want}",
+                    entry.revision
+                ))),
+                Err(ProviderError::NotFound(_)) => Err(ProviderError::PreconditionFailed(format!(
+                    "{path} no longer exists"
+                ))),
+                Err(e) => Err(e),
+            },
+        }
+    }
+
+    async fn put_simple(
+        &self,
+        path: &str,
+        source: &Path,
+        size: u64,
+        options: &UploadOptions,
+        pre: &Precondition,
+    ) -> ProviderResult<()> {
+        let what = format!("PUT {path}");
+        let file = tokio::fs::File::open(source).await?;
+        let mut rb = self
+            .request(Method::PUT, &self.url(path))
+            .header(CONTENT_TYPE, "application/octet-stream")
+            // An explicit length keeps hyper from falling back to chunked transfer
+            // encoding, which some servers (and proxies in front of them) refuse.
+            .header(CONTENT_LENGTH, size)
+            .body(file_body(file, size));
+        rb = pre.apply(rb);
+        if let Some(mtime) = options.mtime.and_then(unix_secs) {
+            // ownCloud/Nextcloud keep the client's mtime; other servers ignore it.
+            rb = rb.header("X-OC-MTime", mtime.to_string());
+        }
+        let resp = self.send(rb, &what).await?;
+        if resp.status().is_success() {
+            return Ok(());
+        }
+        let status = resp.status();
+        let err = self.fail(resp, &what).await;
+        Err(self.explain_write_failure(path, status, err).await)
+    }
+
+    /// Maps a failed PUT/MKCOL/MOVE/COPY onto the error POSIX callers expect.
+    async fn explain_write_failure(
+        &self,
+        path: &str,
+        status: StatusCode,
+        err: ProviderError,
+    ) -> ProviderError {
+        match status.as_u16() {
+            412 => ProviderError::PreconditionFailed(format!("{path}: {err}")),
+            400 | 403 | 404 | 405 | 409 | 500 => {
+                if let Some(p) = self.parent_problem(path).await {
+                    return p;
+                }
+                match self.stat_props(path).await {
+                    Ok((e, _)) if e.kind == EntryKind::Dir => {
+                        ProviderError::IsADirectory(path.to_owned())
+                    }
+                    _ => err,
+                }
+            }
+            _ => err,
+        }
+    }
+
+    /// MOVE or COPY; `overwrite` is sent as `Overwrite: T/F`.
+    async fn transfer(
+        &self,
+        method: &'static [u8],
+        from: &str,
+        to: &str,
+        overwrite: bool,
+    ) -> ProviderResult<()> {
+        let name = std::str::from_utf8(method).unwrap_or("?");
+        let what = format!("{name} {from} -> {to}");
+        let mut rb = self
+            .request(
+                Method::from_bytes(method).expect("valid method"),
+                &self.url(from),
+            )
+            .header("Destination", self.url(to))
+            .header("Overwrite", if overwrite { "T" } else { "F" });
+        if method == b"COPY" {
+            rb = rb.header("Depth", "0");
+        }
+        let resp = self.send(rb, &what).await?;
+        let status = resp.status();
+        if status.is_success() {
+            return Ok(());
+        }
+        let err = self.fail(resp, &what).await;
+        if status == StatusCode::PRECONDITION_FAILED && !overwrite {
+            return Err(ProviderError::AlreadyExists(to.to_owned()));
+        }
+        if status.is_server_error() && status != StatusCode::INTERNAL_SERVER_ERROR {
+            return Err(err);
+        }
+        // Which side is at fault: a missing source, or a missing destination folder?
+        match self.stat_props(from).await {
+            Err(ProviderError::NotFound(_)) => {
+                return Err(ProviderError::NotFound(from.to_owned()));
+            }
+            Err(e) => return Err(e),
+            Ok(_) => {}
+        }
+        if let Some(p) = self.parent_problem(to).await {
+            return Err(p);
+        }
+        Err(err)
+    }
+
+    /// Refuses to let a MOVE/COPY with `Overwrite: T` replace what POSIX rename would not:
+    /// WebDAV would happily delete a whole non-empty directory at the destination.
+    async fn check_overwrite_target(&self, from: &str, to: &str) -> ProviderResult<()> {
+        let (dest, dest_children) = match self.list_all(to).await {
+            Ok(x) => x,
+            Err(ProviderError::NotFound(_)) => return Ok(()),
+            Err(ProviderError::NotADirectory(_)) => {
+                // A file: fine unless the source is a directory.
+                let (src, _) = self.stat_props(from).await?;
+                if src.kind == EntryKind::Dir {
+                    return Err(ProviderError::NotADirectory(to.to_owned()));
+                }
+                return Ok(());
+            }
+            Err(e) => return Err(e),
+        };
+        debug_assert_eq!(dest.kind, EntryKind::Dir);
+        let (src, _) = self.stat_props(from).await?;
+        if src.kind != EntryKind::Dir {
+            return Err(ProviderError::IsADirectory(to.to_owned()));
+        }
+        if !dest_children.is_empty() {
+            return Err(ProviderError::DirectoryNotEmpty(to.to_owned()));
+        }
+        Ok(())
+    }
+}
+
+/// A conditional header for an upload.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Precondition {
+    None,
+    MustNotExist,
+    /// The etag exactly as the server sent it (quotes included).
+    IfMatch(String),
+}
+
+impl Precondition {
+    fn apply(&self, rb: RequestBuilder) -> RequestBuilder {
+        match self {
+            Precondition::None => rb,
+            Precondition::MustNotExist => rb.header("If-None-Match", "*"),
+            Precondition::IfMatch(etag) => rb.header("If-Match", etag.as_str()),
+        }
+    }
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut msg = e.to_string();
+    let mut src = e.source();
+    while let Some(s) = src {
+        msg.push_str(": ");
+        msg.push_str(&s.to_string());
+        src = s.source();
+    }
+    msg
+}
+
+fn retry_after(headers: &HeaderMap) -> Option<Duration> {
+    let v = headers
+        .get(reqwest::header::RETRY_AFTER)?
+        .to_str()
+        .ok()?
+        .trim();
+    if let Ok(secs) = v.parse::<u64>() {
+        return Some(Duration::from_secs(secs));
+    }
+    let when = parse_http_date(v)?;
+    Some(
+        when.duration_since(SystemTime::now())
+            .unwrap_or(Duration::ZERO),
+    )
+}
+
+/// Maps a non-2xx status to an error; the message carries the server's own words when it
+/// sent some (sabre/dav `<s:message>`, or a short plain-text body).
+fn status_error(
+    status: StatusCode,
+    retry_after: Option<Duration>,
+    body: &str,
+    what: &str,
+) -> ProviderError {
+    let detail = xml::error_message(body).or_else(|| {
+        let t = body.trim();
+        (!t.is_empty() && t.len() <= 200 && !t.starts_with('<')).then(|| t.to_owned())
+    });
+    let msg = match detail {
+        Some(d) => format!("{what}: {status}: {d}"),
+        None => format!("{what}: {status}"),
+    };
+    match status.as_u16() {
+        401 => ProviderError::Auth(msg),
+        403 => ProviderError::PermissionDenied(msg),
+        // 409 Conflict is what RFC 4918 prescribes for a missing parent collection.
+        404 | 409 | 410 => ProviderError::NotFound(msg),
+        412 => ProviderError::PreconditionFailed(msg),
+        423 | 408 => ProviderError::Transient(msg),
+        429 => ProviderError::RateLimited { retry_after },
+        507 => ProviderError::InsufficientStorage,
+        s if s >= 500 => ProviderError::Transient(msg),
+        _ => ProviderError::Protocol(msg),
+    }
+}
+
+/// Parses the three date formats HTTP allows (RFC 1123 first, as servers send it).
+pub(crate) fn parse_http_date(s: &str) -> Option<SystemTime> {
+    let s = s.trim();
+    let secs = if let Ok(dt) = chrono::DateTime::parse_from_rfc2822(s) {
+        dt.timestamp()
+    } else if let Ok(dt) = chrono::NaiveDateTime::parse_from_str(s, "%A, %d-%b-%y %H:%M:%S GMT") {
+        dt.and_utc().timestamp()
+    } else if let Ok(dt) = chrono::NaiveDateTime::parse_from_str(s, "%a %b %e %H:%M:%S %Y") {
+        dt.and_utc().timestamp()
+    } else {
+        return None;
+    };
+    let secs = u64::try_from(secs).ok()?;
+    Some(UNIX_EPOCH + Duration::from_secs(secs))
+}
+
+fn unix_secs(t: SystemTime) -> Option<u64> {
+    t.duration_since(UNIX_EPOCH).ok().map(|d| d.as_secs())
+}
+
+/// An etag as a revision string: without `W/` and quotes.
+fn normalize_etag(etag: &str) -> String {
+    let e = etag.trim();
+    let e = e.strip_prefix("W/").unwrap_or(e);
+    e.trim_matches('"').to_owned()
+}
+
+/// The revision of something without an etag; the same formula is applied to PROPFIND
+/// properties and to GET headers so both can be compared.
+fn fallback_revision(mtime: SystemTime, size: u64) -> String {
+    format!("m{}-{}", unix_secs(mtime).unwrap_or(0), size)
+}
+
+/// "algo:hex" from ownCloud's `oc:checksums`, preferring SHA-1 over MD5.
+fn hash_from_checksums(checksums: &[String]) -> Option<String> {
+    let mut md5 = None;
+    for item in checksums.iter().flat_map(|c| c.split_whitespace()) {
+        let Some((algo, hex)) = item.split_once(':') else {
+            continue;
+        };
+        if hex.is_empty() || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+            continue;
+        }
+        match algo.to_ascii_lowercase().as_str() {
+            "sha1" => return Some(format!("sha1:{}", hex.to_ascii_lowercase())),
+            "md5" if md5.is_none() => md5 = Some(format!("md5:{}", hex.to_ascii_lowercase())),
+            _ => {}
+        }
+    }
+    md5
+}
+
+fn is_collection(p: &DavProps) -> bool {
+    // Apache also labels directories with this pseudo content type.
+    p.is_collection || p.content_type.as_deref() == Some("httpd/unix-directory")
+}
+
+fn entry_from_props(path: &str, name: String, p: &DavProps) -> RemoteEntry {
+    let is_dir = is_collection(p);
+    let size = if is_dir {
+        0
+    } else {
+        p.content_length.or(p.oc_size).unwrap_or(0)
+    };
+    let mtime = p
+        .last_modified
+        .as_deref()
+        .and_then(parse_http_date)
+        .unwrap_or(UNIX_EPOCH);
+    let revision = match p.etag.as_deref().map(normalize_etag) {
+        Some(e) if !e.is_empty() => e,
+        _ => fallback_revision(mtime, size),
+    };
+    RemoteEntry {
+        id: p.file_id.clone().unwrap_or_else(|| path.to_owned()),
+        name,
+        kind: if is_dir {
+            EntryKind::Dir
+        } else {
+            EntryKind::File
+        },
+        size,
+        mtime,
+        revision,
+        hash: hash_from_checksums(&p.checksums),
+        mode: None,
+        symlink_target: None,
+    }
+}
+
+/// Streams `len` bytes of an open file as a request body, without reading it all in memory.
+fn file_body(file: tokio::fs::File, len: u64) -> reqwest::Body {
+    let stream = futures::stream::try_unfold((file, len), |(mut file, remaining)| async move {
+        if remaining == 0 {
+            return Ok(None);
+        }
+        let want = remaining.min(UPLOAD_BUF as u64) as usize;
+        let mut buf = vec![0u8; want];
+        let n = file.read(&mut buf).await?;
+        if n == 0 {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "local file shrank during upload",
+            ));
+        }
+        buf.truncate(n);
+        Ok::<_, std::io::Error>(Some((Bytes::from(buf), (file, remaining - n as u64))))
+    });
+    reqwest::Body::wrap_stream(stream)
+}
+
+/// Opens `source` positioned at `offset`.
+async fn open_at(source: &Path, offset: u64) -> ProviderResult<tokio::fs::File> {
+    let mut f = tokio::fs::File::open(source).await?;
+    if offset > 0 {
+        f.seek(std::io::SeekFrom::Start(offset)).await?;
+    }
+    Ok(f)
+}
+
+/// Passes through bytes `[skip, skip + take)` of a body stream: used when a server ignores
+/// `Range` and sends the whole file, and as a guard against servers sending more than asked.
+fn window<S>(inner: S, skip: u64, take: u64) -> ByteStream
+where
+    S: Stream<Item = ProviderResult<Bytes>> + Send + 'static,
+{
+    let stream = futures::stream::unfold(
+        (Box::pin(inner), skip, take),
+        |(mut inner, mut skip, mut take)| async move {
+            while take > 0 {
+                let mut chunk = match inner.next().await? {
+                    Ok(c) => c,
+                    Err(e) => return Some((Err(e), (inner, skip, 0))),
+                };
+                if skip > 0 {
+                    let drop = skip.min(chunk.len() as u64);
+                    skip -= drop;
+                    let _ = chunk.split_to(drop as usize);
+                }
+                if chunk.is_empty() {
+                    continue;
+                }
+                if chunk.len() as u64 > take {
+                    chunk.truncate(take as usize);
+                }
+                take -= chunk.len() as u64;
+                return Some((Ok(chunk), (inner, skip, take)));
+            }
+            None
+        },
+    );
+    Box::pin(stream)
+}
+
+/// "bytes a-b/total" → (a, total).
+fn parse_content_range(v: &str) -> Option<(u64, Option<u64>)> {
+    let rest = v.trim().strip_prefix("bytes")?.trim_start();
+    let (range, total) = rest.split_once('/')?;
+    let (start, _) = range.split_once('-')?;
+    Some((start.trim().parse().ok()?, total.trim().parse().ok()))
+}
+
+#[async_trait]
+impl Provider for WebdavProvider {
+    fn kind(&self) -> &'static str {
+        "webdav"
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            delta: false,
+            native_versions: false,
+            case_insensitive: false,
+            max_name_len: 255,
+            // Nextcloud refuses backslashes in names; generic servers take anything but '/'.
+            forbidden_chars: if self.nextcloud { vec!['\\'] } else { vec![] },
+            symlinks: false,
+            unix_attrs: false,
+        }
+    }
+
+    fn list<'a>(&'a self, dir: &'a str) -> ListStream<'a> {
+        let fut = async move { self.list_all(dir).await };
+        Box::pin(
+            futures::stream::once(fut)
+                .map(|res| {
+                    let pages: Vec<ProviderResult<Vec<RemoteEntry>>> = match res {
+                        Ok((_, children)) => {
+                            children.chunks(LIST_PAGE).map(|c| Ok(c.to_vec())).collect()
+                        }
+                        Err(e) => vec![Err(e)],
+                    };
+                    futures::stream::iter(pages)
+                })
+                .flatten(),
+        )
+    }
+
+    async fn stat(&self, path: &str) -> ProviderResult<RemoteEntry> {
+        Ok(self.stat_props(path).await?.0)
+    }
+
+    async fn read_range(
+        &self,
+        path: &str,
+        revision: Option<&str>,
+        offset: u64,
+        len: u64,
+    ) -> ProviderResult<ByteStream> {
+        let what = format!("GET {path}");
+        if len == 0 {
+            if let Some(rev) = revision {
+                let cur = self.stat(path).await?;
+                if cur.revision != rev {
+                    return Err(ProviderError::PreconditionFailed(path.to_owned()));
+                }
+            }
+            return Ok(Box::pin(futures::stream::empty()));
+        }
+        let last = offset.saturating_add(len - 1);
+        let rb = self
+            .request(Method::GET, &self.url(path))
+            .header(reqwest::header::RANGE, format!("bytes={offset}-{last}"))
+            // A compressed body would make byte offsets meaningless.
+            .header(reqwest::header::ACCEPT_ENCODING, "identity");
+        let resp = self.send(rb, &what).await?;
+        let status = resp.status();
+        let headers = resp.headers().clone();
+        let (skip, total) = match status {
+            StatusCode::PARTIAL_CONTENT => {
+                let cr = headers
+                    .get(reqwest::header::CONTENT_RANGE)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(parse_content_range);
+                match cr {
+                    Some((start, total)) if start <= offset => (offset - start, total),
+                    Some((start, _)) => {
+                        return Err(ProviderError::Protocol(format!(
+                            "{what}: asked for bytes from {offset}, server sent from {start}"
+                        )))
+                    }
+                    // No Content-Range on a single-range 206 is a protocol violation, but
+                    // the body can only be the range we asked for.
+                    None => (0, None),
+                }
+            }
+            // The server ignored Range: the body is the whole file.
+            StatusCode::OK => (offset, resp.content_length()),
+            StatusCode::RANGE_NOT_SATISFIABLE => {
+                if let Some(rev) = revision {
+                    let cur = self.stat(path).await?;
+                    if cur.revision != rev {
+                        return Err(ProviderError::PreconditionFailed(path.to_owned()));
+                    }
+                }
+                return Ok(Box::pin(futures::stream::empty()));
+            }
+            _ => {
+                let err = self.fail(resp, &what).await;
+                if matches!(status.as_u16(), 403..=405) {
+                    if let Ok((e, _)) = self.stat_props(path).await {
+                        if e.kind == EntryKind::Dir {
+                            return Err(ProviderError::IsADirectory(path.to_owned()));
+                        }
+                    }
+                }
+                return Err(err);
+            }
+        };
+        if let Some(want) = revision {
+            let etag = headers
+                .get(reqwest::header::ETAG)
+                .and_then(|v| v.to_str().ok())
+                .map(normalize_etag)
+                .filter(|e| !e.is_empty());
+            let got = match etag {
+                Some(e) => Some(e),
+                None => {
+                    let mtime = headers
+                        .get(reqwest::header::LAST_MODIFIED)
+                        .and_then(|v| v.to_str().ok())
+                        .and_then(parse_http_date);
+                    mtime.zip(total).map(|(m, t)| fallback_revision(m, t))
+                }
+            };
+            if let Some(got) = got {
+                if got != want {
+                    return Err(ProviderError::PreconditionFailed(format!(
+                        "{path} is at revision {got}, expected {want}"
+                    )));
+                }
+            }
+        }
+        let what2 = what.clone();
+        let body = resp
+            .bytes_stream()
+            .map_err(move |e| ProviderError::Transient(format!("{what2}: {}", error_chain(&e))));
+        Ok(window(body, skip, len))
+    }
+
+    async fn upload(
+        &self,
+        path: &str,
+        source: &Path,
+        options: &UploadOptions,
+    ) -> ProviderResult<RemoteEntry> {
+        let meta = tokio::fs::metadata(source).await?;
+        if !meta.is_file() {
+            return Err(ProviderError::IsADirectory(source.display().to_string()));
+        }
+        let size = meta.len();
+        let pre = self
+            .check_expected(path, &options.expected_revision)
+            .await?;
+        match &self.chunking {
+            Some(target) if size > target.chunk_size => {
+                target.upload(self, path, source, size, options).await?
+            }
+            _ => self.put_simple(path, source, size, options, &pre).await?,
+        }
+        self.stat(path).await
+    }
+
+    async fn mkdir(&self, path: &str) -> ProviderResult<RemoteEntry> {
+        // Some servers (rclone) answer 201 to a MKCOL on an existing collection.
+        match self.stat_props(path).await {
+            Ok(_) => return Err(ProviderError::AlreadyExists(path.to_owned())),
+            Err(ProviderError::NotFound(_)) => {}
+            Err(e) => return Err(e),
+        }
+        let what = format!("MKCOL {path}");
+        let resp = self
+            .send(
+                self.request(
+                    Method::from_bytes(b"MKCOL").expect("valid method"),
+                    &self.url(path),
+                ),
+                &what,
+            )
+            .await?;
+        let status = resp.status();
+        if !status.is_success() {
+            let err = self.fail(resp, &what).await;
+            if let Some(p) = self.parent_problem(path).await {
+                return Err(p);
+            }
+            if status == StatusCode::METHOD_NOT_ALLOWED {
+                return Err(ProviderError::AlreadyExists(path.to_owned()));
+            }
+            return Err(err);
+        }
+        self.stat(path).await
+    }
+
+    async fn rename(&self, from: &str, to: &str, overwrite: bool) -> ProviderResult<RemoteEntry> {
+        if from == "/" || to == "/" {
+            return Err(ProviderError::PermissionDenied(
+                "cannot move the root".into(),
+            ));
+        }
+        if from == to {
+            return self.stat(from).await;
+        }
+        if overwrite {
+            self.check_overwrite_target(from, to).await?;
+        }
+        self.transfer(b"MOVE", from, to, overwrite).await?;
+        self.stat(to).await
+    }
+
+    async fn delete(&self, path: &str) -> ProviderResult<()> {
+        if path == "/" {
+            return Err(ProviderError::PermissionDenied(
+                "cannot delete the root".into(),
+            ));
+        }
+        // DELETE on a collection is recursive in WebDAV: refuse non-empty directories first.
+        match self.list_all(path).await {
+            Ok((_, children)) if !children.is_empty() => {
+                return Err(ProviderError::DirectoryNotEmpty(path.to_owned()))
+            }
+            Ok(_) | Err(ProviderError::NotADirectory(_)) => {}
+            Err(e) => return Err(e),
+        }
+        let what = format!("DELETE {path}");
+        let resp = self
+            .send(self.request(Method::DELETE, &self.url(path)), &what)
+            .await?;
+        if resp.status().is_success() {
+            Ok(())
+        } else {
+            Err(self.fail(resp, &what).await)
+        }
+    }
+
+    async fn copy(&self, from: &str, to: &str) -> ProviderResult<RemoteEntry> {
+        let (src, _) = self.stat_props(from).await?;
+        if src.kind == EntryKind::Dir {
+            return Err(ProviderError::IsADirectory(from.to_owned()));
+        }
+        if from == to {
+            return Ok(src);
+        }
+        match self.transfer(b"COPY", from, to, false).await {
+            Ok(()) => {}
+            Err(ProviderError::AlreadyExists(_)) => {
+                // Replace an existing file, like cp, but never a directory.
+                let (dest, _) = self.stat_props(to).await?;
+                if dest.kind == EntryKind::Dir {
+                    return Err(ProviderError::IsADirectory(to.to_owned()));
+                }
+                self.transfer(b"COPY", from, to, true).await?;
+            }
+            Err(e) => return Err(e),
+        }
+        self.stat(to).await
+    }
+
+    async fn quota(&self) -> ProviderResult<Quota> {
+        let responses = self.propfind("/", "0", xml::PROPFIND_QUOTA_BODY).await?;
+        let Some(r) = responses.first() else {
+            return Ok(Quota::default());
+        };
+        // Negative values are ownCloud's "not computed" (-1), "unknown" (-2), "unlimited" (-3).
+        let non_neg = |v: Option<i64>| v.and_then(|v| u64::try_from(v).ok());
+        let used = non_neg(r.props.quota_used);
+        let available = non_neg(r.props.quota_available);
+        Ok(Quota {
+            total: used.zip(available).map(|(u, a)| u.saturating_add(a)),
+            used,
+            available,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn etags_and_revisions() {
+        assert_eq!(normalize_etag("\"6-660d\""), "6-660d");
+        assert_eq!(normalize_etag("W/\"abc\""), "abc");
+        assert_eq!(normalize_etag("abc"), "abc");
+        let p = DavProps {
+            last_modified: Some("Sat, 21 Nov 2026 23:52:34 GMT".into()),
+            content_length: Some(6),
+            ..Default::default()
+        };
+        let e = entry_from_props("/x", "x".into(), &p);
+        assert_eq!(e.revision, "m1795305154-6");
+        assert_eq!(e.id, "/x");
+        assert_eq!(e.kind, EntryKind::File);
+    }
+
+    #[test]
+    fn http_dates() {
+        let want = UNIX_EPOCH + Duration::from_secs(784111777);
+        assert_eq!(parse_http_date("Sun, 06 Nov 1994 08:49:37 GMT"), Some(want));
+        assert_eq!(
+            parse_http_date("Sunday, 06-Nov-94 08:49:37 GMT"),
+            Some(want)
+        );
+        assert_eq!(parse_http_date("Sun Nov  6 08:49:37 1994"), Some(want));
+        assert_eq!(parse_http_date("yesterday"), None);
+    }
+
+    #[test]
+    fn checksums() {
+        let c = vec![
+            "SHA1:F572D396fae9206628714fb2ce00f72e94f2258f MD5:b1946ac9 ADLER32:084b021f"
+                .to_owned(),
+        ];
+        assert_eq!(
+            hash_from_checksums(&c).as_deref(),
+            Some("sha1:f572d396fae9206628714fb2ce00f72e94f2258f")
+        );
+        let c = vec!["ADLER32:084b021f MD5:B1946AC9".to_owned()];
+        assert_eq!(hash_from_checksums(&c).as_deref(), Some("md5:b1946ac9"));
+        assert_eq!(hash_from_checksums(&[]), None);
+    }
+
+    #[test]
+    fn errors_map_and_keep_sabre_message() {
+        let body = include_str!("testdata/error_404_sabre.xml");
+        let e = status_error(StatusCode::NOT_FOUND, None, body, "GET /Photo");
+        match e {
+            ProviderError::NotFound(m) => {
+                assert!(
+                    m.contains("File with name Photo could not be located"),
+                    "{m}"
+                )
+            }
+            other => panic!("{other:?}"),
+        }
+        let e = status_error(
+            StatusCode::TOO_MANY_REQUESTS,
+            Some(Duration::from_secs(7)),
+            "",
+            "x",
+        );
+        assert_eq!(
+            e,
+            ProviderError::RateLimited {
+                retry_after: Some(Duration::from_secs(7))
+            }
+        );
+        assert!(matches!(
+            status_error(StatusCode::UNAUTHORIZED, None, "", "x"),
+            ProviderError::Auth(_)
+        ));
+        assert!(matches!(
+            status_error(StatusCode::FORBIDDEN, None, "", "x"),
+            ProviderError::PermissionDenied(_)
+        ));
+        assert!(matches!(
+            status_error(StatusCode::LOCKED, None, "", "x"),
+            ProviderError::Transient(_)
+        ));
+        assert!(matches!(
+            status_error(StatusCode::BAD_GATEWAY, None, "", "x"),
+            ProviderError::Transient(_)
+        ));
+        assert_eq!(
+            status_error(StatusCode::INSUFFICIENT_STORAGE, None, "", "x"),
+            ProviderError::InsufficientStorage
+        );
+    }
+
+    #[test]
+    fn content_range() {
+        assert_eq!(parse_content_range("bytes 1-1/2"), Some((1, Some(2))));
+        assert_eq!(parse_content_range("bytes 5-9/*"), Some((5, None)));
+        assert_eq!(parse_content_range("items 1-2/3"), None);
+    }
+
+    #[tokio::test]
+    async fn window_skips_and_truncates() {
+        let chunks: Vec<ProviderResult<Bytes>> = vec![
+            Ok(Bytes::from_static(b"0123")),
+            Ok(Bytes::from_static(b"4567")),
+            Ok(Bytes::from_static(b"89")),
+        ];
+        let s = window(futures::stream::iter(chunks.clone()), 3, 4);
+        assert_eq!(super::super::collect_stream(s).await.unwrap(), b"3456");
+        let s = window(futures::stream::iter(chunks), 9, 100);
+        assert_eq!(super::super::collect_stream(s).await.unwrap(), b"9");
+    }
+
+    #[test]
+    fn config_debug_redacts_secrets() {
+        let mut cfg = WebdavConfig::new("https://h/");
+        cfg.password = Some("hunter2".into());
+        cfg.bearer_token = Some("tok-secret".into());
+        let s = format!("{cfg:?}");
+        assert!(!s.contains("hunter2") && !s.contains("tok-secret"), "{s}");
+    }
+
+    #[test]
+    fn config_serde_defaults() {
+        let cfg: WebdavConfig =
+            toml::from_str("url = \"https://h/x/\"\nchunked_upload = \"off\"").unwrap();
+        assert_eq!(cfg.timeout_secs, 60);
+        assert_eq!(cfg.chunked_upload, ChunkedMode::Off);
+        assert_eq!(cfg.chunk_size, chunked::DEFAULT_CHUNK_SIZE);
+        assert!(toml::from_str::<WebdavConfig>("url = \"x\"\nbogus = 1").is_err());
+    }
+
+    #[test]
+    fn urls_and_hrefs() {
+        let p =
+            WebdavProvider::new(WebdavConfig::new("http://u:pw@127.0.0.1:9/dav%20root/")).unwrap();
+        assert_eq!(p.url("/"), "http://127.0.0.1:9/dav%20root/");
+        assert_eq!(
+            p.url("/a b/c#d"),
+            "http://127.0.0.1:9/dav%20root/a%20b/c%23d"
+        );
+        assert_eq!(p.base_segments, vec!["dav root".to_owned()]);
+        assert!(
+            matches!(p.auth, Auth::Basic { ref user, ref password } if user == "u" && password.as_deref() == Some("pw"))
+        );
+        assert!(!format!("{p:?}").contains("pw"));
+    }
+}

@@ -1,0 +1,167 @@
+//! Version history for providers that keep none of their own (local folder, plain WebDAV).
+//!
+//! Each upload leaves a copy in a hidden folder on the remote that mirrors the tree:
+//! `/.cloudmount-versions/<path>/<unix-ms>-<sha256 prefix>`. Keeping it on the remote (not
+//! in the local cache) means history survives a wiped cache or a new machine; the folder
+//! is moved along when a file or directory is renamed.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use futures::StreamExt;
+use serde::{Deserialize, Serialize};
+use tokio::io::AsyncWriteExt;
+
+use crate::provider::{
+    join_path, split_path, Provider, ProviderError, ProviderResult, UploadOptions,
+};
+
+pub const VERSIONS_DIR: &str = ".cloudmount-versions";
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct VersionInfo {
+    /// 1 is the oldest kept version; the highest number is the current content.
+    pub number: usize,
+    pub time: SystemTime,
+    pub size: u64,
+    /// Prefix of the content's SHA-256.
+    pub hash: String,
+    #[serde(skip)]
+    pub remote_path: String,
+}
+
+pub struct Versions {
+    provider: Arc<dyn Provider>,
+    keep: usize,
+}
+
+fn versions_dir_of(path: &str) -> String {
+    format!("/{VERSIONS_DIR}{path}")
+}
+
+fn parse_name(name: &str) -> Option<(u64, String)> {
+    let (ms, hash) = name.split_once('-')?;
+    Some((ms.parse().ok()?, hash.to_string()))
+}
+
+impl Versions {
+    pub fn new(provider: Arc<dyn Provider>, keep: usize) -> Self {
+        Versions { provider, keep }
+    }
+
+    async fn mkdir_all(&self, dir: &str) -> ProviderResult<()> {
+        let mut cur = String::new();
+        for comp in dir.split('/').filter(|c| !c.is_empty()) {
+            cur.push('/');
+            cur.push_str(comp);
+            match self.provider.mkdir(&cur).await {
+                Ok(_) | Err(ProviderError::AlreadyExists(_)) => {}
+                Err(e) => {
+                    // Some servers answer a conflict for an existing folder; check.
+                    match self.provider.stat(&cur).await {
+                        Ok(entry) if entry.kind == crate::provider::EntryKind::Dir => {}
+                        _ => return Err(e),
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Keep the content just uploaded to `path` (also available locally as `snapshot`).
+    pub async fn record(&self, path: &str, snapshot: &Path, sha256: &str) -> ProviderResult<()> {
+        if self.keep == 0 {
+            return Ok(());
+        }
+        let dir = versions_dir_of(path);
+        self.mkdir_all(&dir).await?;
+        let ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_millis();
+        let name = format!("{ms:013}-{}", &sha256[..16.min(sha256.len())]);
+        let target = join_path(&dir, &name);
+        // A server-side copy costs no upload bandwidth; fall back to sending it again.
+        if self.provider.copy(path, &target).await.is_err() {
+            self.provider
+                .upload(&target, snapshot, &UploadOptions::default())
+                .await?;
+        }
+        self.prune(path).await
+    }
+
+    async fn prune(&self, path: &str) -> ProviderResult<()> {
+        let list = self.list(path).await?;
+        if list.len() > self.keep {
+            for v in &list[..list.len() - self.keep] {
+                self.provider.delete(&v.remote_path).await?;
+            }
+        }
+        Ok(())
+    }
+
+    pub async fn list(&self, path: &str) -> ProviderResult<Vec<VersionInfo>> {
+        let dir = versions_dir_of(path);
+        let mut entries = Vec::new();
+        let mut pages = self.provider.list(&dir);
+        while let Some(page) = pages.next().await {
+            match page {
+                Ok(p) => entries.extend(p),
+                Err(ProviderError::NotFound(_)) => return Ok(vec![]),
+                Err(e) => return Err(e),
+            }
+        }
+        let mut out: Vec<(u64, String, u64, String)> = entries
+            .into_iter()
+            .filter(|e| e.kind == crate::provider::EntryKind::File)
+            .filter_map(|e| {
+                let (ms, hash) = parse_name(&e.name)?;
+                Some((ms, hash, e.size, join_path(&dir, &e.name)))
+            })
+            .collect();
+        out.sort();
+        Ok(out
+            .into_iter()
+            .enumerate()
+            .map(|(i, (ms, hash, size, remote_path))| VersionInfo {
+                number: i + 1,
+                time: UNIX_EPOCH + Duration::from_millis(ms),
+                size,
+                hash,
+                remote_path,
+            })
+            .collect())
+    }
+
+    pub async fn download(&self, remote_path: &str, dest: &Path) -> ProviderResult<()> {
+        let mut stream = self
+            .provider
+            .read_range(remote_path, None, 0, u64::MAX)
+            .await?;
+        let mut f = tokio::fs::File::create(dest).await?;
+        while let Some(piece) = stream.next().await {
+            f.write_all(&piece?).await?;
+        }
+        f.flush().await?;
+        Ok(())
+    }
+
+    pub async fn read(&self, remote_path: &str) -> ProviderResult<Vec<u8>> {
+        let stream = self
+            .provider
+            .read_range(remote_path, None, 0, u64::MAX)
+            .await?;
+        crate::provider::collect_stream(stream).await
+    }
+
+    pub async fn follow_rename(&self, from: &str, to: &str) -> ProviderResult<()> {
+        let src = versions_dir_of(from);
+        let dst = versions_dir_of(to);
+        if self.provider.stat(&src).await.is_err() {
+            return Ok(());
+        }
+        self.mkdir_all(split_path(&dst).0).await?;
+        self.provider.rename(&src, &dst, true).await.map(|_| ())
+    }
+}

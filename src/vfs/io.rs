@@ -1,0 +1,215 @@
+//! Open files: reads through the chunk cache with read-ahead, writes into the local copy,
+//! and the hand-off to the write-back queue on close.
+
+use std::sync::atomic::Ordering;
+
+use super::*;
+
+impl Vfs {
+    pub(super) fn new_handle(&self, ino: Ino, writable: bool) -> u64 {
+        let fh = self.next_handle.fetch_add(1, Ordering::SeqCst);
+        self.handles.lock().unwrap().insert(
+            fh,
+            Handle {
+                ino,
+                writable,
+                next_offset: 0,
+                window: 0,
+            },
+        );
+        *self.open_counts.lock().unwrap().entry(ino).or_default() += 1;
+        fh
+    }
+
+    /// Open a file. Returns the handle and whether the kernel may keep its cached pages.
+    pub async fn open(&self, ino: Ino, writable: bool) -> FsResult<(u64, bool)> {
+        if writable {
+            self.writable()?;
+        }
+        let inode = self.get(ino)?;
+        if inode.is_dir() {
+            return Err(FsError::IsDir);
+        }
+        if !inode.dirty {
+            if let Some(r) = &inode.remote {
+                if !self.cache.validate(ino, &r.revision) {
+                    self.stale_pages.lock().unwrap().insert(ino);
+                }
+            }
+        }
+        // Pages the kernel cached stay valid unless the remote content changed meanwhile:
+        // local writes went through the kernel and updated them already.
+        let keep_cache = !self.stale_pages.lock().unwrap().remove(&ino);
+        Ok((self.new_handle(ino, writable), keep_cache))
+    }
+
+    pub async fn read(&self, ino: Ino, fh: u64, offset: u64, size: u32) -> FsResult<Vec<u8>> {
+        let inode = self.get(ino)?;
+        if inode.is_dir() {
+            return Err(FsError::IsDir);
+        }
+        let source = Self::source_of(&inode);
+        let end = offset.saturating_add(size as u64);
+        let chunk = self.cache.chunk_size;
+        // Sequential readers get a read-ahead window that doubles while they keep up and
+        // shrinks back to one chunk on a seek.
+        let prefetch = {
+            let mut handles = self.handles.lock().unwrap();
+            match handles.get_mut(&fh) {
+                Some(h) => {
+                    if offset == h.next_offset {
+                        h.window = if h.window == 0 {
+                            2 * chunk
+                        } else {
+                            (h.window * 2).min(self.config.readahead_max.max(chunk))
+                        };
+                    } else {
+                        h.window = 0;
+                    }
+                    h.next_offset = end;
+                    h.window
+                }
+                None => 0,
+            }
+        };
+        if let (Some(src), true) = (&source, prefetch > 0) {
+            self.cache
+                .prefetch(ino, src, inode.size, end, end + prefetch);
+        }
+        let data = self
+            .cache
+            .read(ino, source.as_ref(), inode.size, offset, size as u64)
+            .await;
+        match data {
+            Ok(d) => {
+                self.mark_reachable();
+                Ok(d)
+            }
+            Err(e) => {
+                let e = FsError::from(e);
+                self.note_remote_error(&e);
+                Err(e)
+            }
+        }
+    }
+
+    pub async fn write(&self, ino: Ino, fh: u64, offset: u64, data: &[u8]) -> FsResult<u32> {
+        self.writable()?;
+        {
+            let handles = self.handles.lock().unwrap();
+            match handles.get(&fh) {
+                Some(h) if h.writable => {}
+                Some(_) => return Err(FsError::BadHandle),
+                None => return Err(FsError::BadHandle),
+            }
+        }
+        self.begin_local_change(ino)?;
+        self.cache.write(ino, offset, data)?;
+        let end = offset + data.len() as u64;
+        self.update(ino, |i| {
+            i.size = i.size.max(end);
+            i.mtime = now();
+            i.ctime = i.mtime;
+            i.generation += 1;
+        })?;
+        Ok(data.len() as u32)
+    }
+
+    /// close(): the program's data is handed to the write-back queue and made durable
+    /// before close returns, so a crash right after loses nothing.
+    pub async fn flush(&self, ino: Ino, _fh: u64) -> FsResult<()> {
+        self.commit_if_dirty(ino).await
+    }
+
+    async fn commit_if_dirty(&self, ino: Ino) -> FsResult<()> {
+        let inode = match self.store.get(ino)? {
+            Some(i) => i,
+            None => return Ok(()),
+        };
+        if !inode.dirty || inode.parent == 0 {
+            return Ok(());
+        }
+        let Some(path) = self.path_of(ino)? else {
+            return Ok(());
+        };
+        self.cache.sync_record(ino);
+        self.queue.enqueue_upload(ino, &path, inode.size);
+        self.store.flush().await?;
+        Ok(())
+    }
+
+    pub async fn fsync(&self, ino: Ino, _fh: u64) -> FsResult<()> {
+        self.cache.fsync(ino)?;
+        self.commit_if_dirty(ino).await
+    }
+
+    pub async fn release(&self, fh: u64) -> FsResult<()> {
+        let handle = self.handles.lock().unwrap().remove(&fh);
+        let Some(h) = handle else {
+            return Err(FsError::BadHandle);
+        };
+        let last = {
+            let mut counts = self.open_counts.lock().unwrap();
+            let c = counts.entry(h.ino).or_default();
+            *c = c.saturating_sub(1);
+            if *c == 0 {
+                counts.remove(&h.ino);
+                true
+            } else {
+                false
+            }
+        };
+        if h.writable {
+            // Writes through mmap may arrive after the last flush.
+            self.commit_if_dirty(h.ino).await?;
+        }
+        if last {
+            self.maybe_purge_orphan(h.ino);
+        }
+        Ok(())
+    }
+
+    pub(super) fn mark_reachable(&self) {
+        let mut st = self.state.lock().unwrap();
+        if st.0 == ConnectionState::Offline {
+            *st = (ConnectionState::Online, None);
+        }
+    }
+
+    pub(super) fn note_remote_error(&self, e: &FsError) {
+        match e {
+            FsError::Unavailable(m) => self.set_state(ConnectionState::Offline, Some(m.clone())),
+            FsError::Access(m) => self.set_state(ConnectionState::AuthError, Some(m.clone())),
+            _ => {}
+        }
+    }
+
+    /// Replace a file's content with one of its recorded versions (queued for upload
+    /// like any other change, which records a new version in turn).
+    pub async fn restore_version(&self, path: &str, number: usize) -> FsResult<()> {
+        self.writable()?;
+        let ino = self.resolve(path).await?;
+        let versions = self.versions.list(path).await.map_err(FsError::from)?;
+        let v = versions
+            .iter()
+            .find(|v| v.number == number)
+            .ok_or_else(|| FsError::Invalid(format!("{path} has no version {number}")))?;
+        let tmp = self.staging.join(format!("restore-{ino}"));
+        self.versions
+            .download(&v.remote_path, &tmp)
+            .await
+            .map_err(FsError::from)?;
+        let data = tokio::fs::read(&tmp).await?;
+        let _ = tokio::fs::remove_file(&tmp).await;
+        let inode = self.begin_local_change(ino)?;
+        self.cache.truncate(ino, inode.size, 0)?;
+        self.cache.write(ino, 0, &data)?;
+        self.update(ino, |i| {
+            i.size = data.len() as u64;
+            i.mtime = now();
+            i.generation += 1;
+        })?;
+        self.notify_inode(ino);
+        self.commit_if_dirty(ino).await
+    }
+}

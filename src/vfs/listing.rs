@@ -1,0 +1,212 @@
+//! Directory listings: fetched from the provider once, kept in the metadata store,
+//! refreshed after a TTL and merged with local changes that have not reached the remote.
+
+use std::collections::HashMap;
+
+use futures::StreamExt;
+
+use super::*;
+use crate::provider::RemoteEntry;
+
+impl Vfs {
+    /// Make sure the children of `dir` are known. A warm directory costs no request.
+    pub async fn ensure_listed(&self, dir: Ino) -> FsResult<()> {
+        let inode = self.get(dir)?;
+        if !inode.is_dir() {
+            return Err(FsError::NotDir);
+        }
+        if !self.needs_listing(&inode) {
+            return Ok(());
+        }
+        // One listing per directory at a time; the others wait for it and reuse it.
+        let lock = {
+            let mut locks = self.listing_locks.lock().unwrap();
+            Arc::clone(locks.entry(dir).or_default())
+        };
+        let _g = lock.lock().await;
+        let inode = self.get(dir)?;
+        if !self.needs_listing(&inode) {
+            return Ok(());
+        }
+        let Some(remote) = inode.remote.clone() else {
+            return Ok(());
+        };
+        match self.fetch_listing(&remote.path).await {
+            Ok(entries) => {
+                self.mark_reachable();
+                self.merge_listing(dir, &remote.path, entries).await
+            }
+            Err(e) => {
+                let err = FsError::from(e);
+                self.note_remote_error(&err);
+                if inode.listed_at.is_some() {
+                    // Offline: the last listing is better than an error.
+                    tracing::debug!(dir, error = %err, "serving a stale listing");
+                    Ok(())
+                } else {
+                    Err(err)
+                }
+            }
+        }
+    }
+
+    fn needs_listing(&self, inode: &Inode) -> bool {
+        if inode.remote.is_none() {
+            return false;
+        }
+        match inode.listed_at {
+            None => true,
+            Some(at) => at
+                .elapsed()
+                .map(|e| e > self.config.dir_ttl)
+                .unwrap_or(true),
+        }
+    }
+
+    async fn fetch_listing(
+        &self,
+        path: &str,
+    ) -> Result<Vec<RemoteEntry>, crate::provider::ProviderError> {
+        let mut out = Vec::new();
+        let mut pages = self.provider.list(path);
+        while let Some(page) = pages.next().await {
+            out.extend(page?);
+        }
+        Ok(out)
+    }
+
+    /// Forget the listing of a directory so the next access fetches it again.
+    pub fn invalidate_listing(&self, dir: Ino) -> FsResult<()> {
+        self.update(dir, |d| d.listed_at = None)?;
+        Ok(())
+    }
+
+    async fn merge_listing(
+        &self,
+        dir: Ino,
+        remote_dir: &str,
+        entries: Vec<RemoteEntry>,
+    ) -> FsResult<()> {
+        let _ns = self.ns_lock.lock().await;
+        let mut remote: HashMap<String, RemoteEntry> = HashMap::new();
+        for e in entries {
+            let reserved = dir == ROOT_LOCAL_INO && RESERVED_NAMES.contains(&e.name.as_str());
+            if reserved || e.name.is_empty() || e.name.contains('/') || e.name.len() > 255 {
+                if !reserved {
+                    tracing::warn!(name = %e.name, "skipping a remote name that cannot be shown");
+                }
+                continue;
+            }
+            remote.insert(e.name.clone(), e);
+        }
+        let busy = self.queue.busy_inodes();
+        let mut batch = Batch::default();
+        let mut changed_inodes = Vec::new();
+        let mut changed_entries = Vec::new();
+        for (name, ino) in self.store.children(dir)? {
+            let Some(mut child) = self.store.get(ino)? else {
+                batch.unlink(dir, &name);
+                continue;
+            };
+            let settled = !busy.contains(&ino) && !child.dirty;
+            match remote.remove(&name) {
+                Some(e) if settled => {
+                    if e.kind != child.kind {
+                        batch.unlink(dir, &name);
+                        self.orphan(&mut batch, &mut child);
+                        changed_entries.push(name.clone());
+                        remote.insert(name, e);
+                        continue;
+                    }
+                    let rev_changed =
+                        child.remote.as_ref().map(|r| &r.revision) != Some(&e.revision);
+                    if rev_changed {
+                        self.apply_remote(&mut child, &e, remote_dir);
+                        batch.put_inode(&child);
+                        if !self.cache.validate(ino, &e.revision) {
+                            self.stale_pages.lock().unwrap().insert(ino);
+                        }
+                        changed_inodes.push(ino);
+                    }
+                }
+                Some(_) => {} // local changes pending: the local view wins until uploaded
+                None => {
+                    if settled && child.remote.is_some() {
+                        // Deleted on the remote by someone else.
+                        batch.unlink(dir, &name);
+                        self.orphan(&mut batch, &mut child);
+                        changed_entries.push(name);
+                    }
+                }
+            }
+        }
+        for (name, e) in remote {
+            let path = join_path(remote_dir, &name);
+            if self.queue.touches(&path) {
+                continue; // a queued delete or rename will change this name
+            }
+            let ino = self.store.alloc_ino()?;
+            let mut child = self.new_inode(
+                ino,
+                dir,
+                &name,
+                e.kind,
+                if e.kind == EntryKind::Dir {
+                    0o755
+                } else {
+                    0o644
+                },
+                self.config.uid,
+                self.config.gid,
+            );
+            self.apply_remote(&mut child, &e, remote_dir);
+            if let Some(mode) = e.mode {
+                child.perm = (mode & 0o7777) as u16;
+            }
+            batch.put_inode(&child);
+            batch.link(dir, &name, ino);
+            changed_entries.push(name);
+        }
+        self.store.apply(batch)?;
+        self.update(dir, |d| d.listed_at = Some(now()))?;
+        for ino in changed_inodes {
+            self.notify_inode(ino);
+        }
+        for name in changed_entries {
+            self.notify_entry(dir, &name);
+        }
+        let orphans: Vec<Ino> = self.orphans.lock().unwrap().iter().copied().collect();
+        for o in orphans {
+            self.maybe_purge_orphan(o);
+        }
+        Ok(())
+    }
+
+    fn apply_remote(&self, child: &mut Inode, e: &RemoteEntry, remote_dir: &str) {
+        child.size = if e.kind == EntryKind::Dir { 0 } else { e.size };
+        child.mtime = e.mtime;
+        child.ctime = e.mtime;
+        child.hash = e.hash.clone();
+        child.symlink_target = e.symlink_target.clone();
+        child.remote = Some(RemoteState {
+            path: join_path(remote_dir, &e.name),
+            revision: e.revision.clone(),
+            id: e.id.clone(),
+        });
+        if e.kind == EntryKind::Dir && child.listed_at.is_some() {
+            // Its content may have changed too.
+            child.listed_at = None;
+        }
+    }
+
+    /// Re-list every directory that was listed before (a manual or periodic refresh).
+    pub fn expire_listings(&self) -> FsResult<()> {
+        for inode in self.store.all_inodes() {
+            let inode = inode?;
+            if inode.is_dir() && inode.listed_at.is_some() {
+                self.update(inode.ino, |d| d.listed_at = None)?;
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,1043 @@
+//! Filesystem logic for one connection, independent of FUSE.
+//!
+//! `Vfs` answers namespace and data operations from the metadata store and the chunk
+//! cache, and turns local changes into write-back jobs. The FUSE adapter only translates
+//! kernel requests into these calls; tests can drive them directly.
+
+mod error;
+mod executor;
+mod io;
+mod listing;
+
+use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+pub use error::{FsError, FsResult};
+pub use executor::{conflict_name, VfsExecutor};
+
+use crate::cache::{ChunkCache, Source};
+use crate::metadata::{Batch, Ino, Inode, RemoteState, Store, ROOT_LOCAL_INO};
+use crate::provider::{join_path, EntryKind, Provider, Quota};
+use crate::versions::Versions;
+use crate::writeback::WriteBackQueue;
+
+/// Names cloudmount keeps for itself at the top of every connection.
+pub const RESERVED_NAMES: &[&str] = &[crate::versions::VERSIONS_DIR, ".cloudmount-tmp"];
+
+#[derive(Debug, Clone)]
+pub struct VfsConfig {
+    /// How long a directory listing is trusted before it is fetched again.
+    pub dir_ttl: Duration,
+    pub read_only: bool,
+    /// Owner of every file (the mounting user).
+    pub uid: u32,
+    pub gid: u32,
+    pub readahead_max: u64,
+    pub versions_to_keep: usize,
+}
+
+impl Default for VfsConfig {
+    fn default() -> Self {
+        VfsConfig {
+            dir_ttl: Duration::from_secs(60),
+            read_only: false,
+            uid: nix::unistd::getuid().as_raw(),
+            gid: nix::unistd::getgid().as_raw(),
+            readahead_max: 64 << 20,
+            versions_to_keep: 30,
+        }
+    }
+}
+
+/// Attributes of a file, in the filesystem layer's own terms.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Attr {
+    pub ino: Ino,
+    pub kind: EntryKind,
+    pub size: u64,
+    pub perm: u16,
+    pub nlink: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub atime: SystemTime,
+    pub mtime: SystemTime,
+    pub ctime: SystemTime,
+}
+
+#[derive(Debug, Default, Clone)]
+pub struct SetAttr {
+    pub mode: Option<u32>,
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+    pub size: Option<u64>,
+    pub atime: Option<TimeSpec>,
+    pub mtime: Option<TimeSpec>,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub enum TimeSpec {
+    Now,
+    At(SystemTime),
+}
+
+/// Pushes invalidations into the kernel's caches (implemented by the FUSE adapter).
+pub trait KernelNotifier: Send + Sync {
+    fn inval_inode(&self, ino: Ino);
+    fn inval_entry(&self, parent: Ino, name: &str);
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum ConnectionState {
+    Online,
+    Offline,
+    AuthError,
+}
+
+struct Handle {
+    ino: Ino,
+    writable: bool,
+    /// Where the next sequential read would start, and the current read-ahead window.
+    next_offset: u64,
+    window: u64,
+}
+
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct ConflictRecord {
+    pub path: String,
+    pub conflict_copy: String,
+    pub at: SystemTime,
+}
+
+pub struct Vfs {
+    pub name: String,
+    pub provider: Arc<dyn Provider>,
+    pub store: Store,
+    pub cache: Arc<ChunkCache>,
+    pub queue: Arc<WriteBackQueue>,
+    pub versions: Versions,
+    pub config: VfsConfig,
+    staging: PathBuf,
+    /// Serializes namespace changes, which touch several records at once.
+    ns_lock: tokio::sync::Mutex<()>,
+    /// Guards read-modify-write of single inode records.
+    record_locks: Vec<Mutex<()>>,
+    handles: Mutex<HashMap<u64, Handle>>,
+    next_handle: AtomicU64,
+    open_counts: Mutex<HashMap<Ino, u32>>,
+    lookups: Mutex<HashMap<Ino, u64>>,
+    /// Unlinked inodes still open or known to the kernel.
+    orphans: Mutex<HashSet<Ino>>,
+    /// Inodes whose remote content changed since the kernel last cached their pages.
+    stale_pages: Mutex<HashSet<Ino>>,
+    listing_locks: Mutex<HashMap<Ino, Arc<tokio::sync::Mutex<()>>>>,
+    notifier: Mutex<Option<Arc<dyn KernelNotifier>>>,
+    state: Mutex<(ConnectionState, Option<String>)>,
+    quota_cache: Mutex<Option<(SystemTime, Quota)>>,
+    conflicts: Mutex<Vec<ConflictRecord>>,
+}
+
+fn now() -> SystemTime {
+    SystemTime::now()
+}
+
+impl Vfs {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        name: String,
+        provider: Arc<dyn Provider>,
+        store: Store,
+        cache: Arc<ChunkCache>,
+        queue: Arc<WriteBackQueue>,
+        staging: PathBuf,
+        config: VfsConfig,
+    ) -> FsResult<Arc<Self>> {
+        std::fs::create_dir_all(&staging)?;
+        let conflicts = store
+            .get_meta("conflicts")?
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default();
+        let vfs = Vfs {
+            name,
+            versions: Versions::new(Arc::clone(&provider), config.versions_to_keep),
+            provider,
+            store,
+            cache,
+            queue,
+            config,
+            staging,
+            ns_lock: tokio::sync::Mutex::new(()),
+            record_locks: (0..64).map(|_| Mutex::new(())).collect(),
+            handles: Mutex::new(HashMap::new()),
+            next_handle: AtomicU64::new(1),
+            open_counts: Mutex::new(HashMap::new()),
+            lookups: Mutex::new(HashMap::new()),
+            orphans: Mutex::new(HashSet::new()),
+            stale_pages: Mutex::new(HashSet::new()),
+            listing_locks: Mutex::new(HashMap::new()),
+            notifier: Mutex::new(None),
+            state: Mutex::new((ConnectionState::Online, None)),
+            quota_cache: Mutex::new(None),
+            conflicts: Mutex::new(conflicts),
+        };
+        vfs.init_root()?;
+        vfs.purge_orphans_from_last_run()?;
+        Ok(Arc::new(vfs))
+    }
+
+    fn init_root(&self) -> FsResult<()> {
+        if self.store.get(ROOT_LOCAL_INO)?.is_none() {
+            let t = now();
+            self.store.put(&Inode {
+                ino: ROOT_LOCAL_INO,
+                parent: ROOT_LOCAL_INO,
+                name: String::new(),
+                kind: EntryKind::Dir,
+                size: 0,
+                mtime: t,
+                atime: t,
+                ctime: t,
+                perm: 0o755,
+                uid: self.config.uid,
+                gid: self.config.gid,
+                symlink_target: None,
+                remote: Some(RemoteState {
+                    path: "/".into(),
+                    revision: String::new(),
+                    id: "/".into(),
+                }),
+                dirty: false,
+                base_revision: None,
+                listed_at: None,
+                hash: None,
+                generation: 0,
+                conflict: None,
+                upload_error: None,
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Unlinked-but-open files of a previous run are gone for good once it has ended.
+    fn purge_orphans_from_last_run(&self) -> FsResult<()> {
+        let busy = self.queue.busy_inodes();
+        let mut doomed = Vec::new();
+        for inode in self.store.all_inodes() {
+            let inode = inode?;
+            if inode.parent == 0 && !busy.contains(&inode.ino) {
+                doomed.push(inode.ino);
+            }
+        }
+        for ino in doomed {
+            let mut b = Batch::default();
+            b.remove_inode(ino);
+            self.store.apply(b)?;
+            self.cache.remove(ino);
+        }
+        Ok(())
+    }
+
+    /// Start working the write-back queue in the background.
+    pub fn start_writeback(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
+        let executor = Arc::new(VfsExecutor(Arc::downgrade(self)));
+        tokio::spawn(Arc::clone(&self.queue).run(executor))
+    }
+
+    pub fn set_notifier(&self, n: Arc<dyn KernelNotifier>) {
+        *self.notifier.lock().unwrap() = Some(n);
+    }
+
+    fn notify_inode(&self, ino: Ino) {
+        if let Some(n) = self.notifier.lock().unwrap().clone() {
+            n.inval_inode(ino);
+        }
+    }
+
+    fn notify_entry(&self, parent: Ino, name: &str) {
+        if let Some(n) = self.notifier.lock().unwrap().clone() {
+            n.inval_entry(parent, name);
+        }
+    }
+
+    pub fn connection_state(&self) -> (ConnectionState, Option<String>) {
+        self.state.lock().unwrap().clone()
+    }
+
+    fn set_state(&self, s: ConnectionState, msg: Option<String>) {
+        *self.state.lock().unwrap() = (s, msg);
+    }
+
+    pub fn conflicts(&self) -> Vec<ConflictRecord> {
+        self.conflicts.lock().unwrap().clone()
+    }
+
+    fn record_conflict(&self, rec: ConflictRecord) {
+        let mut c = self.conflicts.lock().unwrap();
+        c.push(rec);
+        if c.len() > 100 {
+            c.remove(0);
+        }
+        if let Ok(bytes) = serde_json::to_vec(&*c) {
+            let _ = self.store.set_meta("conflicts", &bytes);
+        }
+    }
+
+    // ---------------------------------------------------------------------------------
+    // Records
+
+    pub fn get(&self, ino: Ino) -> FsResult<Inode> {
+        self.store.get(ino)?.ok_or(FsError::NotFound)
+    }
+
+    /// Read-modify-write of one inode record.
+    fn update(&self, ino: Ino, f: impl FnOnce(&mut Inode)) -> FsResult<Inode> {
+        let _g = self.record_locks[(ino % 64) as usize].lock().unwrap();
+        let mut inode = self.get(ino)?;
+        f(&mut inode);
+        self.store.put(&inode)?;
+        Ok(inode)
+    }
+
+    pub fn attr_of(&self, inode: &Inode) -> Attr {
+        Attr {
+            ino: inode.ino,
+            kind: inode.kind,
+            size: match inode.kind {
+                EntryKind::Symlink => inode.symlink_target.as_ref().map_or(0, |t| t.len() as u64),
+                _ => inode.size,
+            },
+            perm: inode.perm,
+            nlink: if inode.is_dir() {
+                2
+            } else if inode.parent == 0 {
+                0
+            } else {
+                1
+            },
+            uid: inode.uid,
+            gid: inode.gid,
+            atime: inode.atime,
+            mtime: inode.mtime,
+            ctime: inode.ctime,
+        }
+    }
+
+    /// The path of an inode in the mounted tree ("/a/b"), or None once unlinked.
+    pub fn path_of(&self, ino: Ino) -> FsResult<Option<String>> {
+        let mut parts = Vec::new();
+        let mut cur = self.get(ino)?;
+        while cur.ino != ROOT_LOCAL_INO {
+            if cur.parent == 0 {
+                return Ok(None);
+            }
+            parts.push(cur.name.clone());
+            cur = self.get(cur.parent)?;
+        }
+        let mut path = String::from("/");
+        for (i, p) in parts.iter().rev().enumerate() {
+            if i > 0 {
+                path.push('/');
+            }
+            path.push_str(p);
+        }
+        Ok(Some(path))
+    }
+
+    fn child_path(&self, parent: Ino, name: &str) -> FsResult<String> {
+        let dir = self.path_of(parent)?.ok_or(FsError::NotFound)?;
+        Ok(join_path(&dir, name))
+    }
+
+    fn check_name(&self, parent: Ino, name: &str) -> FsResult<()> {
+        let caps = self.provider.capabilities();
+        if name.len() > caps.max_name_len.min(255) {
+            return Err(FsError::NameTooLong);
+        }
+        if name.is_empty() || name == "." || name == ".." || name.contains('/') {
+            return Err(FsError::Invalid(name.to_string()));
+        }
+        if let Some(c) = name.chars().find(|c| caps.forbidden_chars.contains(c)) {
+            return Err(FsError::Invalid(format!(
+                "{name:?}: the provider does not allow {c:?} in names"
+            )));
+        }
+        if parent == ROOT_LOCAL_INO && RESERVED_NAMES.contains(&name) {
+            return Err(FsError::NotPermitted(format!(
+                "{name} is reserved for cloudmount's own use"
+            )));
+        }
+        Ok(())
+    }
+
+    fn writable(&self) -> FsResult<()> {
+        if self.config.read_only {
+            Err(FsError::ReadOnly)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Whether the remote has (or is about to have) this entry.
+    fn on_remote(&self, inode: &Inode) -> bool {
+        inode.remote.is_some() || self.queue.is_running(inode.ino)
+    }
+
+    fn source_of(inode: &Inode) -> Option<Source> {
+        inode.remote.as_ref().map(|r| Source {
+            path: r.path.clone(),
+            revision: r.revision.clone(),
+        })
+    }
+
+    fn new_inode(
+        &self,
+        ino: Ino,
+        parent: Ino,
+        name: &str,
+        kind: EntryKind,
+        perm: u16,
+        uid: u32,
+        gid: u32,
+    ) -> Inode {
+        let t = now();
+        Inode {
+            ino,
+            parent,
+            name: name.to_string(),
+            kind,
+            size: 0,
+            mtime: t,
+            atime: t,
+            ctime: t,
+            perm,
+            uid,
+            gid,
+            symlink_target: None,
+            remote: None,
+            dirty: false,
+            base_revision: None,
+            listed_at: None,
+            hash: None,
+            generation: 0,
+            conflict: None,
+            upload_error: None,
+        }
+    }
+
+    fn touch_dir(&self, dir: Ino) -> FsResult<()> {
+        let t = now();
+        self.update(dir, |d| {
+            d.mtime = t;
+            d.ctime = t;
+        })?;
+        Ok(())
+    }
+
+    // ---------------------------------------------------------------------------------
+    // Kernel reference counting
+
+    pub fn remember_lookup(&self, ino: Ino) {
+        *self.lookups.lock().unwrap().entry(ino).or_default() += 1;
+    }
+
+    pub fn forget(&self, ino: Ino, n: u64) {
+        let gone = {
+            let mut l = self.lookups.lock().unwrap();
+            let e = l.entry(ino).or_default();
+            *e = e.saturating_sub(n);
+            if *e == 0 {
+                l.remove(&ino);
+                true
+            } else {
+                false
+            }
+        };
+        if gone {
+            self.maybe_purge_orphan(ino);
+        }
+    }
+
+    fn maybe_purge_orphan(&self, ino: Ino) {
+        if !self.orphans.lock().unwrap().contains(&ino) {
+            return;
+        }
+        let open = self
+            .open_counts
+            .lock()
+            .unwrap()
+            .get(&ino)
+            .copied()
+            .unwrap_or(0);
+        let looked_up = self.lookups.lock().unwrap().contains_key(&ino);
+        if open > 0 || looked_up || self.queue.has_jobs_for(ino) {
+            return;
+        }
+        self.orphans.lock().unwrap().remove(&ino);
+        let mut b = Batch::default();
+        b.remove_inode(ino);
+        if let Err(e) = self.store.apply(b) {
+            tracing::warn!(ino, error = %e, "could not drop unlinked inode");
+        }
+        self.cache.remove(ino);
+    }
+
+    /// Detach an inode from the tree. It lives on (as an orphan) while open or known to
+    /// the kernel, so an open file keeps working after unlink or rename-over.
+    fn orphan(&self, b: &mut Batch, inode: &mut Inode) {
+        inode.parent = 0;
+        inode.ctime = now();
+        b.put_inode(inode);
+        self.orphans.lock().unwrap().insert(inode.ino);
+    }
+
+    pub fn is_open(&self, ino: Ino) -> bool {
+        self.open_counts
+            .lock()
+            .unwrap()
+            .get(&ino)
+            .copied()
+            .unwrap_or(0)
+            > 0
+    }
+
+    // ---------------------------------------------------------------------------------
+    // Namespace operations
+
+    pub async fn lookup(&self, parent: Ino, name: &str) -> FsResult<Attr> {
+        let caps = self.provider.capabilities();
+        if name.len() > caps.max_name_len.min(255) {
+            return Err(FsError::NameTooLong);
+        }
+        if parent == ROOT_LOCAL_INO && RESERVED_NAMES.contains(&name) {
+            return Err(FsError::NotFound);
+        }
+        self.ensure_listed(parent).await?;
+        let ino = self.store.child(parent, name)?.ok_or(FsError::NotFound)?;
+        let inode = self.get(ino)?;
+        Ok(self.attr_of(&inode))
+    }
+
+    pub async fn getattr(&self, ino: Ino) -> FsResult<Attr> {
+        Ok(self.attr_of(&self.get(ino)?))
+    }
+
+    pub async fn readlink(&self, ino: Ino) -> FsResult<String> {
+        let inode = self.get(ino)?;
+        match (inode.kind, inode.symlink_target) {
+            (EntryKind::Symlink, Some(t)) => Ok(t),
+            _ => Err(FsError::Invalid("not a symlink".into())),
+        }
+    }
+
+    pub async fn readdir(&self, ino: Ino) -> FsResult<Vec<(String, Attr)>> {
+        let dir = self.get(ino)?;
+        if !dir.is_dir() {
+            return Err(FsError::NotDir);
+        }
+        self.ensure_listed(ino).await?;
+        let mut out = Vec::new();
+        for (name, child) in self.store.children(ino)? {
+            if let Some(inode) = self.store.get(child)? {
+                out.push((name, self.attr_of(&inode)));
+            }
+        }
+        Ok(out)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub async fn mkdir(
+        &self,
+        parent: Ino,
+        name: &str,
+        mode: u32,
+        uid: u32,
+        gid: u32,
+    ) -> FsResult<Attr> {
+        self.writable()?;
+        self.check_name(parent, name)?;
+        self.ensure_listed(parent).await?;
+        let _ns = self.ns_lock.lock().await;
+        let pdir = self.get(parent)?;
+        if !pdir.is_dir() {
+            return Err(FsError::NotDir);
+        }
+        if self.store.child(parent, name)?.is_some() {
+            return Err(FsError::Exists);
+        }
+        let ino = self.store.alloc_ino()?;
+        let mut inode = self.new_inode(
+            ino,
+            parent,
+            name,
+            EntryKind::Dir,
+            (mode & 0o7777) as u16,
+            uid,
+            gid,
+        );
+        inode.listed_at = Some(now());
+        let mut b = Batch::default();
+        b.put_inode(&inode);
+        b.link(parent, name, ino);
+        self.store.apply(b)?;
+        self.touch_dir(parent)?;
+        let path = self.child_path(parent, name)?;
+        self.queue.enqueue_mkdir(ino, &path);
+        Ok(self.attr_of(&inode))
+    }
+
+    /// Create and open a regular file. Returns its attributes and a handle.
+    pub async fn create(
+        &self,
+        parent: Ino,
+        name: &str,
+        mode: u32,
+        uid: u32,
+        gid: u32,
+        exclusive: bool,
+    ) -> FsResult<(Attr, u64)> {
+        self.writable()?;
+        self.check_name(parent, name)?;
+        self.ensure_listed(parent).await?;
+        let _ns = self.ns_lock.lock().await;
+        if !self.get(parent)?.is_dir() {
+            return Err(FsError::NotDir);
+        }
+        if let Some(existing) = self.store.child(parent, name)? {
+            // The kernel normally looks up first; a racing creator still gets POSIX answers.
+            if exclusive {
+                return Err(FsError::Exists);
+            }
+            drop(_ns);
+            let attr = self.getattr(existing).await?;
+            let fh = self.open(existing, true).await?.0;
+            return Ok((attr, fh));
+        }
+        let ino = self.store.alloc_ino()?;
+        let mut inode = self.new_inode(
+            ino,
+            parent,
+            name,
+            EntryKind::File,
+            (mode & 0o7777) as u16,
+            uid,
+            gid,
+        );
+        inode.dirty = true;
+        self.cache.truncate(ino, 0, 0)?;
+        self.cache.set_dirty(ino, true);
+        let mut b = Batch::default();
+        b.put_inode(&inode);
+        b.link(parent, name, ino);
+        self.store.apply(b)?;
+        self.touch_dir(parent)?;
+        let fh = self.new_handle(ino, true);
+        Ok((self.attr_of(&inode), fh))
+    }
+
+    /// mknod: regular files only; device nodes, FIFOs and sockets cannot live in a cloud.
+    pub async fn mknod(
+        &self,
+        parent: Ino,
+        name: &str,
+        mode: u32,
+        uid: u32,
+        gid: u32,
+    ) -> FsResult<Attr> {
+        if mode & libc::S_IFMT != libc::S_IFREG {
+            return Err(FsError::NotPermitted(
+                "device nodes, FIFOs and sockets cannot be stored on a cloud provider".into(),
+            ));
+        }
+        let (attr, fh) = self.create(parent, name, mode, uid, gid, true).await?;
+        self.flush(attr.ino, fh).await?;
+        self.release(fh).await?;
+        Ok(attr)
+    }
+
+    pub async fn symlink(
+        &self,
+        parent: Ino,
+        name: &str,
+        target: &str,
+        uid: u32,
+        gid: u32,
+    ) -> FsResult<Attr> {
+        self.writable()?;
+        self.check_name(parent, name)?;
+        if !self.provider.capabilities().symlinks {
+            return Err(FsError::NotPermitted(format!(
+                "{} connections cannot store symbolic links",
+                self.provider.kind()
+            )));
+        }
+        self.ensure_listed(parent).await?;
+        let _ns = self.ns_lock.lock().await;
+        if self.store.child(parent, name)?.is_some() {
+            return Err(FsError::Exists);
+        }
+        let ino = self.store.alloc_ino()?;
+        let mut inode = self.new_inode(ino, parent, name, EntryKind::Symlink, 0o777, uid, gid);
+        inode.symlink_target = Some(target.to_string());
+        let mut b = Batch::default();
+        b.put_inode(&inode);
+        b.link(parent, name, ino);
+        self.store.apply(b)?;
+        self.touch_dir(parent)?;
+        let path = self.child_path(parent, name)?;
+        self.queue.enqueue_symlink(ino, &path, target);
+        Ok(self.attr_of(&inode))
+    }
+
+    pub async fn link(&self) -> FsResult<Attr> {
+        Err(FsError::NotPermitted(
+            "hard links cannot be represented on cloud providers".into(),
+        ))
+    }
+
+    pub async fn unlink(&self, parent: Ino, name: &str) -> FsResult<()> {
+        self.writable()?;
+        self.ensure_listed(parent).await?;
+        let _ns = self.ns_lock.lock().await;
+        let ino = self.store.child(parent, name)?.ok_or(FsError::NotFound)?;
+        let mut inode = self.get(ino)?;
+        if inode.is_dir() {
+            return Err(FsError::IsDir);
+        }
+        let path = self.child_path(parent, name)?;
+        let on_remote = self.on_remote(&inode);
+        let mut b = Batch::default();
+        b.unlink(parent, name);
+        self.orphan(&mut b, &mut inode);
+        self.store.apply(b)?;
+        self.touch_dir(parent)?;
+        self.queue.on_delete(ino, &path, on_remote);
+        self.maybe_purge_orphan(ino);
+        Ok(())
+    }
+
+    pub async fn rmdir(&self, parent: Ino, name: &str) -> FsResult<()> {
+        self.writable()?;
+        if parent == ROOT_LOCAL_INO && RESERVED_NAMES.contains(&name) {
+            return Err(FsError::NotFound);
+        }
+        self.ensure_listed(parent).await?;
+        let ino = self.store.child(parent, name)?.ok_or(FsError::NotFound)?;
+        if !self.get(ino)?.is_dir() {
+            return Err(FsError::NotDir);
+        }
+        // Its remote children count too, even if nobody listed it yet.
+        self.ensure_listed(ino).await?;
+        let _ns = self.ns_lock.lock().await;
+        if self.store.child(parent, name)? != Some(ino) {
+            return Err(FsError::NotFound);
+        }
+        if self.store.has_children(ino)? {
+            return Err(FsError::NotEmpty);
+        }
+        let mut inode = self.get(ino)?;
+        let path = self.child_path(parent, name)?;
+        let on_remote = self.on_remote(&inode);
+        let mut b = Batch::default();
+        b.unlink(parent, name);
+        self.orphan(&mut b, &mut inode);
+        self.store.apply(b)?;
+        self.touch_dir(parent)?;
+        self.queue.on_delete(ino, &path, on_remote);
+        self.maybe_purge_orphan(ino);
+        Ok(())
+    }
+
+    pub async fn rename(
+        &self,
+        parent: Ino,
+        name: &str,
+        new_parent: Ino,
+        new_name: &str,
+        no_replace: bool,
+        exchange: bool,
+    ) -> FsResult<()> {
+        self.writable()?;
+        if exchange {
+            return Err(FsError::Invalid(
+                "RENAME_EXCHANGE is not supported by cloud providers".into(),
+            ));
+        }
+        self.check_name(new_parent, new_name)?;
+        if parent == ROOT_LOCAL_INO && RESERVED_NAMES.contains(&name) {
+            return Err(FsError::NotFound);
+        }
+        self.ensure_listed(parent).await?;
+        self.ensure_listed(new_parent).await?;
+        let src_ino = self.store.child(parent, name)?.ok_or(FsError::NotFound)?;
+        if let Some(dst) = self.store.child(new_parent, new_name)? {
+            if self.get(dst)?.is_dir() {
+                self.ensure_listed(dst).await?;
+            }
+        }
+        let _ns = self.ns_lock.lock().await;
+        if self.store.child(parent, name)? != Some(src_ino) {
+            return Err(FsError::NotFound);
+        }
+        let mut src = self.get(src_ino)?;
+        if !self.get(new_parent)?.is_dir() {
+            return Err(FsError::NotDir);
+        }
+        // A directory cannot move below itself.
+        if src.is_dir() {
+            let mut cur = new_parent;
+            loop {
+                if cur == src_ino {
+                    return Err(FsError::Invalid(
+                        "cannot move a directory into itself".into(),
+                    ));
+                }
+                if cur == ROOT_LOCAL_INO || cur == 0 {
+                    break;
+                }
+                cur = self.get(cur)?.parent;
+            }
+        }
+        let from = self.child_path(parent, name)?;
+        let to = self.child_path(new_parent, new_name)?;
+        let dst = self.store.child(new_parent, new_name)?;
+        let mut victim = None;
+        if let Some(dst_ino) = dst {
+            if dst_ino == src_ino {
+                return Ok(());
+            }
+            if no_replace {
+                return Err(FsError::Exists);
+            }
+            let d = self.get(dst_ino)?;
+            match (src.is_dir(), d.is_dir()) {
+                (true, false) => return Err(FsError::NotDir),
+                (false, true) => return Err(FsError::IsDir),
+                (true, true) if self.store.has_children(dst_ino)? => return Err(FsError::NotEmpty),
+                _ => {}
+            }
+            victim = Some(d);
+        }
+        let src_on_remote = self.on_remote(&src);
+        let mut b = Batch::default();
+        b.unlink(parent, name);
+        if let Some(v) = victim.as_mut() {
+            b.unlink(new_parent, new_name);
+            self.orphan(&mut b, v);
+            if v.remote.is_some() && !src_on_remote && !src.is_dir() {
+                // The new content replaces what the remote has at that name: the upload
+                // must expect that revision, not an empty slot.
+                src.base_revision = v.remote.as_ref().map(|r| r.revision.clone());
+            }
+        }
+        b.link(new_parent, new_name, src_ino);
+        src.parent = new_parent;
+        src.name = new_name.to_string();
+        src.ctime = now();
+        b.put_inode(&src);
+        self.store.apply(b)?;
+        self.touch_dir(parent)?;
+        if new_parent != parent {
+            self.touch_dir(new_parent)?;
+        }
+        if let Some(v) = &victim {
+            if v.is_dir() && v.remote.is_some() && !src_on_remote {
+                self.queue.on_delete(v.ino, &to, true);
+            }
+            if self.is_open(v.ino) {
+                self.keep_for_open_handles(v);
+            }
+        }
+        self.queue.on_rename(
+            src_ino,
+            &from,
+            &to,
+            src_on_remote,
+            victim.as_ref().map(|v| v.ino),
+        );
+        if let Some(v) = victim {
+            self.maybe_purge_orphan(v.ino);
+        }
+        Ok(())
+    }
+
+    /// A file replaced or deleted while open must keep its own content: fetch what is
+    /// not cached yet, before the remote copy goes away.
+    fn keep_for_open_handles(&self, inode: &Inode) {
+        let Some(source) = Self::source_of(inode) else {
+            return;
+        };
+        let cache = Arc::clone(&self.cache);
+        let (ino, size) = (inode.ino, inode.size);
+        tokio::spawn(async move {
+            if let Err(e) = cache.ensure(ino, Some(&source), size, 0, size).await {
+                tracing::warn!(ino, error = %e, "could not keep the content of a replaced open file");
+            }
+        });
+    }
+
+    pub async fn setattr(&self, ino: Ino, set: SetAttr) -> FsResult<Attr> {
+        if set.size.is_some() || set.mode.is_some() || set.uid.is_some() || set.gid.is_some() {
+            self.writable()?;
+        }
+        let inode = self.get(ino)?;
+        if let Some(size) = set.size {
+            if inode.is_dir() {
+                return Err(FsError::IsDir);
+            }
+            self.truncate(ino, size)?;
+        }
+        let t = now();
+        let resolve = |ts: TimeSpec| match ts {
+            TimeSpec::Now => t,
+            TimeSpec::At(at) => at,
+        };
+        let inode = self.update(ino, |i| {
+            if let Some(m) = set.mode {
+                i.perm = (m & 0o7777) as u16;
+            }
+            if let Some(u) = set.uid {
+                i.uid = u;
+            }
+            if let Some(g) = set.gid {
+                i.gid = g;
+            }
+            if let Some(a) = set.atime {
+                i.atime = resolve(a);
+            }
+            if let Some(m) = set.mtime {
+                i.mtime = resolve(m);
+            }
+            i.ctime = t;
+        })?;
+        Ok(self.attr_of(&inode))
+    }
+
+    fn truncate(&self, ino: Ino, size: u64) -> FsResult<()> {
+        let inode = self.begin_local_change(ino)?;
+        self.cache.truncate(ino, inode.size, size)?;
+        self.update(ino, |i| {
+            i.size = size;
+            i.mtime = now();
+            i.generation += 1;
+        })?;
+        if !self.is_open(ino) {
+            // A truncate without an open handle (truncate(1)) has no close to trigger upload.
+            let path = self.path_of(ino)?;
+            if let Some(path) = path {
+                self.queue.enqueue_upload(ino, &path, size);
+            }
+        }
+        Ok(())
+    }
+
+    /// Mark an inode as locally modified, remembering which remote revision the change
+    /// started from so the upload can detect a conflicting remote edit.
+    fn begin_local_change(&self, ino: Ino) -> FsResult<Inode> {
+        let inode = self.get(ino)?;
+        if inode.dirty {
+            return Ok(inode);
+        }
+        self.cache.set_dirty(ino, true);
+        self.update(ino, |i| {
+            if !i.dirty {
+                i.dirty = true;
+                i.base_revision = i.remote.as_ref().map(|r| r.revision.clone());
+            }
+        })
+    }
+
+    pub async fn statfs(&self) -> Quota {
+        if let Some((at, q)) = self.quota_cache.lock().unwrap().clone() {
+            if at.elapsed().unwrap_or_default() < Duration::from_secs(30) {
+                return q;
+            }
+        }
+        match self.provider.quota().await {
+            Ok(q) => {
+                *self.quota_cache.lock().unwrap() = Some((now(), q.clone()));
+                q
+            }
+            Err(_) => Quota::default(),
+        }
+    }
+
+    // ---------------------------------------------------------------------------------
+    // Extended attributes: read-only state for scripts and file managers.
+
+    pub const XATTRS: &'static [&'static str] = &[
+        "user.cloudmount.state",
+        "user.cloudmount.cached_bytes",
+        "user.cloudmount.revision",
+        "user.cloudmount.error",
+    ];
+
+    pub fn getxattr(&self, ino: Ino, name: &str) -> FsResult<Vec<u8>> {
+        let inode = self.get(ino)?;
+        let value = match name {
+            "user.cloudmount.state" => self.state_of(&inode).to_string(),
+            "user.cloudmount.cached_bytes" => self.cache.cached_bytes(ino).to_string(),
+            "user.cloudmount.revision" => inode
+                .remote
+                .as_ref()
+                .map(|r| r.revision.clone())
+                .ok_or(FsError::NoAttr)?,
+            "user.cloudmount.error" => inode
+                .conflict
+                .as_ref()
+                .map(|c| format!("conflict: local edit saved as {c}"))
+                .or(inode.upload_error.clone())
+                .ok_or(FsError::NoAttr)?,
+            _ => return Err(FsError::NoAttr),
+        };
+        Ok(value.into_bytes())
+    }
+
+    /// One word for what is going on with a file.
+    pub fn state_of(&self, inode: &Inode) -> &'static str {
+        if let Some(s) = self.queue.job_state_of(inode.ino) {
+            return s;
+        }
+        if inode.conflict.is_some() {
+            return "conflict";
+        }
+        if inode.dirty {
+            return "dirty";
+        }
+        if inode.is_dir() || inode.kind == EntryKind::Symlink {
+            return "synced";
+        }
+        if self.cache.is_complete(inode.ino, inode.size) {
+            "cached"
+        } else if self.cache.cached_bytes(inode.ino) > 0 {
+            "partial"
+        } else {
+            "remote"
+        }
+    }
+
+    pub fn listxattr(&self, ino: Ino) -> FsResult<Vec<String>> {
+        let inode = self.get(ino)?;
+        Ok(Self::XATTRS
+            .iter()
+            .filter(|n| {
+                **n != "user.cloudmount.error"
+                    || inode.conflict.is_some()
+                    || inode.upload_error.is_some()
+            })
+            .filter(|n| **n != "user.cloudmount.revision" || inode.remote.is_some())
+            .map(|s| s.to_string())
+            .collect())
+    }
+
+    /// Resolve a path in the mounted tree ("/a/b") to an inode.
+    pub async fn resolve(&self, path: &str) -> FsResult<Ino> {
+        let mut ino = ROOT_LOCAL_INO;
+        for comp in path.split('/').filter(|c| !c.is_empty()) {
+            self.ensure_listed(ino).await?;
+            ino = self.store.child(ino, comp)?.ok_or(FsError::NotFound)?;
+        }
+        Ok(ino)
+    }
+}

@@ -1,0 +1,688 @@
+//! The persistent write-back queue.
+//!
+//! Every change that must reach the remote (upload, mkdir, symlink, rename, delete) is a
+//! job persisted in the metadata store, so it survives `kill -9`, reboots and offline
+//! periods. Jobs run in parallel except where their paths overlap: a job waits for every
+//! earlier job on the same path, an ancestor or a descendant, which keeps the remote tree
+//! consistent (a directory is created before its files, a rename lands before the upload
+//! to the new name). The queue does not know how to run a job; an executor does.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+use tokio::sync::Notify;
+
+use crate::metadata::{Ino, Store, StoreError};
+use crate::provider::is_same_or_below;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum JobKind {
+    Upload,
+    Mkdir,
+    Symlink {
+        target: String,
+    },
+    /// Move the remote object at `from` to the job's path.
+    Rename {
+        from: String,
+        overwrite: bool,
+    },
+    Delete,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Job {
+    pub ino: Ino,
+    pub kind: JobKind,
+    /// The remote path the job acts on (for a rename: the destination).
+    pub path: String,
+    pub not_before_ms: u64,
+    pub attempts: u32,
+    /// Parked after a permanent error or too many attempts; `retry` revives it.
+    pub failed: Option<String>,
+    pub last_error: Option<String>,
+    pub size: u64,
+}
+
+impl Job {
+    fn paths(&self) -> impl Iterator<Item = &str> {
+        let from = match &self.kind {
+            JobKind::Rename { from, .. } => Some(from.as_str()),
+            _ => None,
+        };
+        std::iter::once(self.path.as_str()).chain(from)
+    }
+
+    fn rewrite_prefix(&mut self, from: &str, to: &str) -> bool {
+        let mut changed = false;
+        if let Some(p) = rewrite(&self.path, from, to) {
+            self.path = p;
+            changed = true;
+        }
+        if let JobKind::Rename { from: f, .. } = &mut self.kind {
+            if let Some(p) = rewrite(f, from, to) {
+                *f = p;
+                changed = true;
+            }
+        }
+        changed
+    }
+}
+
+/// `path` with the prefix `from` replaced by `to`, when `path` is at or below `from`.
+pub fn rewrite(path: &str, from: &str, to: &str) -> Option<String> {
+    if is_same_or_below(path, from) && from != "/" {
+        Some(format!("{to}{}", &path[from.len()..]))
+    } else {
+        None
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct QueueConfig {
+    /// How long after close an upload waits, so that save-then-rename sequences coalesce.
+    pub upload_delay: Duration,
+    pub concurrency: usize,
+    pub max_attempts: u32,
+    pub backoff_base: Duration,
+    pub backoff_max: Duration,
+}
+
+impl Default for QueueConfig {
+    fn default() -> Self {
+        QueueConfig {
+            upload_delay: Duration::from_secs(2),
+            concurrency: 8,
+            max_attempts: 12,
+            backoff_base: Duration::from_secs(1),
+            backoff_max: Duration::from_secs(300),
+        }
+    }
+}
+
+/// How a job ended.
+#[derive(Debug)]
+pub enum JobOutcome {
+    Done,
+    /// Try again later (network down, rate limited, server error).
+    Retry(String),
+    /// Will not succeed by retrying; park it for the user.
+    Permanent(String),
+}
+
+#[async_trait]
+pub trait JobExecutor: Send + Sync + 'static {
+    async fn execute(&self, seq: u64, job: &Job, progress: &Progress) -> JobOutcome;
+}
+
+/// Bytes done of the running jobs, for `status`.
+#[derive(Default)]
+pub struct Progress {
+    bytes: Mutex<HashMap<u64, u64>>,
+}
+
+impl Progress {
+    pub fn set(&self, seq: u64, done: u64) {
+        self.bytes.lock().unwrap().insert(seq, done);
+    }
+    fn get(&self, seq: u64) -> u64 {
+        self.bytes.lock().unwrap().get(&seq).copied().unwrap_or(0)
+    }
+    fn clear(&self, seq: u64) {
+        self.bytes.lock().unwrap().remove(&seq);
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct JobStatus {
+    pub seq: u64,
+    pub kind: String,
+    pub path: String,
+    pub size: u64,
+    pub done_bytes: u64,
+    pub running: bool,
+    pub attempts: u32,
+    pub failed: Option<String>,
+    pub last_error: Option<String>,
+}
+
+struct State {
+    jobs: BTreeMap<u64, Job>,
+    running: HashSet<u64>,
+    /// Paths whose remote state changes while a job on them runs or waits.
+    completed: u64,
+    recent_errors: Vec<(SystemTime, String)>,
+}
+
+pub struct WriteBackQueue {
+    store: Store,
+    config: QueueConfig,
+    state: Mutex<State>,
+    next_seq: AtomicU64,
+    wake: Notify,
+    idle: Notify,
+    pub progress: Progress,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_millis() as u64
+}
+
+impl WriteBackQueue {
+    /// Load the persisted jobs. Cheap even with thousands queued: the mount does not wait
+    /// for them, they drain in the background.
+    pub fn load(store: Store, config: QueueConfig) -> Result<Arc<Self>, StoreError> {
+        let mut jobs = BTreeMap::new();
+        for item in store.all_jobs::<Job>() {
+            let (seq, job) = item?;
+            jobs.insert(seq, job);
+        }
+        let next = jobs.keys().next_back().map(|s| s + 1).unwrap_or(1);
+        Ok(Arc::new(WriteBackQueue {
+            store,
+            config,
+            state: Mutex::new(State {
+                jobs,
+                running: HashSet::new(),
+                completed: 0,
+                recent_errors: Vec::new(),
+            }),
+            next_seq: AtomicU64::new(next),
+            wake: Notify::new(),
+            idle: Notify::new(),
+            progress: Progress::default(),
+        }))
+    }
+
+    pub fn config(&self) -> &QueueConfig {
+        &self.config
+    }
+
+    fn persist(&self, seq: u64, job: &Job) {
+        if let Err(e) = self.store.put_job(seq, job) {
+            tracing::error!(seq, error = %e, "could not persist write-back job");
+        }
+    }
+
+    fn unpersist(&self, seq: u64) {
+        if let Err(e) = self.store.remove_job(seq) {
+            tracing::error!(seq, error = %e, "could not remove write-back job");
+        }
+    }
+
+    fn push(&self, st: &mut State, job: Job) -> u64 {
+        let seq = self.next_seq.fetch_add(1, Ordering::SeqCst);
+        self.persist(seq, &job);
+        st.jobs.insert(seq, job);
+        seq
+    }
+
+    fn new_job(&self, ino: Ino, kind: JobKind, path: &str, delay: Duration, size: u64) -> Job {
+        Job {
+            ino,
+            kind,
+            path: path.to_string(),
+            not_before_ms: now_ms() + delay.as_millis() as u64,
+            attempts: 0,
+            failed: None,
+            last_error: None,
+            size,
+        }
+    }
+
+    /// Queue (or postpone the already queued) upload of an inode's content.
+    pub fn enqueue_upload(&self, ino: Ino, path: &str, size: u64) {
+        let delay = self.config.upload_delay;
+        let mut st = self.state.lock().unwrap();
+        let existing = st
+            .jobs
+            .iter()
+            .rev()
+            .find(|(seq, j)| j.ino == ino && j.kind == JobKind::Upload && !st.running.contains(seq))
+            .map(|(s, _)| *s);
+        if let Some(seq) = existing {
+            let job = st.jobs.get_mut(&seq).expect("found above");
+            job.not_before_ms = now_ms() + delay.as_millis() as u64;
+            job.failed = None;
+            job.attempts = 0;
+            job.size = size;
+            job.path = path.to_string();
+            let job = job.clone();
+            self.persist(seq, &job);
+        } else {
+            let job = self.new_job(ino, JobKind::Upload, path, delay, size);
+            self.push(&mut st, job);
+        }
+        drop(st);
+        self.wake.notify_one();
+    }
+
+    pub fn enqueue_mkdir(&self, ino: Ino, path: &str) {
+        let job = self.new_job(ino, JobKind::Mkdir, path, Duration::ZERO, 0);
+        self.push(&mut self.state.lock().unwrap(), job);
+        self.wake.notify_one();
+    }
+
+    pub fn enqueue_symlink(&self, ino: Ino, path: &str, target: &str) {
+        let job = self.new_job(
+            ino,
+            JobKind::Symlink {
+                target: target.to_string(),
+            },
+            path,
+            Duration::ZERO,
+            0,
+        );
+        self.push(&mut self.state.lock().unwrap(), job);
+        self.wake.notify_one();
+    }
+
+    /// Whether a job for this inode is running now (so it may be on the remote soon).
+    pub fn is_running(&self, ino: Ino) -> bool {
+        let st = self.state.lock().unwrap();
+        st.running
+            .iter()
+            .any(|s| st.jobs.get(s).map(|j| j.ino) == Some(ino))
+    }
+
+    /// A local rename. `on_remote`: the entry exists (or is being created) on the remote,
+    /// so the remote needs a move; otherwise only the queued creations change names.
+    /// `replaced`: the inode a rename overwrote, whose queued uploads are now moot.
+    pub fn on_rename(
+        &self,
+        ino: Ino,
+        from: &str,
+        to: &str,
+        on_remote: bool,
+        replaced: Option<Ino>,
+    ) {
+        let mut st = self.state.lock().unwrap();
+        if let Some(victim) = replaced {
+            Self::drop_content_jobs(self, &mut st, victim);
+        }
+        let affected: Vec<u64> = st
+            .jobs
+            .iter()
+            .filter(|(seq, j)| {
+                !st.running.contains(seq) && j.paths().any(|p| is_same_or_below(p, from))
+            })
+            .map(|(s, _)| *s)
+            .collect();
+        if on_remote {
+            let job = self.new_job(
+                ino,
+                JobKind::Rename {
+                    from: from.to_string(),
+                    overwrite: true,
+                },
+                to,
+                Duration::ZERO,
+                0,
+            );
+            self.push(&mut st, job);
+            // Queued work below the old name now happens below the new one, after the move.
+            for seq in affected {
+                let mut job = st.jobs.remove(&seq).expect("listed above");
+                self.unpersist(seq);
+                job.rewrite_prefix(from, to);
+                self.push(&mut st, job);
+            }
+        } else {
+            for seq in affected {
+                let job = st.jobs.get_mut(&seq).expect("listed above");
+                job.rewrite_prefix(from, to);
+                let job = job.clone();
+                self.persist(seq, &job);
+            }
+        }
+        drop(st);
+        self.wake.notify_one();
+    }
+
+    fn drop_content_jobs(&self, st: &mut State, ino: Ino) {
+        let doomed: Vec<u64> = st
+            .jobs
+            .iter()
+            .filter(|(seq, j)| {
+                j.ino == ino
+                    && !st.running.contains(seq)
+                    && matches!(
+                        j.kind,
+                        JobKind::Upload | JobKind::Mkdir | JobKind::Symlink { .. }
+                    )
+            })
+            .map(|(s, _)| *s)
+            .collect();
+        for seq in doomed {
+            st.jobs.remove(&seq);
+            self.unpersist(seq);
+        }
+    }
+
+    /// A local unlink/rmdir. Queued creations of the inode are dropped (a file deleted
+    /// while queued is not resurrected); if it exists remotely, a delete is queued.
+    pub fn on_delete(&self, ino: Ino, path: &str, on_remote: bool) {
+        let mut st = self.state.lock().unwrap();
+        self.drop_content_jobs(&mut st, ino);
+        if on_remote {
+            let job = self.new_job(ino, JobKind::Delete, path, Duration::ZERO, 0);
+            self.push(&mut st, job);
+        }
+        drop(st);
+        self.wake.notify_one();
+    }
+
+    /// Whether any queued job touches `path` exactly.
+    pub fn touches(&self, path: &str) -> bool {
+        let st = self.state.lock().unwrap();
+        st.jobs.values().any(|j| j.paths().any(|p| p == path))
+    }
+
+    /// Inodes with queued jobs.
+    pub fn busy_inodes(&self) -> HashSet<Ino> {
+        self.state
+            .lock()
+            .unwrap()
+            .jobs
+            .values()
+            .map(|j| j.ino)
+            .collect()
+    }
+
+    pub fn has_jobs_for(&self, ino: Ino) -> bool {
+        self.state
+            .lock()
+            .unwrap()
+            .jobs
+            .values()
+            .any(|j| j.ino == ino)
+    }
+
+    pub fn job_state_of(&self, ino: Ino) -> Option<&'static str> {
+        let st = self.state.lock().unwrap();
+        let mut state = None;
+        for (seq, j) in &st.jobs {
+            if j.ino != ino {
+                continue;
+            }
+            if j.failed.is_some() {
+                return Some("failed");
+            }
+            if st.running.contains(seq) {
+                state = Some("uploading");
+            } else if state.is_none() {
+                state = Some("queued");
+            }
+        }
+        state
+    }
+
+    pub fn len(&self) -> usize {
+        self.state.lock().unwrap().jobs.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn status(&self) -> Vec<JobStatus> {
+        let st = self.state.lock().unwrap();
+        st.jobs
+            .iter()
+            .map(|(seq, j)| JobStatus {
+                seq: *seq,
+                kind: match &j.kind {
+                    JobKind::Upload => "upload",
+                    JobKind::Mkdir => "mkdir",
+                    JobKind::Symlink { .. } => "symlink",
+                    JobKind::Rename { .. } => "rename",
+                    JobKind::Delete => "delete",
+                }
+                .to_string(),
+                path: j.path.clone(),
+                size: j.size,
+                done_bytes: self.progress.get(*seq),
+                running: st.running.contains(seq),
+                attempts: j.attempts,
+                failed: j.failed.clone(),
+                last_error: j.last_error.clone(),
+            })
+            .collect()
+    }
+
+    pub fn recent_errors(&self) -> Vec<(SystemTime, String)> {
+        self.state.lock().unwrap().recent_errors.clone()
+    }
+
+    pub fn completed(&self) -> u64 {
+        self.state.lock().unwrap().completed
+    }
+
+    /// Revive parked jobs. Returns how many.
+    pub fn retry_failed(&self) -> usize {
+        let mut st = self.state.lock().unwrap();
+        let mut n = 0;
+        let seqs: Vec<u64> = st.jobs.keys().copied().collect();
+        for seq in seqs {
+            let job = st.jobs.get_mut(&seq).expect("key listed");
+            if job.failed.is_some() {
+                job.failed = None;
+                job.attempts = 0;
+                job.not_before_ms = 0;
+                let job = job.clone();
+                self.persist(seq, &job);
+                n += 1;
+            }
+        }
+        drop(st);
+        self.wake.notify_one();
+        n
+    }
+
+    /// Skip the upload delay and any backoff: run everything now.
+    pub fn expedite(&self) {
+        let mut st = self.state.lock().unwrap();
+        for job in st.jobs.values_mut() {
+            job.not_before_ms = 0;
+        }
+        drop(st);
+        self.wake.notify_one();
+    }
+
+    /// Wait until no job is pending or running (parked failures excepted), or timeout.
+    /// Returns true when drained.
+    pub async fn wait_drained(&self, timeout: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let notified = self.idle.notified();
+            {
+                let st = self.state.lock().unwrap();
+                if st.jobs.values().all(|j| j.failed.is_some()) {
+                    return true;
+                }
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return false;
+            }
+        }
+    }
+
+    /// Pick the jobs that may start now and mark them running.
+    fn take_runnable(&self, free: usize) -> (Vec<(u64, Job)>, Option<u64>) {
+        let mut st = self.state.lock().unwrap();
+        let now = now_ms();
+        let mut earlier: BTreeSet<String> = BTreeSet::new();
+        let mut picked = Vec::new();
+        let mut next_wake: Option<u64> = None;
+        for (seq, job) in st.jobs.iter() {
+            if picked.len() >= free {
+                break;
+            }
+            let blocked = job.paths().any(|p| overlaps_any(&earlier, p));
+            let ready =
+                !st.running.contains(seq) && job.failed.is_none() && job.not_before_ms <= now;
+            if !blocked && ready {
+                picked.push((*seq, job.clone()));
+            } else if !blocked && job.failed.is_none() && !st.running.contains(seq) {
+                next_wake = Some(next_wake.map_or(job.not_before_ms, |w| w.min(job.not_before_ms)));
+            }
+            for p in job.paths() {
+                earlier.insert(p.to_string());
+            }
+        }
+        for (seq, _) in &picked {
+            st.running.insert(*seq);
+        }
+        (picked, next_wake)
+    }
+
+    fn finish(&self, seq: u64, outcome: JobOutcome) {
+        let mut st = self.state.lock().unwrap();
+        st.running.remove(&seq);
+        self.progress.clear(seq);
+        match outcome {
+            JobOutcome::Done => {
+                st.jobs.remove(&seq);
+                st.completed += 1;
+                self.unpersist(seq);
+            }
+            JobOutcome::Retry(msg) | JobOutcome::Permanent(msg) if !st.jobs.contains_key(&seq) => {
+                tracing::debug!(seq, %msg, "job vanished while running");
+            }
+            JobOutcome::Retry(msg) => {
+                let cfg = &self.config;
+                let job = st.jobs.get_mut(&seq).expect("checked above");
+                job.attempts += 1;
+                job.last_error = Some(msg.clone());
+                if job.attempts >= cfg.max_attempts {
+                    job.failed = Some(format!("gave up after {} attempts: {msg}", job.attempts));
+                } else {
+                    let exp = cfg
+                        .backoff_base
+                        .saturating_mul(1u32 << job.attempts.min(16))
+                        .min(cfg.backoff_max);
+                    // Jitter keeps many clients (or many jobs) from retrying in lockstep.
+                    let jitter = 0.5 + rand::random::<f64>();
+                    job.not_before_ms = now_ms() + (exp.as_millis() as f64 * jitter) as u64;
+                }
+                let job = job.clone();
+                self.persist(seq, &job);
+                push_error(&mut st, format!("{}: {msg}", job.path));
+            }
+            JobOutcome::Permanent(msg) => {
+                let job = st.jobs.get_mut(&seq).expect("checked above");
+                job.attempts += 1;
+                job.last_error = Some(msg.clone());
+                job.failed = Some(msg.clone());
+                let job = job.clone();
+                self.persist(seq, &job);
+                push_error(&mut st, format!("{}: {msg}", job.path));
+            }
+        }
+        drop(st);
+        self.wake.notify_one();
+        self.idle.notify_waiters();
+    }
+
+    /// The dispatcher: runs until the executor is dropped (the task is aborted on unmount).
+    pub async fn run(self: Arc<Self>, executor: Arc<dyn JobExecutor>) {
+        let running = Arc::new(AtomicU64::new(0));
+        loop {
+            let free = self
+                .config
+                .concurrency
+                .saturating_sub(running.load(Ordering::SeqCst) as usize);
+            let notified = self.wake.notified();
+            let (batch, next_wake) = if free > 0 {
+                self.take_runnable(free)
+            } else {
+                (vec![], None)
+            };
+            for (seq, job) in batch {
+                let this = Arc::clone(&self);
+                let exec = Arc::clone(&executor);
+                let running = Arc::clone(&running);
+                running.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(async move {
+                    let outcome = exec.execute(seq, &job, &this.progress).await;
+                    if let JobOutcome::Done = outcome {
+                        tracing::debug!(seq, path = %job.path, "write-back job done");
+                    } else {
+                        tracing::warn!(seq, path = %job.path, ?outcome, "write-back job did not complete");
+                    }
+                    running.fetch_sub(1, Ordering::SeqCst);
+                    this.finish(seq, outcome);
+                });
+            }
+            let sleep = match next_wake {
+                Some(at) => Duration::from_millis(at.saturating_sub(now_ms()).max(5)),
+                None => Duration::from_secs(3600),
+            };
+            let _ = tokio::time::timeout(sleep, notified).await;
+        }
+    }
+}
+
+fn push_error(st: &mut State, msg: String) {
+    st.recent_errors.push((SystemTime::now(), msg));
+    if st.recent_errors.len() > 20 {
+        st.recent_errors.remove(0);
+    }
+}
+
+/// Whether `path` equals, lies below, or lies above any path in `set`.
+fn overlaps_any(set: &BTreeSet<String>, path: &str) -> bool {
+    if set.is_empty() {
+        return false;
+    }
+    // Same path or an ancestor.
+    let mut p = path;
+    loop {
+        if set.contains(p) {
+            return true;
+        }
+        match p.rfind('/') {
+            Some(0) if p.len() > 1 => p = "/",
+            Some(0) | None => break,
+            Some(i) => p = &p[..i],
+        }
+        if p == "/" {
+            return set.contains("/");
+        }
+    }
+    // A descendant.
+    let prefix = if path == "/" {
+        "/".to_string()
+    } else {
+        format!("{path}/")
+    };
+    set.range(prefix.clone()..)
+        .next()
+        .map(|s| s.starts_with(&prefix))
+        .unwrap_or(false)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn overlap_detection() {
+        let mut set = BTreeSet::new();
+        set.insert("/a/b".to_string());
+        assert!(overlaps_any(&set, "/a/b"));
+        assert!(overlaps_any(&set, "/a/b/c"));
+        assert!(overlaps_any(&set, "/a"));
+        assert!(!overlaps_any(&set, "/a/bc"));
+        assert!(!overlaps_any(&set, "/x"));
+        assert_eq!(rewrite("/a/b/c", "/a/b", "/z"), Some("/z/c".into()));
+        assert_eq!(rewrite("/a/bc", "/a/b", "/z"), None);
+    }
+}

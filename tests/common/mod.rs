@@ -1,0 +1,363 @@
+//! Test harness: real mounts through the kernel that are always unmounted, also when a
+//! test panics.
+//!
+//! Two ways to mount:
+//! - `DaemonMount`: the real `cloudmount` binary in its own process (for crash, restart
+//!   and CLI tests);
+//! - `InProcessMount`: the filesystem mounted from inside the test process over any
+//!   provider, typically the in-memory one that can go offline or fail on demand.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use cloudmount::config::{ByteSize, Config, ConnectionConfig};
+use cloudmount::daemon::{self, KernelMountOptions, MountSpec};
+use cloudmount::mount_root::MountRoot;
+use cloudmount::provider::memory::MemoryProvider;
+use cloudmount::provider::Provider;
+use cloudmount::vfs::Vfs;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_cloudmount");
+
+pub fn is_mounted(mount_point: &Path) -> bool {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let target = mount_point.to_string_lossy().to_string();
+    info.lines()
+        .any(|l| l.split(' ').nth(4) == Some(target.as_str()) && l.contains(" - fuse"))
+}
+
+pub fn wait_until(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !cond() {
+        if start.elapsed() > timeout {
+            panic!("timed out after {timeout:?} waiting for {what}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+pub fn force_unmount(mount_point: &Path) {
+    if is_mounted(mount_point) {
+        let _ = Command::new("fusermount3")
+            .args(["-u", "-z"])
+            .arg(mount_point)
+            .stderr(Stdio::null())
+            .status();
+        if is_mounted(mount_point) {
+            let _ = nix::mount::umount2(mount_point, nix::mount::MntFlags::MNT_DETACH);
+        }
+    }
+}
+
+/// Temporary directories of one test: the backing "cloud" folder, the mount point,
+/// the daemon's state and cache.
+pub struct TestDirs {
+    pub tmp: tempfile::TempDir,
+    pub cloud: PathBuf,
+    pub mnt: PathBuf,
+    pub state: PathBuf,
+    pub cache: PathBuf,
+}
+
+impl TestDirs {
+    pub fn new() -> Self {
+        let tmp = tempfile::Builder::new()
+            .prefix("cloudmount-test")
+            .tempdir()
+            .unwrap();
+        let base = tmp.path().canonicalize().unwrap();
+        let d = TestDirs {
+            cloud: base.join("cloud"),
+            mnt: base.join("mnt"),
+            state: base.join("state"),
+            cache: base.join("cache"),
+            tmp,
+        };
+        for p in [&d.cloud, &d.mnt] {
+            std::fs::create_dir_all(p).unwrap();
+        }
+        d
+    }
+}
+
+/// The `cloudmount` binary serving a local folder, in the foreground as systemd runs it.
+pub struct DaemonMount {
+    pub child: Option<Child>,
+    pub mnt: PathBuf,
+    pub log: PathBuf,
+}
+
+impl DaemonMount {
+    pub fn start(dirs: &TestDirs, extra: &[&str]) -> Self {
+        let log = dirs
+            .tmp
+            .path()
+            .join(format!("daemon-{}.log", rand_suffix()));
+        let child = Command::new(BIN)
+            .arg("mount")
+            .arg(&dirs.mnt)
+            .arg("--local")
+            .arg(&dirs.cloud)
+            .arg("--state-dir")
+            .arg(&dirs.state)
+            .arg("--cache-dir")
+            .arg(&dirs.cache)
+            .arg("--foreground")
+            .arg("--log-file")
+            .arg(&log)
+            .arg("-vv")
+            .args(extra)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start cloudmount");
+        let mut m = DaemonMount {
+            child: Some(child),
+            mnt: dirs.mnt.clone(),
+            log,
+        };
+        let start = Instant::now();
+        while !is_mounted(&m.mnt) {
+            if let Some(status) = m.child.as_mut().unwrap().try_wait().unwrap() {
+                let mut err = String::new();
+                use std::io::Read;
+                let _ = m
+                    .child
+                    .as_mut()
+                    .unwrap()
+                    .stderr
+                    .take()
+                    .unwrap()
+                    .read_to_string(&mut err);
+                panic!(
+                    "cloudmount exited ({status}) before mounting: {err}\nlog: {}",
+                    m.log_text()
+                );
+            }
+            if start.elapsed() > Duration::from_secs(20) {
+                panic!("mount did not appear; log: {}", m.log_text());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        m
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Run a CLI subcommand against this mount.
+    pub fn cli(&self, args: &[&str]) -> std::process::Output {
+        Command::new(BIN)
+            .args(args)
+            .output()
+            .expect("run cloudmount")
+    }
+
+    pub fn sync(&self) {
+        let out = self.cli(&["sync", self.mnt.to_str().unwrap(), "--wait", "60"]);
+        assert!(
+            out.status.success(),
+            "sync failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// SIGKILL the daemon: no chance to upload or flush anything.
+    pub fn kill9(mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        force_unmount(&self.mnt);
+    }
+
+    /// A clean unmount through the CLI; returns its output.
+    pub fn unmount(mut self) -> std::process::Output {
+        let out = self.cli(&["unmount", self.mnt.to_str().unwrap()]);
+        if let Some(mut c) = self.child.take() {
+            let start = Instant::now();
+            while c.try_wait().unwrap().is_none() && start.elapsed() < Duration::from_secs(60) {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        out
+    }
+}
+
+impl Drop for DaemonMount {
+    fn drop(&mut self) {
+        force_unmount(&self.mnt);
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn rand_suffix() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64
+}
+
+/// Settings for in-process mounts, tuned so tests run fast.
+pub fn test_config(tweak: impl FnOnce(&mut Config)) -> Config {
+    let mut cfg = Config::default();
+    cfg.upload_delay_secs = 0.05;
+    cfg.retry_backoff_secs = 0.05;
+    cfg.retry_backoff_max_secs = 0.5;
+    cfg.max_attempts = 1000;
+    cfg.chunk_size = ByteSize(1 << 20);
+    cfg.attr_ttl_secs = 0.0;
+    tweak(&mut cfg);
+    cfg
+}
+
+/// The filesystem over `provider`, mounted from inside the test process.
+pub struct InProcessMount {
+    pub dirs: TestDirs,
+    pub root: Arc<MountRoot>,
+    session: Option<fuser::BackgroundSession>,
+    pub rt: tokio::runtime::Runtime,
+    db: Option<sled::Db>,
+}
+
+impl InProcessMount {
+    pub fn new(provider: Arc<dyn Provider>, cfg: Config) -> Self {
+        Self::with_dirs(TestDirs::new(), provider, cfg)
+    }
+
+    pub fn with_dirs(dirs: TestDirs, provider: Arc<dyn Provider>, mut cfg: Config) -> Self {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(4)
+            .enable_all()
+            .build()
+            .unwrap();
+        let _g = rt.enter();
+        let conn = ConnectionConfig {
+            name: "test".into(),
+            kind: provider.kind().into(),
+            path: None,
+            settings: Default::default(),
+            read_only: false,
+        };
+        cfg.connections = vec![conn.clone()];
+        let spec = MountSpec {
+            config: cfg.clone(),
+            mount_point: dirs.mnt.clone(),
+            single: true,
+            state_dir: dirs.state.clone(),
+            cache_dir: dirs.cache.clone(),
+        };
+        let db = daemon::open_db(&dirs.state).unwrap();
+        let c = daemon::build_connection(&spec, &db, &conn, provider).unwrap();
+        c.vfs.start_writeback();
+        let root = Arc::new(MountRoot::new(vec![c], true));
+        let session = daemon::mount_root(
+            Arc::clone(&root),
+            &dirs.mnt,
+            rt.handle().clone(),
+            &KernelMountOptions {
+                read_only: cfg.read_only,
+                allow_other: false,
+                attr_ttl: Duration::from_secs_f64(cfg.attr_ttl_secs),
+            },
+        )
+        .unwrap();
+        InProcessMount {
+            dirs,
+            root,
+            session: Some(session),
+            rt,
+            db: Some(db),
+        }
+    }
+
+    pub fn mnt(&self) -> &Path {
+        &self.dirs.mnt
+    }
+
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.dirs.mnt.join(rel)
+    }
+
+    pub fn vfs(&self) -> Arc<Vfs> {
+        Arc::clone(&self.root.connections.values().next().unwrap().vfs)
+    }
+
+    /// Upload everything queued now and wait until the queue is empty.
+    pub fn drain(&self, timeout: Duration) -> bool {
+        let vfs = self.vfs();
+        vfs.queue.expedite();
+        self.rt.block_on(vfs.queue.wait_drained(timeout))
+    }
+
+    /// Unmount and keep the directories (for a remount over the same state).
+    pub fn unmount(mut self) -> TestDirs {
+        if let Some(s) = self.session.take() {
+            let _ = s.umount_and_join();
+        }
+        force_unmount(&self.dirs.mnt);
+        if let Some(db) = self.db.take() {
+            db.flush().unwrap();
+        }
+        // Drop everything that holds the metadata store before it is reopened.
+        let dirs = std::mem::replace(&mut self.dirs, TestDirs::new());
+        let root = std::mem::replace(&mut self.root, Arc::new(MountRoot::new(vec![], false)));
+        drop(root);
+        let rt = std::mem::replace(
+            &mut self.rt,
+            tokio::runtime::Builder::new_current_thread()
+                .build()
+                .unwrap(),
+        );
+        rt.shutdown_timeout(Duration::from_secs(5));
+        dirs
+    }
+}
+
+impl Drop for InProcessMount {
+    fn drop(&mut self) {
+        if let Some(s) = self.session.take() {
+            let _ = s.umount_and_join();
+        }
+        force_unmount(&self.dirs.mnt);
+    }
+}
+
+pub fn memory_provider() -> Arc<MemoryProvider> {
+    Arc::new(MemoryProvider::new())
+}
+
+pub fn errno_of(e: &std::io::Error) -> i32 {
+    e.raw_os_error().unwrap_or(-1)
+}
+
+pub fn sha256(data: &[u8]) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(data))
+}
+
+/// Deterministic pseudo-random bytes.
+pub fn pattern(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect()
+}
