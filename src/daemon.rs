@@ -44,12 +44,90 @@ pub fn build_provider(c: &ConnectionConfig) -> DynResult<Arc<dyn Provider>> {
                     .map_err(|e| format!("connection {:?}: {e}", c.name))?,
             ))
         }
+        "webdav" | "owncloud" | "nextcloud" => {
+            let cfg = webdav_config(c).map_err(|e| format!("connection {:?}: {e}", c.name))?;
+            Ok(Arc::new(
+                crate::provider::webdav::WebdavProvider::new(cfg)
+                    .map_err(|e| format!("connection {:?}: {e}", c.name))?,
+            ))
+        }
         other => Err(format!(
-            "connection {:?}: unknown type {other:?} (known: local)",
+            "connection {:?}: unknown type {other:?} (known: local, webdav, owncloud, nextcloud)",
             c.name
         )
         .into()),
     }
+}
+
+/// WebDAV settings as written in the config: secrets come from a file or a command,
+/// never inline, so the config file itself can be shared or committed.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WebdavSettings {
+    url: String,
+    user: Option<String>,
+    password_file: Option<PathBuf>,
+    password_command: Option<String>,
+    bearer_token_file: Option<PathBuf>,
+    extra_ca_file: Option<PathBuf>,
+    timeout_secs: Option<u64>,
+    chunked_upload: Option<crate::provider::webdav::ChunkedMode>,
+    chunk_size: Option<crate::config::ByteSize>,
+}
+
+/// Read a secret from a file that only its owner may read.
+pub fn read_secret_file(path: &Path) -> DynResult<String> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    if meta.mode() & 0o077 != 0 {
+        return Err(format!(
+            "{} is readable by others; run: chmod 600 {}",
+            path.display(),
+            path.display()
+        )
+        .into());
+    }
+    Ok(std::fs::read_to_string(path)?
+        .trim_end_matches(['\n', '\r'])
+        .to_string())
+}
+
+fn run_secret_command(cmd: &str) -> DynResult<String> {
+    let out = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(cmd)
+        .output()?;
+    if !out.status.success() {
+        return Err(format!("password_command failed ({})", out.status).into());
+    }
+    Ok(String::from_utf8(out.stdout)?
+        .trim_end_matches(['\n', '\r'])
+        .to_string())
+}
+
+fn webdav_config(c: &ConnectionConfig) -> DynResult<crate::provider::webdav::WebdavConfig> {
+    let s: WebdavSettings = c.settings.clone().try_into()?;
+    let mut cfg = crate::provider::webdav::WebdavConfig::new(s.url);
+    cfg.user = s.user;
+    cfg.password = match (&s.password_file, &s.password_command) {
+        (Some(f), _) => Some(read_secret_file(f)?),
+        (None, Some(cmd)) => Some(run_secret_command(cmd)?),
+        (None, None) => None,
+    };
+    if let Some(f) = &s.bearer_token_file {
+        cfg.bearer_token = Some(read_secret_file(f)?);
+    }
+    cfg.extra_ca_file = s.extra_ca_file;
+    if let Some(t) = s.timeout_secs {
+        cfg.timeout_secs = t;
+    }
+    if let Some(m) = s.chunked_upload {
+        cfg.chunked_upload = m;
+    }
+    if let Some(cs) = s.chunk_size {
+        cfg.chunk_size = cs.0;
+    }
+    Ok(cfg)
 }
 
 fn identity(c: &ConnectionConfig) -> String {
