@@ -105,7 +105,10 @@ fn default_backoff_max() -> f64 {
     300.0
 }
 fn default_dir_ttl() -> f64 {
-    60.0
+    30.0
+}
+fn default_poll() -> f64 {
+    30.0
 }
 fn default_attr_ttl() -> f64 {
     1.0
@@ -146,6 +149,9 @@ pub struct Config {
     pub retry_backoff_max_secs: f64,
     #[serde(default = "default_dir_ttl")]
     pub dir_ttl_secs: f64,
+    /// How often remote changes are looked for (delta API, or expired listings).
+    #[serde(default = "default_poll")]
+    pub poll_interval_secs: f64,
     #[serde(default = "default_attr_ttl")]
     pub attr_ttl_secs: f64,
     #[serde(default = "default_versions")]

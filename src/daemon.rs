@@ -486,6 +486,10 @@ pub fn run(spec: MountSpec) -> DynResult<()> {
     let mut writeback_tasks = Vec::new();
     for c in root.connections.values() {
         writeback_tasks.push(c.vfs.start_writeback());
+        writeback_tasks.push(
+            c.vfs
+                .start_poller(secs(spec.config.poll_interval_secs.max(0.1))),
+        );
         let pending = c.vfs.queue.len();
         if pending > 0 {
             tracing::info!(connection = %c.vfs.name, pending, "resuming queued uploads in the background");

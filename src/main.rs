@@ -98,6 +98,9 @@ struct MountArgs {
     upload_delay: Option<f64>,
     #[arg(long)]
     dir_ttl: Option<f64>,
+    /// Seconds between looks for remote changes.
+    #[arg(long)]
+    poll_interval: Option<f64>,
     #[arg(long)]
     retry_backoff: Option<f64>,
     #[arg(long)]
@@ -167,6 +170,7 @@ fn apply_options(cfg: &mut Config, args: &mut MountArgs) -> DynResult<()> {
                 ("chunk_size", Some(v)) => cfg.chunk_size = v.parse()?,
                 ("upload_delay", Some(v)) => cfg.upload_delay_secs = v.parse()?,
                 ("dir_ttl", Some(v)) => cfg.dir_ttl_secs = v.parse()?,
+                ("poll_interval", Some(v)) => cfg.poll_interval_secs = v.parse()?,
                 ("state_dir", Some(v)) => args.state_dir = Some(PathBuf::from(v)),
                 ("cache_dir", Some(v)) => args.cache_dir = Some(PathBuf::from(v)),
                 ("config", Some(_)) | ("local", Some(_)) => {} // handled before the config loads
@@ -223,6 +227,9 @@ fn mount_spec(mut args: MountArgs) -> DynResult<MountSpec> {
     }
     if let Some(v) = args.dir_ttl {
         cfg.dir_ttl_secs = v;
+    }
+    if let Some(v) = args.poll_interval {
+        cfg.poll_interval_secs = v;
     }
     if let Some(v) = args.retry_backoff {
         cfg.retry_backoff_secs = v;

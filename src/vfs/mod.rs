@@ -8,6 +8,7 @@ mod error;
 mod executor;
 mod io;
 mod listing;
+mod poll;
 
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;

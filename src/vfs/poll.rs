@@ -1,0 +1,106 @@
+//! Picking up remote changes: a provider's delta API where it has one, otherwise
+//! re-listing the directories the kernel currently knows once their listing expired.
+//! Either way the listing merge invalidates metadata, cached chunks and the kernel's
+//! caches, so `cat` after a remote edit shows the new content.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use super::*;
+use crate::provider::{split_path, Change, ProviderError};
+
+const DELTA_CURSOR: &str = "delta_cursor";
+
+impl Vfs {
+    pub fn start_poller(self: &Arc<Self>, interval: Duration) -> tokio::task::JoinHandle<()> {
+        let weak = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(interval);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let Some(vfs) = weak.upgrade() else { return };
+                if let Err(e) = vfs.poll_once().await {
+                    tracing::debug!(connection = %vfs.name, error = %e, "change poll failed");
+                }
+            }
+        })
+    }
+
+    pub async fn poll_once(&self) -> FsResult<()> {
+        if self.provider.capabilities().delta {
+            match self.poll_delta().await {
+                Err(FsError::NotPermitted(_)) => {}
+                other => return other,
+            }
+        }
+        self.poll_by_listing().await
+    }
+
+    async fn poll_by_listing(&self) -> FsResult<()> {
+        let known: Vec<Ino> = self.lookups.lock().unwrap().keys().copied().collect();
+        let mut dirs: HashSet<Ino> = HashSet::new();
+        dirs.insert(ROOT_LOCAL_INO);
+        for ino in known {
+            if let Ok(Some(i)) = self.store.get(ino) {
+                if i.is_dir() && i.listed_at.is_some() {
+                    dirs.insert(ino);
+                }
+            }
+        }
+        for dir in dirs {
+            // ensure_listed only goes to the provider once the listing's TTL expired.
+            if let Err(e) = self.ensure_listed(dir).await {
+                tracing::debug!(dir, error = %e, "re-listing failed");
+            }
+        }
+        Ok(())
+    }
+
+    async fn poll_delta(&self) -> FsResult<()> {
+        let cursor = match self.store.get_meta(DELTA_CURSOR)? {
+            Some(c) => String::from_utf8_lossy(&c).into_owned(),
+            None => {
+                let c = self.provider.changes_cursor().await?;
+                self.store.set_meta(DELTA_CURSOR, c.as_bytes())?;
+                return Ok(());
+            }
+        };
+        let batch = match self.provider.changes_since(&cursor).await {
+            Ok(b) => b,
+            Err(ProviderError::Unsupported(m)) => return Err(FsError::NotPermitted(m)),
+            Err(e) => return Err(e.into()),
+        };
+        // Mark the parents of everything that changed as stale and list them again:
+        // the listing merge knows how to reconcile with local pending changes.
+        let mut stale_dirs = HashSet::new();
+        for change in &batch.changes {
+            let path = match change {
+                Change::Upserted { path, .. } | Change::Removed { path } => path,
+            };
+            if let Some(dir) = self.find_by_remote_path(split_path(path).0)? {
+                stale_dirs.insert(dir);
+            }
+        }
+        for dir in stale_dirs {
+            self.invalidate_listing(dir)?;
+            if let Err(e) = self.ensure_listed(dir).await {
+                tracing::debug!(dir, error = %e, "re-listing after a change failed");
+            }
+        }
+        self.store.set_meta(DELTA_CURSOR, batch.cursor.as_bytes())?;
+        Ok(())
+    }
+
+    /// The inode whose remote copy lives at `path`, following names from the root.
+    fn find_by_remote_path(&self, path: &str) -> FsResult<Option<Ino>> {
+        let mut ino = ROOT_LOCAL_INO;
+        for comp in path.split('/').filter(|c| !c.is_empty()) {
+            match self.store.child(ino, comp)? {
+                Some(c) => ino = c,
+                None => return Ok(None),
+            }
+        }
+        Ok(Some(ino))
+    }
+}
