@@ -30,9 +30,17 @@ enum Command {
     Mount(MountArgs),
     /// Unmount, uploading what is queued first (within --drain-timeout seconds).
     Unmount {
-        mount_point: PathBuf,
+        /// The mount point (or give --config to use the mount_point it names).
+        mount_point: Option<PathBuf>,
+        #[arg(long)]
+        config: Option<PathBuf>,
         #[arg(long)]
         drain_timeout: Option<f64>,
+    },
+    /// Install the mount(8) helper (mount.cloudmount, mount.fuse.cloudmount) into DIR.
+    InstallHelpers {
+        #[arg(long, default_value = "/sbin")]
+        dir: PathBuf,
     },
     /// Connections, queued uploads, cache use, conflicts and recent errors.
     Status {
@@ -81,6 +89,9 @@ struct MountArgs {
     /// Mount this local folder as "the cloud", without a config file.
     #[arg(long)]
     local: Option<PathBuf>,
+    /// Mount only this connection of the config, directly at the mount point.
+    #[arg(long)]
+    connection: Option<String>,
     /// Stay in the foreground (for systemd); otherwise return once the mount is ready.
     #[arg(short, long)]
     foreground: bool,
@@ -213,7 +224,19 @@ fn mount_spec(mut args: MountArgs) -> DynResult<MountSpec> {
         (cfg, true)
     } else {
         let path = args.config.clone().unwrap_or_else(Config::default_path);
-        (Config::load(&path)?, false)
+        let mut cfg = Config::load(&path)?;
+        match &args.connection {
+            Some(name) => {
+                cfg.connections.retain(|c| &c.name == name);
+                if cfg.connections.is_empty() {
+                    return Err(
+                        format!("{} has no connection named {name:?}", path.display()).into(),
+                    );
+                }
+                (cfg, true)
+            }
+            None => (cfg, false),
+        }
     };
     apply_options(&mut cfg, &mut args)?;
     if let Some(v) = args.cache_size {
@@ -626,6 +649,24 @@ fn unmount(mount_point: &Path, drain: Option<f64>) -> DynResult<()> {
     }
 }
 
+const MOUNT_HELPER: &str = include_str!("../mount-helpers/mount.cloudmount");
+
+fn install_helpers(dir: &Path) -> DynResult<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let exe = std::env::current_exe()?;
+    let script = MOUNT_HELPER.replace("@CLOUDMOUNT@", &exe.to_string_lossy());
+    // mount(8) looks for mount.TYPE: "cloudmount" and "fuse.cloudmount" both work.
+    for name in ["mount.cloudmount", "mount.fuse.cloudmount"] {
+        let path = dir.join(name);
+        let tmp = dir.join(format!(".{name}.tmp"));
+        std::fs::write(&tmp, &script)?;
+        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755))?;
+        std::fs::rename(&tmp, &path)?;
+        println!("installed {}", path.display());
+    }
+    Ok(())
+}
+
 fn run(cli: Cli) -> DynResult<()> {
     match cli.command {
         Command::Mount(args) => {
@@ -640,8 +681,21 @@ fn run(cli: Cli) -> DynResult<()> {
         }
         Command::Unmount {
             mount_point,
+            config,
             drain_timeout,
-        } => unmount(&mount_point, drain_timeout),
+        } => {
+            let mp = match (mount_point, config) {
+                (Some(mp), _) => mp,
+                (None, config) => {
+                    let path = config.unwrap_or_else(Config::default_path);
+                    Config::load(&path)?
+                        .mount_point
+                        .ok_or_else(|| format!("{} names no mount_point", path.display()))?
+                }
+            };
+            unmount(&mp, drain_timeout)
+        }
+        Command::InstallHelpers { dir } => install_helpers(&dir),
         Command::Status {
             mount_point,
             json,
