@@ -27,7 +27,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Mount every configured connection (or one local folder with --local).
-    Mount(MountArgs),
+    Mount(Box<MountArgs>),
     /// Unmount, uploading what is queued first (within --drain-timeout seconds).
     Unmount {
         /// The mount point (or give --config to use the mount_point it names).
@@ -672,11 +672,11 @@ fn run(cli: Cli) -> DynResult<()> {
         Command::Mount(args) => {
             if args.foreground {
                 init_logging(cli.verbose, args.log_file.as_deref());
-                let spec = mount_spec(args)?;
+                let spec = mount_spec(*args)?;
                 daemon::run(spec)
             } else {
                 init_logging(cli.verbose, None);
-                mount_background(args, cli.verbose)
+                mount_background(*args, cli.verbose)
             }
         }
         Command::Unmount {

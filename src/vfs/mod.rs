@@ -392,6 +392,7 @@ impl Vfs {
         })
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn new_inode(
         &self,
         ino: Ino,

@@ -92,6 +92,15 @@ pub struct DaemonMount {
 
 impl DaemonMount {
     pub fn start(dirs: &TestDirs, extra: &[&str]) -> Self {
+        Self::start_with_source(dirs, &["--local".as_ref(), dirs.cloud.as_os_str()], extra)
+    }
+
+    /// The daemon mounting the connections of a config file (e.g. a WebDAV account).
+    pub fn start_with_config(dirs: &TestDirs, config: &Path, extra: &[&str]) -> Self {
+        Self::start_with_source(dirs, &["--config".as_ref(), config.as_os_str()], extra)
+    }
+
+    fn start_with_source(dirs: &TestDirs, source: &[&std::ffi::OsStr], extra: &[&str]) -> Self {
         let log = dirs
             .tmp
             .path()
@@ -99,8 +108,7 @@ impl DaemonMount {
         let child = Command::new(BIN)
             .arg("mount")
             .arg(&dirs.mnt)
-            .arg("--local")
-            .arg(&dirs.cloud)
+            .args(source)
             .arg("--state-dir")
             .arg(&dirs.state)
             .arg("--cache-dir")
@@ -211,13 +219,15 @@ fn rand_suffix() -> u64 {
 
 /// Settings for in-process mounts, tuned so tests run fast.
 pub fn test_config(tweak: impl FnOnce(&mut Config)) -> Config {
-    let mut cfg = Config::default();
-    cfg.upload_delay_secs = 0.05;
-    cfg.retry_backoff_secs = 0.05;
-    cfg.retry_backoff_max_secs = 0.5;
-    cfg.max_attempts = 1000;
-    cfg.chunk_size = ByteSize(1 << 20);
-    cfg.attr_ttl_secs = 0.0;
+    let mut cfg = Config {
+        upload_delay_secs: 0.05,
+        retry_backoff_secs: 0.05,
+        retry_backoff_max_secs: 0.5,
+        max_attempts: 1000,
+        chunk_size: ByteSize(1 << 20),
+        attr_ttl_secs: 0.0,
+        ..Config::default()
+    };
     tweak(&mut cfg);
     cfg
 }
@@ -360,4 +370,93 @@ pub fn pattern(len: usize, seed: u64) -> Vec<u8> {
             (x >> 24) as u8
         })
         .collect()
+}
+
+/// The remote tree of a memory provider as path -> content (None for directories and
+/// symlinks), without cloudmount's hidden versions folder.
+pub fn remote_tree(
+    provider: &MemoryProvider,
+) -> std::collections::BTreeMap<String, Option<Vec<u8>>> {
+    provider
+        .paths()
+        .into_iter()
+        .filter(|p| !p.starts_with("/.cloudmount-versions"))
+        .map(|p| {
+            let content = provider.get_remote(&p);
+            (p, content)
+        })
+        .collect()
+}
+
+/// What the files below `dir` really occupy on disk (st_blocks * 512).
+pub fn disk_usage(dir: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    let mut total = 0;
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    for e in rd.flatten() {
+        let Ok(m) = std::fs::symlink_metadata(e.path()) else {
+            continue;
+        };
+        if m.is_dir() {
+            total += disk_usage(&e.path());
+        } else {
+            total += m.blocks() * 512;
+        }
+    }
+    total
+}
+
+/// A cloudmount extended attribute of a file as text.
+pub fn xattr(path: &Path, name: &str) -> std::io::Result<String> {
+    use std::os::unix::ffi::OsStrExt;
+    let p = std::ffi::CString::new(path.as_os_str().as_bytes()).unwrap();
+    let n = std::ffi::CString::new(name).unwrap();
+    let mut buf = vec![0u8; 4096];
+    let r = unsafe {
+        libc::getxattr(
+            p.as_ptr(),
+            n.as_ptr(),
+            buf.as_mut_ptr() as *mut libc::c_void,
+            buf.len(),
+        )
+    };
+    if r < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    buf.truncate(r as usize);
+    Ok(String::from_utf8_lossy(&buf).into_owned())
+}
+
+/// Every path below `root` (relative, sorted) with the content of the regular files.
+pub fn local_tree(root: &Path) -> std::collections::BTreeMap<String, Option<Vec<u8>>> {
+    fn walk(
+        root: &Path,
+        dir: &Path,
+        out: &mut std::collections::BTreeMap<String, Option<Vec<u8>>>,
+    ) {
+        for e in std::fs::read_dir(dir).unwrap() {
+            let e = e.unwrap();
+            let rel = format!(
+                "/{}",
+                e.path().strip_prefix(root).unwrap().to_string_lossy()
+            );
+            if rel.starts_with("/.cloudmount-versions") {
+                continue;
+            }
+            let ft = e.file_type().unwrap();
+            if ft.is_dir() {
+                out.insert(rel, None);
+                walk(root, &e.path(), out);
+            } else if ft.is_file() {
+                out.insert(rel, Some(std::fs::read(e.path()).unwrap()));
+            } else {
+                out.insert(rel, None);
+            }
+        }
+    }
+    let mut out = std::collections::BTreeMap::new();
+    walk(root, root, &mut out);
+    out
 }
