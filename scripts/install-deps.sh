@@ -1,0 +1,37 @@
+#!/bin/sh
+# Install the Debian packages cloudmount and its tests need, if any are missing.
+#   fuse3            fusermount3 and /etc/fuse.conf (the mount itself)
+#   rclone, apache2  real WebDAV servers the tests run against; rclone mount for benchmarks
+#   systemd          systemd-analyze, to check the unit files
+#   util-linux/mount mount(8) and umount(8) for the fstab helper test
+#   attr, sqlite3, rsync, git  ordinary programs run against the mount
+set -eu
+PACKAGES="fuse3 rclone apache2 systemd mount attr sqlite3 rsync git python3 ca-certificates"
+
+missing=""
+for p in $PACKAGES; do
+    if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then
+        missing="$missing $p"
+    fi
+done
+if [ -z "$missing" ]; then
+    exit 0
+fi
+echo "installing:$missing"
+if [ "$(id -u)" = 0 ]; then
+    SUDO=""
+elif command -v sudo >/dev/null 2>&1; then
+    SUDO="sudo"
+else
+    echo "please install as root: apt-get install -y$missing" >&2
+    exit 1
+fi
+export DEBIAN_FRONTEND=noninteractive
+$SUDO apt-get update -qq
+# apache2 is only a test server: keep it from starting a system instance on port 80.
+if [ -z "$SUDO" ] && [ ! -e /usr/sbin/policy-rc.d ]; then
+    printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d
+    chmod +x /usr/sbin/policy-rc.d
+    trap 'rm -f /usr/sbin/policy-rc.d' EXIT
+fi
+$SUDO apt-get install -y -qq --no-install-recommends $missing
