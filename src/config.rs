@@ -116,6 +116,9 @@ fn default_attr_ttl() -> f64 {
 fn default_versions() -> usize {
     30
 }
+fn default_max_transfers() -> usize {
+    16
+}
 fn default_drain() -> f64 {
     30.0
 }
@@ -163,6 +166,14 @@ pub struct Config {
     /// How long unmount waits for queued uploads before leaving them persisted.
     #[serde(default = "default_drain")]
     pub drain_timeout_secs: f64,
+    /// Serve Prometheus metrics here (loopback only), e.g. "127.0.0.1:9464". Off if unset.
+    pub metrics_addr: Option<std::net::SocketAddr>,
+    /// Per-connection bandwidth limits in bytes per second (e.g. "10MiB"); unlimited if unset.
+    pub download_limit: Option<ByteSize>,
+    pub upload_limit: Option<ByteSize>,
+    /// Concurrent transfers (reads and uploads) per connection.
+    #[serde(default = "default_max_transfers")]
+    pub max_transfers: usize,
     #[serde(default, rename = "connection")]
     pub connections: Vec<ConnectionConfig>,
 }

@@ -26,6 +26,11 @@ pub enum Request {
         b: usize,
     },
     Retry,
+    /// Keep a file or folder available offline (or stop, with `keep: false`).
+    Pin {
+        path: String,
+        keep: bool,
+    },
     /// Upload everything now; wait up to `wait_secs` for the queue to drain.
     Sync {
         wait_secs: f64,

@@ -211,6 +211,15 @@ pub fn build_connection(
 ) -> DynResult<Connection> {
     let cfg = &spec.config;
     let slot = slot_for(db, c)?;
+    let io = Arc::new(crate::provider::instrumented::InstrumentedProvider::new(
+        provider,
+        crate::provider::instrumented::TransferLimits {
+            download_bytes_per_sec: cfg.download_limit.map(|b| b.0),
+            upload_bytes_per_sec: cfg.upload_limit.map(|b| b.0),
+            max_transfers: cfg.max_transfers,
+        },
+    ));
+    let provider: Arc<dyn Provider> = io.clone();
     let store = Store::open(db, slot)?;
     let queue = WriteBackQueue::load(
         store.clone(),
@@ -245,7 +254,7 @@ pub fn build_connection(
             ..VfsConfig::default()
         },
     )?;
-    Ok(Connection { slot, vfs })
+    Ok(Connection { slot, vfs, io })
 }
 
 /// Tell systemd (Type=notify) about our state, when started by it.
@@ -288,6 +297,11 @@ pub fn status_json(root: &MountRoot, mount_point: &Path) -> serde_json::Value {
             "type": v.provider.kind(),
             "state": state,
             "message": message,
+            "transfers": {"in_flight": c.io.transfers_in_flight(), "max": c.io.limits.max_transfers,
+                          "download_limit": c.io.limits.download_bytes_per_sec,
+                          "upload_limit": c.io.limits.upload_bytes_per_sec,
+                          "bytes_down": c.io.metrics.bytes_down.load(std::sync::atomic::Ordering::Relaxed),
+                          "bytes_up": c.io.metrics.bytes_up.load(std::sync::atomic::Ordering::Relaxed)},
             "cache": {"used": cache.used, "quota": cache.quota, "files": cache.files,
                       "hits": cache.hits, "misses": cache.misses},
             "queue": {
@@ -300,6 +314,7 @@ pub fn status_json(root: &MountRoot, mount_point: &Path) -> serde_json::Value {
                 "jobs": jobs,
             },
             "conflicts": v.conflicts(),
+            "pin": v.pin_progress.lock().unwrap().clone(),
             "recent_errors": v.queue.recent_errors().iter().map(|(t, m)| json!({
                 "at": chrono::DateTime::<chrono::Local>::from(*t).to_rfc3339(), "message": m
             })).collect::<Vec<_>>(),
@@ -342,6 +357,15 @@ pub async fn handle_request(
             match diff_versions(&conn.vfs, &p, a, b).await {
                 Ok(v) => Response::ok(v),
                 Err(e) => Response::err(e),
+            }
+        }
+        Request::Pin { path, keep } => {
+            let Some((conn, p)) = root.split_mount_path(&path) else {
+                return Response::err(format!("{path}: not inside a connection"));
+            };
+            match conn.vfs.pin(&p, keep).await {
+                Ok(progress) => Response::ok(json!(progress)),
+                Err(e) => Response::err(e.to_string()),
             }
         }
         Request::Retry => {
@@ -536,6 +560,14 @@ pub fn run(spec: MountSpec) -> DynResult<()> {
             }
         });
     }
+    if let Some(addr) = spec.config.metrics_addr {
+        let root = Arc::clone(&root);
+        rt.spawn(async move {
+            if let Err(e) = crate::metrics::serve(addr, root).await {
+                tracing::error!(error = %e, "metrics endpoint failed");
+            }
+        });
+    }
     sd_notify("READY=1");
 
     let external_unmount = rt.block_on(async {
@@ -563,13 +595,13 @@ pub fn run(spec: MountSpec) -> DynResult<()> {
             lazy_unmount(&spec.mount_point);
         }
     }
-    let _ = std::fs::remove_file(&socket);
-
     let drain = drain_override
         .lock()
         .unwrap()
         .unwrap_or(spec.config.drain_timeout_secs);
+    // The control socket stays up while draining, so `unmount` can show progress.
     rt.block_on(drain_queues(&root, secs(drain)));
+    let _ = std::fs::remove_file(&socket);
     for t in writeback_tasks {
         t.abort();
     }

@@ -13,6 +13,7 @@ pub mod control;
 pub mod daemon;
 pub mod fuse;
 pub mod metadata;
+pub mod metrics;
 pub mod mount_root;
 pub mod provider;
 pub mod versions;

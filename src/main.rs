@@ -61,6 +61,13 @@ enum Command {
     },
     /// Compare two versions of a file: size change and, for text, a unified diff.
     Diff { path: PathBuf, a: usize, b: usize },
+    /// Keep a file or folder available offline: download it whole and never evict it.
+    Pin {
+        path: PathBuf,
+        /// Stop keeping it offline (it becomes evictable again).
+        #[arg(long)]
+        unpin: bool,
+    },
     /// Retry uploads that failed permanently.
     Retry { mount_point: PathBuf },
     /// Upload everything queued now, without waiting for the upload delay.
@@ -629,10 +636,21 @@ fn unmount(mount_point: &Path, drain: Option<f64>) -> DynResult<()> {
             while is_mounted(&mp) && start.elapsed() < limit {
                 std::thread::sleep(Duration::from_millis(50));
             }
-            // Wait for the daemon to finish draining and exit.
+            // Wait for the daemon to finish draining and exit, showing the queue.
+            let queued = call(&mp, Request::Status).map(|s| queue_remaining(&s)).unwrap_or(0);
+            let bar = indicatif::ProgressBar::new(queued);
+            bar.set_style(
+                indicatif::ProgressStyle::with_template("uploading queued changes [{bar:30}] {pos}/{len}")
+                    .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+            );
             while control::socket_for(&mp).exists() && start.elapsed() < limit {
-                std::thread::sleep(Duration::from_millis(50));
+                match call(&mp, Request::Status) {
+                    Ok(s) => bar.set_position(queued.saturating_sub(queue_remaining(&s))),
+                    Err(_) => break, // the daemon is gone
+                }
+                std::thread::sleep(Duration::from_millis(100));
             }
+            bar.finish_and_clear();
             if is_mounted(&mp) {
                 return Err(format!("{} is still mounted (busy?)", mp.display()).into());
             }
@@ -648,6 +666,51 @@ fn unmount(mount_point: &Path, drain: Option<f64>) -> DynResult<()> {
         Err(e) => Err(e),
     }
 }
+
+/// Run `work` (a call to the daemon) while a progress bar follows `measure(status)`,
+/// which gives (done, total). The bar hides itself when stderr is not a terminal.
+fn with_progress<T: Send + 'static>(
+    mount_point: &Path,
+    what: &str,
+    measure: fn(&serde_json::Value) -> (u64, u64),
+    work: impl FnOnce() -> DynResult<T> + Send + 'static,
+) -> DynResult<T> {
+    let handle = std::thread::spawn(move || work().map_err(|e| e.to_string()));
+    let bar = indicatif::ProgressBar::new(0);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} ({elapsed})")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    bar.set_message(what.to_string());
+    while !handle.is_finished() {
+        if let Ok(status) = call(mount_point, Request::Status) {
+            let (done, total) = measure(&status);
+            bar.set_length(total.max(done));
+            bar.set_position(done);
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    bar.finish_and_clear();
+    handle
+        .join()
+        .map_err(|_| "worker thread panicked")?
+        .map_err(Into::into)
+}
+
+fn queue_remaining(status: &serde_json::Value) -> u64 {
+    status["connections"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|c| {
+            c["queue"]["pending"].as_u64().unwrap_or(0)
+                + c["queue"]["running"].as_u64().unwrap_or(0)
+        })
+        .sum()
+}
+
+/// Jobs queued when `sync` began, for its progress bar.
+static SYNC_START: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 const MOUNT_HELPER: &str = include_str!("../mount-helpers/mount.cloudmount");
 
@@ -746,13 +809,60 @@ fn run(cli: Cli) -> DynResult<()> {
             Ok(())
         }
         Command::Sync { mount_point, wait } => {
-            let v = call(&mount_point, Request::Sync { wait_secs: wait })?;
+            let queued = call(&mount_point, Request::Status).map(|s| queue_remaining(&s))?;
+            SYNC_START.store(queued, std::sync::atomic::Ordering::Relaxed);
+            let mp = mount_point.clone();
+            let v = with_progress(
+                &mount_point,
+                "uploading",
+                |s| {
+                    let start = SYNC_START.load(std::sync::atomic::Ordering::Relaxed);
+                    (start.saturating_sub(queue_remaining(s)), start)
+                },
+                move || call(&mp, Request::Sync { wait_secs: wait }),
+            )?;
             if v["drained"].as_bool() == Some(true) {
                 println!("everything is uploaded");
                 Ok(())
             } else {
                 Err("uploads are still queued (see cloudmount status)".into())
             }
+        }
+        Command::Pin { path, unpin } => {
+            let (mp, rel) = locate(&path)?;
+            let mp2 = mp.clone();
+            let v = with_progress(
+                &mp,
+                if unpin { "unpinning" } else { "downloading" },
+                |s| {
+                    s["connections"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .fold((0, 0), |(d, t), c| {
+                            (
+                                d + c["pin"]["bytes_done"].as_u64().unwrap_or(0),
+                                t + c["pin"]["bytes_total"].as_u64().unwrap_or(0),
+                            )
+                        })
+                },
+                move || {
+                    call(
+                        &mp2,
+                        Request::Pin {
+                            path: rel,
+                            keep: !unpin,
+                        },
+                    )
+                },
+            )?;
+            println!(
+                "{} {} file(s), {}",
+                if unpin { "unpinned" } else { "kept offline:" },
+                v["files_done"],
+                human(v["bytes_done"].as_u64().unwrap_or(0))
+            );
+            Ok(())
         }
         Command::Refresh { mount_point } => call(&mount_point, Request::Refresh).map(|_| ()),
         Command::Demo { mount_point } => {

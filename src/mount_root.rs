@@ -19,6 +19,8 @@ const LOCAL_MASK: u64 = (1 << SLOT_SHIFT) - 1;
 pub struct Connection {
     pub slot: u16,
     pub vfs: Arc<Vfs>,
+    /// The connection's provider as seen through the metering and limiting wrapper.
+    pub io: Arc<crate::provider::instrumented::InstrumentedProvider>,
 }
 
 pub enum Route<'a> {

@@ -23,6 +23,8 @@ use crate::metadata::{Ino, Store};
 use crate::provider::{Provider, ProviderError};
 pub use ranges::RangeSet;
 
+const OFFLINE_KEY: &str = "offline_files";
+
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct CacheRecord {
     /// Remote revision the clean (fetched) ranges came from.
@@ -72,6 +74,8 @@ struct State {
     used: u64,
     /// Chunks a read is copying out right now; eviction skips them.
     pinned: HashMap<(Ino, u64), u32>,
+    /// Files the user asked to keep available offline (`cloudmount pin`).
+    offline: HashSet<Ino>,
     fetches: HashMap<(Ino, u64), FetchFuture>,
 }
 
@@ -128,6 +132,12 @@ impl ChunkCache {
             }
             records.insert(ino, rec);
         }
+        let offline: HashSet<Ino> = store
+            .get_meta(OFFLINE_KEY)
+            .ok()
+            .flatten()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default();
         let permits = (in_flight_budget / chunk_size).max(2) as usize;
         Ok(Arc::new(ChunkCache {
             dir,
@@ -140,6 +150,7 @@ impl ChunkCache {
                 lru,
                 used,
                 pinned: HashMap::new(),
+                offline,
                 fetches: HashMap::new(),
             }),
             in_flight: Arc::new(Semaphore::new(permits)),
@@ -147,6 +158,29 @@ impl ChunkCache {
             misses: Default::default(),
             progress: tokio::sync::Notify::new(),
         }))
+    }
+
+    /// Keep (or stop keeping) a file's content on disk regardless of the quota.
+    pub fn set_offline(&self, ino: Ino, keep: bool) {
+        let mut st = self.state.lock().unwrap();
+        let changed = if keep {
+            st.offline.insert(ino)
+        } else {
+            st.offline.remove(&ino)
+        };
+        if changed {
+            let list: Vec<Ino> = st.offline.iter().copied().collect();
+            drop(st);
+            if let Ok(bytes) = serde_json::to_vec(&list) {
+                if let Err(e) = self.store.set_meta(OFFLINE_KEY, &bytes) {
+                    tracing::error!(error = %e, "could not persist the offline set");
+                }
+            }
+        }
+    }
+
+    pub fn is_offline(&self, ino: Ino) -> bool {
+        self.state.lock().unwrap().offline.contains(&ino)
     }
 
     pub fn data_path(&self, ino: Ino) -> PathBuf {
@@ -634,8 +668,9 @@ impl ChunkCache {
                 if !seen.insert((ino, chunk)) {
                     break;
                 }
-                let busy =
-                    st.pinned.contains_key(&(ino, chunk)) || st.fetches.contains_key(&(ino, chunk));
+                let busy = st.pinned.contains_key(&(ino, chunk))
+                    || st.fetches.contains_key(&(ino, chunk))
+                    || st.offline.contains(&ino);
                 let Some(rec) = st.records.get_mut(&ino) else {
                     continue;
                 };

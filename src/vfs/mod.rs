@@ -8,6 +8,7 @@ mod error;
 mod executor;
 mod io;
 mod listing;
+mod offline;
 mod poll;
 
 use std::collections::{HashMap, HashSet};
@@ -18,6 +19,7 @@ use std::time::{Duration, SystemTime};
 
 pub use error::{FsError, FsResult};
 pub use executor::{conflict_name, VfsExecutor};
+pub use offline::PinProgress;
 
 use crate::cache::{ChunkCache, Source};
 use crate::metadata::{Batch, Ino, Inode, RemoteState, Store, ROOT_LOCAL_INO};
@@ -138,6 +140,7 @@ pub struct Vfs {
     state: Mutex<(ConnectionState, Option<String>)>,
     quota_cache: Mutex<Option<(SystemTime, Quota)>>,
     conflicts: Mutex<Vec<ConflictRecord>>,
+    pub pin_progress: Mutex<PinProgress>,
 }
 
 fn now() -> SystemTime {
@@ -182,6 +185,7 @@ impl Vfs {
             state: Mutex::new((ConnectionState::Online, None)),
             quota_cache: Mutex::new(None),
             conflicts: Mutex::new(conflicts),
+            pin_progress: Mutex::new(PinProgress::default()),
         };
         vfs.init_root()?;
         vfs.purge_orphans_from_last_run()?;

@@ -155,6 +155,7 @@ struct State {
     running: HashSet<u64>,
     /// Paths whose remote state changes while a job on them runs or waits.
     completed: u64,
+    retries: u64,
     recent_errors: Vec<(SystemTime, String)>,
 }
 
@@ -192,6 +193,7 @@ impl WriteBackQueue {
                 jobs,
                 running: HashSet::new(),
                 completed: 0,
+                retries: 0,
                 recent_errors: Vec::new(),
             }),
             next_seq: AtomicU64::new(next),
@@ -465,6 +467,11 @@ impl WriteBackQueue {
         self.state.lock().unwrap().completed
     }
 
+    /// How many times a job failed and was scheduled again.
+    pub fn retries(&self) -> u64 {
+        self.state.lock().unwrap().retries
+    }
+
     /// Revive parked jobs. Returns how many.
     pub fn retry_failed(&self) -> usize {
         let mut st = self.state.lock().unwrap();
@@ -557,6 +564,7 @@ impl WriteBackQueue {
                 tracing::debug!(seq, %msg, "job vanished while running");
             }
             JobOutcome::Retry(msg) => {
+                st.retries += 1;
                 let cfg = &self.config;
                 let job = st.jobs.get_mut(&seq).expect("checked above");
                 job.attempts += 1;
