@@ -439,7 +439,25 @@ impl ChunkCache {
         offset: u64,
         end: u64,
     ) -> CacheResult<()> {
+        // What we wait for must not be evicted before we have it all, or a file larger
+        // than the quota would be fetched over and over.
         let end = end.min(size);
+        let chunks: Vec<u64> = (offset / self.chunk_size..end.div_ceil(self.chunk_size)).collect();
+        self.pin(ino, &chunks);
+        let result = self.ensure_pinned(ino, source, size, offset, end).await;
+        self.unpin(ino, &chunks);
+        self.evict_over_quota();
+        result
+    }
+
+    async fn ensure_pinned(
+        self: &Arc<Self>,
+        ino: Ino,
+        source: Option<&Source>,
+        size: u64,
+        offset: u64,
+        end: u64,
+    ) -> CacheResult<()> {
         let mut rounds_after_completion = 0;
         loop {
             let notified = self.progress.notified();
