@@ -27,7 +27,12 @@ pub struct WebdavServer {
     pub root: PathBuf,
     /// "rclone" or "apache".
     pub name: &'static str,
-    child: Child,
+    /// The loopback port the server listens on (kept across `stop`/`restart`).
+    pub port: u16,
+    /// `None` while stopped.
+    child: Option<Child>,
+    /// Starts the server again on `port`.
+    respawn: Box<dyn Fn(u16) -> Child + Send + Sync>,
     /// When set, files under `root` must belong to this uid:gid for the server to write them.
     owner: Option<(u32, u32)>,
     /// Logs and runtime files; removed on drop.
@@ -41,6 +46,44 @@ impl WebdavServer {
     pub fn fix_ownership(&self) {
         if let Some((uid, gid)) = self.owner {
             chown_tree(&self.root, uid, gid);
+        }
+    }
+
+    /// Stops the server (the directory stays): clients now get connection refused.
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            stop_child(&mut c);
+        }
+    }
+
+    /// Starts the server again on the same port and directory, after `stop`.
+    pub fn restart(&mut self) {
+        self.stop();
+        self.fix_ownership();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let mut child = (self.respawn)(self.port);
+            let until = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < until {
+                if answers_http(self.port) {
+                    self.child = Some(child);
+                    return;
+                }
+                if let Ok(Some(_)) = child.try_wait() {
+                    break; // most likely the port is still held; try again
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            stop_child(&mut child);
+            if Instant::now() > deadline {
+                panic!(
+                    "{} did not come back on port {}: {}",
+                    self.name,
+                    self.port,
+                    self.log()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(200));
         }
     }
 
@@ -58,7 +101,7 @@ impl WebdavServer {
 
 impl Drop for WebdavServer {
     fn drop(&mut self) {
-        stop_child(&mut self.child);
+        self.stop();
     }
 }
 
@@ -104,11 +147,7 @@ fn answers_http(port: u16) -> bool {
 
 /// Starts a server with `spawn(port)` until one binds: another process may grab the free
 /// port between our probe and the server's bind.
-fn start_on_free_port(
-    what: &str,
-    state: &Path,
-    mut spawn: impl FnMut(u16) -> Child,
-) -> (Child, u16) {
+fn start_on_free_port(what: &str, state: &Path, spawn: impl Fn(u16) -> Child) -> (Child, u16) {
     let mut last_log = String::new();
     for _ in 0..3 {
         let port = free_port();
@@ -140,7 +179,13 @@ fn start_on_free_port(
 }
 
 fn stderr_file(state: &Path) -> Stdio {
-    Stdio::from(fs::File::create(state.join("stderr.log")).expect("create stderr.log"))
+    // Appends, so that a restarted server keeps the log of the first run.
+    let f = fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(state.join("stderr.log"))
+        .expect("create stderr.log");
+    Stdio::from(f)
 }
 
 /// `rclone serve webdav ROOT` on 127.0.0.1, with directory caching off so that files the
@@ -158,7 +203,11 @@ fn rclone(root: &Path, auth: Option<(&str, &str)>) -> WebdavServer {
     let state = tempfile::tempdir().expect("tempdir");
     let config = state.path().join("rclone.conf");
     fs::write(&config, "").expect("write rclone.conf");
-    let (child, port) = start_on_free_port("rclone serve webdav", state.path(), |port| {
+    let auth: Vec<String> = auth.map_or(vec![], |(u, p)| {
+        vec!["--user".into(), u.into(), "--pass".into(), p.into()]
+    });
+    let (state_dir, root_dir) = (state.path().to_path_buf(), root.to_path_buf());
+    let spawn = move |port: u16| {
         Command::new("rclone")
             .arg("serve")
             .arg("webdav")
@@ -167,19 +216,22 @@ fn rclone(root: &Path, auth: Option<(&str, &str)>) -> WebdavServer {
             .arg("--addr")
             .arg(format!("127.0.0.1:{port}"))
             .args(["--dir-cache-time", "0s", "--poll-interval", "0"])
-            .args(auth.map_or(vec![], |(u, p)| vec!["--user", u, "--pass", p]))
-            .arg(root)
+            .args(&auth)
+            .arg(&root_dir)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(stderr_file(state.path()))
+            .stderr(stderr_file(&state_dir))
             .spawn()
             .expect("spawn rclone (is the rclone package installed?)")
-    });
+    };
+    let (child, port) = start_on_free_port("rclone serve webdav", state.path(), &spawn);
     WebdavServer {
         url: format!("http://127.0.0.1:{port}/"),
         root: root.to_path_buf(),
         name: "rclone",
-        child,
+        port,
+        child: Some(child),
+        respawn: Box::new(spawn),
         owner: None,
         state,
     }
@@ -235,11 +287,13 @@ pub fn start_apache_webdav(root: &Path) -> WebdavServer {
         std::os::unix::fs::chown(state.path(), Some(uid), Some(gid)).expect("chown state");
     }
     let conf_path = state.path().join("httpd.conf");
-    let (child, port) = start_on_free_port("apache2", state.path(), |port| {
+    let state_dir = state.path().to_path_buf();
+    let doc_root = root.clone();
+    let spawn = move |port: u16| {
         let conf = APACHE_TEMPLATE
-            .replace("@STATE_DIR@", &state.path().display().to_string())
+            .replace("@STATE_DIR@", &state_dir.display().to_string())
             .replace("@PORT@", &port.to_string())
-            .replace("@DOC_ROOT@", &root.display().to_string())
+            .replace("@DOC_ROOT@", &doc_root.display().to_string())
             .replace("@MODULES@", APACHE_MODULES)
             .replace("@USER@", &format!("#{uid}"))
             .replace("@GROUP@", &format!("#{gid}"));
@@ -253,15 +307,18 @@ pub fn start_apache_webdav(root: &Path) -> WebdavServer {
             .env("LANG", "C")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(stderr_file(state.path()))
+            .stderr(stderr_file(&state_dir))
             .spawn()
             .expect("spawn apache2 (is the apache2 package installed?)")
-    });
+    };
+    let (child, port) = start_on_free_port("apache2", state.path(), &spawn);
     WebdavServer {
         url: format!("http://127.0.0.1:{port}{APACHE_PREFIX}"),
         root,
         name: "apache",
-        child,
+        port,
+        child: Some(child),
+        respawn: Box::new(spawn),
         owner,
         state,
     }

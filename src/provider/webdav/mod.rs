@@ -831,6 +831,19 @@ where
     Box::pin(stream)
 }
 
+/// The `Range` value for `len` bytes from `offset`. "Up to the end" (callers pass
+/// `u64::MAX`) is sent open-ended: servers parse range bounds as signed 64-bit numbers, and
+/// Go's net/http (rclone) answers 416 to a bound beyond `i64::MAX`, which read as an empty
+/// file.
+fn range_header(offset: u64, len: u64) -> String {
+    let last = offset.saturating_add(len - 1);
+    if last > i64::MAX as u64 {
+        format!("bytes={offset}-")
+    } else {
+        format!("bytes={offset}-{last}")
+    }
+}
+
 /// "bytes a-b/total" → (a, total).
 fn parse_content_range(v: &str) -> Option<(u64, Option<u64>)> {
     let rest = v.trim().strip_prefix("bytes")?.trim_start();
@@ -896,10 +909,9 @@ impl Provider for WebdavProvider {
             }
             return Ok(Box::pin(futures::stream::empty()));
         }
-        let last = offset.saturating_add(len - 1);
         let rb = self
             .request(Method::GET, &self.url(path))
-            .header(reqwest::header::RANGE, format!("bytes={offset}-{last}"))
+            .header(reqwest::header::RANGE, range_header(offset, len))
             // A compressed body would make byte offsets meaningless.
             .header(reqwest::header::ACCEPT_ENCODING, "identity");
         let resp = self.send(rb, &what).await?;
@@ -1204,6 +1216,19 @@ mod tests {
             status_error(StatusCode::INSUFFICIENT_STORAGE, None, "", "x"),
             ProviderError::InsufficientStorage
         );
+    }
+
+    #[test]
+    fn range_headers() {
+        assert_eq!(range_header(0, 10), "bytes=0-9");
+        assert_eq!(range_header(5, 1), "bytes=5-5");
+        assert_eq!(range_header(0, u64::MAX), "bytes=0-");
+        assert_eq!(range_header(7, u64::MAX), "bytes=7-");
+        assert_eq!(
+            range_header(1, i64::MAX as u64),
+            "bytes=1-9223372036854775807"
+        );
+        assert_eq!(range_header(2, i64::MAX as u64), "bytes=2-");
     }
 
     #[test]
