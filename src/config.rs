@@ -166,6 +166,8 @@ pub struct Config {
     /// How long unmount waits for queued uploads before leaving them persisted.
     #[serde(default = "default_drain")]
     pub drain_timeout_secs: f64,
+    /// Where encrypted OAuth tokens live (default: XDG data dir, cloudmount/accounts).
+    pub accounts_dir: Option<PathBuf>,
     /// Serve Prometheus metrics here (loopback only), e.g. "127.0.0.1:9464". Off if unset.
     pub metrics_addr: Option<std::net::SocketAddr>,
     /// Per-connection bandwidth limits in bytes per second (e.g. "10MiB"); unlimited if unset.

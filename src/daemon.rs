@@ -32,7 +32,7 @@ pub struct MountSpec {
     pub cache_dir: PathBuf,
 }
 
-pub fn build_provider(c: &ConnectionConfig) -> DynResult<Arc<dyn Provider>> {
+pub fn build_provider(cfg: &Config, c: &ConnectionConfig) -> DynResult<Arc<dyn Provider>> {
     match c.kind.as_str() {
         "local" => {
             let path = c
@@ -51,8 +51,19 @@ pub fn build_provider(c: &ConnectionConfig) -> DynResult<Arc<dyn Provider>> {
                     .map_err(|e| format!("connection {:?}: {e}", c.name))?,
             ))
         }
+        "gdrive" => {
+            let (tokens, rest) = crate::accounts::connection::token_source(cfg, c)
+                .map_err(|e| format!("connection {:?}: {e}", c.name))?;
+            let drive_cfg: crate::provider::gdrive::GdriveConfig = rest
+                .try_into()
+                .map_err(|e| format!("connection {:?}: {e}", c.name))?;
+            Ok(Arc::new(
+                crate::provider::gdrive::GdriveProvider::new(drive_cfg, tokens)
+                    .map_err(|e| format!("connection {:?}: {e}", c.name))?,
+            ))
+        }
         other => Err(format!(
-            "connection {:?}: unknown type {other:?} (known: local, webdav, owncloud, nextcloud)",
+            "connection {:?}: unknown type {other:?} (known: local, webdav, owncloud, nextcloud, gdrive)",
             c.name
         )
         .into()),
@@ -197,7 +208,7 @@ pub fn build_connections(spec: &MountSpec, db: &sled::Db) -> DynResult<Vec<Conne
     let cfg = &spec.config;
     let mut out = Vec::new();
     for c in &cfg.connections {
-        let provider = build_provider(c)?;
+        let provider = build_provider(cfg, c)?;
         out.push(build_connection(spec, db, c, provider)?);
     }
     Ok(out)
@@ -417,12 +428,12 @@ async fn diff_versions(
     let (va, vb) = (find(a)?, find(b)?);
     let da = vfs
         .versions
-        .read(&va.remote_path)
+        .read(va)
         .await
         .map_err(|e| e.to_string())?;
     let db = vfs
         .versions
-        .read(&vb.remote_path)
+        .read(vb)
         .await
         .map_err(|e| e.to_string())?;
     let diff = match (std::str::from_utf8(&da), std::str::from_utf8(&db)) {

@@ -7,6 +7,7 @@
 //! - [`metadata`], [`cache`], [`writeback`], [`versions`]: what the logic keeps locally;
 //! - [`provider`]: the trait every storage backend implements, one module per backend.
 
+pub mod accounts;
 pub mod cache;
 pub mod config;
 pub mod control;

@@ -79,6 +79,33 @@ enum Command {
     },
     /// Fetch directory listings again on next access.
     Refresh { mount_point: PathBuf },
+    /// Log in to an account (OAuth in your browser) for a connection of the config.
+    Login {
+        /// Provider type, e.g. gdrive.
+        kind: String,
+        /// The connection's name in the config.
+        #[arg(long)]
+        name: String,
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// No browser here: open the URL elsewhere and paste the address it lands on.
+        #[arg(long)]
+        paste: bool,
+        /// Use the device code flow (where the provider allows it for the scopes needed).
+        #[arg(long)]
+        device: bool,
+    },
+    /// Revoke a connection's tokens at the provider and delete them here.
+    Logout {
+        name: String,
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// List the configured connections and whether they are logged in.
+    Connections {
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
     /// Create a sample local "cloud" folder with a few files and mount it.
     Demo {
         #[arg(default_value = "~/cloudmount-demo")]
@@ -637,11 +664,15 @@ fn unmount(mount_point: &Path, drain: Option<f64>) -> DynResult<()> {
                 std::thread::sleep(Duration::from_millis(50));
             }
             // Wait for the daemon to finish draining and exit, showing the queue.
-            let queued = call(&mp, Request::Status).map(|s| queue_remaining(&s)).unwrap_or(0);
+            let queued = call(&mp, Request::Status)
+                .map(|s| queue_remaining(&s))
+                .unwrap_or(0);
             let bar = indicatif::ProgressBar::new(queued);
             bar.set_style(
-                indicatif::ProgressStyle::with_template("uploading queued changes [{bar:30}] {pos}/{len}")
-                    .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+                indicatif::ProgressStyle::with_template(
+                    "uploading queued changes [{bar:30}] {pos}/{len}",
+                )
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
             );
             while control::socket_for(&mp).exists() && start.elapsed() < limit {
                 match call(&mp, Request::Status) {
@@ -711,6 +742,114 @@ fn queue_remaining(status: &serde_json::Value) -> u64 {
 
 /// Jobs queued when `sync` began, for its progress bar.
 static SYNC_START: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+fn find_connection(config: Option<PathBuf>, name: &str) -> DynResult<(Config, ConnectionConfig)> {
+    let path = config.unwrap_or_else(Config::default_path);
+    let cfg = Config::load(&path)?;
+    let conn = cfg
+        .connections
+        .iter()
+        .find(|c| c.name == name)
+        .cloned()
+        .ok_or_else(|| format!("{} has no connection named {name:?}", path.display()))?;
+    Ok((cfg, conn))
+}
+
+fn login(
+    kind: &str,
+    name: &str,
+    config: Option<PathBuf>,
+    paste: bool,
+    device: bool,
+) -> DynResult<()> {
+    use cloudmount::accounts::{self, connection};
+    let (cfg, conn) = match find_connection(config.clone(), name) {
+        Ok(x) => x,
+        Err(e) => {
+            return Err(format!(
+                "{e}\nadd it to {} first, e.g.:\n\n[[connection]]\nname = \"{name}\"\ntype = \"{kind}\"\nsettings = {{ client_id = \"YOUR-CLIENT-ID.apps.googleusercontent.com\", client_secret_file = \"/path/to/secret\" }}\n",
+                config.unwrap_or_else(Config::default_path).display()
+            )
+            .into())
+        }
+    };
+    if conn.kind != kind {
+        return Err(format!(
+            "connection {name:?} is of type {:?}, not {kind:?}",
+            conn.kind
+        )
+        .into());
+    }
+    let (oauth, _) = connection::split_settings(&conn)?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let tokens = rt.block_on(async {
+        if device {
+            accounts::login::login_device(&oauth, |p| {
+                println!("To sign in, visit {} and enter the code {}", p.verification_uri, p.user_code);
+            })
+            .await
+        } else if paste {
+            accounts::login::login_paste(&oauth, |url| async move {
+                println!("Open this address in a browser on any machine and sign in:\n\n  {url}\n");
+                println!("The browser then fails to load a 127.0.0.1 address: copy that whole address here and press Enter:");
+                let mut line = String::new();
+                let _ = std::io::stdin().read_line(&mut line);
+                line.trim().to_string()
+            })
+            .await
+        } else {
+            accounts::login::login_loopback(&oauth, &Default::default(), accounts::login::system_browser_opener).await
+        }
+    })?;
+    let vault = accounts::TokenVault::open(&connection::vault_dir(&cfg)?)?;
+    vault.save(&connection::account_id(&conn)?, &tokens)?;
+    println!("logged in: connection {name:?} is ready to mount");
+    Ok(())
+}
+
+fn logout(name: &str, config: Option<PathBuf>) -> DynResult<()> {
+    use cloudmount::accounts::{self, connection};
+    let (cfg, conn) = find_connection(config, name)?;
+    let (oauth, _) = connection::split_settings(&conn)?;
+    let vault = accounts::TokenVault::open(&connection::vault_dir(&cfg)?)?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(accounts::logout(
+        &vault,
+        &connection::account_id(&conn)?,
+        &oauth,
+    ))?;
+    println!("logged out of {name:?}: tokens revoked and deleted");
+    Ok(())
+}
+
+fn connections(config: Option<PathBuf>) -> DynResult<()> {
+    use cloudmount::accounts::{self, connection};
+    let path = config.unwrap_or_else(Config::default_path);
+    let cfg = Config::load(&path)?;
+    let vault = connection::vault_dir(&cfg)
+        .and_then(|d| accounts::TokenVault::open(&d))
+        .ok();
+    for c in &cfg.connections {
+        let login = if connection::oauth_defaults(&c.kind, String::new(), None).is_none() {
+            "no login needed".to_string()
+        } else {
+            match (&vault, connection::account_id(c)) {
+                (Some(v), Ok(id)) => match v.load(&id) {
+                    Ok(Some(_)) => "logged in".to_string(),
+                    Ok(None) => format!("not logged in: run `{}`", id.login_command()),
+                    Err(e) => format!("token vault: {e}"),
+                },
+                _ => "token vault unavailable".to_string(),
+            }
+        };
+        println!("{:20} {:10} {login}", c.name, c.kind);
+    }
+    Ok(())
+}
 
 const MOUNT_HELPER: &str = include_str!("../mount-helpers/mount.cloudmount");
 
@@ -865,6 +1004,15 @@ fn run(cli: Cli) -> DynResult<()> {
             Ok(())
         }
         Command::Refresh { mount_point } => call(&mount_point, Request::Refresh).map(|_| ()),
+        Command::Login {
+            kind,
+            name,
+            config,
+            paste,
+            device,
+        } => login(&kind, &name, config, paste, device),
+        Command::Logout { name, config } => logout(&name, config),
+        Command::Connections { config } => connections(config),
         Command::Demo { mount_point } => {
             init_logging(cli.verbose, None);
             demo(&mount_point, cli.verbose)

@@ -27,8 +27,11 @@ pub struct VersionInfo {
     pub size: u64,
     /// Prefix of the content's SHA-256.
     pub hash: String,
+    /// Where the content is: a path in the hidden folder, or the provider's revision id.
     #[serde(skip)]
     pub remote_path: String,
+    #[serde(skip)]
+    pub native_of: Option<String>,
 }
 
 pub struct Versions {
@@ -101,7 +104,28 @@ impl Versions {
         Ok(())
     }
 
+    /// Whether history comes from the provider itself (Drive revisions, ...).
+    fn native(&self) -> bool {
+        self.provider.capabilities().native_versions
+    }
+
     pub async fn list(&self, path: &str) -> ProviderResult<Vec<VersionInfo>> {
+        if self.native() {
+            let mut revs = self.provider.list_versions(path).await?;
+            revs.sort_by_key(|r| r.mtime);
+            return Ok(revs
+                .into_iter()
+                .enumerate()
+                .map(|(i, r)| VersionInfo {
+                    number: i + 1,
+                    time: r.mtime,
+                    size: r.size,
+                    hash: r.hash.unwrap_or_default(),
+                    remote_path: r.id,
+                    native_of: Some(path.to_string()),
+                })
+                .collect());
+        }
         let dir = versions_dir_of(path);
         let mut entries = Vec::new();
         let mut pages = self.provider.list(&dir);
@@ -130,15 +154,24 @@ impl Versions {
                 size,
                 hash,
                 remote_path,
+                native_of: None,
             })
             .collect())
     }
 
-    pub async fn download(&self, remote_path: &str, dest: &Path) -> ProviderResult<()> {
-        let mut stream = self
-            .provider
-            .read_range(remote_path, None, 0, u64::MAX)
-            .await?;
+    async fn open(&self, v: &VersionInfo) -> ProviderResult<crate::provider::ByteStream> {
+        match &v.native_of {
+            Some(path) => self.provider.read_version(path, &v.remote_path).await,
+            None => {
+                self.provider
+                    .read_range(&v.remote_path, None, 0, u64::MAX)
+                    .await
+            }
+        }
+    }
+
+    pub async fn download(&self, v: &VersionInfo, dest: &Path) -> ProviderResult<()> {
+        let mut stream = self.open(v).await?;
         let mut f = tokio::fs::File::create(dest).await?;
         while let Some(piece) = stream.next().await {
             f.write_all(&piece?).await?;
@@ -147,11 +180,8 @@ impl Versions {
         Ok(())
     }
 
-    pub async fn read(&self, remote_path: &str) -> ProviderResult<Vec<u8>> {
-        let stream = self
-            .provider
-            .read_range(remote_path, None, 0, u64::MAX)
-            .await?;
+    pub async fn read(&self, v: &VersionInfo) -> ProviderResult<Vec<u8>> {
+        let stream = self.open(v).await?;
         crate::provider::collect_stream(stream).await
     }
 

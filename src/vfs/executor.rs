@@ -32,7 +32,9 @@ impl JobExecutor for VfsExecutor {
             Err(e) => {
                 let fs_err = FsError::from(e.clone());
                 vfs.note_remote_error(&fs_err);
-                if e.is_retryable() {
+                // An expired login is fixed by `cloudmount login`: keep the job waiting
+                // (with backoff) instead of parking it, so nothing queued is lost.
+                if e.is_retryable() || matches!(e, ProviderError::Auth(_)) {
                     JobOutcome::Retry(e.to_string())
                 } else {
                     if let Ok(Some(i)) = vfs.store.get(job.ino) {

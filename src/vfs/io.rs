@@ -196,7 +196,7 @@ impl Vfs {
             .ok_or_else(|| FsError::Invalid(format!("{path} has no version {number}")))?;
         let tmp = self.staging.join(format!("restore-{ino}"));
         self.versions
-            .download(&v.remote_path, &tmp)
+            .download(v, &tmp)
             .await
             .map_err(FsError::from)?;
         let data = tokio::fs::read(&tmp).await?;

@@ -1,0 +1,113 @@
+//! From a `[[connection]]` of the config to OAuth settings and a token source: what the
+//! daemon needs to build an OAuth provider, and what `login`/`logout` need.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use super::{AccountError, AccountId, OAuthClientConfig, TokenSource, TokenVault};
+use crate::config::{Config, ConnectionConfig};
+
+/// Keys of a connection's `settings` that describe the OAuth client rather than the
+/// provider itself.
+const OAUTH_KEYS: &[&str] = &[
+    "client_id",
+    "client_secret_file",
+    "auth_url",
+    "token_url",
+    "revoke_url",
+    "device_auth_url",
+    "scopes",
+    "redirect_port",
+];
+
+/// Which providers log in with OAuth, and their default client endpoints.
+pub fn oauth_defaults(
+    kind: &str,
+    client_id: String,
+    secret: Option<String>,
+) -> Option<OAuthClientConfig> {
+    match kind {
+        "gdrive" => Some(OAuthClientConfig::google(client_id, secret)),
+        _ => None,
+    }
+}
+
+pub fn vault_dir(cfg: &Config) -> Result<PathBuf, AccountError> {
+    cfg.accounts_dir
+        .clone()
+        .or_else(TokenVault::default_dir)
+        .ok_or_else(|| {
+            AccountError::Config("no data directory for the token vault; set accounts_dir".into())
+        })
+}
+
+/// The OAuth client of a connection, and its remaining (provider) settings.
+pub fn split_settings(
+    c: &ConnectionConfig,
+) -> Result<(OAuthClientConfig, toml::Table), AccountError> {
+    let mut rest = c.settings.clone();
+    let mut take = |k: &str| rest.remove(k);
+    let client_id = match take("client_id") {
+        Some(toml::Value::String(s)) => s,
+        _ => {
+            return Err(AccountError::Config(format!(
+                "connection {:?} needs settings.client_id (your OAuth client; see the README)",
+                c.name
+            )))
+        }
+    };
+    let secret = match take("client_secret_file") {
+        Some(toml::Value::String(p)) => Some(
+            crate::daemon::read_secret_file(std::path::Path::new(&p))
+                .map_err(|e| AccountError::Config(e.to_string()))?,
+        ),
+        Some(_) => {
+            return Err(AccountError::Config(
+                "client_secret_file must be a path".into(),
+            ))
+        }
+        None => None,
+    };
+    let mut oauth = oauth_defaults(&c.kind, client_id, secret).ok_or_else(|| {
+        AccountError::Config(format!("type {:?} does not log in with OAuth", c.kind))
+    })?;
+    let string = |v: Option<toml::Value>| v.and_then(|v| v.as_str().map(str::to_string));
+    if let Some(u) = string(take("auth_url")) {
+        oauth.auth_url = u;
+    }
+    if let Some(u) = string(take("token_url")) {
+        oauth.token_url = u;
+    }
+    if let Some(u) = string(take("revoke_url")) {
+        oauth.revoke_url = Some(u);
+    }
+    if let Some(u) = string(take("device_auth_url")) {
+        oauth.device_auth_url = Some(u);
+    }
+    if let Some(toml::Value::Array(a)) = take("scopes") {
+        oauth.scopes = a
+            .iter()
+            .filter_map(|v| v.as_str().map(str::to_string))
+            .collect();
+    }
+    if let Some(toml::Value::Integer(p)) = take("redirect_port") {
+        oauth.redirect_port = u16::try_from(p).ok();
+    }
+    debug_assert!(OAUTH_KEYS.iter().all(|k| !rest.contains_key(*k)));
+    Ok((oauth, rest))
+}
+
+pub fn account_id(c: &ConnectionConfig) -> Result<AccountId, AccountError> {
+    AccountId::new(&c.kind, &c.name)
+}
+
+/// A refreshing token source for a logged-in connection.
+pub fn token_source(
+    cfg: &Config,
+    c: &ConnectionConfig,
+) -> Result<(Arc<TokenSource>, toml::Table), AccountError> {
+    let (oauth, rest) = split_settings(c)?;
+    let vault = Arc::new(TokenVault::open(&vault_dir(cfg)?)?);
+    let source = TokenSource::new(vault, account_id(c)?, &oauth)?;
+    Ok((Arc::new(source), rest))
+}
