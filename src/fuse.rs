@@ -468,7 +468,9 @@ impl Filesystem for CloudFs {
             let (_, vfs) = Self::slot_vfs(&root, slot);
             match vfs.open(local, writable).await {
                 Ok((fh, keep)) => {
-                    let f = if keep {
+                    let f = if vfs.take_direct_io(local) {
+                        FopenFlags::FOPEN_DIRECT_IO
+                    } else if keep {
                         FopenFlags::FOPEN_KEEP_CACHE
                     } else {
                         FopenFlags::empty()

@@ -37,10 +37,43 @@ impl Vfs {
                 }
             }
         }
+        if !inode.dirty && inode.size == 0 && inode.kind == EntryKind::File {
+            self.refresh_unknown_size(&inode).await;
+        }
         // Pages the kernel cached stay valid unless the remote content changed meanwhile:
         // local writes went through the kernel and updated them already.
         let keep_cache = !self.stale_pages.lock().unwrap().remove(&ino);
         Ok((self.new_handle(ino, writable), keep_cache))
+    }
+
+    /// Some remote files list as empty until asked (Google Docs, whose size is their
+    /// export's). Ask, and have the kernel read such a file without trusting the size it
+    /// cached (direct I/O) this time.
+    async fn refresh_unknown_size(&self, inode: &Inode) {
+        let Some(remote) = &inode.remote else { return };
+        let Ok(entry) = self.provider.stat(&remote.path).await else {
+            return;
+        };
+        if entry.size > 0 && entry.kind == EntryKind::File {
+            let updated = self.update(inode.ino, |i| {
+                if !i.dirty && i.size == 0 {
+                    i.size = entry.size;
+                    if let Some(r) = i.remote.as_mut() {
+                        r.revision = entry.revision.clone();
+                    }
+                }
+            });
+            if updated.is_ok() {
+                self.cache.validate(inode.ino, &entry.revision);
+                self.direct_io.lock().unwrap().insert(inode.ino);
+                self.notify_inode(inode.ino);
+            }
+        }
+    }
+
+    /// Whether the last open of `ino` wants the kernel to bypass its page cache.
+    pub fn take_direct_io(&self, ino: Ino) -> bool {
+        self.direct_io.lock().unwrap().remove(&ino)
     }
 
     pub async fn read(&self, ino: Ino, fh: u64, offset: u64, size: u32) -> FsResult<Vec<u8>> {

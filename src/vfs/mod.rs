@@ -141,6 +141,8 @@ pub struct Vfs {
     quota_cache: Mutex<Option<(SystemTime, Quota)>>,
     conflicts: Mutex<Vec<ConflictRecord>>,
     pub pin_progress: Mutex<PinProgress>,
+    /// Files whose next open must bypass the kernel's page cache (see io.rs).
+    direct_io: Mutex<HashSet<Ino>>,
 }
 
 fn now() -> SystemTime {
@@ -186,6 +188,7 @@ impl Vfs {
             quota_cache: Mutex::new(None),
             conflicts: Mutex::new(conflicts),
             pin_progress: Mutex::new(PinProgress::default()),
+            direct_io: Mutex::new(HashSet::new()),
         };
         vfs.init_root()?;
         vfs.purge_orphans_from_last_run()?;

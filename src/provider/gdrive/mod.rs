@@ -828,6 +828,11 @@ impl Provider for GdriveProvider {
             let (_, name) = split_path(path);
             return Ok(self.entry(name, &f));
         }
+        if fresh.is_native() && self.export_format(&fresh).is_some() {
+            // A document's size is that of its export: stat is asked when the size
+            // matters (a file is opened), so export now rather than report 0.
+            self.export(&fresh).await?;
+        }
         let (_, name) = split_path(path);
         Ok(self.entry(name, &fresh))
     }
