@@ -1573,7 +1573,6 @@ async fn read_all(vfs: &Vfs, ino: Ino) -> Result<Vec<u8>, FsError> {
 /// Bug: a write past the end of an uploaded file leaves the gap "missing" in the chunk
 /// cache, so reads (and the upload) try to fetch it from the remote, which is shorter.
 #[test]
-#[ignore = "bug: write past EOF of an uploaded file: gap fetched from the remote (short read)"]
 fn regression_write_past_eof_of_uploaded_file() {
     let (w, ino) = world_with_uploaded_file(b"");
     let vfs = w.vfs();
@@ -1597,7 +1596,6 @@ fn regression_write_past_eof_of_uploaded_file() {
 /// Bug: after a shrink, a write past the new end shows (and uploads) the old remote
 /// bytes in the gap instead of zeros.
 #[test]
-#[ignore = "bug: shrink then write past EOF resurrects old remote bytes in the gap"]
 fn regression_shrink_then_write_past_eof() {
     let (w, ino) = world_with_uploaded_file(b"ABCDEF");
     let vfs = w.vfs();
@@ -1617,7 +1615,7 @@ fn regression_shrink_then_write_past_eof() {
 
 /// The same properties without dodging the known bugs: fails until they are fixed.
 #[test]
-#[ignore = "bugs: write past EOF, rename/unlink ordering in the write-back queue (see the regression_* tests)"]
+#[ignore = "bug hunt: still finds queue-ordering failures with restarts (see the closing note)"]
 fn vfs_matches_model_without_workarounds() {
     run_property(48, true, false);
 }
@@ -1628,7 +1626,6 @@ fn vfs_matches_model_without_workarounds() {
 /// remote, so `/d -> /b` fails with NotFound and is parked for good, and every later job
 /// on `/b` waits behind it: the queue never drains.
 #[test]
-#[ignore = "bug: WriteBackQueue::on_rename re-queues a pending rename into `from` after the new move"]
 fn regression_rename_twice_before_upload() {
     let w = World::new(60.0);
     let vfs = w.vfs();
@@ -1659,7 +1656,6 @@ fn regression_rename_twice_before_upload() {
 /// rewrites every queued job at /a in place, X's rename included, which becomes
 /// `Rename{/d -> /b}`, fails with NotFound and is parked; nothing after it lands.
 #[test]
-#[ignore = "bug: WriteBackQueue::on_rename rewrites queued jobs of other inodes that used the old name"]
 fn regression_rename_hijacks_previous_occupants_job() {
     let (w, _x) = world_with_uploaded_file(b"X");
     let vfs = w.vfs();
@@ -1700,7 +1696,6 @@ fn regression_rename_hijacks_previous_occupants_job() {
 /// Mkdir to /b *in place*, i.e. before the delete: mkdir /b finds the old directory and
 /// succeeds, then the delete removes it. The remote loses /b.
 #[test]
-#[ignore = "bug: rename over a remote directory: the delete of the victim runs after the mkdir of the new one"]
 fn regression_rename_new_dir_over_uploaded_dir() {
     let w = World::new(60.0);
     let vfs = w.vfs();
@@ -1730,7 +1725,6 @@ fn regression_rename_new_dir_over_uploaded_dir() {
 /// the remote, so the old remote /f is never deleted: it comes back at the next listing
 /// and stays on the remote for good.
 #[test]
-#[ignore = "bug: unlink of a file that replaced a remote file (not uploaded yet) leaves the old remote file"]
 fn regression_unlink_after_rename_over_remote_file() {
     let (w, _f) = world_with_uploaded_file(b"old");
     let vfs = w.vfs();

@@ -137,14 +137,22 @@ impl Vfs {
             }
         }
         self.begin_local_change(ino)?;
-        self.cache.write(ino, offset, data)?;
         let end = offset + data.len() as u64;
-        self.update(ino, |i| {
-            i.size = i.size.max(end);
-            i.mtime = now();
-            i.ctime = i.mtime;
-            i.generation += 1;
-        })?;
+        // Size check, gap fill and size update under the record lock, so that two
+        // writers extending the file do not both see the old size.
+        let _g = self.record_locks[(ino % 64) as usize].lock().unwrap();
+        let mut inode = self.get(ino)?;
+        if offset > inode.size {
+            // The bytes between the old end and this write are zeros, not whatever the
+            // remote holds there (it may be longer, or truncated locally since).
+            self.cache.truncate(ino, inode.size, offset)?;
+        }
+        self.cache.write(ino, offset, data)?;
+        inode.size = inode.size.max(end);
+        inode.mtime = now();
+        inode.ctime = inode.mtime;
+        inode.generation += 1;
+        self.store.put(&inode)?;
         Ok(data.len() as u32)
     }
 

@@ -715,7 +715,8 @@ impl Vfs {
             return Err(FsError::IsDir);
         }
         let path = self.child_path(parent, name)?;
-        let on_remote = self.on_remote(&inode);
+        // A file that replaced a remote one before its upload: that remote file goes too.
+        let on_remote = self.on_remote(&inode) || inode.base_revision.is_some();
         let mut b = Batch::default();
         b.unlink(parent, name);
         self.orphan(&mut b, &mut inode);
@@ -829,12 +830,18 @@ impl Vfs {
             victim = Some(d);
         }
         let src_on_remote = self.on_remote(&src);
+        // A new file that had replaced a remote one (an editor's save-by-rename) moves
+        // on before its upload: the remote object it replaced at `from` must go, and the
+        // upload to the new name expects an empty slot.
+        let delete_replaced_at_from =
+            !src_on_remote && !src.is_dir() && src.base_revision.take().is_some();
+        let moved = self.subtree(src_ino)?;
         let mut b = Batch::default();
         b.unlink(parent, name);
         if let Some(v) = victim.as_mut() {
             b.unlink(new_parent, new_name);
             self.orphan(&mut b, v);
-            if v.remote.is_some() && !src_on_remote && !src.is_dir() {
+            if self.on_remote(v) && !src_on_remote && !src.is_dir() {
                 // The new content replaces what the remote has at that name: the upload
                 // must expect that revision, not an empty slot.
                 src.base_revision = v.remote.as_ref().map(|r| r.revision.clone());
@@ -850,8 +857,11 @@ impl Vfs {
         if new_parent != parent {
             self.touch_dir(new_parent)?;
         }
+        if delete_replaced_at_from {
+            self.queue.enqueue_remote_delete(&from);
+        }
         if let Some(v) = &victim {
-            if v.is_dir() && v.remote.is_some() && !src_on_remote {
+            if v.is_dir() && self.on_remote(v) && !src_on_remote {
                 self.queue.on_delete(v.ino, &to, true);
             }
             if self.is_open(v.ino) {
@@ -860,6 +870,7 @@ impl Vfs {
         }
         self.queue.on_rename(
             src_ino,
+            &moved,
             &from,
             &to,
             src_on_remote,
@@ -869,6 +880,19 @@ impl Vfs {
             self.maybe_purge_orphan(v.ino);
         }
         Ok(())
+    }
+
+    /// An inode and everything below it.
+    fn subtree(&self, ino: Ino) -> FsResult<HashSet<Ino>> {
+        let mut out = HashSet::new();
+        let mut todo = vec![ino];
+        while let Some(i) = todo.pop() {
+            out.insert(i);
+            if self.get(i)?.is_dir() {
+                todo.extend(self.store.children(i)?.into_iter().map(|(_, c)| c));
+            }
+        }
+        Ok(out)
     }
 
     /// A file replaced or deleted while open must keep its own content: fetch what is

@@ -294,12 +294,14 @@ impl WriteBackQueue {
             .any(|s| st.jobs.get(s).map(|j| j.ino) == Some(ino))
     }
 
-    /// A local rename. `on_remote`: the entry exists (or is being created) on the remote,
-    /// so the remote needs a move; otherwise only the queued creations change names.
+    /// A local rename of `ino` (and, for a directory, of `moved`: every inode below it).
+    /// `on_remote`: the entry exists (or is being created) on the remote, so the remote
+    /// needs a move; otherwise only the queued creations of the moved inodes change names.
     /// `replaced`: the inode a rename overwrote, whose queued uploads are now moot.
     pub fn on_rename(
         &self,
         ino: Ino,
+        moved: &HashSet<Ino>,
         from: &str,
         to: &str,
         on_remote: bool,
@@ -309,42 +311,90 @@ impl WriteBackQueue {
         if let Some(victim) = replaced {
             Self::drop_content_jobs(self, &mut st, victim);
         }
-        let affected: Vec<u64> = st
-            .jobs
-            .iter()
-            .filter(|(seq, j)| {
-                !st.running.contains(seq) && j.paths().any(|p| is_same_or_below(p, from))
-            })
-            .map(|(s, _)| *s)
-            .collect();
+        let under_from = |st: &State, seq: &u64, j: &Job| {
+            !st.running.contains(seq) && j.paths().any(|p| is_same_or_below(p, from))
+        };
         if on_remote {
-            let job = self.new_job(
-                ino,
-                JobKind::Rename {
-                    from: from.to_string(),
-                    overwrite: true,
-                },
-                to,
-                Duration::ZERO,
-                0,
-            );
-            self.push(&mut st, job);
-            // Queued work below the old name now happens below the new one, after the move.
+            // A queued move of this inode to `from` that has not started: move it to `to`
+            // directly instead of chaining a second move after it (`mv c d; mv d b`).
+            let folded = st
+                .jobs
+                .iter()
+                .find(|(seq, j)| {
+                    j.ino == ino
+                        && j.path == from
+                        && matches!(j.kind, JobKind::Rename { .. })
+                        && !st.running.contains(seq)
+                })
+                .map(|(s, _)| *s);
+            if let Some(fold_seq) = folded {
+                // Everything queued after that move and below `from` concerns what it
+                // moved; what came before concerns an earlier occupant of the name.
+                let later: Vec<u64> = st
+                    .jobs
+                    .range(fold_seq..)
+                    .filter(|(seq, j)| under_from(&st, seq, j))
+                    .map(|(s, _)| *s)
+                    .collect();
+                for seq in later {
+                    let job = st.jobs.get_mut(&seq).expect("listed above");
+                    job.rewrite_prefix(from, to);
+                    let job = job.clone();
+                    self.persist(seq, &job);
+                }
+            } else {
+                // Every queued job below `from` acts on something that physically lives
+                // in the remote object being moved: it follows, after the move.
+                let affected: Vec<u64> = st
+                    .jobs
+                    .iter()
+                    .filter(|(seq, j)| under_from(&st, seq, j))
+                    .map(|(s, _)| *s)
+                    .collect();
+                let job = self.new_job(
+                    ino,
+                    JobKind::Rename {
+                        from: from.to_string(),
+                        overwrite: true,
+                    },
+                    to,
+                    Duration::ZERO,
+                    0,
+                );
+                self.push(&mut st, job);
+                for seq in affected {
+                    let mut job = st.jobs.remove(&seq).expect("listed above");
+                    self.unpersist(seq);
+                    job.rewrite_prefix(from, to);
+                    self.push(&mut st, job);
+                }
+            }
+        } else {
+            // Only the moved inodes' own queued creations change names; jobs on the same
+            // path that belong to an earlier occupant stay as they are. They go to the end,
+            // after whatever the rename itself queued (the delete of a replaced directory).
+            let affected: Vec<u64> = st
+                .jobs
+                .iter()
+                .filter(|(seq, j)| moved.contains(&j.ino) && under_from(&st, seq, j))
+                .map(|(s, _)| *s)
+                .collect();
             for seq in affected {
                 let mut job = st.jobs.remove(&seq).expect("listed above");
                 self.unpersist(seq);
                 job.rewrite_prefix(from, to);
                 self.push(&mut st, job);
             }
-        } else {
-            for seq in affected {
-                let job = st.jobs.get_mut(&seq).expect("listed above");
-                job.rewrite_prefix(from, to);
-                let job = job.clone();
-                self.persist(seq, &job);
-            }
         }
         drop(st);
+        self.wake.notify_one();
+    }
+
+    /// Queue the removal of a remote object no inode stands for any more (what a renamed
+    /// file had replaced before it was uploaded).
+    pub fn enqueue_remote_delete(&self, path: &str) {
+        let job = self.new_job(0, JobKind::Delete, path, Duration::ZERO, 0);
+        self.push(&mut self.state.lock().unwrap(), job);
         self.wake.notify_one();
     }
 
