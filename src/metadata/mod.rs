@@ -273,8 +273,15 @@ impl Store {
 
     /// Make everything written so far durable (the write-back queue relies on this
     /// before it tells a closing program that its data is safe).
+    ///
+    /// sled 0.34's `flush_async` deadlocks when several flushes of the same tree are in
+    /// flight at once (spacejam/sled#1308): concurrent closes hung forever. A blocking
+    /// flush on tokio's blocking pool has no such problem.
     pub async fn flush(&self) -> StoreResult<()> {
-        self.tree.flush_async().await?;
+        let tree = self.tree.clone();
+        tokio::task::spawn_blocking(move || tree.flush())
+            .await
+            .map_err(|e| sled::Error::ReportableBug(format!("flush task failed: {e}")))??;
         Ok(())
     }
 }
