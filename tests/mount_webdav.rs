@@ -492,10 +492,7 @@ fn versions_list_and_restore(server: Server) {
     assert_eq!(fs::read(f.disk("doc.txt")).unwrap(), b"first");
     let list = f.m.rt.block_on(vfs.versions.list("/doc.txt")).unwrap();
     assert_eq!(list.len(), 4);
-    let newest =
-        f.m.rt
-            .block_on(vfs.versions.read(&list[3].remote_path))
-            .unwrap();
+    let newest = f.m.rt.block_on(vfs.versions.read(&list[3])).unwrap();
     assert_eq!(newest, b"first");
 
     fs::rename(f.path("doc.txt"), f.path("renamed.txt")).unwrap();

@@ -3,7 +3,6 @@
 //! can store) come in as `Backend` facts rather than per-provider special cases.
 //!
 //! Include with `#[path = "suite/mod.rs"] mod suite;` next to `mod common;`.
-#![allow(dead_code)]
 
 use std::ffi::CString;
 use std::fs::{self, File, OpenOptions};
