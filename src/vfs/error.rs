@@ -32,6 +32,8 @@ pub enum FsError {
     NotSupported(String),
     #[error("no space left")]
     NoSpace,
+    #[error("file too large")]
+    TooBig,
     #[error("no such attribute")]
     NoAttr,
     #[error("result does not fit the buffer")]
@@ -59,6 +61,7 @@ impl FsError {
             FsError::NotPermitted(_) => libc::EPERM,
             FsError::NotSupported(_) => libc::EOPNOTSUPP,
             FsError::NoSpace => libc::ENOSPC,
+            FsError::TooBig => libc::EFBIG,
             FsError::NoAttr => libc::ENODATA,
             FsError::Range => libc::ERANGE,
             FsError::BadHandle => libc::EBADF,
@@ -106,10 +109,10 @@ impl From<StoreError> for FsError {
 
 impl From<std::io::Error> for FsError {
     fn from(e: std::io::Error) -> Self {
-        if e.raw_os_error() == Some(libc::ENOSPC) {
-            FsError::NoSpace
-        } else {
-            FsError::Io(e.to_string())
+        match e.raw_os_error() {
+            Some(libc::ENOSPC) => FsError::NoSpace,
+            Some(libc::EFBIG) => FsError::TooBig,
+            _ => FsError::Io(e.to_string()),
         }
     }
 }

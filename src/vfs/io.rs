@@ -136,8 +136,11 @@ impl Vfs {
                 None => return Err(FsError::BadHandle),
             }
         }
+        let end = offset.saturating_add(data.len() as u64);
+        if end > MAX_FILE_SIZE {
+            return Err(FsError::TooBig);
+        }
         self.begin_local_change(ino)?;
-        let end = offset + data.len() as u64;
         // Size check, gap fill and size update under the record lock, so that two
         // writers extending the file do not both see the old size.
         let _g = self.record_locks[(ino % 64) as usize].lock().unwrap();

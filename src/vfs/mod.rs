@@ -27,6 +27,9 @@ use crate::provider::{join_path, EntryKind, Provider, Quota};
 use crate::versions::Versions;
 use crate::writeback::WriteBackQueue;
 
+/// The largest file cloudmount stores (what ext4, the usual cache filesystem, allows).
+pub const MAX_FILE_SIZE: u64 = 16 << 40;
+
 /// Names cloudmount keeps for itself at the top of every connection.
 pub const RESERVED_NAMES: &[&str] = &[crate::versions::VERSIONS_DIR, ".cloudmount-tmp"];
 
@@ -948,6 +951,9 @@ impl Vfs {
     }
 
     fn truncate(&self, ino: Ino, size: u64) -> FsResult<()> {
+        if size > MAX_FILE_SIZE {
+            return Err(FsError::TooBig);
+        }
         let inode = self.begin_local_change(ino)?;
         self.cache.truncate(ino, inode.size, size)?;
         self.update(ino, |i| {
