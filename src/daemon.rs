@@ -426,16 +426,8 @@ async fn diff_versions(
             .ok_or_else(|| format!("{path} has no version {n}"))
     };
     let (va, vb) = (find(a)?, find(b)?);
-    let da = vfs
-        .versions
-        .read(va)
-        .await
-        .map_err(|e| e.to_string())?;
-    let db = vfs
-        .versions
-        .read(vb)
-        .await
-        .map_err(|e| e.to_string())?;
+    let da = vfs.versions.read(va).await.map_err(|e| e.to_string())?;
+    let db = vfs.versions.read(vb).await.map_err(|e| e.to_string())?;
     let diff = match (std::str::from_utf8(&da), std::str::from_utf8(&db)) {
         (Ok(ta), Ok(tb)) => Some(
             similar::TextDiff::from_lines(ta, tb)
