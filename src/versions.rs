@@ -37,6 +37,12 @@ pub struct VersionInfo {
 pub struct Versions {
     provider: Arc<dyn Provider>,
     keep: usize,
+    /// Version folders known to exist, so recording a version costs one request (the
+    /// copy), not a walk of MKCOLs, on every upload.
+    known_dirs: std::sync::Mutex<std::collections::HashSet<String>>,
+    /// Versions kept per path, as far as this process knows; pruning lists the folder
+    /// only when this says there may be too many.
+    counts: std::sync::Mutex<std::collections::HashMap<String, usize>>,
 }
 
 fn versions_dir_of(path: &str) -> String {
@@ -50,14 +56,25 @@ fn parse_name(name: &str) -> Option<(u64, String)> {
 
 impl Versions {
     pub fn new(provider: Arc<dyn Provider>, keep: usize) -> Self {
-        Versions { provider, keep }
+        Versions {
+            provider,
+            keep,
+            known_dirs: Default::default(),
+            counts: Default::default(),
+        }
     }
 
     async fn mkdir_all(&self, dir: &str) -> ProviderResult<()> {
+        if self.known_dirs.lock().unwrap().contains(dir) {
+            return Ok(());
+        }
         let mut cur = String::new();
         for comp in dir.split('/').filter(|c| !c.is_empty()) {
             cur.push('/');
             cur.push_str(comp);
+            if self.known_dirs.lock().unwrap().contains(&cur) {
+                continue;
+            }
             match self.provider.mkdir(&cur).await {
                 Ok(_) | Err(ProviderError::AlreadyExists(_)) => {}
                 Err(e) => {
@@ -68,6 +85,7 @@ impl Versions {
                     }
                 }
             }
+            self.known_dirs.lock().unwrap().insert(cur.clone());
         }
         Ok(())
     }
@@ -86,21 +104,36 @@ impl Versions {
         let name = format!("{ms:013}-{}", &sha256[..16.min(sha256.len())]);
         let target = join_path(&dir, &name);
         // A server-side copy costs no upload bandwidth; fall back to sending it again.
-        if self.provider.copy(path, &target).await.is_err() {
+        if let Err(e) = self.provider.copy(path, &target).await {
+            if matches!(e, ProviderError::NotFound(_)) {
+                // The folder went away behind our back: create it again next time.
+                self.known_dirs.lock().unwrap().remove(&dir);
+                self.mkdir_all(&dir).await?;
+            }
             self.provider
                 .upload(&target, snapshot, &UploadOptions::default())
                 .await?;
         }
-        self.prune(path).await
+        let known = self.counts.lock().unwrap().get(path).map(|n| n + 1);
+        match known {
+            Some(n) if n <= self.keep => {
+                self.counts.lock().unwrap().insert(path.to_string(), n);
+                Ok(())
+            }
+            _ => self.prune(path).await,
+        }
     }
 
     async fn prune(&self, path: &str) -> ProviderResult<()> {
         let list = self.list(path).await?;
+        let mut kept = list.len();
         if list.len() > self.keep {
             for v in &list[..list.len() - self.keep] {
                 self.provider.delete(&v.remote_path).await?;
             }
+            kept = self.keep;
         }
+        self.counts.lock().unwrap().insert(path.to_string(), kept);
         Ok(())
     }
 
@@ -185,9 +218,23 @@ impl Versions {
         crate::provider::collect_stream(stream).await
     }
 
+    fn forget_below(&self, dir: &str) {
+        self.known_dirs
+            .lock()
+            .unwrap()
+            .retain(|d| !crate::provider::is_same_or_below(d, dir));
+        let prefix = dir.strip_prefix(&format!("/{VERSIONS_DIR}")).unwrap_or(dir).to_string();
+        self.counts
+            .lock()
+            .unwrap()
+            .retain(|p, _| !crate::provider::is_same_or_below(p, &prefix));
+    }
+
     pub async fn follow_rename(&self, from: &str, to: &str) -> ProviderResult<()> {
         let src = versions_dir_of(from);
         let dst = versions_dir_of(to);
+        self.forget_below(&src);
+        self.forget_below(&dst);
         if self.provider.stat(&src).await.is_err() {
             return Ok(());
         }
