@@ -712,7 +712,10 @@ fn overlaps_any(set: &BTreeSet<String>, path: &str) -> bool {
             Some(i) => p = &p[..i],
         }
         if p == "/" {
-            return set.contains("/");
+            if set.contains("/") {
+                return true;
+            }
+            break;
         }
     }
     // A descendant.
