@@ -583,3 +583,30 @@ fn conflict_through_the_daemon_is_listed_by_status_json() {
     assert_eq!(conflicts[0]["conflict_copy"], format!("/{copy}"));
     assert!(m.unmount().status.success());
 }
+
+#[test]
+fn directory_renamed_while_a_child_upload_runs_waits_for_it() {
+    use std::os::unix::fs::MetadataExt;
+    let provider = memory_provider();
+    let m = InProcessMount::new(provider.clone(), test_config(|_| {}));
+    fs::create_dir(m.path("d")).unwrap();
+    wait_until("mkdir uploaded", Duration::from_secs(10), || {
+        provider.exists_remote("/d")
+    });
+    // Slow calls: the child's upload is still running when the rename comes.
+    provider.set_latency(Duration::from_millis(300));
+    fs::write(m.path("d/x.txt"), b"x").unwrap();
+    let ino = fs::metadata(m.path("d/x.txt")).unwrap().ino() & ((1 << 48) - 1);
+    let vfs = m.vfs();
+    wait_until("upload running", Duration::from_secs(10), || {
+        vfs.queue.job_state_of(ino) == Some("uploading")
+    });
+    fs::rename(m.path("d"), m.path("e")).unwrap();
+    assert!(m.drain(DRAIN));
+    provider.set_latency(Duration::ZERO);
+    let mut expected = BTreeMap::new();
+    expected.insert("/e".to_string(), None);
+    expected.insert("/e/x.txt".to_string(), Some(b"x".to_vec()));
+    assert_eq!(remote_tree(&provider), expected);
+    assert!(vfs.queue.status().iter().all(|j| j.failed.is_none()));
+}
