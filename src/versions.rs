@@ -223,7 +223,10 @@ impl Versions {
             .lock()
             .unwrap()
             .retain(|d| !crate::provider::is_same_or_below(d, dir));
-        let prefix = dir.strip_prefix(&format!("/{VERSIONS_DIR}")).unwrap_or(dir).to_string();
+        let prefix = dir
+            .strip_prefix(&format!("/{VERSIONS_DIR}"))
+            .unwrap_or(dir)
+            .to_string();
         self.counts
             .lock()
             .unwrap()

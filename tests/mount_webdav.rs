@@ -733,7 +733,7 @@ fn daemon_with_config_file_and_password() {
 /// and is treated as a conflict; the overwritten content "BBB" stays under the name and
 /// "AAA" goes to a conflict copy.
 #[test]
-#[ignore = "known bug in the write-back of a rename over a file being uploaded"]
+
 fn rename_over_a_file_whose_upload_is_running() {
     // The window is a few milliseconds wide; sweep the moment of the rename across it.
     for round in 0..20u64 {

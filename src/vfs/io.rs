@@ -177,7 +177,8 @@ impl Vfs {
             return Ok(());
         };
         self.cache.sync_record(ino);
-        self.queue.enqueue_upload(ino, &path, inode.size);
+        self.queue
+            .enqueue_upload(ino, &path, inode.size, inode.generation);
         self.store.flush().await?;
         Ok(())
     }

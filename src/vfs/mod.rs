@@ -839,15 +839,23 @@ impl Vfs {
         let delete_replaced_at_from =
             !src_on_remote && !src.is_dir() && src.base_revision.take().is_some();
         let moved = self.subtree(src_ino)?;
+        let mut victim_delete = false;
         let mut b = Batch::default();
         b.unlink(parent, name);
         if let Some(v) = victim.as_mut() {
             b.unlink(new_parent, new_name);
             self.orphan(&mut b, v);
             if self.on_remote(v) && !src_on_remote && !src.is_dir() {
-                // The new content replaces what the remote has at that name: the upload
-                // must expect that revision, not an empty slot.
-                src.base_revision = v.remote.as_ref().map(|r| r.revision.clone());
+                if v.remote.is_some() && !self.queue.is_running(v.ino) {
+                    // The new content replaces what the remote has at that name: the
+                    // upload must expect that revision, not an empty slot.
+                    src.base_revision = v.remote.as_ref().map(|r| r.revision.clone());
+                } else {
+                    // The replaced file is being uploaded right now, so its revision is
+                    // not known yet: remove it once that upload is done, then the new
+                    // file goes up into an empty slot.
+                    victim_delete = true;
+                }
             }
         }
         b.link(new_parent, new_name, src_ino);
@@ -864,7 +872,7 @@ impl Vfs {
             self.queue.enqueue_remote_delete(&from);
         }
         if let Some(v) = &victim {
-            if v.is_dir() && self.on_remote(v) && !src_on_remote {
+            if victim_delete || (v.is_dir() && self.on_remote(v) && !src_on_remote) {
                 self.queue.on_delete(v.ino, &to, true);
             }
             if self.is_open(v.ino) {
@@ -965,7 +973,8 @@ impl Vfs {
             // A truncate without an open handle (truncate(1)) has no close to trigger upload.
             let path = self.path_of(ino)?;
             if let Some(path) = path {
-                self.queue.enqueue_upload(ino, &path, size);
+                self.queue
+                    .enqueue_upload(ino, &path, size, self.get(ino)?.generation);
             }
         }
         Ok(())

@@ -46,6 +46,10 @@ pub struct Job {
     pub failed: Option<String>,
     pub last_error: Option<String>,
     pub size: u64,
+    /// Uploads: the content generation the job was queued for. A close that changed
+    /// nothing since (a RELEASE after a flush) must not push the upload back.
+    #[serde(default)]
+    pub generation: u64,
 }
 
 impl Job {
@@ -236,11 +240,12 @@ impl WriteBackQueue {
             failed: None,
             last_error: None,
             size,
+            generation: 0,
         }
     }
 
     /// Queue (or postpone the already queued) upload of an inode's content.
-    pub fn enqueue_upload(&self, ino: Ino, path: &str, size: u64) {
+    pub fn enqueue_upload(&self, ino: Ino, path: &str, size: u64, generation: u64) {
         let delay = self.config.upload_delay;
         let mut st = self.state.lock().unwrap();
         let existing = st
@@ -251,15 +256,20 @@ impl WriteBackQueue {
             .map(|(s, _)| *s);
         if let Some(seq) = existing {
             let job = st.jobs.get_mut(&seq).expect("found above");
-            job.not_before_ms = now_ms() + delay.as_millis() as u64;
-            job.failed = None;
-            job.attempts = 0;
+            if job.generation != generation {
+                // Changed again: wait the delay anew, so a burst of saves uploads once.
+                job.not_before_ms = now_ms() + delay.as_millis() as u64;
+                job.failed = None;
+                job.attempts = 0;
+                job.generation = generation;
+            }
             job.size = size;
             job.path = path.to_string();
             let job = job.clone();
             self.persist(seq, &job);
         } else {
-            let job = self.new_job(ino, JobKind::Upload, path, delay, size);
+            let mut job = self.new_job(ino, JobKind::Upload, path, delay, size);
+            job.generation = generation;
             self.push(&mut st, job);
         }
         drop(st);
