@@ -458,7 +458,7 @@ pub fn mount_root(
     mount_point: &Path,
     rt: tokio::runtime::Handle,
     opts: &KernelMountOptions,
-) -> DynResult<fuser::BackgroundSession> {
+) -> DynResult<crate::fuse_mount::KernelMount> {
     let fs = crate::fuse::CloudFs::new(Arc::clone(&root), rt, opts.attr_ttl);
     let mut options = vec![
         fuser::MountOption::FSName(format!(
@@ -486,10 +486,11 @@ pub fn mount_root(
         fuser::SessionACL::Owner
     };
     fuse_cfg.n_threads = Some(2);
-    let session = fuser::Session::new(fs, mount_point, &fuse_cfg)
-        .map_err(|e| format!("cannot mount on {}: {e}", mount_point.display()))?;
-    crate::fuse::connect_invalidators(&root, session.notifier());
-    Ok(session.spawn()?)
+    let mounted = crate::fuse_mount::mount(fs, mount_point, &fuse_cfg, |notifier| {
+        crate::fuse::connect_invalidators(&root, notifier)
+    })
+    .map_err(|e| format!("cannot mount on {}: {e}", mount_point.display()))?;
+    Ok(mounted)
 }
 
 /// Mount and serve until unmounted or signalled. Blocks the calling thread.
@@ -583,7 +584,7 @@ pub fn run(spec: MountSpec) -> DynResult<()> {
                 _ = int.recv() => return Ok(false),
                 _ = shutdown.notified() => return Ok(false),
                 _ = tick.tick() => {
-                    if bg.guard.is_finished() {
+                    if bg.is_finished() {
                         return Ok(true);
                     }
                 }
@@ -593,7 +594,7 @@ pub fn run(spec: MountSpec) -> DynResult<()> {
     sd_notify("STOPPING=1");
     tracing::info!("unmounting");
     if !external_unmount {
-        if let Err(e) = bg.umount_and_join() {
+        if let Err(e) = bg.unmount() {
             tracing::warn!(error = %e, "unmount failed; detaching lazily");
             lazy_unmount(&spec.mount_point);
         }

@@ -13,6 +13,7 @@ pub mod config;
 pub mod control;
 pub mod daemon;
 pub mod fuse;
+pub mod fuse_mount;
 pub mod metadata;
 pub mod metrics;
 pub mod mount_root;

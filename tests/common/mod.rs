@@ -236,7 +236,7 @@ pub fn test_config(tweak: impl FnOnce(&mut Config)) -> Config {
 pub struct InProcessMount {
     pub dirs: TestDirs,
     pub root: Arc<MountRoot>,
-    session: Option<fuser::BackgroundSession>,
+    session: Option<cloudmount::fuse_mount::KernelMount>,
     pub rt: tokio::runtime::Runtime,
     db: Option<sled::Db>,
 }
@@ -314,7 +314,7 @@ impl InProcessMount {
     /// Unmount and keep the directories (for a remount over the same state).
     pub fn unmount(mut self) -> TestDirs {
         if let Some(s) = self.session.take() {
-            let _ = s.umount_and_join();
+            let _ = s.unmount();
         }
         force_unmount(&self.dirs.mnt);
         if let Some(db) = self.db.take() {
@@ -338,7 +338,7 @@ impl InProcessMount {
 impl Drop for InProcessMount {
     fn drop(&mut self) {
         if let Some(s) = self.session.take() {
-            let _ = s.umount_and_join();
+            let _ = s.unmount();
         }
         force_unmount(&self.dirs.mnt);
     }
