@@ -117,6 +117,17 @@ impl Vfs {
                 .await
                 .map_err(cache_err)?;
         }
+        if !self.has_writable_handle(job.ino) {
+            // Nobody can change the file while it goes up (a writer that opens it meanwhile
+            // bumps the generation, and another upload follows): send the cached file
+            // itself and save a full copy of it.
+            let data = self.cache.data_path(job.ino);
+            if data.exists() {
+                return self
+                    .upload_snapshot(seq, job, &inode, generation, &data, progress)
+                    .await;
+            }
+        }
         let snapshot = self.staging.join(format!("upload-{seq}"));
         self.cache
             .snapshot(job.ino, inode.size, &snapshot)
@@ -137,7 +148,8 @@ impl Vfs {
         snapshot: &std::path::Path,
         progress: &Progress,
     ) -> JobResult {
-        let hash = sha256_file(snapshot).await?;
+        // Hash on another core while the upload runs.
+        let hashing = tokio::spawn(sha256_file(snapshot.to_path_buf()));
         self.preserve_open_orphans(&job.path).await;
         let options = UploadOptions {
             expected_revision: Some(inode.base_revision.clone()),
@@ -154,6 +166,9 @@ impl Vfs {
             Err(e) => return Err(e),
         };
         let revision = entry.revision.clone();
+        let hash = hashing
+            .await
+            .map_err(|e| ProviderError::Io(e.to_string()))??;
         let still_current = {
             let updated = self
                 .update(job.ino, |i| {
@@ -175,7 +190,9 @@ impl Vfs {
         if still_current {
             self.cache.mark_uploaded(job.ino, &revision);
         }
-        if !self.provider.capabilities().native_versions {
+        // A version is recorded for content that stayed put during the upload; if it
+        // changed, the next upload records the result.
+        if still_current && !self.provider.capabilities().native_versions {
             if let Err(e) = self.versions.record(&job.path, snapshot, &hash).await {
                 tracing::warn!(path = %job.path, error = %e, "could not record a version");
             }
@@ -384,8 +401,7 @@ impl Vfs {
     }
 }
 
-async fn sha256_file(path: &std::path::Path) -> Result<String, ProviderError> {
-    let path = path.to_path_buf();
+async fn sha256_file(path: std::path::PathBuf) -> Result<String, ProviderError> {
     tokio::task::spawn_blocking(move || {
         use std::io::Read;
         let mut f = std::fs::File::open(&path)?;

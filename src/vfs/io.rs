@@ -71,6 +71,14 @@ impl Vfs {
         }
     }
 
+    pub(super) fn has_writable_handle(&self, ino: Ino) -> bool {
+        self.handles
+            .lock()
+            .unwrap()
+            .values()
+            .any(|h| h.ino == ino && h.writable)
+    }
+
     /// Whether the last open of `ino` wants the kernel to bypass its page cache.
     pub fn take_direct_io(&self, ino: Ino) -> bool {
         self.direct_io.lock().unwrap().remove(&ino)
