@@ -93,7 +93,8 @@ fn default_upload_delay() -> f64 {
     2.0
 }
 fn default_concurrency() -> usize {
-    8
+    // Small files over a link with latency are bound by round trips, not bandwidth.
+    16
 }
 fn default_attempts() -> u32 {
     12
@@ -117,7 +118,7 @@ fn default_versions() -> usize {
     30
 }
 fn default_max_transfers() -> usize {
-    16
+    32
 }
 fn default_drain() -> f64 {
     30.0

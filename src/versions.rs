@@ -64,30 +64,34 @@ impl Versions {
         }
     }
 
-    async fn mkdir_all(&self, dir: &str) -> ProviderResult<()> {
+    /// Make sure `dir` exists. Returns true when its last component was created just now
+    /// (so it holds no versions yet).
+    async fn mkdir_all(&self, dir: &str) -> ProviderResult<bool> {
         if self.known_dirs.lock().unwrap().contains(dir) {
-            return Ok(());
+            return Ok(false);
         }
         let mut cur = String::new();
+        let mut created = false;
         for comp in dir.split('/').filter(|c| !c.is_empty()) {
             cur.push('/');
             cur.push_str(comp);
             if self.known_dirs.lock().unwrap().contains(&cur) {
                 continue;
             }
-            match self.provider.mkdir(&cur).await {
-                Ok(_) | Err(ProviderError::AlreadyExists(_)) => {}
+            created = match self.provider.mkdir(&cur).await {
+                Ok(_) => true,
+                Err(ProviderError::AlreadyExists(_)) => false,
                 Err(e) => {
                     // Some servers answer a conflict for an existing folder; check.
                     match self.provider.stat(&cur).await {
-                        Ok(entry) if entry.kind == crate::provider::EntryKind::Dir => {}
+                        Ok(entry) if entry.kind == crate::provider::EntryKind::Dir => false,
                         _ => return Err(e),
                     }
                 }
-            }
+            };
             self.known_dirs.lock().unwrap().insert(cur.clone());
         }
-        Ok(())
+        Ok(created)
     }
 
     /// Keep the content just uploaded to `path` (also available locally as `snapshot`).
@@ -96,7 +100,9 @@ impl Versions {
             return Ok(());
         }
         let dir = versions_dir_of(path);
-        self.mkdir_all(&dir).await?;
+        if self.mkdir_all(&dir).await? {
+            self.counts.lock().unwrap().insert(path.to_string(), 0);
+        }
         let ms = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .unwrap_or_default()

@@ -169,7 +169,7 @@ fn status_json_metrics_and_pin() {
     assert!(c["queue"]["completed"].as_u64().unwrap() >= 1);
     assert_eq!(c["cache"]["quota"], 4 << 20);
     assert!(c["cache"]["used"].as_u64().unwrap() >= 6 << 20);
-    assert_eq!(c["transfers"]["max"], 16);
+    assert_eq!(c["transfers"]["max"], 32);
 
     let metrics = http_get(&format!("127.0.0.1:{port}"), "/metrics");
     assert!(metrics.starts_with("HTTP/1.1 200"), "{metrics}");

@@ -100,7 +100,7 @@ impl Default for QueueConfig {
     fn default() -> Self {
         QueueConfig {
             upload_delay: Duration::from_secs(2),
-            concurrency: 8,
+            concurrency: 16,
             max_attempts: 12,
             backoff_base: Duration::from_secs(1),
             backoff_max: Duration::from_secs(300),
