@@ -161,7 +161,12 @@ impl Vfs {
         let entry = match uploaded {
             Ok(e) => e,
             Err(ProviderError::PreconditionFailed(_)) => {
-                return self.save_conflict_copy(job, inode, snapshot).await;
+                // The remote has something else than expected. If it is this very content
+                // (an earlier attempt landed before its reply was lost), it is ours.
+                match self.remote_holds(&job.path, snapshot, inode.size).await {
+                    Some(e) => e,
+                    None => return self.save_conflict_copy(job, inode, snapshot).await,
+                }
             }
             Err(e) => return Err(e),
         };
@@ -198,6 +203,24 @@ impl Vfs {
             }
         }
         Ok(())
+    }
+
+    /// The remote entry at `path` when its content equals the local file's.
+    async fn remote_holds(
+        &self,
+        path: &str,
+        local: &std::path::Path,
+        size: u64,
+    ) -> Option<crate::provider::RemoteEntry> {
+        const COMPARE_LIMIT: u64 = 16 << 20;
+        let entry = self.provider.stat(path).await.ok()?;
+        if entry.kind != EntryKind::File || entry.size != size || size > COMPARE_LIMIT {
+            return None;
+        }
+        let stream = self.provider.read_range(path, None, 0, size).await.ok()?;
+        let remote = crate::provider::collect_stream(stream).await.ok()?;
+        let mine = tokio::fs::read(local).await.ok()?;
+        (remote == mine).then_some(entry)
     }
 
     /// The remote changed since the local edit began: keep both. The remote version
