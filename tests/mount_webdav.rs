@@ -156,6 +156,12 @@ fn tree_of(root: &Path) -> Tree {
                 walk(root, &path, out);
             } else if meta.is_file() {
                 out.insert(rel, Some(fs::read(&path).unwrap()));
+            } else if meta.file_type().is_symlink() {
+                // WebDAV holds links as portable link files: compare in that form.
+                let target = fs::read_link(&path).unwrap();
+                let encoded =
+                    cloudmount::vfs::symlink_file::encode(target.to_str().unwrap()).unwrap();
+                out.insert(rel, Some(encoded));
             } else {
                 panic!("unexpected file type at {}", path.display());
             }
@@ -263,14 +269,19 @@ fn posix_suite_over(server: Server) {
         &disk["/mmap.bin"].as_ref().unwrap()[4096..4101],
         &b"MMAP!"[..]
     );
-    for gone in [
-        "/a.txt",
-        "/open.txt",
-        "/newer.txt",
-        "/link",
-        "/dir",
-        "/fifo",
-    ] {
+    // The symbolic link lives on the server as a portable link file (Samba's mfsymlinks
+    // format), which other clients read as a link too.
+    let link = disk["/link"].as_ref().expect("the link is on the server");
+    assert!(
+        link.starts_with(b"XSym\n0005\n"),
+        "{:?}",
+        String::from_utf8_lossy(link)
+    );
+    assert_eq!(
+        cloudmount::vfs::symlink_file::decode(link).as_deref(),
+        Some("b.txt")
+    );
+    for gone in ["/a.txt", "/open.txt", "/newer.txt", "/dir", "/fifo"] {
         assert!(!disk.contains_key(gone), "{gone} is on the server");
     }
     assert!(disk.contains_key("/dir3/sub"));
@@ -675,7 +686,7 @@ fn daemon_with_config_file_and_password() {
     .unwrap();
     let m = DaemonMount::start_with_config(&dirs, &config, &["--upload-delay", "1"]);
     let mnt = dirs.mnt.join("dav");
-    posix_suite(&mnt, Backend { symlinks: false });
+    posix_suite(&mnt, Backend { symlinks: true });
     m.sync();
     assert_same_tree(
         &tree_of(&srv.root),
@@ -750,4 +761,30 @@ fn rename_over_a_file_whose_upload_is_running() {
         assert_same_tree(&f.disk_tree(), &want, &what);
         assert_same_tree(&f.mount_tree(), &want, "mount after the rename");
     }
+}
+
+/// A link file written on the server by another client (Samba's mfsymlinks format) is a
+/// symbolic link through the mount.
+#[test]
+fn link_files_from_other_clients_are_symlinks() {
+    let f = Fixture::new(Server::Rclone, |_| {});
+    f.put_disk("/target.txt", b"pointed at");
+    f.put_disk(
+        "/shortcut",
+        &cloudmount::vfs::symlink_file::encode("target.txt").unwrap(),
+    );
+    // A file of the same size that is not a link file stays a file.
+    f.put_disk("/plain", &[b'x'; 1067]);
+    let meta = fs::symlink_metadata(f.path("shortcut")).unwrap();
+    assert!(meta.file_type().is_symlink());
+    assert_eq!(
+        fs::read_link(f.path("shortcut")).unwrap(),
+        Path::new("target.txt")
+    );
+    assert_eq!(fs::read(f.path("shortcut")).unwrap(), b"pointed at");
+    assert!(fs::symlink_metadata(f.path("plain")).unwrap().is_file());
+    // Removing the link through the mount removes the file on the server.
+    fs::remove_file(f.path("shortcut")).unwrap();
+    f.drain();
+    assert!(!f.disk_tree().contains_key("/shortcut"));
 }

@@ -332,9 +332,16 @@ impl Vfs {
         if self.store.get(job.ino).map_err(store_err)?.is_none() {
             return Ok(());
         }
-        let entry = match self.provider.symlink(&job.path, target).await {
+        let created = if self.provider.capabilities().symlinks {
+            self.provider.symlink(&job.path, target).await
+        } else {
+            self.upload_symlink_file(&job.path, target).await
+        };
+        let entry = match created {
             Ok(e) => e,
-            Err(ProviderError::AlreadyExists(_)) => self.provider.stat(&job.path).await?,
+            Err(ProviderError::AlreadyExists(_) | ProviderError::PreconditionFailed(_)) => {
+                self.provider.stat(&job.path).await?
+            }
             Err(e) => return Err(e),
         };
         self.update(job.ino, |i| {
@@ -346,6 +353,28 @@ impl Vfs {
         })
         .map_err(store_err)?;
         Ok(())
+    }
+
+    /// A symbolic link as a regular file in the portable format (symlink_file.rs).
+    async fn upload_symlink_file(
+        &self,
+        path: &str,
+        target: &str,
+    ) -> Result<crate::provider::RemoteEntry, ProviderError> {
+        let content = super::symlink_file::encode(target).ok_or_else(|| {
+            ProviderError::InvalidName(format!("symlink target too long: {target}"))
+        })?;
+        let tmp = self
+            .staging
+            .join(format!("symlink-{}", rand::random::<u64>()));
+        tokio::fs::write(&tmp, &content).await?;
+        let options = UploadOptions {
+            expected_revision: Some(None),
+            ..Default::default()
+        };
+        let result = self.provider.upload(path, &tmp, &options).await;
+        let _ = tokio::fs::remove_file(&tmp).await;
+        result
     }
 
     async fn run_rename(&self, job: &Job, from: &str, overwrite: bool) -> JobResult {

@@ -33,6 +33,7 @@ impl Vfs {
         };
         match self.fetch_listing(&remote.path).await {
             Ok(entries) => {
+                let entries = self.recognise_symlink_files(&remote.path, entries).await;
                 self.mark_reachable();
                 self.merge_listing(dir, &remote.path, entries).await
             }
@@ -73,6 +74,35 @@ impl Vfs {
             out.extend(page?);
         }
         Ok(out)
+    }
+
+    /// On providers without symbolic links, files in the portable link format are links.
+    /// Only files of exactly that format's size are read to tell.
+    async fn recognise_symlink_files(
+        &self,
+        dir: &str,
+        mut entries: Vec<RemoteEntry>,
+    ) -> Vec<RemoteEntry> {
+        if self.provider.capabilities().symlinks {
+            return entries;
+        }
+        for e in entries.iter_mut() {
+            if e.kind != EntryKind::File || e.size != super::symlink_file::XSYM_LEN {
+                continue;
+            }
+            let path = join_path(dir, &e.name);
+            let Ok(stream) = self.provider.read_range(&path, None, 0, e.size).await else {
+                continue;
+            };
+            if let Ok(data) = crate::provider::collect_stream(stream).await {
+                if let Some(target) = super::symlink_file::decode(&data) {
+                    e.kind = EntryKind::Symlink;
+                    e.size = target.len() as u64;
+                    e.symlink_target = Some(target);
+                }
+            }
+        }
+        entries
     }
 
     /// Forget the listing of a directory so the next access fetches it again.

@@ -24,10 +24,9 @@ pub struct Backend {
 }
 
 impl Backend {
-    pub fn from_capabilities(caps: &Capabilities) -> Self {
-        Backend {
-            symlinks: caps.symlinks,
-        }
+    /// Every provider holds symbolic links: natively, or as portable link files.
+    pub fn from_capabilities(_caps: &Capabilities) -> Self {
+        Backend { symlinks: true }
     }
 }
 
