@@ -170,6 +170,16 @@ fn init_logging(verbose: u8, file: Option<&Path>) {
     };
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
     let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    // Under systemd, stderr goes to the journal, which timestamps and colours by itself.
+    if file.is_none() && std::env::var_os("JOURNAL_STREAM").is_some() {
+        builder
+            .without_time()
+            .with_ansi(false)
+            .with_target(false)
+            .with_writer(std::io::stderr)
+            .init();
+        return;
+    }
     if let Some(path) = file {
         if let Ok(f) = std::fs::OpenOptions::new()
             .create(true)
@@ -511,6 +521,21 @@ fn print_status(v: &serde_json::Value) {
                 .as_str()
                 .map(|m| format!(" ({m})"))
                 .unwrap_or_default()
+        );
+        let t = &c["transfers"];
+        let limit = |v: &serde_json::Value| {
+            v.as_u64()
+                .map(|b| format!("{}/s", human(b)))
+                .unwrap_or_else(|| "unlimited".into())
+        };
+        println!(
+            "    transfers: {} of {} in flight; down {} ({}), up {} ({})",
+            t["in_flight"],
+            t["max"],
+            human(t["bytes_down"].as_u64().unwrap_or(0)),
+            limit(&t["download_limit"]),
+            human(t["bytes_up"].as_u64().unwrap_or(0)),
+            limit(&t["upload_limit"]),
         );
         println!(
             "    cache: {} of {} in {} files",
