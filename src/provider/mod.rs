@@ -137,6 +137,9 @@ pub struct Capabilities {
     pub symlinks: bool,
     /// `set_mode` / `set_mtime` keep values on the remote.
     pub unix_attrs: bool,
+    /// A directory's revision changes whenever anything below it changes (ownCloud and
+    /// Nextcloud ETags), so one look at the root tells whether anything changed.
+    pub propagated_dir_revisions: bool,
 }
 
 impl Default for Capabilities {
@@ -149,6 +152,7 @@ impl Default for Capabilities {
             forbidden_chars: vec![],
             symlinks: false,
             unix_attrs: false,
+            propagated_dir_revisions: false,
         }
     }
 }

@@ -55,12 +55,20 @@ impl Vfs {
         if inode.remote.is_none() {
             return false;
         }
+        let fresh = |at: SystemTime| {
+            at.elapsed()
+                .map(|e| e <= self.config.dir_ttl)
+                .unwrap_or(false)
+        };
         match inode.listed_at {
             None => true,
-            Some(at) => at
-                .elapsed()
-                .map(|e| e > self.config.dir_ttl)
-                .unwrap_or(true),
+            Some(at) if fresh(at) => false,
+            // The root's revision said nothing changed anywhere since this was listed.
+            Some(at) => !self
+                .tree_verified
+                .lock()
+                .unwrap()
+                .is_some_and(|v| v >= at && fresh(v)),
         }
     }
 

@@ -147,6 +147,9 @@ pub struct Vfs {
     pub pin_progress: Mutex<PinProgress>,
     /// Files whose next open must bypass the kernel's page cache (see io.rs).
     direct_io: Mutex<HashSet<Ino>>,
+    /// When the whole tree was last seen unchanged (providers whose directory revisions
+    /// propagate to the root): every listing taken before is still good then.
+    tree_verified: Mutex<Option<SystemTime>>,
 }
 
 fn now() -> SystemTime {
@@ -193,6 +196,7 @@ impl Vfs {
             conflicts: Mutex::new(conflicts),
             pin_progress: Mutex::new(PinProgress::default()),
             direct_io: Mutex::new(HashSet::new()),
+            tree_verified: Mutex::new(None),
         };
         vfs.init_root()?;
         vfs.purge_orphans_from_last_run()?;

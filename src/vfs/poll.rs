@@ -4,7 +4,7 @@
 //! caches, so `cat` after a remote edit shows the new content.
 
 use std::collections::HashSet;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use super::*;
 use crate::provider::{split_path, Change, ProviderError};
@@ -37,7 +37,54 @@ impl Vfs {
         self.poll_by_listing().await
     }
 
+    /// One look at the root's revision: unchanged means nothing changed anywhere; else
+    /// re-list the root and descend only into directories whose revision changed.
+    async fn poll_propagated(&self) -> FsResult<()> {
+        let root = self.get(ROOT_LOCAL_INO)?;
+        let seen = self.provider.stat("/").await.map_err(FsError::from)?;
+        let known = root.remote.as_ref().map(|r| r.revision.clone());
+        let now = SystemTime::now();
+        if known.as_deref() == Some(seen.revision.as_str()) && !seen.revision.is_empty() {
+            *self.tree_verified.lock().unwrap() = Some(now);
+            return Ok(());
+        }
+        // Re-list from the top; the merge marks subdirectories whose revision changed as
+        // unlisted, and those we had listed are listed again now.
+        // Folders whose listing we hold are worth keeping current; the others are listed
+        // when someone looks.
+        let mut listed_before: HashSet<Ino> = HashSet::new();
+        for inode in self.store.all_inodes() {
+            let inode = inode?;
+            if inode.is_dir() && inode.listed_at.is_some() {
+                listed_before.insert(inode.ino);
+            }
+        }
+        self.invalidate_listing(ROOT_LOCAL_INO)?;
+        let mut todo = vec![ROOT_LOCAL_INO];
+        while let Some(dir) = todo.pop() {
+            self.ensure_listed(dir).await?;
+            for (_, child) in self.store.children(dir)? {
+                let Some(c) = self.store.get(child)? else {
+                    continue;
+                };
+                if c.is_dir() && c.listed_at.is_none() && listed_before.contains(&child) {
+                    todo.push(child);
+                }
+            }
+        }
+        self.update(ROOT_LOCAL_INO, |r| {
+            if let Some(remote) = r.remote.as_mut() {
+                remote.revision = seen.revision.clone();
+            }
+        })?;
+        *self.tree_verified.lock().unwrap() = Some(now);
+        Ok(())
+    }
+
     async fn poll_by_listing(&self) -> FsResult<()> {
+        if self.provider.capabilities().propagated_dir_revisions {
+            return self.poll_propagated().await;
+        }
         let known: Vec<Ino> = self.lookups.lock().unwrap().keys().copied().collect();
         let mut dirs: HashSet<Ino> = HashSet::new();
         dirs.insert(ROOT_LOCAL_INO);

@@ -422,15 +422,30 @@ fn files_request(st: &mut State, req: &LoggedRequest, rel: &str, body: Vec<u8>) 
     }
 }
 
+/// Like Nextcloud, a folder's ETag changes whenever anything below it changes: it is
+/// derived from the newest modification time, entry count and total size of its subtree.
 fn etag(path: &Path) -> String {
-    let m = fs::metadata(path).unwrap();
-    let nanos = m
-        .modified()
-        .unwrap()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_nanos();
-    format!("\"{nanos:x}{:x}\"", m.len())
+    fn walk(p: &Path, acc: &mut (u128, u64, u64)) {
+        let m = fs::metadata(p).unwrap();
+        let nanos = m
+            .modified()
+            .unwrap()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_nanos();
+        acc.0 = acc.0.max(nanos);
+        acc.1 += 1;
+        if m.is_dir() {
+            for e in fs::read_dir(p).unwrap().flatten() {
+                walk(&e.path(), acc);
+            }
+        } else {
+            acc.2 += m.len();
+        }
+    }
+    let mut acc = (0u128, 0u64, 0u64);
+    walk(path, &mut acc);
+    format!("\"{:x}{:x}{:x}\"", acc.0, acc.1, acc.2)
 }
 
 fn propfind(st: &mut State, req: &LoggedRequest, rel: &str) -> Response {

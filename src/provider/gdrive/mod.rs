@@ -787,6 +787,7 @@ impl Provider for GdriveProvider {
             forbidden_chars: vec![],
             symlinks: false,
             unix_attrs: false,
+            propagated_dir_revisions: false,
         }
     }
 

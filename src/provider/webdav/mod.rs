@@ -868,6 +868,7 @@ impl Provider for WebdavProvider {
             forbidden_chars: if self.nextcloud { vec!['\\'] } else { vec![] },
             symlinks: false,
             unix_attrs: false,
+            propagated_dir_revisions: self.nextcloud,
         }
     }
 
