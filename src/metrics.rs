@@ -168,9 +168,16 @@ pub async fn serve(addr: SocketAddr, root: Arc<MountRoot>) -> std::io::Result<()
         let (mut sock, _) = listener.accept().await?;
         let root = Arc::clone(&root);
         tokio::spawn(async move {
-            let mut buf = vec![0u8; 4096];
-            let n = sock.read(&mut buf).await.unwrap_or(0);
-            let req = String::from_utf8_lossy(&buf[..n]);
+            // Read the whole request head: it may arrive in pieces.
+            let mut buf = Vec::with_capacity(1024);
+            let mut piece = [0u8; 1024];
+            while !buf.windows(4).any(|w| w == b"\r\n\r\n") && buf.len() < 16 * 1024 {
+                match sock.read(&mut piece).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => buf.extend_from_slice(&piece[..n]),
+                }
+            }
+            let req = String::from_utf8_lossy(&buf);
             let (status, body) = if req.starts_with("GET /metrics ") {
                 ("200 OK", render(&root))
             } else {
