@@ -226,6 +226,7 @@ fn apply_options(cfg: &mut Config, args: &mut MountArgs) -> DynResult<()> {
                 ("upload_delay", Some(v)) => cfg.upload_delay_secs = v.parse()?,
                 ("dir_ttl", Some(v)) => cfg.dir_ttl_secs = v.parse()?,
                 ("poll_interval", Some(v)) => cfg.poll_interval_secs = v.parse()?,
+                ("drain_timeout", Some(v)) => cfg.drain_timeout_secs = v.parse()?,
                 ("state_dir", Some(v)) => args.state_dir = Some(PathBuf::from(v)),
                 ("cache_dir", Some(v)) => args.cache_dir = Some(PathBuf::from(v)),
                 ("config", Some(_)) | ("local", Some(_)) => {} // handled before the config loads

@@ -200,3 +200,72 @@ fn mount_t_cloudmount_and_umount() {
         },
     );
 }
+
+/// A reboot as systemd does it: stop (SIGTERM) with uploads still waiting and no time to
+/// drain them, start again: the mount comes back, the queue is intact and drains.
+#[test]
+fn stop_and_start_keeps_the_queue() {
+    let dirs = TestDirs::new();
+    let start = |extra: &[&str]| {
+        let mut child = Command::new(BIN)
+            .arg("mount")
+            .arg(&dirs.mnt)
+            .arg("--local")
+            .arg(&dirs.cloud)
+            .arg("--state-dir")
+            .arg(&dirs.state)
+            .arg("--cache-dir")
+            .arg(&dirs.cache)
+            .arg("--foreground")
+            .args(extra)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let started = std::time::Instant::now();
+        while !is_mounted(&dirs.mnt) {
+            assert!(child.try_wait().unwrap().is_none(), "daemon exited early");
+            assert!(started.elapsed() < Duration::from_secs(20), "no mount");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        child
+    };
+    let _guard = scopeguard(&dirs.mnt);
+    let mut first = start(&["--upload-delay", "3600", "-o", "drain_timeout=0"]);
+    for i in 0..5 {
+        fs::write(dirs.mnt.join(format!("f{i}.txt")), format!("queued {i}")).unwrap();
+    }
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(first.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    assert!(first.wait().unwrap().success());
+    assert!(!is_mounted(&dirs.mnt));
+    for i in 0..5 {
+        assert!(
+            !dirs.cloud.join(format!("f{i}.txt")).exists(),
+            "uploaded although no time to drain"
+        );
+    }
+    let mut second = start(&["--upload-delay", "0.05"]);
+    // The files read back at once, before any upload, and then reach the folder.
+    assert_eq!(fs::read(dirs.mnt.join("f3.txt")).unwrap(), b"queued 3");
+    wait_until(
+        "the queue to drain after the restart",
+        Duration::from_secs(30),
+        || {
+            (0..5).all(|i| {
+                fs::read(dirs.cloud.join(format!("f{i}.txt"))).ok()
+                    == Some(format!("queued {i}").into_bytes())
+            })
+        },
+    );
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(second.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    assert!(second.wait().unwrap().success());
+}

@@ -184,10 +184,16 @@ impl WriteBackQueue {
     /// Load the persisted jobs. Cheap even with thousands queued: the mount does not wait
     /// for them, they drain in the background.
     pub fn load(store: Store, config: QueueConfig) -> Result<Arc<Self>, StoreError> {
-        let mut jobs = BTreeMap::new();
+        let mut jobs: BTreeMap<u64, Job> = BTreeMap::new();
         for item in store.all_jobs::<Job>() {
             let (seq, job) = item?;
             jobs.insert(seq, job);
+        }
+        // A restart is a fresh start: nothing waits longer than today's upload delay
+        // (not an old, longer one, nor a backoff from before a reboot).
+        let soon = now_ms() + config.upload_delay.as_millis() as u64;
+        for job in jobs.values_mut() {
+            job.not_before_ms = job.not_before_ms.min(soon);
         }
         let next = jobs.keys().next_back().map(|s| s + 1).unwrap_or(1);
         Ok(Arc::new(WriteBackQueue {
