@@ -33,6 +33,8 @@ pub struct MemoryProvider {
     injected: Mutex<Vec<ProviderError>>,
     calls: Mutex<HashMap<&'static str, u64>>,
     page_size: AtomicU64,
+    /// The next upload lands but its caller is told it failed (a reply lost in transit).
+    lose_upload_reply: AtomicBool,
 }
 
 impl MemoryProvider {
@@ -60,6 +62,11 @@ impl MemoryProvider {
     pub fn set_latency(&self, latency: Duration) {
         self.latency_ms
             .store(latency.as_millis() as u64, Ordering::SeqCst);
+    }
+
+    /// Let the next upload succeed on the "server" while the client sees a network error.
+    pub fn lose_next_upload_reply(&self) {
+        self.lose_upload_reply.store(true, Ordering::SeqCst);
     }
 
     pub fn inject_error(&self, err: ProviderError) {
@@ -293,6 +300,11 @@ impl Provider for MemoryProvider {
         };
         let entry = Self::entry(path, &node);
         nodes.insert(path.to_string(), node);
+        if self.lose_upload_reply.swap(false, Ordering::SeqCst) {
+            return Err(ProviderError::Transient(
+                "connection reset after the upload".into(),
+            ));
+        }
         Ok(entry)
     }
 

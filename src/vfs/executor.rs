@@ -156,16 +156,36 @@ impl Vfs {
             mtime: Some(inode.mtime),
             mode: Some(inode.perm as u32),
         };
+        // Durable before it goes out, so a crash before we record the result cannot turn
+        // our own landed upload into a "conflict" later.
+        self.queue.mark_in_flight(seq, inode.size, inode.mtime);
+        self.store.flush().await.map_err(store_err)?;
         let uploaded = self.provider.upload(&job.path, snapshot, &options).await;
         progress.set(seq, inode.size);
         let entry = match uploaded {
             Ok(e) => e,
             Err(ProviderError::PreconditionFailed(_)) => {
-                // The remote has something else than expected. If it is this very content
-                // (an earlier attempt landed before its reply was lost), it is ours.
-                match self.remote_holds(&job.path, snapshot, inode.size).await {
-                    Some(e) => e,
-                    None => return self.save_conflict_copy(job, inode, snapshot).await,
+                match self.landed_earlier(job, &job.path).await {
+                    // An attempt before a crash landed: that revision is our base now.
+                    Some(base) => {
+                        let retry = UploadOptions {
+                            expected_revision: Some(Some(base)),
+                            ..options.clone()
+                        };
+                        match self.provider.upload(&job.path, snapshot, &retry).await {
+                            Ok(e) => e,
+                            Err(ProviderError::PreconditionFailed(_)) => {
+                                return self.save_conflict_copy(job, inode, snapshot).await
+                            }
+                            Err(e) => return Err(e),
+                        }
+                    }
+                    // The remote has something else than expected. If it is this very
+                    // content (an attempt whose reply was lost), it is ours.
+                    None => match self.remote_holds(&job.path, snapshot, inode.size).await {
+                        Some(e) => e,
+                        None => return self.save_conflict_copy(job, inode, snapshot).await,
+                    },
                 }
             }
             Err(e) => return Err(e),
@@ -203,6 +223,18 @@ impl Vfs {
             }
         }
         Ok(())
+    }
+
+    /// The remote revision at `path` when it is what an earlier attempt of this job sent
+    /// (same size and modification time), i.e. the attempt landed before a crash.
+    async fn landed_earlier(&self, job: &Job, path: &str) -> Option<String> {
+        let (size, mtime) = job.in_flight?;
+        let e = self.provider.stat(path).await.ok()?;
+        let close = match e.mtime.duration_since(mtime) {
+            Ok(d) => d,
+            Err(back) => back.duration(),
+        } < std::time::Duration::from_secs(1);
+        (e.kind == EntryKind::File && e.size == size && close).then_some(e.revision)
     }
 
     /// The remote entry at `path` when its content equals the local file's.

@@ -50,6 +50,11 @@ pub struct Job {
     /// nothing since (a RELEASE after a flush) must not push the upload back.
     #[serde(default)]
     pub generation: u64,
+    /// Size and mtime of the content an upload attempt sent, persisted before it went
+    /// out: after a crash, finding exactly that on the remote means the attempt landed
+    /// (it is ours, not a conflicting edit).
+    #[serde(default)]
+    pub in_flight: Option<(u64, SystemTime)>,
 }
 
 impl Job {
@@ -247,6 +252,7 @@ impl WriteBackQueue {
             last_error: None,
             size,
             generation: 0,
+            in_flight: None,
         }
     }
 
@@ -300,6 +306,16 @@ impl WriteBackQueue {
         );
         self.push(&mut self.state.lock().unwrap(), job);
         self.wake.notify_one();
+    }
+
+    /// Remember what an upload is about to send (see `Job::in_flight`).
+    pub fn mark_in_flight(&self, seq: u64, size: u64, mtime: SystemTime) {
+        let mut st = self.state.lock().unwrap();
+        if let Some(job) = st.jobs.get_mut(&seq) {
+            job.in_flight = Some((size, mtime));
+            let job = job.clone();
+            self.persist(seq, &job);
+        }
     }
 
     /// Whether a job for this inode is running now (so it may be on the remote soon).
