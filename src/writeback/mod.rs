@@ -340,6 +340,9 @@ impl WriteBackQueue {
         replaced: Option<Ino>,
     ) {
         let mut st = self.state.lock().unwrap();
+        // Decided again under the lock: the upload that creates it may have started
+        // since the caller looked.
+        let on_remote = on_remote || Self::running_for(&st, ino);
         if let Some(victim) = replaced {
             Self::drop_content_jobs(self, &mut st, victim);
         }
@@ -430,6 +433,12 @@ impl WriteBackQueue {
         self.wake.notify_one();
     }
 
+    fn running_for(st: &State, ino: Ino) -> bool {
+        st.running
+            .iter()
+            .any(|s| st.jobs.get(s).map(|j| j.ino) == Some(ino))
+    }
+
     fn drop_content_jobs(&self, st: &mut State, ino: Ino) {
         let doomed: Vec<u64> = st
             .jobs
@@ -454,6 +463,9 @@ impl WriteBackQueue {
     /// while queued is not resurrected); if it exists remotely, a delete is queued.
     pub fn on_delete(&self, ino: Ino, path: &str, on_remote: bool) {
         let mut st = self.state.lock().unwrap();
+        // Decided again under the lock: the upload that creates it may have started
+        // since the caller looked.
+        let on_remote = on_remote || Self::running_for(&st, ino);
         self.drop_content_jobs(&mut st, ino);
         if on_remote {
             let job = self.new_job(ino, JobKind::Delete, path, Duration::ZERO, 0);
