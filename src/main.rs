@@ -700,9 +700,13 @@ fn unmount(mount_point: &Path, drain: Option<f64>) -> DynResult<()> {
                 )
                 .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
             );
+            let mut left = queued;
             while control::socket_for(&mp).exists() && start.elapsed() < limit {
                 match call(&mp, Request::Status) {
-                    Ok(s) => bar.set_position(queued.saturating_sub(queue_remaining(&s))),
+                    Ok(s) => {
+                        left = queue_remaining(&s);
+                        bar.set_position(queued.saturating_sub(left));
+                    }
                     Err(_) => break, // the daemon is gone
                 }
                 std::thread::sleep(Duration::from_millis(100));
@@ -712,6 +716,12 @@ fn unmount(mount_point: &Path, drain: Option<f64>) -> DynResult<()> {
                 return Err(format!("{} is still mounted (busy?)", mp.display()).into());
             }
             println!("unmounted {}", mp.display());
+            if left > 0 {
+                println!(
+                    "{left} change(s) did not reach the remote in time: they are kept and \
+                     upload at the next mount"
+                );
+            }
             Ok(())
         }
         Err(e) if is_mounted(&mp) => {
