@@ -334,12 +334,20 @@ pub fn status_json(root: &MountRoot, mount_point: &Path) -> serde_json::Value {
     json!({"mount_point": mount_point, "pid": std::process::id(), "connections": conns})
 }
 
+/// What control requests share with the daemon's main loop.
+pub struct ControlState {
+    pub shutdown: tokio::sync::Notify,
+    /// `unmount --drain-timeout` overrides the configured wait.
+    pub drain_override: std::sync::Mutex<Option<f64>>,
+    /// Set once the queue drained (or the wait ran out): how many jobs are left.
+    pub drained: tokio::sync::watch::Sender<Option<usize>>,
+}
+
 pub async fn handle_request(
     root: &Arc<MountRoot>,
     mount_point: &Path,
     req: Request,
-    shutdown: &tokio::sync::Notify,
-    drain_override: &std::sync::Mutex<Option<f64>>,
+    control: &ControlState,
 ) -> Response {
     match req {
         Request::Status => Response::ok(status_json(root, mount_point)),
@@ -406,9 +414,15 @@ pub async fn handle_request(
             Response::ok(json!({}))
         }
         Request::Unmount { drain_secs } => {
-            *drain_override.lock().unwrap() = drain_secs;
-            shutdown.notify_one();
-            Response::ok(json!({"unmounting": true}))
+            *control.drain_override.lock().unwrap() = drain_secs;
+            control.shutdown.notify_one();
+            // Answer once the queue drained (or the wait ran out), with what is left.
+            let mut done = control.drained.subscribe();
+            let left = match done.wait_for(|v| v.is_some()).await {
+                Ok(v) => v.unwrap_or(0),
+                Err(_) => 0,
+            };
+            Response::ok(json!({"unmounted": true, "left": left}))
         }
     }
 }
@@ -536,28 +550,28 @@ pub fn run(spec: MountSpec) -> DynResult<()> {
     )?;
     tracing::info!(mount_point = %spec.mount_point.display(), "mounted");
 
-    let shutdown = Arc::new(tokio::sync::Notify::new());
-    let drain_override = Arc::new(std::sync::Mutex::new(None::<f64>));
+    let ctl = Arc::new(ControlState {
+        shutdown: tokio::sync::Notify::new(),
+        drain_override: std::sync::Mutex::new(None),
+        drained: tokio::sync::watch::channel(None).0,
+    });
     let socket = control::socket_for(&spec.mount_point);
     let listener = control::bind(&socket)?;
     {
         let root = Arc::clone(&root);
-        let shutdown = Arc::clone(&shutdown);
+        let ctl = Arc::clone(&ctl);
         let mp = spec.mount_point.clone();
-        let drain_override = Arc::clone(&drain_override);
         rt.spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
                 let root = Arc::clone(&root);
-                let shutdown = Arc::clone(&shutdown);
+                let ctl = Arc::clone(&ctl);
                 let mp = mp.clone();
-                let drain_override = Arc::clone(&drain_override);
                 tokio::spawn(async move {
                     control::serve_connection(stream, |req| {
                         let root = Arc::clone(&root);
-                        let shutdown = Arc::clone(&shutdown);
+                        let ctl = Arc::clone(&ctl);
                         let mp = mp.clone();
-                        let drain_override = Arc::clone(&drain_override);
-                        async move { handle_request(&root, &mp, req, &shutdown, &drain_override).await }
+                        async move { handle_request(&root, &mp, req, &ctl).await }
                     })
                     .await
                 });
@@ -582,7 +596,7 @@ pub fn run(spec: MountSpec) -> DynResult<()> {
             tokio::select! {
                 _ = term.recv() => return Ok::<bool, std::io::Error>(false),
                 _ = int.recv() => return Ok(false),
-                _ = shutdown.notified() => return Ok(false),
+                _ = ctl.shutdown.notified() => return Ok(false),
                 _ = tick.tick() => {
                     if bg.is_finished() {
                         return Ok(true);
@@ -599,23 +613,31 @@ pub fn run(spec: MountSpec) -> DynResult<()> {
             lazy_unmount(&spec.mount_point);
         }
     }
-    let drain = drain_override
+    let drain = ctl
+        .drain_override
         .lock()
         .unwrap()
         .unwrap_or(spec.config.drain_timeout_secs);
-    // The control socket stays up while draining, so `unmount` can show progress.
-    rt.block_on(drain_queues(&root, secs(drain)));
-    let _ = std::fs::remove_file(&socket);
+    // The control socket stays up while draining, so `unmount` can show progress, and
+    // gets its answer (what is left) before the daemon goes.
+    let left = rt.block_on(drain_queues(&root, secs(drain)));
     for t in writeback_tasks {
         t.abort();
     }
+    ctl.drained.send_replace(Some(left));
+    // Let the waiting `unmount` get its answer before the socket goes.
+    std::thread::sleep(Duration::from_millis(200));
+    let _ = std::fs::remove_file(&socket);
     db.flush()?;
     Ok(())
 }
 
-async fn drain_queues(root: &MountRoot, timeout: Duration) {
-    for c in root.connections.values() {
-        c.vfs.queue.expedite();
+/// Upload what is queued, for at most `timeout`. Returns how many jobs are left.
+async fn drain_queues(root: &MountRoot, timeout: Duration) -> usize {
+    if !timeout.is_zero() {
+        for c in root.connections.values() {
+            c.vfs.queue.expedite();
+        }
     }
     let deadline = tokio::time::Instant::now() + timeout;
     loop {
@@ -633,17 +655,14 @@ async fn drain_queues(root: &MountRoot, timeout: Duration) {
             .sum();
         if left == 0 {
             tracing::info!("all uploads done");
-            return;
+            return 0;
         }
         if tokio::time::Instant::now() >= deadline {
             tracing::warn!(
                 pending = left,
                 "uploads still queued; they stay persisted and resume at the next mount"
             );
-            eprintln!(
-                "cloudmount: {left} upload(s) still queued; they are kept and resume at the next mount"
-            );
-            return;
+            return left;
         }
         tracing::info!(pending = left, "waiting for uploads");
         tokio::time::sleep(Duration::from_millis(200)).await;

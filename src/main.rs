@@ -402,9 +402,16 @@ fn mount_background(args: MountArgs, verbose: u8) -> DynResult<()> {
             .iter()
             .filter(|a| *a != "-f" && *a != "--foreground"),
     );
+    // The daemon outlives this command: its stderr goes to the log, not to a pipe that
+    // closes when we exit.
+    let log_out = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log)?;
+    let log_start = log_out.metadata()?.len();
     cmd.stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped());
+        .stderr(log_out);
     unsafe {
         use std::os::unix::process::CommandExt;
         // A session of its own: the daemon outlives the shell that started it.
@@ -425,12 +432,16 @@ fn mount_background(args: MountArgs, verbose: u8) -> DynResult<()> {
             return Ok(());
         }
         if let Some(status) = child.try_wait()? {
-            let mut err = String::new();
-            if let Some(mut e) = child.stderr.take() {
-                use std::io::Read;
-                let _ = e.read_to_string(&mut err);
-            }
-            return Err(format!("the daemon exited ({status}): {}", err.trim()).into());
+            // What it said before it gave up: the last lines it added to the log.
+            let text = std::fs::read(&log).unwrap_or_default();
+            let added =
+                String::from_utf8_lossy(&text[(log_start as usize).min(text.len())..]).into_owned();
+            let last: Vec<&str> = added
+                .lines()
+                .filter(|l| l.contains("cloudmount:") || l.contains("ERROR"))
+                .collect();
+            let msg = last.last().copied().unwrap_or(added.trim());
+            return Err(format!("the daemon exited ({status}): {}", msg.trim()).into());
         }
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -682,56 +693,51 @@ fn demo(mount_point: &str, verbose: u8) -> DynResult<()> {
 
 fn unmount(mount_point: &Path, drain: Option<f64>) -> DynResult<()> {
     let mp = std::fs::canonicalize(mount_point)?;
-    match call(&mp, Request::Unmount { drain_secs: drain }) {
-        Ok(_) => {
-            let start = Instant::now();
-            let limit = Duration::from_secs_f64(drain.unwrap_or(30.0) + 30.0);
-            while is_mounted(&mp) && start.elapsed() < limit {
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            // Wait for the daemon to finish draining and exit, showing the queue.
-            let queued = call(&mp, Request::Status)
-                .map(|s| queue_remaining(&s))
-                .unwrap_or(0);
-            let bar = indicatif::ProgressBar::new(queued);
-            bar.set_style(
-                indicatif::ProgressStyle::with_template(
-                    "uploading queued changes [{bar:30}] {pos}/{len}",
-                )
-                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-            );
-            let mut left = queued;
-            while control::socket_for(&mp).exists() && start.elapsed() < limit {
-                match call(&mp, Request::Status) {
-                    Ok(s) => {
-                        left = queue_remaining(&s);
-                        bar.set_position(queued.saturating_sub(left));
-                    }
-                    Err(_) => break, // the daemon is gone
-                }
-                std::thread::sleep(Duration::from_millis(100));
-            }
-            bar.finish_and_clear();
-            if is_mounted(&mp) {
-                return Err(format!("{} is still mounted (busy?)", mp.display()).into());
-            }
-            println!("unmounted {}", mp.display());
-            if left > 0 {
-                println!(
-                    "{left} change(s) did not reach the remote in time: they are kept and \
-                     upload at the next mount"
-                );
-            }
-            Ok(())
-        }
-        Err(e) if is_mounted(&mp) => {
+    if !control::socket_for(&mp).exists() {
+        if is_mounted(&mp) {
             // No daemon (it was killed): detach the dead mount.
-            eprintln!("cloudmount: {e}; detaching the mount");
+            eprintln!(
+                "cloudmount: no daemon serves {}; detaching the mount",
+                mp.display()
+            );
             daemon::lazy_unmount(&mp);
-            Ok(())
+            return Ok(());
         }
-        Err(e) => Err(e),
+        return Err(format!("{} is not a cloudmount mount", mp.display()).into());
     }
+    // The daemon answers once its queue drained (or the wait ran out); meanwhile the
+    // bar follows the queue.
+    let queued = call(&mp, Request::Status).map(|s| queue_remaining(&s))?;
+    SYNC_START.store(queued, std::sync::atomic::Ordering::Relaxed);
+    let mp2 = mp.clone();
+    let v = with_progress(
+        &mp,
+        "uploading queued changes",
+        |s| {
+            let start = SYNC_START.load(std::sync::atomic::Ordering::Relaxed);
+            (start.saturating_sub(queue_remaining(s)), start)
+        },
+        move || call(&mp2, Request::Unmount { drain_secs: drain }),
+    )?;
+    // The daemon exits right after answering.
+    let start = Instant::now();
+    while (is_mounted(&mp) || control::socket_for(&mp).exists())
+        && start.elapsed() < Duration::from_secs(10)
+    {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    if is_mounted(&mp) {
+        return Err(format!("{} is still mounted (busy?)", mp.display()).into());
+    }
+    println!("unmounted {}", mp.display());
+    let left = v["left"].as_u64().unwrap_or(0);
+    if left > 0 {
+        println!(
+            "{left} change(s) did not reach the remote in time: they are kept and upload at \
+             the next mount"
+        );
+    }
+    Ok(())
 }
 
 /// Run `work` (a call to the daemon) while a progress bar follows `measure(status)`,
