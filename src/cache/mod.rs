@@ -79,6 +79,21 @@ struct State {
     fetches: HashMap<(Ino, u64), FetchFuture>,
 }
 
+impl State {
+    /// Take an inode's chunks out of the eviction order.
+    fn forget_chunks(&mut self, ino: Ino) {
+        let stale: Vec<_> = self
+            .lru
+            .iter()
+            .filter(|((i, _), _)| *i == ino)
+            .map(|(k, _)| *k)
+            .collect();
+        for k in stale {
+            self.lru.pop(&k);
+        }
+    }
+}
+
 pub struct CacheStats {
     pub used: u64,
     pub quota: u64,
@@ -241,15 +256,7 @@ impl ChunkCache {
         if let Some(rec) = st.records.remove(&ino) {
             st.used = st.used.saturating_sub(rec.present.total());
         }
-        let stale: Vec<_> = st
-            .lru
-            .iter()
-            .filter(|((i, _), _)| *i == ino)
-            .map(|(k, _)| *k)
-            .collect();
-        for k in stale {
-            st.lru.pop(&k);
-        }
+        st.forget_chunks(ino);
     }
 
     /// Forget everything cached for an inode (it was deleted, or changed remotely).
@@ -267,15 +274,7 @@ impl ChunkCache {
         std::fs::rename(self.data_path(from), self.data_path(to))?;
         let mut st = self.state.lock().unwrap();
         if let Some(rec) = st.records.remove(&from) {
-            let stale: Vec<_> = st
-                .lru
-                .iter()
-                .filter(|((i, _), _)| *i == from)
-                .map(|(k, _)| *k)
-                .collect();
-            for k in stale {
-                st.lru.pop(&k);
-            }
+            st.forget_chunks(from);
             self.persist(to, &rec);
             st.records.insert(to, rec);
         }
@@ -293,15 +292,7 @@ impl ChunkCache {
         rec.dirty = dirty;
         let rec = rec.clone();
         if dirty {
-            let stale: Vec<_> = st
-                .lru
-                .iter()
-                .filter(|((i, _), _)| *i == ino)
-                .map(|(k, _)| *k)
-                .collect();
-            for k in stale {
-                st.lru.pop(&k);
-            }
+            st.forget_chunks(ino);
         } else {
             for (s, e) in rec.present.iter() {
                 for chunk in s / self.chunk_size..e.div_ceil(self.chunk_size) {
