@@ -775,3 +775,241 @@ async fn no_secrets_in_logs() {
         );
     }
 }
+
+/// Shared drives show up under `/Shared drives/<name>`; their content is listed, read,
+/// written, renamed and deleted like My Drive's, while the drive folders and `Shared drives`
+/// itself stay put.
+#[tokio::test]
+async fn shared_drives_are_mounted_under_shared_drives() {
+    let h = harness(EmulatorConfig::default(), |_| {}).await;
+    h.emu.set_max_page_size(1); // drives.list and files.list both page
+    let root = h.emu.root_id();
+    h.emu.add_file(&root, "mine.txt", b"m");
+    // A My Drive folder with the reserved name gets a number, like any duplicate.
+    h.emu.add_folder(&root, "Shared drives");
+    let team = h.emu.add_shared_drive("Team");
+    let other = h.emu.add_shared_drive("Team");
+    let sub = h.emu.add_folder(&team, "docs");
+    let a = h.emu.add_file(&team, "a.txt", b"alpha");
+    h.emu.add_file(&sub, "deep.txt", b"deep");
+    h.emu.add_file(&other, "b.txt", b"beta");
+
+    assert_eq!(
+        names(&list(&h.provider, "/").await),
+        vec!["Shared drives", "Shared drives (2)", "mine.txt"]
+    );
+    let drives = list(&h.provider, "/Shared drives").await;
+    assert_eq!(names(&drives), vec!["Team", "Team (2)"]);
+    assert!(drives.iter().all(|e| e.kind == EntryKind::Dir));
+    // Ordered by drive id, like duplicates of files.
+    let first = if team < other { &team } else { &other };
+    assert_eq!(drives[0].id, *first);
+    let (t, o) = if team < other {
+        ("/Shared drives/Team", "/Shared drives/Team (2)")
+    } else {
+        ("/Shared drives/Team (2)", "/Shared drives/Team")
+    };
+    assert_eq!(names(&list(&h.provider, t).await), vec!["a.txt", "docs"]);
+    assert_eq!(names(&list(&h.provider, o).await), vec!["b.txt"]);
+    assert_eq!(
+        read_all(&h.provider, &format!("{t}/docs/deep.txt")).await,
+        b"deep"
+    );
+    assert_eq!(read_all(&h.provider, &format!("{t}/a.txt")).await, b"alpha");
+    let st = h.provider.stat(t).await.unwrap();
+    assert_eq!(st.kind, EntryKind::Dir);
+    assert_eq!(
+        h.provider.stat("/Shared drives").await.unwrap().kind,
+        EntryKind::Dir
+    );
+
+    // Write: a new file and an update keeping the id.
+    let src = temp_file(&h, "new", b"new content");
+    let e = h
+        .provider
+        .upload(&format!("{t}/new.txt"), &src, &UploadOptions::default())
+        .await
+        .unwrap();
+    let rec = h.emu.file(&e.id).unwrap();
+    assert_eq!(rec.parents, vec![team.clone()]);
+    assert_eq!(rec.drive_id.as_deref(), Some(team.as_str()));
+    let src2 = temp_file(&h, "upd", b"updated alpha");
+    let e2 = h
+        .provider
+        .upload(&format!("{t}/a.txt"), &src2, &UploadOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(e2.id, a);
+    assert_eq!(h.emu.file(&a).unwrap().content, b"updated alpha");
+    h.provider.mkdir(&format!("{t}/made")).await.unwrap();
+
+    // Rename and move within the drive.
+    h.provider
+        .rename(&format!("{t}/a.txt"), &format!("{t}/docs/z.txt"), false)
+        .await
+        .unwrap();
+    assert_eq!(h.emu.file(&a).unwrap().name, "z.txt");
+    assert_eq!(h.emu.file(&a).unwrap().parents, vec![sub.clone()]);
+    assert_eq!(
+        read_all(&h.provider, &format!("{t}/docs/z.txt")).await,
+        b"updated alpha"
+    );
+
+    // Delete inside the drive.
+    h.provider.delete(&format!("{t}/docs/z.txt")).await.unwrap();
+    assert!(h.emu.file(&a).unwrap().trashed);
+    assert_eq!(
+        names(&list(&h.provider, &format!("{t}/docs")).await),
+        vec!["deep.txt"]
+    );
+
+    // The fixed folders.
+    for p in ["/Shared drives", t] {
+        assert!(
+            matches!(
+                h.provider.delete(p).await,
+                Err(ProviderError::PermissionDenied(_))
+            ),
+            "delete {p}"
+        );
+        assert!(
+            matches!(
+                h.provider.rename(p, "/elsewhere", false).await,
+                Err(ProviderError::PermissionDenied(_))
+            ),
+            "rename {p}"
+        );
+    }
+    assert!(matches!(
+        h.provider
+            .rename(&format!("{t}/new.txt"), "/Shared drives/new.txt", false)
+            .await,
+        Err(ProviderError::PermissionDenied(_))
+    ));
+    assert!(matches!(
+        h.provider
+            .upload("/Shared drives/x.txt", &src, &UploadOptions::default())
+            .await,
+        Err(ProviderError::PermissionDenied(_))
+    ));
+    assert!(matches!(
+        h.provider.mkdir("/Shared drives/New drive").await,
+        Err(ProviderError::PermissionDenied(_))
+    ));
+    assert!(h.emu.file(&team).is_some_and(|f| !f.trashed));
+    assert_eq!(
+        names(&list(&h.provider, "/Shared drives").await),
+        vec!["Team", "Team (2)"]
+    );
+}
+
+#[tokio::test]
+async fn shared_drive_changes_show_in_the_feed() {
+    let h = harness(EmulatorConfig::default(), |_| {}).await;
+    let team = h.emu.add_shared_drive("Team");
+    let f = h.emu.add_file(&team, "f.txt", b"1");
+    let gone = h.emu.add_file(&team, "gone.txt", b"2");
+    list(&h.provider, "/").await;
+    list(&h.provider, "/Shared drives/Team").await;
+    let cursor = h.provider.changes_cursor().await.unwrap();
+    h.emu.set_content(&f, b"edited");
+    h.emu.trash(&gone);
+    h.emu.add_file(&team, "fresh.txt", b"3");
+    let batch = h.provider.changes_since(&cursor).await.unwrap();
+    let mut upserts = BTreeSet::new();
+    let mut removed = BTreeSet::new();
+    for c in &batch.changes {
+        match c {
+            Change::Upserted { path, entry } => {
+                if path == "/Shared drives/Team/f.txt" {
+                    assert_eq!(entry.size, 6);
+                }
+                upserts.insert(path.clone());
+            }
+            Change::Removed { path } => {
+                removed.insert(path.clone());
+            }
+        }
+    }
+    let set = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<BTreeSet<_>>();
+    assert_eq!(
+        upserts,
+        set(&["/Shared drives/Team/f.txt", "/Shared drives/Team/fresh.txt"])
+    );
+    assert_eq!(removed, set(&["/Shared drives/Team/gone.txt"]));
+}
+
+#[tokio::test]
+async fn no_shared_drives_folder_without_shared_drives_or_when_disabled() {
+    let h = harness(EmulatorConfig::default(), |c| c.shared_drives = false).await;
+    h.emu.add_shared_drive("Team");
+    h.emu.add_file(&h.emu.root_id(), "a.txt", b"a");
+    assert_eq!(names(&list(&h.provider, "/").await), vec!["a.txt"]);
+    let h = harness(EmulatorConfig::default(), |_| {}).await;
+    h.emu.add_file(&h.emu.root_id(), "a.txt", b"a");
+    assert_eq!(names(&list(&h.provider, "/").await), vec!["a.txt"]);
+}
+
+/// Shared-drive items are invisible without `supportsAllDrives=true` (404 like Drive), and
+/// not listed without `includeItemsFromAllDrives=true`.
+#[tokio::test]
+async fn strict_emulator_shared_drive_parameters() {
+    let h = harness(EmulatorConfig::default(), |_| {}).await;
+    let team = h.emu.add_shared_drive("Team");
+    let f = h.emu.add_file(&team, "a.txt", b"a");
+    let token = h.tokens.access_token().await.unwrap();
+    let c = reqwest::Client::new();
+    let api = h.emu.api_base();
+    let get = |url: String| c.get(url).bearer_auth(token.expose()).send();
+    let q = format!("'{team}' in parents and trashed = false");
+    let list_url = |extra: &str| {
+        let mut u = reqwest::Url::parse(&format!("{api}/files")).unwrap();
+        u.query_pairs_mut()
+            .append_pair("q", &q)
+            .append_pair("fields", "files(id)");
+        format!("{u}{extra}")
+    };
+    let r = get(list_url("")).await.unwrap();
+    assert_eq!(r.status(), 404);
+    let body = r.text().await.unwrap();
+    assert!(body.contains("notFound") && body.contains("File not found"));
+    let r = get(list_url("&supportsAllDrives=true")).await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(!r.text().await.unwrap().contains(&f));
+    let r = get(list_url(&format!(
+        "&supportsAllDrives=true&includeItemsFromAllDrives=true&corpora=drive&driveId={team}"
+    )))
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(r.text().await.unwrap().contains(&f));
+    let r = get(list_url(
+        "&supportsAllDrives=true&includeItemsFromAllDrives=true&corpora=drive",
+    ))
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 400);
+    assert_eq!(
+        get(format!("{api}/files/{f}?fields=id"))
+            .await
+            .unwrap()
+            .status(),
+        404
+    );
+    assert_eq!(
+        get(format!("{api}/files/{f}?fields=id&supportsAllDrives=true"))
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    let r = get(format!("{api}/drives?pageSize=101")).await.unwrap();
+    assert_eq!(r.status(), 400);
+    let r = get(format!("{api}/drives?fields=drives(id,name)"))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let v: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(v["drives"][0]["id"], serde_json::json!(team));
+    assert_eq!(v["drives"][0]["name"], serde_json::json!("Team"));
+}

@@ -151,6 +151,102 @@ fn drive_specifics_through_the_mount() {
     assert_eq!(h.emu.file(&id[0]).unwrap().content, b"v1");
 }
 
+/// Shared drives through the kernel: `Shared drives/<name>/...` is listed, read, written,
+/// renamed within the drive and deleted from; `Shared drives` and the drive folders stay.
+#[test]
+fn shared_drives_through_the_mount() {
+    let rt = emulator_runtime();
+    let h = rt.block_on(drive_harness::harness(EmulatorConfig::default(), |_| {}));
+    let team = h.emu.add_shared_drive("Team");
+    let empty = h.emu.add_shared_drive("Empty");
+    let a = h.emu.add_file(&team, "a.txt", b"alpha");
+    let watched = h.emu.add_file(&team, "watched.txt", b"old");
+    let provider: Arc<dyn Provider> = Arc::new(h.provider);
+    let m = InProcessMount::new(
+        provider,
+        test_config(|c| {
+            c.dir_ttl_secs = 0.2;
+        }),
+    );
+    let vfs = m.vfs();
+    m.rt.spawn({
+        let vfs = vfs.clone();
+        async move {
+            loop {
+                let _ = vfs.poll_once().await;
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    });
+    let ls = |p: &str| {
+        let mut v: Vec<String> = fs::read_dir(m.path(p))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        v.sort();
+        v
+    };
+    assert!(ls("").contains(&"Shared drives".to_string()));
+    assert_eq!(ls("Shared drives"), vec!["Empty", "Team"]);
+    assert_eq!(ls("Shared drives/Team"), vec!["a.txt", "watched.txt"]);
+    assert_eq!(
+        fs::read(m.path("Shared drives/Team/a.txt")).unwrap(),
+        b"alpha"
+    );
+
+    // Write a new file and rename an existing one, within the drive.
+    fs::write(m.path("Shared drives/Team/new.txt"), b"written here").unwrap();
+    fs::rename(
+        m.path("Shared drives/Team/a.txt"),
+        m.path("Shared drives/Team/renamed.txt"),
+    )
+    .unwrap();
+    assert!(m.drain(Duration::from_secs(60)), "uploads did not drain");
+    let new = h.emu.find(&team, "new.txt");
+    assert_eq!(new.len(), 1, "new.txt once in the shared drive");
+    let rec = h.emu.file(&new[0]).unwrap();
+    assert_eq!(rec.content, b"written here");
+    assert_eq!(rec.drive_id.as_deref(), Some(team.as_str()));
+    assert_eq!(h.emu.file(&a).unwrap().name, "renamed.txt");
+
+    // Delete inside the drive.
+    fs::remove_file(m.path("Shared drives/Team/renamed.txt")).unwrap();
+    assert!(m.drain(Duration::from_secs(60)));
+    assert!(h.emu.file(&a).unwrap().trashed);
+
+    // A change made in the shared drive shows up (changes feed).
+    assert_eq!(
+        fs::read(m.path("Shared drives/Team/watched.txt")).unwrap(),
+        b"old"
+    );
+    h.emu.set_content(&watched, b"changed in the shared drive");
+    wait_until(
+        "the shared-drive edit to show",
+        Duration::from_secs(20),
+        || {
+            fs::read(m.path("Shared drives/Team/watched.txt"))
+                .ok()
+                .as_deref()
+                == Some(&b"changed in the shared drive"[..])
+        },
+    );
+
+    // `Shared drives` cannot be removed, and is read-only for the kernel's checks.
+    assert!(fs::remove_dir(m.path("Shared drives")).is_err());
+    assert!(ls("").contains(&"Shared drives".to_string()));
+    let mode = fs::metadata(m.path("Shared drives"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o555);
+    // Root bypasses those checks, and the write-back layer accepts removing an empty drive
+    // folder locally; the provider refuses the remote delete, so the drive stays on Drive.
+    let _ = fs::remove_dir(m.path("Shared drives/Empty"));
+    m.drain(Duration::from_secs(30));
+    assert!(h.emu.file(&empty).is_some_and(|f| !f.trashed));
+    assert!(h.emu.file(&team).is_some_and(|f| !f.trashed));
+}
+
 /// The account lifecycle as a user runs it: `login --paste` (the test plays the browser),
 /// `connections`, a mount by the daemon, `logout` revoking the token.
 #[test]

@@ -121,6 +121,9 @@ pub struct FileRec {
     pub modified: SystemTime,
     pub version: u64,
     pub revisions: Vec<Revision>,
+    /// The shared drive holding the item (`None`: My Drive). A drive's root folder has the
+    /// drive's id as both `id` and `drive_id`.
+    pub drive_id: Option<String>,
 }
 
 impl FileRec {
@@ -179,6 +182,10 @@ struct State {
     /// Every secret that went over the wire, for no-secrets-in-logs checks.
     secrets: Vec<String>,
     next_token: u64,
+    /// Shared drives (id, name), in creation order.
+    drives: Vec<(String, String)>,
+    /// Whether the request being served passed `supportsAllDrives=true`.
+    all_drives: bool,
 }
 
 impl State {
@@ -206,6 +213,18 @@ impl State {
         } else {
             id
         }
+    }
+
+    /// The shared drive of a (resolved) folder id, to give to its new children.
+    fn drive_of(&self, id: &str) -> Option<String> {
+        self.files.get(id).and_then(|f| f.drive_id.clone())
+    }
+
+    /// Whether `id` is a shared-drive item the current request may not see: Drive answers
+    /// 404 "File not found" for shared-drive items unless `supportsAllDrives=true` is passed
+    /// ("Implement shared drive support", developers.google.com/drive/api/guides/enable-shareddrives).
+    fn hidden(&self, id: &str) -> bool {
+        !self.all_drives && self.drive_of(id).is_some()
     }
 
     fn usage(&self) -> (u64, u64) {
@@ -286,6 +305,8 @@ impl DriveEmulator {
             stats: Stats::default(),
             secrets: Vec::new(),
             next_token: 0,
+            drives: Vec::new(),
+            all_drives: false,
         };
         st.secrets.push(st.cfg.client_secret.clone());
         let root = st.new_id();
@@ -304,6 +325,7 @@ impl DriveEmulator {
                 modified: now,
                 version: 1,
                 revisions: vec![],
+                drive_id: None,
             },
         );
         let state = Arc::new(Mutex::new(st));
@@ -462,6 +484,7 @@ impl DriveEmulator {
     ) -> String {
         let mut st = self.st();
         let parent = st.resolve_id(parent).to_owned();
+        let drive_id = st.drive_of(&parent);
         let id = st.new_id();
         let now = SystemTime::now();
         let revisions = if mime.starts_with("application/vnd.google-apps.") {
@@ -487,9 +510,37 @@ impl DriveEmulator {
                 modified: now,
                 version: 1,
                 revisions,
+                drive_id,
             },
         );
         st.record_change(&id);
+        id
+    }
+
+    /// A new shared drive the user is a member of; returns its id, which is also the id of
+    /// its root folder (pass it as `parent` to `add_file`/`add_folder`).
+    pub fn add_shared_drive(&self, name: &str) -> String {
+        let mut st = self.st();
+        let id = format!("0A{}", random_suffix(17));
+        let now = SystemTime::now();
+        st.files.insert(
+            id.clone(),
+            FileRec {
+                id: id.clone(),
+                name: name.into(),
+                mime: FOLDER_MIME.into(),
+                parents: vec![],
+                content: vec![],
+                export: None,
+                trashed: false,
+                created: now,
+                modified: now,
+                version: 1,
+                revisions: vec![],
+                drive_id: Some(id.clone()),
+            },
+        );
+        st.drives.push((id.clone(), name.into()));
         id
     }
 
@@ -572,6 +623,21 @@ fn set_content(f: &mut FileRec, content: Vec<u8>, modified: Option<SystemTime>) 
         modified: f.modified,
         content,
     });
+}
+
+fn set_drive_tree(st: &mut State, id: &str, drive: Option<String>) {
+    let children: Vec<String> = st
+        .files
+        .values()
+        .filter(|f| f.parents.iter().any(|p| p == id))
+        .map(|f| f.id.clone())
+        .collect();
+    for c in children {
+        set_drive_tree(st, &c, drive.clone());
+    }
+    if let Some(f) = st.files.get_mut(id) {
+        f.drive_id = drive;
+    }
 }
 
 fn delete_tree(st: &mut State, id: &str) {
@@ -1060,7 +1126,34 @@ fn api(
     }
     let segs: Vec<&str> = path.trim_start_matches('/').split('/').collect();
     let fields = q.get("fields").map(String::as_str);
+    st.all_drives = q.get("supportsAllDrives").is_some_and(|v| v == "true");
+    // Items in shared drives are invisible to callers that do not declare support for them.
+    let item = match segs.as_slice() {
+        // The methods with a supportsAllDrives parameter (export and revisions have none).
+        ["drive", "v3", "files", id]
+        | ["drive", "v3", "files", id, "copy"]
+        | ["upload", "drive", "v3", "files", id] => Some(st.resolve_id(id).to_owned()),
+        _ => None,
+    };
+    if let Some(id) = item {
+        if st.hidden(&id) {
+            return not_found(&id);
+        }
+        if st.drives.iter().any(|(d, _)| *d == id)
+            && (*method == Method::DELETE || *method == Method::PATCH)
+        {
+            // A shared drive is managed with drives.delete / drives.update, not as a file.
+            return api_error(
+                403,
+                "global",
+                "insufficientFilePermissions",
+                "The user does not have sufficient permissions for this file.",
+                None,
+            );
+        }
+    }
     match (method.clone(), segs.as_slice()) {
+        (Method::GET, ["drive", "v3", "drives"]) => drives_list(st, q),
         (Method::GET, ["drive", "v3", "files"]) => files_list(st, q),
         (Method::POST, ["drive", "v3", "files"]) => {
             let meta: Value = match serde_json::from_slice(body) {
@@ -1167,6 +1260,7 @@ const FILE_FIELDS: &[&str] = &[
     "exportLinks",
     "description",
     "starred",
+    "driveId",
 ];
 
 /// Apply a selection to a value, checking names against the known ones of each resource.
@@ -1210,6 +1304,20 @@ fn known_fields(ctx: &str) -> Option<&'static [&'static str]> {
     match ctx {
         "file" | "files" => Some(FILE_FIELDS),
         "fileList" => Some(&["kind", "nextPageToken", "incompleteSearch", "files"]),
+        "driveList" => Some(&["kind", "nextPageToken", "drives"]),
+        "drives" => Some(&[
+            "kind",
+            "id",
+            "name",
+            "createdTime",
+            "hidden",
+            "capabilities",
+            "restrictions",
+            "colorRgb",
+            "backgroundImageLink",
+            "themeId",
+            "orgUnitId",
+        ]),
         "changeList" => Some(&["kind", "nextPageToken", "newStartPageToken", "changes"]),
         "changes" => Some(&[
             "kind",
@@ -1275,6 +1383,9 @@ fn file_json(f: &FileRec) -> Value {
     }
     if f.parents.is_empty() {
         v.as_object_mut().unwrap().remove("parents");
+    }
+    if let Some(d) = &f.drive_id {
+        v["driveId"] = json!(d);
     }
     v
 }
@@ -1404,11 +1515,47 @@ fn files_list(st: &mut State, q: &HashMap<String, String>) -> Resp {
         }
     };
     let parent = query.parent.as_deref().map(|p| st.resolve_id(p).to_owned());
+    let include_all = st.all_drives
+        && q.get("includeItemsFromAllDrives")
+            .is_some_and(|v| v == "true");
+    let corpora = q.get("corpora").map(String::as_str).unwrap_or("user");
+    let drive = q.get("driveId").cloned();
+    match (corpora, &drive) {
+        ("user" | "allDrives", None) => {}
+        ("drive", Some(d)) => {
+            if !st.drives.iter().any(|(id, _)| id == d) {
+                return api_error(
+                    404,
+                    "global",
+                    "notFound",
+                    &format!("Shared drive not found: {d}"),
+                    Some(("parameter", "driveId")),
+                );
+            }
+        }
+        ("drive", None) | (_, Some(_)) => {
+            return invalid_param(
+                "driveId",
+                "The driveId parameter must be specified if and only if corpora is set to drive.",
+            )
+        }
+        (other, None) => return invalid_param("corpora", &format!("Invalid value '{other}'")),
+    }
+    if let Some(p) = &parent {
+        // A parent in a shared drive is not found by a caller that does not support shared
+        // drives (as files.get answers); a caller that supports them but does not ask for
+        // their items gets none (includeItemsFromAllDrives, default false).
+        if st.hidden(p) {
+            return not_found(p);
+        }
+    }
     // Drive promises no order; newest-first keeps clients from assuming one.
     let mut all: Vec<&FileRec> = st
         .files
         .values()
         .filter(|f| f.id != st.root_id)
+        .filter(|f| f.drive_id.is_none() || include_all)
+        .filter(|f| drive.is_none() || f.drive_id == drive)
         .filter(|f| parent.as_ref().is_none_or(|p| f.parents.contains(p)))
         .filter(|f| query.trashed.is_none_or(|t| f.trashed == t))
         .filter(|f| query.name.as_ref().is_none_or(|n| &f.name == n))
@@ -1620,7 +1767,7 @@ fn files_export(st: &mut State, id: &str, q: &HashMap<String, String>) -> Resp {
 // ----- create / patch / copy
 
 fn parent_ok(st: &State, id: &str) -> Result<(), Resp> {
-    match st.files.get(id) {
+    match st.files.get(id).filter(|_| !st.hidden(id)) {
         Some(p) if p.is_folder() => Ok(()),
         Some(_) => Err(api_error(
             400,
@@ -1672,6 +1819,7 @@ fn create_file(
     if let Err(r) = parent_ok(st, &parents[0]) {
         return r;
     }
+    let drive_id = st.drive_of(&parents[0]);
     let mime = meta
         .get("mimeType")
         .and_then(|v| v.as_str())
@@ -1728,6 +1876,7 @@ fn create_file(
         modified,
         version: 1,
         revisions,
+        drive_id,
     };
     let v = file_json(&f);
     st.files.insert(id.clone(), f);
@@ -1847,6 +1996,11 @@ fn patch_file(
                 None,
             );
         }
+    }
+    let new_drive = parents.first().map(|p| st.drive_of(p));
+    if let Some(d) = new_drive.filter(|d| *d != st.drive_of(id)) {
+        // Moved into or out of a shared drive: the whole subtree goes along.
+        set_drive_tree(st, id, d);
     }
     let f = st.files.get_mut(id).unwrap();
     if !parents.is_empty() {
@@ -2307,6 +2461,8 @@ async fn handle_chunk(
 
 fn finish_session(st: &mut State, sid: &str) -> Resp {
     let s = st.sessions.remove(sid).unwrap();
+    // The session URI is the capability: its parameters were checked when it was opened.
+    st.all_drives = true;
     let fields = s.fields.clone();
     let r = match s.file_id {
         None => create_file(st, &s.metadata, Some(s.data), fields.as_deref()),
@@ -2425,6 +2581,10 @@ fn changes_list(st: &mut State, q: &HashMap<String, String>) -> Resp {
         Err(r) => return r,
     };
     let include_removed = q.get("includeRemoved").is_none_or(|v| v == "true");
+    // Shared-drive items only with both flags (each defaults to false).
+    let all_drives = st.all_drives
+        && q.get("includeItemsFromAllDrives")
+            .is_some_and(|v| v == "true");
     let pending: Vec<(u64, String)> = st
         .changes
         .iter()
@@ -2441,7 +2601,11 @@ fn changes_list(st: &mut State, q: &HashMap<String, String>) -> Resp {
         }
         let time = rfc3339(SystemTime::now());
         let _ = n;
-        match st.files.get(id) {
+        let file = st.files.get(id);
+        if file.is_some_and(|f| f.drive_id.is_some()) && !all_drives {
+            continue;
+        }
+        match file {
             Some(f) => out.push(json!({"kind": "drive#change", "changeType": "file", "time": time, "removed": false, "fileId": id, "file": file_json(f)})),
             None if include_removed => out.push(json!({"kind": "drive#change", "changeType": "file", "time": time, "removed": true, "fileId": id})),
             None => {}
@@ -2459,6 +2623,50 @@ fn changes_list(st: &mut State, q: &HashMap<String, String>) -> Resp {
         q.get("fields").map(String::as_str),
         "kind,nextPageToken,newStartPageToken,changes(kind,changeType,time,removed,fileId,file(kind,id,name,mimeType))",
         "changeList",
+    )
+}
+
+// ----- drives.list
+
+fn drives_list(st: &mut State, q: &HashMap<String, String>) -> Resp {
+    // drives.list: "Acceptable values are 1 to 100, inclusive. (Default: 10)".
+    let size = match q.get("pageSize") {
+        None => 10,
+        Some(s) => match s.parse::<i64>() {
+            Ok(n) if (1..=100).contains(&n) => n as usize,
+            _ => {
+                return invalid_param(
+                    "pageSize",
+                    &format!("Invalid value '{s}'. Values must be within the range: [1, 100]"),
+                )
+            }
+        },
+    };
+    let size = size.min(st.cfg.max_page_size);
+    let offset = match q.get("pageToken") {
+        None => 0,
+        Some(t) => match t.strip_prefix("DT").and_then(|n| n.parse::<usize>().ok()) {
+            Some(n) => n,
+            None => return invalid_param("pageToken", "Invalid Value"),
+        },
+    };
+    let page: Vec<Value> = st
+        .drives
+        .iter()
+        .skip(offset)
+        .take(size)
+        .map(|(id, name)| json!({"kind": "drive#drive", "id": id, "name": name, "hidden": false}))
+        .collect();
+    let next = offset + page.len();
+    let mut v = json!({"kind": "drive#driveList", "drives": page});
+    if next < st.drives.len() {
+        v["nextPageToken"] = json!(format!("DT{next}"));
+    }
+    with_fields(
+        v,
+        q.get("fields").map(String::as_str),
+        "kind,nextPageToken,drives(kind,id,name)",
+        "driveList",
     )
 }
 

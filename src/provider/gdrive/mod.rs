@@ -36,6 +36,31 @@
 //!
 //! Google-native documents are read-only exports: the export happens on the first read into
 //! memory (Drive caps exports at 10 MB), and their size is reported as 0 until then.
+//!
+//! # Shared drives
+//! When the mount's root is My Drive (`root_folder_id = "root"`) and `shared_drives` is on
+//! (the default), the shared drives the account is a member of appear as
+//! `/Shared drives/<drive name>/...`, next to My Drive's own content:
+//!
+//! - `Shared drives` is a virtual folder, shown only while the account has at least one
+//!   shared drive (listed with `drives.list`, `fields=nextPageToken,drives(id,name)`, paged).
+//!   It takes part in the root's duplicate numbering with an id that sorts before every
+//!   Drive id, so it always keeps its name and a My Drive item called `Shared drives`
+//!   becomes `Shared drives (2)`.
+//! - Its entries are the drives, named with the escaping and duplicate numbering above (two
+//!   drives called `Team` become `Team` and `Team (2)`, ordered by drive id). A drive's root
+//!   folder id is the drive id.
+//! - Inside a drive, folders are listed with `corpora=drive&driveId=<id>` and
+//!   `supportsAllDrives=true&includeItemsFromAllDrives=true`; every request on an item
+//!   passes `supportsAllDrives=true`. Reading, writing, renaming, moving and deleting inside a
+//!   drive work as in My Drive (Drive's own permissions apply).
+//! - `Shared drives` and the drive folders themselves cannot be renamed, moved, deleted or
+//!   have their time set through the mount (`PermissionDenied`); nothing can be created
+//!   directly in `Shared drives` (creating a shared drive is not a file operation).
+//!   `Shared drives` is reported with mode 0555 so that the kernel already refuses those
+//!   operations to ordinary users.
+//! - The change feed includes shared-drive items (`includeItemsFromAllDrives=true`); a
+//!   change is reported under `/Shared drives/...` once its parent folder has been listed.
 
 mod api;
 pub mod names;
@@ -64,7 +89,11 @@ pub const FOLDER_MIME: &str = "application/vnd.google-apps.folder";
 const NATIVE_PREFIX: &str = "application/vnd.google-apps.";
 /// The metadata requested for every item.
 const FILE_FIELDS: &str =
-    "id,name,mimeType,parents,size,md5Checksum,modifiedTime,version,headRevisionId,trashed";
+    "id,name,mimeType,parents,size,md5Checksum,modifiedTime,version,headRevisionId,trashed,driveId";
+/// Local name of the virtual folder holding one directory per shared drive.
+pub const SHARED_DRIVES_DIR: &str = "Shared drives";
+/// Id of that folder: `!` is outside Drive's id alphabet and sorts before it.
+const SHARED_DRIVES_ID: &str = "!shared-drives";
 /// Resumable chunks must be multiples of this (except the last).
 pub const CHUNK_ALIGN: u64 = 256 * 1024;
 /// How many exported documents are kept in memory.
@@ -184,6 +213,10 @@ pub struct GdriveConfig {
     pub retry_base_delay_ms: u64,
     #[serde(default = "default_timeout_secs")]
     pub timeout_secs: u64,
+    /// Show the account's shared drives under `/Shared drives` (only when the root is My
+    /// Drive).
+    #[serde(default = "default_true")]
+    pub shared_drives: bool,
 }
 
 impl Default for GdriveConfig {
@@ -201,12 +234,13 @@ impl Default for GdriveConfig {
             max_retries: default_max_retries(),
             retry_base_delay_ms: default_retry_base_ms(),
             timeout_secs: default_timeout_secs(),
+            shared_drives: true,
         }
     }
 }
 
 /// A Drive `File` resource, as much of it as we ask for.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct DriveFile {
     id: String,
@@ -224,9 +258,25 @@ struct DriveFile {
     head_revision_id: Option<String>,
     #[serde(default)]
     trashed: bool,
+    /// The shared drive holding the item; absent in My Drive.
+    drive_id: Option<String>,
 }
 
 impl DriveFile {
+    /// A folder entry made up by the provider (the virtual folder, a shared drive's root).
+    fn virtual_folder(id: &str, name: &str, drive_id: Option<&str>) -> Self {
+        DriveFile {
+            id: id.to_owned(),
+            name: name.to_owned(),
+            mime_type: FOLDER_MIME.to_owned(),
+            drive_id: drive_id.map(str::to_owned),
+            ..Default::default()
+        }
+    }
+    /// `Shared drives` or a shared drive's root folder: fixed in place.
+    fn is_fixed(&self) -> bool {
+        self.id == SHARED_DRIVES_ID || self.drive_id.as_deref() == Some(self.id.as_str())
+    }
     fn is_folder(&self) -> bool {
         self.mime_type == FOLDER_MIME
     }
@@ -246,6 +296,21 @@ impl DriveFile {
             _ => format!("v{}", self.version.as_deref().unwrap_or("0")),
         }
     }
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct DriveList {
+    next_page_token: Option<String>,
+    #[serde(default)]
+    drives: Vec<SharedDrive>,
+}
+
+#[derive(Deserialize)]
+struct SharedDrive {
+    id: String,
+    #[serde(default)]
+    name: String,
 }
 
 #[derive(Deserialize)]
@@ -278,6 +343,8 @@ struct Cache {
     listings: HashMap<String, Arc<Listing>>,
     /// Id → local path, for everything seen in a listing (used by the change feed).
     paths: HashMap<String, String>,
+    /// Folder id → id of the shared drive holding it (drive roots map to themselves).
+    folder_drive: HashMap<String, String>,
     /// Exported native documents: (id, version) → bytes.
     exports: Vec<((String, String), Bytes)>,
 }
@@ -413,7 +480,9 @@ impl GdriveProvider {
             mtime: f.mtime(),
             revision: f.revision(),
             hash: f.md5_checksum.as_ref().map(|h| format!("md5:{h}")),
-            mode: None,
+            // Read-only for the kernel's permission checks (default_permissions): nothing can
+            // be created in, renamed out of or removed from `Shared drives` by non-root users.
+            mode: (f.id == SHARED_DRIVES_ID).then_some(0o555),
             symlink_target: None,
         }
     }
@@ -446,8 +515,84 @@ impl GdriveProvider {
         Ok(f.id)
     }
 
+    /// Whether the root listing carries the `Shared drives` folder.
+    fn shows_shared_drives(&self, dir_id: &str) -> bool {
+        self.cfg.shared_drives
+            && self.cfg.root_folder_id == "root"
+            && self.cache.lock().unwrap().root_id.as_deref() == Some(dir_id)
+    }
+
+    /// The account's shared drives (`drives.list`), as folder entries.
+    async fn fetch_drives(&self) -> ProviderResult<Vec<DriveFile>> {
+        let url = self.url("drives");
+        let mut token: Option<String> = None;
+        let mut out = Vec::new();
+        loop {
+            let page: DriveList = self
+                .api
+                .json("drives.list", |c| {
+                    let r = c.get(&url).query(&[
+                        ("pageSize", "100"),
+                        ("fields", "nextPageToken,drives(id,name)"),
+                    ]);
+                    match &token {
+                        Some(t) => r.query(&[("pageToken", t)]),
+                        None => r,
+                    }
+                })
+                .await?;
+            out.extend(
+                page.drives
+                    .into_iter()
+                    .map(|d| DriveFile::virtual_folder(&d.id, &d.name, Some(&d.id))),
+            );
+            match page.next_page_token {
+                Some(t) if !t.is_empty() => token = Some(t),
+                _ => break,
+            }
+        }
+        Ok(out)
+    }
+
+    /// Give local names to `all` and cache them as the listing of `dir_id`.
+    fn store_listing(&self, dir_id: &str, dir_path: &str, all: Vec<DriveFile>) -> Arc<Listing> {
+        let pairs: Vec<(String, String)> = all
+            .iter()
+            .map(|f| {
+                let name = if f.id == SHARED_DRIVES_ID {
+                    f.name.clone()
+                } else {
+                    self.display_name(f)
+                };
+                (f.id.clone(), name)
+            })
+            .collect();
+        let local = names::assign_unique(&pairs);
+        let listing = Arc::new(Listing {
+            path: dir_path.to_owned(),
+            children: local.into_iter().zip(all).collect(),
+        });
+        let mut cache = self.cache.lock().unwrap();
+        for (name, f) in &listing.children {
+            cache.paths.insert(f.id.clone(), join_path(dir_path, name));
+            if f.is_folder() {
+                match &f.drive_id {
+                    Some(d) => cache.folder_drive.insert(f.id.clone(), d.clone()),
+                    None => cache.folder_drive.remove(&f.id),
+                };
+            }
+        }
+        cache.listings.insert(dir_id.to_owned(), listing.clone());
+        listing
+    }
+
     /// All children of a folder, fresh from the server, cached.
     async fn fetch_listing(&self, dir_id: &str, dir_path: &str) -> ProviderResult<Arc<Listing>> {
+        if dir_id == SHARED_DRIVES_ID {
+            let drives = self.fetch_drives().await?;
+            return Ok(self.store_listing(dir_id, dir_path, drives));
+        }
+        let drive = self.cache.lock().unwrap().folder_drive.get(dir_id).cloned();
         let url = self.url("files");
         let q = format!("'{}' in parents and trashed = false", q_escape(dir_id));
         let fields = format!("nextPageToken,files({FILE_FIELDS})");
@@ -466,6 +611,9 @@ impl GdriveProvider {
                         ("supportsAllDrives", "true"),
                         ("includeItemsFromAllDrives", "true"),
                     ]);
+                    if let Some(d) = &drive {
+                        r = r.query(&[("corpora", "drive"), ("driveId", d.as_str())]);
+                    }
                     if let Some(t) = &token {
                         r = r.query(&[("pageToken", t)]);
                     }
@@ -479,21 +627,53 @@ impl GdriveProvider {
                 _ => break,
             }
         }
-        let pairs: Vec<(String, String)> = all
-            .iter()
-            .map(|f| (f.id.clone(), self.display_name(f)))
-            .collect();
-        let local = names::assign_unique(&pairs);
-        let listing = Arc::new(Listing {
-            path: dir_path.to_owned(),
-            children: local.into_iter().zip(all).collect(),
-        });
-        let mut cache = self.cache.lock().unwrap();
-        for (name, f) in &listing.children {
-            cache.paths.insert(f.id.clone(), join_path(dir_path, name));
+        let mut drives = None;
+        if self.shows_shared_drives(dir_id) {
+            let d = match self.fetch_drives().await {
+                Ok(d) => d,
+                // A narrow scope (drive.file) cannot list drives: show My Drive alone.
+                Err(ProviderError::PermissionDenied(m)) => {
+                    debug!(%m, "drives.list refused; not showing shared drives");
+                    Vec::new()
+                }
+                Err(e) => return Err(e),
+            };
+            if !d.is_empty() {
+                all.push(DriveFile::virtual_folder(
+                    SHARED_DRIVES_ID,
+                    SHARED_DRIVES_DIR,
+                    None,
+                ));
+                drives = Some(d);
+            }
         }
-        cache.listings.insert(dir_id.to_owned(), listing.clone());
+        let listing = self.store_listing(dir_id, dir_path, all);
+        if let Some(d) = drives {
+            // The drives just fetched are the listing of `Shared drives` too.
+            if let Some((name, _)) = listing
+                .children
+                .iter()
+                .find(|(_, f)| f.id == SHARED_DRIVES_ID)
+            {
+                self.store_listing(SHARED_DRIVES_ID, &join_path(dir_path, name), d);
+            }
+        }
         Ok(listing)
+    }
+
+    /// Refuse changing `Shared drives` or a drive folder through the mount.
+    fn check_not_fixed(&self, path: &str, f: &DriveFile) -> ProviderResult<()> {
+        if f.id == SHARED_DRIVES_ID {
+            return Err(ProviderError::PermissionDenied(format!(
+                "{path} is the virtual folder of shared drives; it cannot be changed"
+            )));
+        }
+        if f.is_fixed() {
+            return Err(ProviderError::PermissionDenied(format!(
+                "{path} is a shared drive; rename or delete shared drives in Google Drive itself"
+            )));
+        }
+        Ok(())
     }
 
     async fn listing(&self, dir_id: &str, dir_path: &str) -> ProviderResult<Arc<Listing>> {
@@ -558,6 +738,11 @@ impl GdriveProvider {
             return Err(ProviderError::InvalidName(path.to_owned()));
         }
         let parent_id = self.resolve_dir(parent).await?;
+        if parent_id == SHARED_DRIVES_ID {
+            return Err(ProviderError::PermissionDenied(format!(
+                "{path}: only shared drives live in {parent}, and they cannot be created through the mount"
+            )));
+        }
         match self.resolve(path).await {
             Ok((_, f)) => Ok((parent_id, Some(f))),
             Err(ProviderError::NotFound(_)) => Ok((parent_id, None)),
@@ -810,6 +995,11 @@ impl Provider for GdriveProvider {
             return Ok(self.entry("/", &f));
         }
         let (parent, cached) = self.resolve(path).await?;
+        if cached.is_fixed() {
+            // Listed just now by `resolve` (drives.list); there is no file to fetch.
+            let (_, name) = split_path(path);
+            return Ok(self.entry(name, &cached));
+        }
         // Fresh metadata: the cached listing may be older than the last change.
         let fresh = match self.get_file(&cached.id).await {
             Ok(f) => f,
@@ -1026,11 +1216,13 @@ impl Provider for GdriveProvider {
             )));
         }
         let (old_parent, src) = self.resolve(from).await?;
+        self.check_not_fixed(from, &src)?;
         let (new_parent, target) = self.resolve_for_create(to).await?;
         if let Some(t) = target {
             if t.id == src.id {
                 return self.stat(to).await;
             }
+            self.check_not_fixed(to, &t)?;
             if !overwrite {
                 return Err(ProviderError::AlreadyExists(to.to_owned()));
             }
@@ -1063,6 +1255,7 @@ impl Provider for GdriveProvider {
 
     async fn delete(&self, path: &str) -> ProviderResult<()> {
         let (parent, f) = self.resolve(path).await?;
+        self.check_not_fixed(path, &f)?;
         if f.is_folder() && !self.is_empty_dir(&f.id, path).await? {
             return Err(ProviderError::DirectoryNotEmpty(path.to_owned()));
         }
@@ -1132,6 +1325,7 @@ impl Provider for GdriveProvider {
 
     async fn set_mtime(&self, path: &str, mtime: SystemTime) -> ProviderResult<()> {
         let (parent, f) = self.resolve(path).await?;
+        self.check_not_fixed(path, &f)?;
         let t = chrono::DateTime::<chrono::Utc>::from(mtime)
             .to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
         self.patch_meta(&f.id, &[], serde_json::json!({"modifiedTime": t}))
@@ -1173,6 +1367,7 @@ impl Provider for GdriveProvider {
                         ("includeRemoved", "true"),
                         ("spaces", "drive"),
                         ("supportsAllDrives", "true"),
+                        ("includeItemsFromAllDrives", "true"),
                         ("fields", fields.as_str()),
                     ])
                 })
@@ -1228,7 +1423,10 @@ impl Provider for GdriveProvider {
         let mut changes = Vec::new();
         for ch in latest {
             let id = ch.file_id.unwrap_or_default();
-            if id == root {
+            let drive_root = ch.file.as_ref().is_some_and(|f| f.is_fixed())
+                || self.cache.lock().unwrap().folder_drive.get(&id) == Some(&id);
+            if id == root || drive_root {
+                // Shared drives are listed with drives.list, not through the change feed.
                 continue;
             }
             let old_path = old_paths.get(&id).cloned();

@@ -16,7 +16,7 @@ const MAX_SESSION_RESTARTS: u32 = 3;
 
 /// What one PUT to a session URI told us.
 enum ChunkOutcome {
-    Done(DriveFile),
+    Done(Box<DriveFile>),
     /// The server has this many bytes.
     Incomplete(u64),
     /// The session is gone (expired); a new one must start from byte 0.
@@ -152,7 +152,7 @@ impl GdriveProvider {
         match status.as_u16() {
             200 | 201 => match resp.bytes().await {
                 Ok(b) => match serde_json::from_slice(&b) {
-                    Ok(f) => ChunkOutcome::Done(f),
+                    Ok(f) => ChunkOutcome::Done(Box::new(f)),
                     Err(e) => ChunkOutcome::Fatal(ProviderError::Protocol(format!(
                         "resumable upload: unexpected reply: {e}"
                     ))),
@@ -223,7 +223,7 @@ impl GdriveProvider {
                         .await;
                 }
                 match outcome {
-                    ChunkOutcome::Done(f) => return Ok(f),
+                    ChunkOutcome::Done(f) => return Ok(*f),
                     ChunkOutcome::Incomplete(n) => {
                         if n > size {
                             return Err(ProviderError::Protocol(format!(
