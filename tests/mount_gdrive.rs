@@ -240,11 +240,21 @@ fn shared_drives_through_the_mount() {
         .mode();
     assert_eq!(mode & 0o777, 0o555);
     // Root bypasses those checks, and the write-back layer accepts removing an empty drive
-    // folder locally; the provider refuses the remote delete, so the drive stays on Drive.
+    // folder locally; the provider refuses the remote delete, so the drive stays on Drive
+    // and comes back in the mount.
     let _ = fs::remove_dir(m.path("Shared drives/Empty"));
     m.drain(Duration::from_secs(30));
     assert!(h.emu.file(&empty).is_some_and(|f| !f.trashed));
     assert!(h.emu.file(&team).is_some_and(|f| !f.trashed));
+    wait_until(
+        "the refused delete to be undone",
+        Duration::from_secs(10),
+        || ls("Shared drives").contains(&"Empty".to_string()),
+    );
+    assert!(
+        m.vfs().queue.is_empty(),
+        "no job parked for the refused delete"
+    );
 }
 
 /// The account lifecycle as a user runs it: `login --paste` (the test plays the browser),

@@ -467,7 +467,20 @@ impl Vfs {
         self.preserve_open_orphans(&job.path).await;
         match self.provider.delete(&job.path).await {
             Ok(()) | Err(ProviderError::NotFound(_)) => {}
-            Err(e) => return Err(e),
+            Err(e) if e.is_retryable() || matches!(e, ProviderError::Auth(_)) => return Err(e),
+            Err(e) => {
+                // The remote refuses (a shared drive's folder, a locked or protected
+                // item): it stays there, so the next listing shows it again rather than
+                // a parked job hiding it forever.
+                tracing::warn!(path = %job.path, error = %e, "the remote refused a delete; the entry comes back");
+                self.queue
+                    .note_error(format!("{}: delete refused: {e}", job.path));
+                if let Ok(Some(dir)) = self.find_by_remote_path(split_path(&job.path).0) {
+                    let _ = self.invalidate_listing(dir);
+                    self.notify_entry(dir, split_path(&job.path).1);
+                }
+                return Ok(());
+            }
         }
         if let Ok(Some(inode)) = self.store.get(job.ino) {
             if inode.parent == 0 {

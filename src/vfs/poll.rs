@@ -140,7 +140,7 @@ impl Vfs {
     }
 
     /// The inode whose remote copy lives at `path`, following names from the root.
-    fn find_by_remote_path(&self, path: &str) -> FsResult<Option<Ino>> {
+    pub(super) fn find_by_remote_path(&self, path: &str) -> FsResult<Option<Ino>> {
         let mut ino = ROOT_LOCAL_INO;
         for comp in path.split('/').filter(|c| !c.is_empty()) {
             match self.store.child(ino, comp)? {

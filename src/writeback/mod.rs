@@ -318,6 +318,11 @@ impl WriteBackQueue {
         }
     }
 
+    /// Record an error for `status` that no job carries any more.
+    pub fn note_error(&self, msg: String) {
+        push_error(&mut self.state.lock().unwrap(), msg);
+    }
+
     /// Whether a job for this inode is running now (so it may be on the remote soon).
     pub fn is_running(&self, ino: Ino) -> bool {
         let st = self.state.lock().unwrap();
