@@ -324,6 +324,7 @@ pub fn status_json(root: &MountRoot, mount_point: &Path) -> serde_json::Value {
                 "completed": v.queue.completed(),
                 "jobs": jobs,
             },
+            "quota": v.cached_quota(),
             "conflicts": v.conflicts(),
             "pin": v.pin_progress.lock().unwrap().clone(),
             "recent_errors": v.queue.recent_errors().iter().map(|(t, m)| json!({
@@ -350,7 +351,13 @@ pub async fn handle_request(
     control: &ControlState,
 ) -> Response {
     match req {
-        Request::Status => Response::ok(status_json(root, mount_point)),
+        Request::Status => {
+            // Quota as statfs reports it (fetched at most every 30 s).
+            for c in root.connections.values() {
+                let _ = tokio::time::timeout(Duration::from_secs(2), c.vfs.statfs()).await;
+            }
+            Response::ok(status_json(root, mount_point))
+        }
         Request::Versions { path } => {
             let Some((conn, p)) = root.split_mount_path(&path) else {
                 return Response::err(format!("{path}: not inside a connection"));

@@ -549,6 +549,11 @@ fn print_status(v: &serde_json::Value) {
             human(t["bytes_up"].as_u64().unwrap_or(0)),
             limit(&t["upload_limit"]),
         );
+        if let (Some(used), Some(total)) =
+            (c["quota"]["used"].as_u64(), c["quota"]["total"].as_u64())
+        {
+            println!("    storage: {} used of {}", human(used), human(total));
+        }
         println!(
             "    cache: {} of {} in {} files",
             human(c["cache"]["used"].as_u64().unwrap_or(0)),

@@ -441,3 +441,55 @@ settings = {{ client_id = "{client_id}", client_secret_file = "{secret}", auth_u
         .unwrap();
     assert!(String::from_utf8_lossy(&out.stdout).contains("not logged in"));
 }
+
+/// A revoked login: the connection shows auth-error with the command that fixes it,
+/// cached files still read, changes wait in the queue, and go up after a new login.
+#[test]
+fn revoked_login_keeps_serving_and_queues_until_login() {
+    let rt = emulator_runtime();
+    let h = rt.block_on(drive_harness::harness(EmulatorConfig::default(), |_| {}));
+    let root = h.emu.root_id();
+    h.emu.add_file(&root, "cached.txt", b"read me offline");
+    let (vault, account, emu) = (h.vault.clone(), h.account.clone(), &h.emu);
+    let provider: Arc<dyn Provider> = Arc::new(h.provider);
+    let m = InProcessMount::new(provider, test_config(|_| {}));
+    assert_eq!(fs::read(m.path("cached.txt")).unwrap(), b"read me offline");
+
+    emu.revoke_all_refresh_tokens();
+    emu.expire_all_access_tokens();
+    fs::write(m.path("written-meanwhile.txt"), b"kept in the queue").unwrap();
+    let vfs = m.vfs();
+    wait_until("the auth error to show", Duration::from_secs(20), || {
+        vfs.connection_state().0 == cloudmount::vfs::ConnectionState::AuthError
+    });
+    let message = vfs.connection_state().1.unwrap_or_default();
+    assert!(
+        message.contains("cloudmount login gdrive --name test"),
+        "{message}"
+    );
+    // Cached data still reads; the change is queued, not parked or lost.
+    assert_eq!(fs::read(m.path("cached.txt")).unwrap(), b"read me offline");
+    assert!(vfs.queue.status().iter().all(|j| j.failed.is_none()));
+    assert!(emu.find(&root, "written-meanwhile.txt").is_empty());
+
+    // The user logs in again (new tokens in the vault); the queue goes through.
+    let (access, refresh) = emu.issue_tokens();
+    let mut t = cloudmount::accounts::StoredTokens {
+        access_token: Some(cloudmount::accounts::Secret::new(access)),
+        refresh_token: Some(cloudmount::accounts::Secret::new(refresh)),
+        ..Default::default()
+    };
+    t.set_expires_in(Some(Duration::from_secs(3600)));
+    vault.save(&account, &t).unwrap();
+    vfs.queue.retry_failed();
+    assert!(
+        m.drain(Duration::from_secs(60)),
+        "the queue drained after the new login"
+    );
+    let ids = emu.find(&root, "written-meanwhile.txt");
+    assert_eq!(emu.file(&ids[0]).unwrap().content, b"kept in the queue");
+    assert_eq!(
+        vfs.connection_state().0,
+        cloudmount::vfs::ConnectionState::Online
+    );
+}

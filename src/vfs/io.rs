@@ -223,8 +223,9 @@ impl Vfs {
     }
 
     pub(super) fn mark_reachable(&self) {
+        // Any request that went through proves the network and the login work again.
         let mut st = self.state.lock().unwrap();
-        if st.0 == ConnectionState::Offline {
+        if st.0 != ConnectionState::Online {
             *st = (ConnectionState::Online, None);
         }
     }

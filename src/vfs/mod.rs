@@ -999,6 +999,15 @@ impl Vfs {
         })
     }
 
+    /// The provider's quota as last seen (no request).
+    pub fn cached_quota(&self) -> Option<Quota> {
+        self.quota_cache
+            .lock()
+            .unwrap()
+            .as_ref()
+            .map(|(_, q)| q.clone())
+    }
+
     pub async fn statfs(&self) -> Quota {
         if let Some((at, q)) = self.quota_cache.lock().unwrap().clone() {
             if at.elapsed().unwrap_or_default() < Duration::from_secs(30) {
