@@ -848,7 +848,14 @@ impl Vfs {
         if let Some(v) = victim.as_mut() {
             b.unlink(new_parent, new_name);
             self.orphan(&mut b, v);
-            if self.on_remote(v) && !src_on_remote && !src.is_dir() {
+            if !self.on_remote(v) && !src_on_remote && !src.is_dir() {
+                // The replaced file had itself replaced a remote one and was not uploaded
+                // yet (git's `main.lock` -> `main`, twice in a row): that remote file is
+                // what the new content replaces now.
+                if v.base_revision.is_some() {
+                    src.base_revision = v.base_revision.clone();
+                }
+            } else if self.on_remote(v) && !src_on_remote && !src.is_dir() {
                 if v.remote.is_some() && !self.queue.is_running(v.ino) {
                     // The new content replaces what the remote has at that name: the
                     // upload must expect that revision, not an empty slot.
