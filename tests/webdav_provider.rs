@@ -451,6 +451,15 @@ async fn quota_unsupported(fx: Fixture) {
     assert_eq!(fx.p.quota().await.unwrap(), Quota::default());
 }
 
+async fn no_sync_collection(fx: Fixture) {
+    // Neither server implements RFC 6578: the change feed is refused once, then the
+    // provider stops offering it, so changes are found by listing.
+    assert!(fx.p.capabilities().delta);
+    assert_err!(fx.p.changes_cursor().await, ProviderError::Unsupported(_));
+    assert!(!fx.p.capabilities().delta);
+    assert_err!(fx.p.changes_since("x").await, ProviderError::Unsupported(_));
+}
+
 const ODD_NAMES: &[&str] = &[
     "a b.txt",
     "hash#tag",
@@ -594,6 +603,7 @@ on_both_servers!(
     deletes,
     copies,
     quota_unsupported,
+    no_sync_collection,
     odd_names_round_trip,
     many_entries,
 );

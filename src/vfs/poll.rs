@@ -116,6 +116,13 @@ impl Vfs {
         let batch = match self.provider.changes_since(&cursor).await {
             Ok(b) => b,
             Err(ProviderError::Unsupported(m)) => return Err(FsError::NotPermitted(m)),
+            Err(ProviderError::PreconditionFailed(_)) => {
+                // The server forgot our place in its change log: start over, and let
+                // every listing be fetched again.
+                let c = self.provider.changes_cursor().await?;
+                self.store.set_meta(DELTA_CURSOR, c.as_bytes())?;
+                return self.expire_listings();
+            }
             Err(e) => return Err(e.into()),
         };
         // Mark the parents of everything that changed as stale and list them again:

@@ -64,6 +64,10 @@ struct State {
     checksums: HashMap<String, String>,
     uploads: HashMap<String, Upload>,
     log: Vec<LoggedRequest>,
+    /// RFC 6578: what the tree looked like (path -> ETag) when each sync token was issued.
+    sync_snapshots: Vec<HashMap<String, String>>,
+    /// Answer sync-collection REPORTs (Nextcloud does on its DAV endpoints).
+    sync_collection: bool,
 }
 
 pub struct NextcloudEmulator {
@@ -94,6 +98,8 @@ impl NextcloudEmulator {
             checksums: HashMap::new(),
             uploads: HashMap::new(),
             log: Vec::new(),
+            sync_snapshots: Vec::new(),
+            sync_collection: true,
         }));
         let st = state.clone();
         std::thread::spawn(move || {
@@ -125,6 +131,11 @@ impl NextcloudEmulator {
         if let Some(c) = checksum {
             st.checksums.insert(key, c.to_owned());
         }
+    }
+
+    /// Behave like a server without RFC 6578 (REPORT answered 501).
+    pub fn disable_sync_collection(&self) {
+        self.state.lock().unwrap().sync_collection = false;
     }
 
     pub fn requests(&self) -> Vec<LoggedRequest> {
@@ -418,8 +429,115 @@ fn files_request(st: &mut State, req: &LoggedRequest, rel: &str, body: Vec<u8>) 
             }
             resp(204, "")
         }
+        "REPORT" if st.sync_collection => sync_collection(st, req, rel, &body),
         _ => sabre_error(501, "NotImplemented", "not emulated"),
     }
+}
+
+const SYNC_TOKEN_PREFIX: &str = "http://sabre.io/ns/sync/";
+
+/// Every path below `rel` with its ETag.
+fn tree_etags(st: &State, rel: &str) -> HashMap<String, String> {
+    fn walk(root: &Path, dir: &Path, out: &mut HashMap<String, String>) {
+        for e in fs::read_dir(dir).unwrap().flatten() {
+            let p = e.path();
+            let rel = format!("/{}", p.strip_prefix(root).unwrap().to_string_lossy());
+            out.insert(rel, etag(&p));
+            if p.is_dir() {
+                walk(root, &p, out);
+            }
+        }
+    }
+    let mut out = HashMap::new();
+    let root = st.files_root.clone();
+    let start = disk(st, rel);
+    if start.is_dir() {
+        walk(&root, &start, &mut out);
+    }
+    out
+}
+
+/// RFC 6578 sync-collection on a folder: with an empty token every member, else the
+/// members changed (200) or removed (404) since the token; always a new token. Depth must
+/// be 0 and sync-level 1 or infinite, as the RFC requires; an unknown token is refused
+/// with the DAV:valid-sync-token precondition.
+fn sync_collection(st: &mut State, req: &LoggedRequest, rel: &str, body: &[u8]) -> Response {
+    let text = String::from_utf8_lossy(body);
+    if !text.contains("sync-collection") {
+        return sabre_error(
+            415,
+            "UnsupportedMediaType",
+            "only sync-collection is supported",
+        );
+    }
+    if req.header("depth").is_some_and(|d| d != "0") {
+        return sabre_error(400, "BadRequest", "sync-collection requires Depth: 0");
+    }
+    if !text.contains("infinite") && !text.contains(">1<") {
+        return sabre_error(400, "BadRequest", "missing or invalid sync-level");
+    }
+    let token = text
+        .split_once("sync-token>")
+        .and_then(|(_, rest)| rest.split_once('<').map(|(t, _)| t.trim().to_owned()))
+        .unwrap_or_default();
+    let now = tree_etags(st, rel);
+    let before = if token.is_empty() {
+        HashMap::new()
+    } else {
+        let n = token
+            .strip_prefix(SYNC_TOKEN_PREFIX)
+            .and_then(|n| n.parse::<usize>().ok())
+            .filter(|n| *n < st.sync_snapshots.len());
+        match n {
+            Some(n) => st.sync_snapshots[n].clone(),
+            None => {
+                return resp(
+                    403,
+                    r#"<?xml version="1.0" encoding="utf-8"?><d:error xmlns:d="DAV:"><d:valid-sync-token/></d:error>"#,
+                )
+            }
+        }
+    };
+    let href_of = |st: &State, p: &str| {
+        let mut h = format!("/remote.php/dav/files/{}", encode(&st.user));
+        for seg in p.split('/').filter(|s| !s.is_empty()) {
+            h.push('/');
+            h.push_str(&encode(seg));
+        }
+        if disk(st, p).is_dir() {
+            h.push('/');
+        }
+        h
+    };
+    let mut xml =
+        String::from(r#"<?xml version="1.0" encoding="utf-8"?><d:multistatus xmlns:d="DAV:">"#);
+    let mut changed: Vec<&String> = now
+        .iter()
+        .filter(|(p, e)| before.get(*p) != Some(*e))
+        .map(|(p, _)| p)
+        .collect();
+    changed.sort();
+    for p in changed {
+        xml.push_str(&format!(
+            "<d:response><d:href>{}</d:href><d:propstat><d:prop><d:getetag>{}</d:getetag></d:prop><d:status>HTTP/1.1 200 OK</d:status></d:propstat></d:response>",
+            href_of(st, p),
+            now[p]
+        ));
+    }
+    let mut removed: Vec<&String> = before.keys().filter(|p| !now.contains_key(*p)).collect();
+    removed.sort();
+    for p in removed {
+        xml.push_str(&format!(
+            "<d:response><d:href>{}</d:href><d:status>HTTP/1.1 404 Not Found</d:status></d:response>",
+            href_of(st, p)
+        ));
+    }
+    st.sync_snapshots.push(now);
+    xml.push_str(&format!(
+        "<d:sync-token>{SYNC_TOKEN_PREFIX}{}</d:sync-token></d:multistatus>",
+        st.sync_snapshots.len() - 1
+    ));
+    resp(207, xml)
 }
 
 /// Like Nextcloud, a folder's ETag changes whenever anything below it changes: it is

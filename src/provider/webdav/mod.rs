@@ -8,6 +8,7 @@
 
 mod chunked;
 mod paths;
+mod sync;
 mod xml;
 
 use std::fmt;
@@ -24,8 +25,8 @@ use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use tracing::{debug, warn};
 
 use super::{
-    split_path, ByteStream, Capabilities, EntryKind, ListStream, Provider, ProviderError,
-    ProviderResult, Quota, RemoteEntry, UploadOptions,
+    split_path, ByteStream, Capabilities, Change, ChangeBatch, EntryKind, ListStream, Provider,
+    ProviderError, ProviderResult, Quota, RemoteEntry, UploadOptions,
 };
 use paths::{encode_path, href_segments, path_segments};
 use xml::{DavProps, DavResponse};
@@ -138,6 +139,9 @@ pub struct WebdavProvider {
     /// The URL has Nextcloud's `remote.php/dav/files/USER` shape.
     nextcloud: bool,
     chunking: Option<chunked::Target>,
+    /// Set once the server refused a sync-collection REPORT: it has no RFC 6578 support,
+    /// and changes are found by listing instead.
+    no_sync_collection: std::sync::atomic::AtomicBool,
 }
 
 impl fmt::Debug for WebdavProvider {
@@ -239,6 +243,7 @@ impl WebdavProvider {
             auth,
             nextcloud: nextcloud_target.is_some(),
             chunking,
+            no_sync_collection: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -301,6 +306,49 @@ impl WebdavProvider {
         }
         let body = resp.text().await.unwrap_or_default();
         status_error(status, retry_after, &body, what)
+    }
+
+    /// One RFC 6578 sync-collection REPORT on the root. A server without it is remembered,
+    /// and answered `Unsupported` from then on; an expired token is `PreconditionFailed`.
+    async fn sync_report(&self, token: &str) -> ProviderResult<(Vec<sync::SyncChange>, String)> {
+        use std::sync::atomic::Ordering;
+        if self.no_sync_collection.load(Ordering::Relaxed) {
+            return Err(ProviderError::Unsupported("sync-collection".into()));
+        }
+        let what = "REPORT sync-collection /".to_string();
+        let rb = self
+            .request(
+                Method::from_bytes(b"REPORT").expect("valid method"),
+                &self.url("/"),
+            )
+            .header("Depth", "0")
+            .header(CONTENT_TYPE, "application/xml; charset=utf-8")
+            .body(sync::request_body(token));
+        let resp = self.send(rb, &what).await?;
+        let status = resp.status();
+        if status == StatusCode::MULTI_STATUS {
+            let text = resp
+                .text()
+                .await
+                .map_err(|e| ProviderError::Transient(format!("{what}: {}", error_chain(&e))))?;
+            return sync::parse_report(&text)
+                .map_err(|e| ProviderError::Protocol(format!("{what}: {e}")));
+        }
+        let body = resp.text().await.unwrap_or_default();
+        if status == StatusCode::FORBIDDEN && body.contains("valid-sync-token") {
+            return Err(ProviderError::PreconditionFailed(
+                "sync token no longer valid".into(),
+            ));
+        }
+        if (status.is_server_error() && status != StatusCode::NOT_IMPLEMENTED)
+            || status == StatusCode::TOO_MANY_REQUESTS
+        {
+            return Err(status_error(status, None, &body, &what));
+        }
+        // 400, 403, 404, 405, 415, 501...: no RFC 6578 here.
+        debug!(%status, "server has no sync-collection; changes are found by listing");
+        self.no_sync_collection.store(true, Ordering::Relaxed);
+        Err(ProviderError::Unsupported("sync-collection".into()))
     }
 
     async fn propfind(
@@ -860,7 +908,10 @@ impl Provider for WebdavProvider {
 
     fn capabilities(&self) -> Capabilities {
         Capabilities {
-            delta: false,
+            // Offered until the server shows it has no sync-collection.
+            delta: !self
+                .no_sync_collection
+                .load(std::sync::atomic::Ordering::Relaxed),
             native_versions: false,
             case_insensitive: false,
             max_name_len: 255,
@@ -1106,6 +1157,56 @@ impl Provider for WebdavProvider {
             Err(e) => return Err(e),
         }
         self.stat(to).await
+    }
+
+    async fn changes_cursor(&self) -> ProviderResult<String> {
+        self.sync_report("").await.map(|(_, token)| token)
+    }
+
+    async fn changes_since(&self, cursor: &str) -> ProviderResult<ChangeBatch> {
+        let (changes, token) = self.sync_report(cursor).await?;
+        let mut out = Vec::new();
+        for c in changes {
+            let Some(segments) = href_segments(&c.href) else {
+                continue;
+            };
+            // Only members below the configured root, as paths relative to it.
+            let Some(rest) = segments.strip_prefix(self.base_segments.as_slice()) else {
+                continue;
+            };
+            if rest.is_empty() {
+                continue; // the root itself
+            }
+            let path = format!("/{}", rest.join("/"));
+            if c.removed {
+                out.push(Change::Removed { path });
+            } else {
+                let name = rest.last().cloned().unwrap_or_default();
+                let kind = if c.href.ends_with('/') {
+                    EntryKind::Dir
+                } else {
+                    EntryKind::File
+                };
+                out.push(Change::Upserted {
+                    path,
+                    entry: RemoteEntry {
+                        id: String::new(),
+                        name,
+                        kind,
+                        size: 0,
+                        mtime: SystemTime::UNIX_EPOCH,
+                        revision: String::new(),
+                        hash: None,
+                        mode: None,
+                        symlink_target: None,
+                    },
+                });
+            }
+        }
+        Ok(ChangeBatch {
+            changes: out,
+            cursor: token,
+        })
     }
 
     async fn quota(&self) -> ProviderResult<Quota> {

@@ -85,7 +85,7 @@ fn field_of(ns: Option<&str>, local: &str) -> Option<Field> {
     }
 }
 
-fn namespace_of(r: &ResolveResult<'_>) -> Option<String> {
+pub(crate) fn namespace_of(r: &ResolveResult<'_>) -> Option<String> {
     match r {
         ResolveResult::Bound(ns) => Some(ns.0.to_owned()),
         _ => None,
@@ -93,7 +93,7 @@ fn namespace_of(r: &ResolveResult<'_>) -> Option<String> {
 }
 
 /// Appends an entity or character reference; quick-xml reports them as separate events.
-fn push_ref(out: &mut String, r: &BytesRef<'_>) -> Result<(), String> {
+pub(crate) fn push_ref(out: &mut String, r: &BytesRef<'_>) -> Result<(), String> {
     if let Some(ch) = r.resolve_char_ref().map_err(|e| e.to_string())? {
         out.push(ch);
         return Ok(());
