@@ -307,6 +307,19 @@ impl Vfs {
         self.store.get(ino)?.ok_or(FsError::NotFound)
     }
 
+    /// Hold the record locks of several inodes (in a fixed order, so two callers cannot
+    /// deadlock), for a change that rewrites their records: an upload finishing meanwhile
+    /// must not have its result overwritten by a copy read before it.
+    fn lock_records(&self, inos: &[Ino]) -> Vec<std::sync::MutexGuard<'_, ()>> {
+        let mut stripes: Vec<usize> = inos.iter().map(|i| (i % 64) as usize).collect();
+        stripes.sort_unstable();
+        stripes.dedup();
+        stripes
+            .into_iter()
+            .map(|s| self.record_locks[s].lock().unwrap())
+            .collect()
+    }
+
     /// Read-modify-write of one inode record.
     fn update(&self, ino: Ino, f: impl FnOnce(&mut Inode)) -> FsResult<Inode> {
         let _g = self.record_locks[(ino % 64) as usize].lock().unwrap();
@@ -716,19 +729,22 @@ impl Vfs {
         self.ensure_listed(parent).await?;
         let _ns = self.ns_lock.lock().await;
         let ino = self.store.child(parent, name)?.ok_or(FsError::NotFound)?;
-        let mut inode = self.get(ino)?;
-        if inode.is_dir() {
-            return Err(FsError::IsDir);
-        }
         let path = self.child_path(parent, name)?;
-        // A file that replaced a remote one before its upload: that remote file goes too.
-        let on_remote = self.on_remote(&inode) || inode.base_revision.is_some();
-        let mut b = Batch::default();
-        b.unlink(parent, name);
-        self.orphan(&mut b, &mut inode);
-        self.store.apply(b)?;
+        {
+            let _records = self.lock_records(&[ino]);
+            let mut inode = self.get(ino)?;
+            if inode.is_dir() {
+                return Err(FsError::IsDir);
+            }
+            // A file that replaced a remote one before its upload: that one goes too.
+            let on_remote = self.on_remote(&inode) || inode.base_revision.is_some();
+            let mut b = Batch::default();
+            b.unlink(parent, name);
+            self.orphan(&mut b, &mut inode);
+            self.store.apply(b)?;
+            self.queue.on_delete(ino, &path, on_remote);
+        }
         self.touch_dir(parent)?;
-        self.queue.on_delete(ino, &path, on_remote);
         self.maybe_purge_orphan(ino);
         Ok(())
     }
@@ -752,15 +768,18 @@ impl Vfs {
         if self.store.has_children(ino)? {
             return Err(FsError::NotEmpty);
         }
-        let mut inode = self.get(ino)?;
         let path = self.child_path(parent, name)?;
-        let on_remote = self.on_remote(&inode);
-        let mut b = Batch::default();
-        b.unlink(parent, name);
-        self.orphan(&mut b, &mut inode);
-        self.store.apply(b)?;
+        {
+            let _records = self.lock_records(&[ino]);
+            let mut inode = self.get(ino)?;
+            let on_remote = self.on_remote(&inode);
+            let mut b = Batch::default();
+            b.unlink(parent, name);
+            self.orphan(&mut b, &mut inode);
+            self.store.apply(b)?;
+            self.queue.on_delete(ino, &path, on_remote);
+        }
         self.touch_dir(parent)?;
-        self.queue.on_delete(ino, &path, on_remote);
         self.maybe_purge_orphan(ino);
         Ok(())
     }
@@ -796,7 +815,7 @@ impl Vfs {
         if self.store.child(parent, name)? != Some(src_ino) {
             return Err(FsError::NotFound);
         }
-        let mut src = self.get(src_ino)?;
+        let src = self.get(src_ino)?;
         if !self.get(new_parent)?.is_dir() {
             return Err(FsError::NotDir);
         }
@@ -835,13 +854,23 @@ impl Vfs {
             }
             victim = Some(d);
         }
+        let moved = self.subtree(src_ino)?;
+        // From here the records are read again and written under their locks: an upload
+        // of either file that finishes meanwhile must not be undone by stale copies.
+        let mut lock_set = vec![src_ino];
+        lock_set.extend(victim.as_ref().map(|v| v.ino));
+        let records = self.lock_records(&lock_set);
+        let mut src = self.get(src_ino)?;
+        let mut victim = match victim {
+            Some(v) => Some(self.get(v.ino)?),
+            None => None,
+        };
         let src_on_remote = self.on_remote(&src);
         // A new file that had replaced a remote one (an editor's save-by-rename) moves
         // on before its upload: the remote object it replaced at `from` must go, and the
         // upload to the new name expects an empty slot.
         let delete_replaced_at_from =
             !src_on_remote && !src.is_dir() && src.base_revision.take().is_some();
-        let moved = self.subtree(src_ino)?;
         let mut victim_delete = false;
         let mut b = Batch::default();
         b.unlink(parent, name);
@@ -874,10 +903,6 @@ impl Vfs {
         src.ctime = now();
         b.put_inode(&src);
         self.store.apply(b)?;
-        self.touch_dir(parent)?;
-        if new_parent != parent {
-            self.touch_dir(new_parent)?;
-        }
         if delete_replaced_at_from {
             self.queue.enqueue_remote_delete(&from);
         }
@@ -897,6 +922,11 @@ impl Vfs {
             src_on_remote,
             victim.as_ref().map(|v| v.ino),
         );
+        drop(records);
+        self.touch_dir(parent)?;
+        if new_parent != parent {
+            self.touch_dir(new_parent)?;
+        }
         if let Some(v) = victim {
             self.maybe_purge_orphan(v.ino);
         }
