@@ -549,7 +549,9 @@ fn names_that_need_encoding(server: Server) {
         fs::write(f.path(&inner), inner.as_bytes()).unwrap();
         want.insert(format!("/{inner}"), Some(inner.as_bytes().to_vec()));
     }
+    // Uploaded first, so the rename is a MOVE whose Destination needs the encoding.
     fs::write(f.path("plain.txt"), b"renamed to an awkward name").unwrap();
+    f.drain();
     fs::rename(f.path("plain.txt"), f.path("renamed #?%+&.txt")).unwrap();
     want.insert(
         "/renamed #?%+&.txt".into(),

@@ -242,7 +242,11 @@ impl Vfs {
         for inode in self.store.all_inodes() {
             let inode = inode?;
             if inode.is_dir() && inode.listed_at.is_some() {
-                self.update(inode.ino, |d| d.listed_at = None)?;
+                match self.update(inode.ino, |d| d.listed_at = None) {
+                    // Removed since the scan read it: nothing to expire.
+                    Ok(_) | Err(FsError::NotFound) => {}
+                    Err(e) => return Err(e),
+                }
             }
         }
         Ok(())
