@@ -21,8 +21,14 @@ lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --all-targets -- -D warnings
 
+# cargo-nextest when present: each test in its own process, and a test that fails is
+# tried again (up to twice) and reported as FLAKY rather than hidden.
 test: deps
-	$(CARGO) test --all-targets
+	@if $(CARGO) nextest --version >/dev/null 2>&1; then \
+		$(CARGO) nextest run --all-targets --retries 2; \
+	else \
+		$(CARGO) test --all-targets; \
+	fi
 
 install: build
 	install -Dm755 target/release/cloudmount $(DESTDIR)$(BINDIR)/cloudmount
