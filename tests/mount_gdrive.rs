@@ -380,13 +380,7 @@ settings = {{ client_id = "{client_id}", client_secret_file = "{secret}", auth_u
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    struct Guard(std::path::PathBuf);
-    impl Drop for Guard {
-        fn drop(&mut self) {
-            force_unmount(&self.0);
-        }
-    }
-    let _guard = Guard(dirs.mnt.clone());
+    let _guard = UnmountOnDrop(dirs.mnt.clone());
     wait_until("mount", Duration::from_secs(20), || is_mounted(&dirs.mnt));
     assert_eq!(
         fs::read(dirs.mnt.join("drive/hello.txt")).unwrap(),

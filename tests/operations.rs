@@ -363,12 +363,6 @@ fn xattr(path: &std::path::Path, name: &str) -> String {
     String::from_utf8(out.stdout).unwrap()
 }
 
-struct Unmount(std::path::PathBuf);
-impl Drop for Unmount {
-    fn drop(&mut self) {
-        force_unmount(&self.0);
-    }
-}
-fn scopeguard_unmount(p: &std::path::Path) -> Unmount {
-    Unmount(p.to_path_buf())
+fn scopeguard_unmount(p: &std::path::Path) -> UnmountOnDrop {
+    UnmountOnDrop(p.to_path_buf())
 }

@@ -114,14 +114,8 @@ fn ready_is_sent_only_once_the_mount_works_and_stopping_on_shutdown() {
     drop(guard);
 }
 
-struct UnmountGuard(PathBuf);
-impl Drop for UnmountGuard {
-    fn drop(&mut self) {
-        force_unmount(&self.0);
-    }
-}
-fn scopeguard(p: &Path) -> UnmountGuard {
-    UnmountGuard(p.to_path_buf())
+fn scopeguard(p: &Path) -> UnmountOnDrop {
+    UnmountOnDrop(p.to_path_buf())
 }
 
 /// `mount -t cloudmount` through the installed helper, then `umount`.

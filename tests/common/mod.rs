@@ -52,6 +52,15 @@ pub fn force_unmount(mount_point: &Path) {
     }
 }
 
+/// Unmounts `0` when dropped, also when a test panics.
+pub struct UnmountOnDrop(pub PathBuf);
+
+impl Drop for UnmountOnDrop {
+    fn drop(&mut self) {
+        force_unmount(&self.0);
+    }
+}
+
 /// Temporary directories of one test: the backing "cloud" folder, the mount point,
 /// the daemon's state and cache.
 pub struct TestDirs {
