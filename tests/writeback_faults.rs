@@ -160,6 +160,18 @@ fn workload_figures(out: &mut Outcome, w: &Workload, took: Duration) {
         w.model.dirs.len(),
         w.model.total_bytes() as f64 / 1048576.0
     ));
+    if !s.op_errors.is_empty() {
+        out.problems.push(format!(
+            "{} changes through the mount failed at first (retried until they took effect):\n  {}",
+            s.op_errors.len(),
+            s.op_errors
+                .iter()
+                .take(25)
+                .cloned()
+                .collect::<Vec<_>>()
+                .join("\n  ")
+        ));
+    }
     if !s.read_errors.is_empty() {
         out.problems.push(format!(
             "{} reads or listings through the mount failed or differed during the faults:\n  {}",
@@ -223,6 +235,7 @@ fn webdav_under_faults(server: Server, default_seed: u64) {
 
     let mut w = Workload::new(&mnt, w_rng.next_u64(), MAX_SIZE);
     w.model = seeded;
+    w.context = format!("seed {:#x}; daemon logs: {}", k.seed, logs.to.display());
     proxy.set_fault_rate(k.rate);
     let took = run_workload(&mut w, k.files);
     // Every file once more, still under faults: reads must not fail for a transient error.
@@ -409,6 +422,7 @@ fn drive_emulator_under_faults() {
     let mut next_feed = Instant::now();
     let mut w = Workload::new(&mnt, w_rng.next_u64(), MAX_SIZE);
     w.model = seeded;
+    w.context = format!("seed {:#x}; daemon logs: {}", k.seed, logs.to.display());
     proxy.set_fault_rate(k.rate);
     let start = Instant::now();
     while w.files_created() < k.files {

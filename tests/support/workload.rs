@@ -221,6 +221,9 @@ impl Diff {
 }
 
 fn describe_content(model: &Model, data: &[u8]) -> String {
+    if data.is_empty() {
+        return "empty".into();
+    }
     match model.origins.get(&crate::common::sha256(data)) {
         Some(o) => format!("content of {o}"),
         None => "content never written by the workload".into(),
@@ -294,6 +297,9 @@ pub struct Stats {
     pub deletes: usize,
     /// Reads or listings through the mount that failed or did not match the model.
     pub read_errors: Vec<String>,
+    /// Changes through the mount that failed at first (they are retried until they take
+    /// effect, so that the model stays exact; each failure is still a finding).
+    pub op_errors: Vec<String>,
 }
 
 /// The workload over a mounted folder `base`.
@@ -310,6 +316,8 @@ pub struct Workload {
     deleted: Vec<String>,
     /// Log of the operations done, for failure messages ("#12 rename a -> b").
     pub log: Vec<String>,
+    /// Added to a panic message (where the daemon logs are kept, the seed).
+    pub context: String,
 }
 
 /// What one step did, so a caller can decide to act right after specific operations.
@@ -333,6 +341,7 @@ impl Workload {
             next_name: 0,
             deleted: Vec::new(),
             log: Vec::new(),
+            context: String::new(),
         }
     }
 
@@ -354,10 +363,40 @@ impl Workload {
     fn fail(&self, what: &str, e: std::io::Error) -> ! {
         let recent: Vec<&String> = self.log.iter().rev().take(8).collect();
         panic!(
-            "op #{} {what} failed through the mount: {e} (errno {:?})\nrecent ops (newest first): {recent:#?}",
+            "op #{} {what} failed through the mount: {e} (errno {:?})\nrecent ops (newest first): {recent:#?}\nearlier failures: {:#?}\n{}",
             self.stats.ops,
-            e.raw_os_error()
+            e.raw_os_error(),
+            self.stats.op_errors.iter().rev().take(10).collect::<Vec<_>>(),
+            self.context
         );
+    }
+
+    /// Runs a change through the mount until it succeeds or `done` says it took effect
+    /// anyway; every failure is recorded. Gives up (panics) after ten tries.
+    fn attempt(
+        &mut self,
+        what: &str,
+        f: impl Fn(&Self) -> std::io::Result<()>,
+        done: impl Fn(&Self) -> bool,
+    ) {
+        for i in 0..10 {
+            match f(self) {
+                Ok(()) => return,
+                Err(e) => {
+                    self.stats.op_errors.push(format!(
+                        "op #{} {what}: {e} (errno {:?}, try {})",
+                        self.stats.ops,
+                        e.raw_os_error(),
+                        i + 1
+                    ));
+                    if done(self) {
+                        return;
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(300));
+                }
+            }
+        }
+        self.fail(what, std::io::Error::other("failed ten times"));
     }
 
     fn random_dir(&mut self) -> String {
@@ -373,25 +412,36 @@ impl Workload {
     }
 
     fn write_file(&mut self, rel: &str, data: &[u8]) {
-        let r = (|| {
-            let mut f = fs::File::create(self.at(rel))?;
-            // Several writes, as programs do, rather than one call.
-            for chunk in data.chunks(128 << 10) {
-                f.write_all(chunk)?;
-            }
-            Ok::<_, std::io::Error>(())
-        })();
-        if let Err(e) = r {
-            self.fail(&format!("write {rel} ({} bytes)", data.len()), e);
-        }
+        self.attempt(
+            &format!("write {rel} ({} bytes)", data.len()),
+            |w| {
+                let mut f = fs::File::create(w.at(rel))?;
+                // Several writes, as programs do, rather than one call.
+                for chunk in data.chunks(128 << 10) {
+                    f.write_all(chunk)?;
+                }
+                Ok(())
+            },
+            |_| false,
+        );
         self.stats.bytes_written += data.len() as u64;
     }
 
-    /// Creates a folder (and any missing parents) in the model and through the mount.
+    fn rename(&mut self, from: &str, to: &str) {
+        self.attempt(
+            &format!("rename {from} -> {to}"),
+            |w| fs::rename(w.at(from), w.at(to)),
+            |w| !w.at(from).exists() && w.at(to).exists(),
+        );
+    }
+
+    /// Creates a folder in the model and through the mount.
     pub fn mkdir(&mut self, rel: &str) {
-        if let Err(e) = fs::create_dir(self.at(rel)) {
-            self.fail(&format!("mkdir {rel}"), e);
-        }
+        self.attempt(
+            &format!("mkdir {rel}"),
+            |w| fs::create_dir(w.at(rel)),
+            |w| w.at(rel).is_dir(),
+        );
         self.model.dirs.insert(rel.to_string());
     }
 
@@ -470,13 +520,18 @@ impl Workload {
             let mut f = fs::OpenOptions::new().append(true).open(self.at(&rel))?;
             f.write_all(&extra)
         })();
-        if let Err(e) = r {
-            self.fail(&format!("append {len} B to {rel}"), e);
-        }
         self.stats.bytes_written += len as u64;
         let data = self.model.files.get_mut(&rel).unwrap();
         data.extend_from_slice(&extra);
         let data = data.clone();
+        if let Err(e) = r {
+            // How much of the append landed is unknown: write the whole file again.
+            self.stats.op_errors.push(format!(
+                "op #{n} append {len} B to {rel}: {e} (errno {:?})",
+                e.raw_os_error()
+            ));
+            self.write_file(&rel, &data);
+        }
         self.model.note_origin(&data, format!("op #{n} append to {rel}"));
         self.log.push(format!("#{n} append {len} B to {rel}"));
         Some(Did::Write)
@@ -490,9 +545,7 @@ impl Workload {
         let len = file_size(&mut self.rng, self.max_size);
         let data = self.content(len);
         self.write_file(&tmp, &data);
-        if let Err(e) = fs::rename(self.at(&tmp), self.at(&rel)) {
-            self.fail(&format!("rename {tmp} over {rel}"), e);
-        }
+        self.rename(&tmp, &rel);
         self.model.note_origin(&data, format!("op #{n} save-by-rename {rel}"));
         self.model.files.insert(rel.clone(), data);
         self.stats.renames += 1;
@@ -514,9 +567,7 @@ impl Workload {
             let dir = self.random_dir();
             join(&dir, &self.fresh("r", ".bin"))
         };
-        if let Err(e) = fs::rename(self.at(&from), self.at(&to)) {
-            self.fail(&format!("rename {from} -> {to}"), e);
-        }
+        self.rename(&from, &to);
         let data = self.model.files.remove(&from).unwrap();
         let over = self.model.files.insert(to.clone(), data).is_some();
         self.deleted.push(from.clone());
@@ -540,9 +591,7 @@ impl Workload {
             return None;
         }
         let to = join(&parent, &self.fresh("m", ""));
-        if let Err(e) = fs::rename(self.at(&from), self.at(&to)) {
-            self.fail(&format!("rename folder {from} -> {to}"), e);
-        }
+        self.rename(&from, &to);
         self.model.move_tree(&from, &to);
         self.stats.renames += 1;
         self.log.push(format!("#{n} rename folder {from} -> {to}"));
@@ -551,9 +600,11 @@ impl Workload {
 
     fn op_delete(&mut self, n: usize) -> Option<Did> {
         let rel = self.random_file()?;
-        if let Err(e) = fs::remove_file(self.at(&rel)) {
-            self.fail(&format!("unlink {rel}"), e);
-        }
+        self.attempt(
+            &format!("unlink {rel}"),
+            |w| fs::remove_file(w.at(&rel)),
+            |w| !w.at(&rel).exists(),
+        );
         self.model.files.remove(&rel);
         self.deleted.push(rel.clone());
         self.stats.deletes += 1;
@@ -601,9 +652,11 @@ impl Workload {
             .cloned()
             .collect();
         let dir = self.rng.pick(&dirs)?.clone();
-        if let Err(e) = fs::remove_dir_all(self.at(&dir)) {
-            self.fail(&format!("rm -r {dir}"), e);
-        }
+        self.attempt(
+            &format!("rm -r {dir}"),
+            |w| fs::remove_dir_all(w.at(&dir)),
+            |w| !w.at(&dir).exists(),
+        );
         self.model.remove_tree(&dir);
         self.stats.deletes += 1;
         self.log.push(format!("#{n} rm -r {dir}"));
@@ -619,9 +672,11 @@ impl Workload {
             .cloned()
             .collect();
         let dir = self.rng.pick(&empty)?.clone();
-        if let Err(e) = fs::remove_dir(self.at(&dir)) {
-            self.fail(&format!("rmdir {dir}"), e);
-        }
+        self.attempt(
+            &format!("rmdir {dir}"),
+            |w| fs::remove_dir(w.at(&dir)),
+            |w| !w.at(&dir).exists(),
+        );
         self.model.dirs.remove(&dir);
         self.stats.deletes += 1;
         self.log.push(format!("#{n} rmdir {dir}"));
@@ -800,9 +855,17 @@ pub fn wait_queue_empty(mount_point: &Path, timeout: std::time::Duration) -> Res
 /// Lines of a daemon log that tell how the write-back went wrong (conflicts, parked
 /// jobs, errors), at most `limit` of them, for failure messages.
 pub fn telling_log_lines(log: &str, limit: usize) -> Vec<String> {
-    const MARKS: &[&str] = &["conflict", "WARN", "ERROR", "parked", "gave up", "failed"];
+    // Retries of transient failures are expected under faults; what tells the story is
+    // the rest: conflicts, refusals, parked jobs, errors.
+    const BORING: &[&str] = &["write-back job did not complete", "could not record a version"];
     log.lines()
-        .filter(|l| MARKS.iter().any(|m| l.contains(m)))
+        .filter(|l| {
+            l.contains("conflict")
+                || l.contains(" ERROR ")
+                || l.contains("parked")
+                || (l.contains(" WARN ") && !BORING.iter().any(|b| l.contains(b)))
+                || (l.contains("did not complete") && l.contains("Permanent"))
+        })
         .take(limit)
         .map(|l| l.chars().take(400).collect())
         .collect()
