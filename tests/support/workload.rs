@@ -361,12 +361,13 @@ impl Workload {
 
     /// Panics with the operation, the error and the recent history.
     fn fail(&self, what: &str, e: std::io::Error) -> ! {
-        let recent: Vec<&String> = self.log.iter().rev().take(8).collect();
+        let recent: Vec<&String> = self.log.iter().rev().take(12).collect();
         panic!(
-            "op #{} {what} failed through the mount: {e} (errno {:?})\nrecent ops (newest first): {recent:#?}\nearlier failures: {:#?}\n{}",
+            "op #{} {what} failed through the mount: {e} (errno {:?})\nrecent ops (newest first): {recent:#?}\nearlier failures: {:#?}\nreads and listings that failed or differed: {:#?}\n{}",
             self.stats.ops,
             e.raw_os_error(),
             self.stats.op_errors.iter().rev().take(10).collect::<Vec<_>>(),
+            self.stats.read_errors.iter().take(20).collect::<Vec<_>>(),
             self.context
         );
     }
