@@ -65,7 +65,8 @@ fn kill9_at_random_moments_loses_nothing() {
             "after op #{i} ({did:?}: {}) + {wait} ms: queue {queued}",
             w.log.last().cloned().unwrap_or_default()
         ));
-        w.log.push(format!("-- kill -9 {wait} ms after op #{i}, restart"));
+        w.log
+            .push(format!("-- kill -9 {wait} ms after op #{i}, restart"));
         m.kill9();
         assert!(!is_mounted(&dirs.mnt), "the mount outlived its daemon");
         m = DaemonMount::start(&dirs, DAEMON_ARGS);
@@ -139,10 +140,7 @@ fn kill9_at_random_moments_loses_nothing() {
     }
     let out = m.unmount();
     if !out.status.success() {
-        problems.push(format!(
-            "unmount: {}",
-            String::from_utf8_lossy(&out.stderr)
-        ));
+        problems.push(format!("unmount: {}", String::from_utf8_lossy(&out.stderr)));
     }
     logs.copy_now();
     if !problems.is_empty() {

@@ -286,7 +286,10 @@ fn drive_tree(rt: &tokio::runtime::Runtime, emu: &drive_emulator::DriveEmulator)
         let mut page: Option<String> = None;
         loop {
             let mut q = vec![
-                ("q".to_string(), format!("'{id}' in parents and trashed = false")),
+                (
+                    "q".to_string(),
+                    format!("'{id}' in parents and trashed = false"),
+                ),
                 (
                     "fields".to_string(),
                     "nextPageToken,files(id,name,mimeType)".to_string(),
@@ -462,7 +465,12 @@ fn drive_emulator_under_faults() {
         emu.stats().faults_served,
         drain_took.as_secs_f64()
     ));
-    judge(&mut out, "Drive emulator vs model", &drive_tree(&rt, emu), &w);
+    judge(
+        &mut out,
+        "Drive emulator vs model",
+        &drive_tree(&rt, emu),
+        &w,
+    );
     judge(&mut out, "mount vs model", &disk_tree(&mnt), &w);
     let unmount = m.unmount();
     if !unmount.status.success() {

@@ -155,7 +155,8 @@ impl Shared {
         let mut d = Decision {
             fault: None,
             fraction: rng.unit(),
-            stall: cfg.stall / 2 + Duration::from_millis(rng.below(cfg.stall.as_millis() as u64 / 2 + 1)),
+            stall: cfg.stall / 2
+                + Duration::from_millis(rng.below(cfg.stall.as_millis() as u64 / 2 + 1)),
             delay: cfg.delay,
         };
         if rng.unit() < cfg.fault_rate {

@@ -81,7 +81,9 @@ pub struct Model {
 
 impl Model {
     pub fn note_origin(&mut self, data: &[u8], what: String) {
-        self.origins.entry(crate::common::sha256(data)).or_insert(what);
+        self.origins
+            .entry(crate::common::sha256(data))
+            .or_insert(what);
     }
 
     fn children_of(&self, dir: &str) -> impl Iterator<Item = String> + '_ {
@@ -237,9 +239,10 @@ pub fn compare(got: &Tree, model: &Model) -> Diff {
     for dir in &model.dirs {
         match got.get(dir) {
             None => d.missing.push(format!("{dir}/ (folder)")),
-            Some(Entry::File(g)) => d
-                .wrong
-                .push(format!("{dir}: a file of {} bytes, expected a folder", g.len())),
+            Some(Entry::File(g)) => d.wrong.push(format!(
+                "{dir}: a file of {} bytes, expected a folder",
+                g.len()
+            )),
             Some(Entry::Dir) => {}
         }
     }
@@ -484,7 +487,8 @@ impl Workload {
         let len = file_size(&mut self.rng, self.max_size);
         let data = self.content(len);
         self.write_file(&rel, &data);
-        self.model.note_origin(&data, format!("op #{n} create {rel}"));
+        self.model
+            .note_origin(&data, format!("op #{n} create {rel}"));
         self.model.files.insert(rel.clone(), data);
         self.stats.creates += 1;
         self.log.push(format!("#{n} create {rel} ({len} B)"));
@@ -507,7 +511,8 @@ impl Workload {
         let len = file_size(&mut self.rng, self.max_size);
         let data = self.content(len);
         self.write_file(&rel, &data);
-        self.model.note_origin(&data, format!("op #{n} overwrite {rel}"));
+        self.model
+            .note_origin(&data, format!("op #{n} overwrite {rel}"));
         self.model.files.insert(rel.clone(), data);
         self.log.push(format!("#{n} overwrite {rel} ({len} B)"));
         Some(Did::Write)
@@ -533,7 +538,8 @@ impl Workload {
             ));
             self.write_file(&rel, &data);
         }
-        self.model.note_origin(&data, format!("op #{n} append to {rel}"));
+        self.model
+            .note_origin(&data, format!("op #{n} append to {rel}"));
         self.log.push(format!("#{n} append {len} B to {rel}"));
         Some(Did::Write)
     }
@@ -547,7 +553,8 @@ impl Workload {
         let data = self.content(len);
         self.write_file(&tmp, &data);
         self.rename(&tmp, &rel);
-        self.model.note_origin(&data, format!("op #{n} save-by-rename {rel}"));
+        self.model
+            .note_origin(&data, format!("op #{n} save-by-rename {rel}"));
         self.model.files.insert(rel.clone(), data);
         self.stats.renames += 1;
         self.log
@@ -632,7 +639,8 @@ impl Workload {
         let len = file_size(&mut self.rng, self.max_size);
         let data = self.content(len);
         self.write_file(&rel, &data);
-        self.model.note_origin(&data, format!("op #{n} re-create {rel}"));
+        self.model
+            .note_origin(&data, format!("op #{n} re-create {rel}"));
         self.model.files.insert(rel.clone(), data);
         self.stats.creates += 1;
         self.log
@@ -648,7 +656,12 @@ impl Workload {
             .iter()
             .filter(|d| {
                 let prefix = format!("{d}/");
-                self.model.files.keys().filter(|k| k.starts_with(&prefix)).count() <= 6
+                self.model
+                    .files
+                    .keys()
+                    .filter(|k| k.starts_with(&prefix))
+                    .count()
+                    <= 6
             })
             .cloned()
             .collect();
@@ -703,10 +716,10 @@ impl Workload {
                     want.len()
                 ))
             }
-            Err(e) => self
-                .stats
-                .read_errors
-                .push(format!("{when}: read {rel}: {e} (errno {:?})", e.raw_os_error())),
+            Err(e) => self.stats.read_errors.push(format!(
+                "{when}: read {rel}: {e} (errno {:?})",
+                e.raw_os_error()
+            )),
         }
     }
 
@@ -731,8 +744,7 @@ impl Workload {
                 got.sort();
                 if got != want {
                     let extra: Vec<&String> = got.iter().filter(|g| !want.contains(g)).collect();
-                    let missing: Vec<&String> =
-                        want.iter().filter(|w| !got.contains(w)).collect();
+                    let missing: Vec<&String> = want.iter().filter(|w| !got.contains(w)).collect();
                     self.stats.read_errors.push(format!(
                         "{when}: listing of /{dir}: extra {extra:?}, missing {missing:?}"
                     ));
@@ -836,7 +848,10 @@ pub fn wait_queue_empty(mount_point: &Path, timeout: std::time::Duration) -> Res
             Ok((0, 0, 0, _)) => return Ok(()),
             // Parked jobs stay parked: no point waiting for them.
             Ok((0, 0, failed, jobs)) if *failed > 0 => {
-                return Err(format!("{failed} job(s) parked as failed:\n    {}", jobs.join("\n    ")))
+                return Err(format!(
+                    "{failed} job(s) parked as failed:\n    {}",
+                    jobs.join("\n    ")
+                ))
             }
             _ => {}
         }
@@ -844,7 +859,11 @@ pub fn wait_queue_empty(mount_point: &Path, timeout: std::time::Duration) -> Res
             return Err(match q {
                 Ok((p, r, f, jobs)) => format!(
                     "after {timeout:?}: {p} pending, {r} running, {f} failed:\n    {}",
-                    jobs.iter().take(30).cloned().collect::<Vec<_>>().join("\n    ")
+                    jobs.iter()
+                        .take(30)
+                        .cloned()
+                        .collect::<Vec<_>>()
+                        .join("\n    ")
                 ),
                 Err(e) => e,
             });
@@ -858,7 +877,10 @@ pub fn wait_queue_empty(mount_point: &Path, timeout: std::time::Duration) -> Res
 pub fn telling_log_lines(log: &str, limit: usize) -> Vec<String> {
     // Retries of transient failures are expected under faults; what tells the story is
     // the rest: conflicts, refusals, parked jobs, errors.
-    const BORING: &[&str] = &["write-back job did not complete", "could not record a version"];
+    const BORING: &[&str] = &[
+        "write-back job did not complete",
+        "could not record a version",
+    ];
     log.lines()
         .filter(|l| {
             l.contains("conflict")
