@@ -924,7 +924,8 @@ impl KeepLogs {
         names.sort();
         names
             .iter()
-            .map(|p| fs::read_to_string(p).unwrap_or_default())
+            // Lossy: a log may hold raw bytes of odd file names.
+            .map(|p| String::from_utf8_lossy(&fs::read(p).unwrap_or_default()).into_owned())
             .collect::<Vec<_>>()
             .join("\n")
     }
