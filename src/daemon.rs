@@ -319,6 +319,7 @@ pub fn status_json(root: &MountRoot, mount_point: &Path) -> serde_json::Value {
                 "pending": jobs.iter().filter(|j| j.failed.is_none() && !j.running).count(),
                 "running": jobs.iter().filter(|j| j.running).count(),
                 "failed": jobs.iter().filter(|j| j.failed.is_some()).count(),
+                "blocked": jobs.iter().filter(|j| j.blocked_by.is_some()).count(),
                 "bytes_pending": pending_bytes,
                 "bytes_done": done_bytes,
                 "completed": v.queue.completed(),

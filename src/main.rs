@@ -561,10 +561,11 @@ fn print_status(v: &serde_json::Value) {
             c["cache"]["files"]
         );
         println!(
-            "    uploads: {} queued, {} in flight, {} failed; {} done / {} pending; {} completed",
+            "    uploads: {} queued, {} in flight, {} failed, {} blocked behind failed; {} done / {} pending; {} completed",
             q["pending"],
             q["running"],
             q["failed"],
+            q["blocked"],
             human(q["bytes_done"].as_u64().unwrap_or(0)),
             human(q["bytes_pending"].as_u64().unwrap_or(0)),
             q["completed"]
@@ -574,6 +575,11 @@ fn print_status(v: &serde_json::Value) {
                 "FAILED"
             } else if j["running"].as_bool() == Some(true) {
                 "running"
+            } else if j["blocked_by"].is_u64() {
+                // Waits behind a parked job on the same path: say so, or it looks hung.
+                "blocked"
+            } else if j["stuck"].as_bool() == Some(true) {
+                "stuck"
             } else {
                 "queued"
             };

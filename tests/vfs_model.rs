@@ -155,6 +155,12 @@ enum Op<P = String> {
         ops: u32,
     },
     InjectTransient,
+    /// For the next `ops` operations the provider fails calls at random and loses the
+    /// replies of changes it made (seeded): the executor must find out what happened.
+    Faults {
+        seed: u64,
+        ops: u32,
+    },
     /// Crash (no drain) and reopen over the same state (restart variant only).
     Restart,
 }
@@ -279,6 +285,7 @@ impl<P: Clone> Op<P> {
             Op::Drain => Op::Drain,
             Op::Offline { ops } => Op::Offline { ops },
             Op::InjectTransient => Op::InjectTransient,
+            Op::Faults { seed, ops } => Op::Faults { seed, ops },
             Op::Restart => Op::Restart,
         }
     }
@@ -346,6 +353,7 @@ fn op_strategy(restarts: bool) -> BoxedStrategy<Op<Sel>> {
         3 => Just(Op::Drain),
         2 => (1..6u32).prop_map(|ops| Op::Offline { ops }),
         2 => Just(Op::InjectTransient),
+        2 => (any::<u64>(), 2..12u32).prop_map(|(seed, ops)| Op::Faults { seed, ops }),
     ];
     if restarts {
         prop_oneof![30 => s, 1 => Just(Op::Restart)].boxed()
@@ -813,6 +821,7 @@ struct Runner {
     handles: Vec<Handle>,
     offline_for: u32,
     offline: bool,
+    faults_for: u32,
     /// Dodge the known bugs (see the regression tests) so the search can go on.
     workarounds: bool,
     log: Vec<String>,
@@ -843,6 +852,7 @@ impl Runner {
             handles: Vec::new(),
             offline_for: 0,
             offline: false,
+            faults_for: 0,
             workarounds,
             log: Vec::new(),
         }
@@ -868,6 +878,12 @@ impl Runner {
             self.offline_for -= 1;
             if self.offline_for == 0 {
                 self.set_offline(false);
+            }
+        }
+        if self.faults_for > 0 {
+            self.faults_for -= 1;
+            if self.faults_for == 0 {
+                self.world.provider.set_chaos(None);
             }
         }
         if let Op::Restart = op {
@@ -1212,6 +1228,11 @@ impl Runner {
                     .inject_error(ProviderError::Transient("injected".into()));
                 return Ok(());
             }
+            Op::Faults { seed, ops } => {
+                self.world.provider.set_chaos(Some((*seed, 0.2, 0.25)));
+                self.faults_for = *ops;
+                return Ok(());
+            }
             Op::Restart => unreachable!("handled above"),
         };
         let agree = match (&expected, &actual) {
@@ -1345,6 +1366,8 @@ impl Runner {
         self.close_all()?;
         self.offline_for = 0;
         self.set_offline(false);
+        self.faults_for = 0;
+        self.world.provider.set_chaos(None);
         self.drain(true)
     }
 }
@@ -1613,9 +1636,9 @@ fn regression_shrink_then_write_past_eof() {
     assert_eq!(w.provider.get_remote("/f").unwrap(), b"AB\0\0Z");
 }
 
-/// The same properties without dodging the known bugs: fails until they are fixed.
+/// The same properties without dodging any former bug, with crashes, offline periods
+/// and lost replies.
 #[test]
-#[ignore = "bug hunt: still finds queue-ordering failures with restarts (see the closing note)"]
 fn vfs_matches_model_without_workarounds() {
     run_property(48, true, false);
 }

@@ -120,6 +120,13 @@ impl Batch {
     pub fn unlink(&mut self, parent: Ino, name: &str) {
         self.inner.remove(dirent_key(parent, name));
     }
+    /// A write-back job, so that a namespace change and the jobs it queues land together.
+    pub fn put_job<T: Serialize>(&mut self, seq: u64, job: &T) {
+        self.inner.insert(&key(JOB, seq), encode(job));
+    }
+    pub fn remove_job(&mut self, seq: u64) {
+        self.inner.remove(&key(JOB, seq));
+    }
 }
 
 #[derive(Clone)]

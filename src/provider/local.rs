@@ -119,6 +119,8 @@ impl Provider for LocalProvider {
         Capabilities {
             symlinks: true,
             unix_attrs: true,
+            // The remote path is appended to the folder's own path in every system call.
+            max_path_len: 4095usize.saturating_sub(self.root.as_os_str().len()),
             ..Capabilities::default()
         }
     }

@@ -35,6 +35,17 @@ pub struct MemoryProvider {
     page_size: AtomicU64,
     /// The next upload lands but its caller is told it failed (a reply lost in transit).
     lose_upload_reply: AtomicBool,
+    /// Random faults (see `set_chaos`).
+    chaos: Mutex<Option<Chaos>>,
+}
+
+/// Seeded random faults: a call fails before it does anything, or (for changes) does
+/// it and then loses its reply, so the caller cannot tell which happened.
+struct Chaos {
+    rng: rand::rngs::StdRng,
+    fail_rate: f64,
+    lost_reply_rate: f64,
+    injected: u64,
 }
 
 impl MemoryProvider {
@@ -67,6 +78,46 @@ impl MemoryProvider {
     /// Let the next upload succeed on the "server" while the client sees a network error.
     pub fn lose_next_upload_reply(&self) {
         self.lose_upload_reply.store(true, Ordering::SeqCst);
+    }
+
+    /// From now on, each call fails up front with probability `fail_rate`, and each change
+    /// that succeeded is reported as a network error with probability `lost_reply_rate`.
+    /// `None` turns the faults off. Returns how many faults were injected so far.
+    pub fn set_chaos(&self, chaos: Option<(u64, f64, f64)>) -> u64 {
+        use rand::SeedableRng;
+        let mut c = self.chaos.lock().unwrap();
+        let before = c.as_ref().map_or(0, |c| c.injected);
+        *c = chaos.map(|(seed, fail_rate, lost_reply_rate)| Chaos {
+            rng: rand::rngs::StdRng::seed_from_u64(seed),
+            fail_rate,
+            lost_reply_rate,
+            injected: before,
+        });
+        before
+    }
+
+    fn roll(&self, pick: impl Fn(&Chaos) -> f64) -> bool {
+        use rand::Rng;
+        let mut c = self.chaos.lock().unwrap();
+        let Some(c) = c.as_mut() else { return false };
+        let rate = pick(c);
+        let hit = rate > 0.0 && c.rng.random_bool(rate.min(1.0));
+        c.injected += hit as u64;
+        hit
+    }
+
+    /// A change's reply on its way back: lost on demand or by chance.
+    fn reply<T>(&self, op: &str, result: ProviderResult<T>) -> ProviderResult<T> {
+        let Ok(value) = result else {
+            return result;
+        };
+        let forced = op == "upload" && self.lose_upload_reply.swap(false, Ordering::SeqCst);
+        if forced || self.roll(|c| c.lost_reply_rate) {
+            return Err(ProviderError::Transient(format!(
+                "connection reset: the {op} happened, its reply was lost"
+            )));
+        }
+        Ok(value)
     }
 
     pub fn inject_error(&self, err: ProviderError) {
@@ -151,9 +202,14 @@ impl MemoryProvider {
         if self.offline.load(Ordering::SeqCst) {
             return Err(ProviderError::Transient("provider offline".into()));
         }
-        let mut injected = self.injected.lock().unwrap();
-        if !injected.is_empty() {
-            return Err(injected.remove(0));
+        {
+            let mut injected = self.injected.lock().unwrap();
+            if !injected.is_empty() {
+                return Err(injected.remove(0));
+            }
+        }
+        if self.roll(|c| c.fail_rate) {
+            return Err(ProviderError::Transient(format!("{op}: injected failure")));
         }
         Ok(())
     }
@@ -189,6 +245,177 @@ impl MemoryProvider {
             .iter()
             .filter(|(k, _)| k.as_str() != "/" && split_path(k).0 == dir)
             .collect()
+    }
+}
+
+/// The operations themselves; the `Provider` methods add lost replies on top.
+impl MemoryProvider {
+    async fn upload_inner(
+        &self,
+        path: &str,
+        source: &Path,
+        options: &UploadOptions,
+    ) -> ProviderResult<RemoteEntry> {
+        self.enter("upload").await?;
+        let data = tokio::fs::read(source).await?;
+        let rev = self.bump();
+        let mut nodes = self.nodes.lock().unwrap();
+        Self::require_parent_dir(&nodes, path)?;
+        if let Some(expected) = &options.expected_revision {
+            let current = nodes.get(path).map(|n| n.revision.to_string());
+            if &current != expected {
+                return Err(ProviderError::PreconditionFailed(path.to_string()));
+            }
+        }
+        if let Some(n) = nodes.get(path) {
+            if n.kind == EntryKind::Dir {
+                return Err(ProviderError::IsADirectory(path.to_string()));
+            }
+        }
+        let node = Node {
+            kind: EntryKind::File,
+            data,
+            mtime: options.mtime.unwrap_or_else(SystemTime::now),
+            revision: rev,
+            mode: options.mode.unwrap_or(0o644),
+            target: None,
+        };
+        let entry = Self::entry(path, &node);
+        nodes.insert(path.to_string(), node);
+        Ok(entry)
+    }
+
+    async fn mkdir_inner(&self, path: &str) -> ProviderResult<RemoteEntry> {
+        self.enter("mkdir").await?;
+        let rev = self.bump();
+        let mut nodes = self.nodes.lock().unwrap();
+        Self::require_parent_dir(&nodes, path)?;
+        if nodes.contains_key(path) {
+            return Err(ProviderError::AlreadyExists(path.to_string()));
+        }
+        let node = Node {
+            kind: EntryKind::Dir,
+            data: vec![],
+            mtime: SystemTime::now(),
+            revision: rev,
+            mode: 0o755,
+            target: None,
+        };
+        let entry = Self::entry(path, &node);
+        nodes.insert(path.to_string(), node);
+        Ok(entry)
+    }
+
+    async fn rename_inner(
+        &self,
+        from: &str,
+        to: &str,
+        overwrite: bool,
+    ) -> ProviderResult<RemoteEntry> {
+        self.enter("rename").await?;
+        let mut nodes = self.nodes.lock().unwrap();
+        let src = nodes
+            .get(from)
+            .cloned()
+            .ok_or_else(|| ProviderError::NotFound(from.to_string()))?;
+        Self::require_parent_dir(&nodes, to)?;
+        if is_same_or_below(to, from) && to != from {
+            return Err(ProviderError::InvalidName(to.to_string()));
+        }
+        if let Some(dst) = nodes.get(to) {
+            if !overwrite {
+                return Err(ProviderError::AlreadyExists(to.to_string()));
+            }
+            if dst.kind == EntryKind::Dir {
+                if src.kind != EntryKind::Dir {
+                    return Err(ProviderError::IsADirectory(to.to_string()));
+                }
+                if !Self::children(&nodes, to).is_empty() {
+                    return Err(ProviderError::DirectoryNotEmpty(to.to_string()));
+                }
+            } else if src.kind == EntryKind::Dir {
+                return Err(ProviderError::NotADirectory(to.to_string()));
+            }
+        }
+        let moved: Vec<String> = nodes
+            .keys()
+            .filter(|k| is_same_or_below(k, from))
+            .cloned()
+            .collect();
+        for old in moved {
+            let node = nodes.remove(&old).expect("listed above");
+            let new = format!("{to}{}", &old[from.len()..]);
+            nodes.insert(new, node);
+        }
+        Ok(Self::entry(to, &nodes[to]))
+    }
+
+    async fn delete_inner(&self, path: &str) -> ProviderResult<()> {
+        self.enter("delete").await?;
+        let mut nodes = self.nodes.lock().unwrap();
+        let node = nodes
+            .get(path)
+            .ok_or_else(|| ProviderError::NotFound(path.to_string()))?;
+        if node.kind == EntryKind::Dir && !Self::children(&nodes, path).is_empty() {
+            return Err(ProviderError::DirectoryNotEmpty(path.to_string()));
+        }
+        nodes.remove(path);
+        Ok(())
+    }
+
+    async fn copy_inner(&self, from: &str, to: &str) -> ProviderResult<RemoteEntry> {
+        self.enter("copy").await?;
+        let rev = self.bump();
+        let mut nodes = self.nodes.lock().unwrap();
+        let mut node = nodes
+            .get(from)
+            .cloned()
+            .ok_or_else(|| ProviderError::NotFound(from.to_string()))?;
+        // Like a server that creates intermediate folders on copy.
+        let mut ancestors = vec![];
+        let mut dir = split_path(to).0;
+        while dir != "/" && !nodes.contains_key(dir) {
+            ancestors.push(dir.to_string());
+            dir = split_path(dir).0;
+        }
+        for a in ancestors {
+            nodes.insert(
+                a,
+                Node {
+                    kind: EntryKind::Dir,
+                    data: vec![],
+                    mtime: SystemTime::now(),
+                    revision: rev,
+                    mode: 0o755,
+                    target: None,
+                },
+            );
+        }
+        node.revision = rev;
+        let entry = Self::entry(to, &node);
+        nodes.insert(to.to_string(), node);
+        Ok(entry)
+    }
+
+    async fn symlink_inner(&self, path: &str, target: &str) -> ProviderResult<RemoteEntry> {
+        self.enter("symlink").await?;
+        let rev = self.bump();
+        let mut nodes = self.nodes.lock().unwrap();
+        Self::require_parent_dir(&nodes, path)?;
+        if nodes.contains_key(path) {
+            return Err(ProviderError::AlreadyExists(path.to_string()));
+        }
+        let node = Node {
+            kind: EntryKind::Symlink,
+            data: target.as_bytes().to_vec(),
+            mtime: SystemTime::now(),
+            revision: rev,
+            mode: 0o777,
+            target: Some(target.to_string()),
+        };
+        let entry = Self::entry(path, &node);
+        nodes.insert(path.to_string(), node);
+        Ok(entry)
     }
 }
 
@@ -274,145 +501,28 @@ impl Provider for MemoryProvider {
         source: &Path,
         options: &UploadOptions,
     ) -> ProviderResult<RemoteEntry> {
-        self.enter("upload").await?;
-        let data = tokio::fs::read(source).await?;
-        let rev = self.bump();
-        let mut nodes = self.nodes.lock().unwrap();
-        Self::require_parent_dir(&nodes, path)?;
-        if let Some(expected) = &options.expected_revision {
-            let current = nodes.get(path).map(|n| n.revision.to_string());
-            if &current != expected {
-                return Err(ProviderError::PreconditionFailed(path.to_string()));
-            }
-        }
-        if let Some(n) = nodes.get(path) {
-            if n.kind == EntryKind::Dir {
-                return Err(ProviderError::IsADirectory(path.to_string()));
-            }
-        }
-        let node = Node {
-            kind: EntryKind::File,
-            data,
-            mtime: options.mtime.unwrap_or_else(SystemTime::now),
-            revision: rev,
-            mode: options.mode.unwrap_or(0o644),
-            target: None,
-        };
-        let entry = Self::entry(path, &node);
-        nodes.insert(path.to_string(), node);
-        if self.lose_upload_reply.swap(false, Ordering::SeqCst) {
-            return Err(ProviderError::Transient(
-                "connection reset after the upload".into(),
-            ));
-        }
-        Ok(entry)
+        let result = self.upload_inner(path, source, options).await;
+        self.reply("upload", result)
     }
 
     async fn mkdir(&self, path: &str) -> ProviderResult<RemoteEntry> {
-        self.enter("mkdir").await?;
-        let rev = self.bump();
-        let mut nodes = self.nodes.lock().unwrap();
-        Self::require_parent_dir(&nodes, path)?;
-        if nodes.contains_key(path) {
-            return Err(ProviderError::AlreadyExists(path.to_string()));
-        }
-        let node = Node {
-            kind: EntryKind::Dir,
-            data: vec![],
-            mtime: SystemTime::now(),
-            revision: rev,
-            mode: 0o755,
-            target: None,
-        };
-        let entry = Self::entry(path, &node);
-        nodes.insert(path.to_string(), node);
-        Ok(entry)
+        let result = self.mkdir_inner(path).await;
+        self.reply("mkdir", result)
     }
 
     async fn rename(&self, from: &str, to: &str, overwrite: bool) -> ProviderResult<RemoteEntry> {
-        self.enter("rename").await?;
-        let mut nodes = self.nodes.lock().unwrap();
-        let src = nodes
-            .get(from)
-            .cloned()
-            .ok_or_else(|| ProviderError::NotFound(from.to_string()))?;
-        Self::require_parent_dir(&nodes, to)?;
-        if is_same_or_below(to, from) && to != from {
-            return Err(ProviderError::InvalidName(to.to_string()));
-        }
-        if let Some(dst) = nodes.get(to) {
-            if !overwrite {
-                return Err(ProviderError::AlreadyExists(to.to_string()));
-            }
-            if dst.kind == EntryKind::Dir {
-                if src.kind != EntryKind::Dir {
-                    return Err(ProviderError::IsADirectory(to.to_string()));
-                }
-                if !Self::children(&nodes, to).is_empty() {
-                    return Err(ProviderError::DirectoryNotEmpty(to.to_string()));
-                }
-            } else if src.kind == EntryKind::Dir {
-                return Err(ProviderError::NotADirectory(to.to_string()));
-            }
-        }
-        let moved: Vec<String> = nodes
-            .keys()
-            .filter(|k| is_same_or_below(k, from))
-            .cloned()
-            .collect();
-        for old in moved {
-            let node = nodes.remove(&old).expect("listed above");
-            let new = format!("{to}{}", &old[from.len()..]);
-            nodes.insert(new, node);
-        }
-        Ok(Self::entry(to, &nodes[to]))
+        let result = self.rename_inner(from, to, overwrite).await;
+        self.reply("rename", result)
     }
 
     async fn delete(&self, path: &str) -> ProviderResult<()> {
-        self.enter("delete").await?;
-        let mut nodes = self.nodes.lock().unwrap();
-        let node = nodes
-            .get(path)
-            .ok_or_else(|| ProviderError::NotFound(path.to_string()))?;
-        if node.kind == EntryKind::Dir && !Self::children(&nodes, path).is_empty() {
-            return Err(ProviderError::DirectoryNotEmpty(path.to_string()));
-        }
-        nodes.remove(path);
-        Ok(())
+        let result = self.delete_inner(path).await;
+        self.reply("delete", result)
     }
 
     async fn copy(&self, from: &str, to: &str) -> ProviderResult<RemoteEntry> {
-        self.enter("copy").await?;
-        let rev = self.bump();
-        let mut nodes = self.nodes.lock().unwrap();
-        let mut node = nodes
-            .get(from)
-            .cloned()
-            .ok_or_else(|| ProviderError::NotFound(from.to_string()))?;
-        // Like a server that creates intermediate folders on copy.
-        let mut ancestors = vec![];
-        let mut dir = split_path(to).0;
-        while dir != "/" && !nodes.contains_key(dir) {
-            ancestors.push(dir.to_string());
-            dir = split_path(dir).0;
-        }
-        for a in ancestors {
-            nodes.insert(
-                a,
-                Node {
-                    kind: EntryKind::Dir,
-                    data: vec![],
-                    mtime: SystemTime::now(),
-                    revision: rev,
-                    mode: 0o755,
-                    target: None,
-                },
-            );
-        }
-        node.revision = rev;
-        let entry = Self::entry(to, &node);
-        nodes.insert(to.to_string(), node);
-        Ok(entry)
+        let result = self.copy_inner(from, to).await;
+        self.reply("copy", result)
     }
 
     async fn quota(&self) -> ProviderResult<Quota> {
@@ -433,24 +543,8 @@ impl Provider for MemoryProvider {
     }
 
     async fn symlink(&self, path: &str, target: &str) -> ProviderResult<RemoteEntry> {
-        self.enter("symlink").await?;
-        let rev = self.bump();
-        let mut nodes = self.nodes.lock().unwrap();
-        Self::require_parent_dir(&nodes, path)?;
-        if nodes.contains_key(path) {
-            return Err(ProviderError::AlreadyExists(path.to_string()));
-        }
-        let node = Node {
-            kind: EntryKind::Symlink,
-            data: target.as_bytes().to_vec(),
-            mtime: SystemTime::now(),
-            revision: rev,
-            mode: 0o777,
-            target: Some(target.to_string()),
-        };
-        let entry = Self::entry(path, &node);
-        nodes.insert(path.to_string(), node);
-        Ok(entry)
+        let result = self.symlink_inner(path, target).await;
+        self.reply("symlink", result)
     }
 
     async fn set_mode(&self, path: &str, mode: u32) -> ProviderResult<()> {

@@ -132,6 +132,9 @@ pub struct Capabilities {
     pub case_insensitive: bool,
     /// Longest name (in bytes) the provider accepts.
     pub max_name_len: usize,
+    /// Longest remote path (in bytes, "/a/b") the provider accepts: a deeper path is
+    /// refused with ENAMETOOLONG up front instead of queueing an upload that cannot land.
+    pub max_path_len: usize,
     /// Characters the provider refuses in names.
     pub forbidden_chars: Vec<char>,
     pub symlinks: bool,
@@ -149,6 +152,8 @@ impl Default for Capabilities {
             native_versions: false,
             case_insensitive: false,
             max_name_len: 255,
+            // Linux's PATH_MAX (4096) counts the terminating NUL.
+            max_path_len: 4095,
             forbidden_chars: vec![],
             symlinks: false,
             unix_attrs: false,

@@ -6,7 +6,39 @@ use sha2::{Digest, Sha256};
 
 use super::*;
 use crate::provider::{split_path, ProviderError, UploadOptions};
-use crate::writeback::{rewrite, Job, JobExecutor, JobKind, JobOutcome, Progress};
+use crate::writeback::{rewrite, Job, JobExecutor, JobKind, JobOutcome, Progress, SentContent};
+
+/// What `look_at_remote` found.
+enum Found {
+    /// The revision the job expected to replace: its attempt did not land.
+    Unchanged,
+    /// Bytes that an attempt of this job sent (which one is given).
+    Sent(Box<crate::provider::RemoteEntry>, SentContent),
+    Absent,
+    /// The content we last knew there (our last confirmed upload, or what a listing
+    /// said) under a new revision (some servers give a moved file a new ETag): nobody
+    /// else's edit, so ours may replace it.
+    Known(Box<crate::provider::RemoteEntry>),
+    /// Somebody else's content (or not a file).
+    Foreign,
+}
+
+fn is_precondition(e: &ProviderError) -> bool {
+    matches!(
+        e,
+        ProviderError::PreconditionFailed(_) | ProviderError::AlreadyExists(_)
+    )
+}
+
+/// An error met while resolving an uncertain outcome: whatever it is, the job tries again
+/// later and looks again; it is never a reason to park the job or to guess.
+fn retryable(e: ProviderError) -> ProviderError {
+    if e.is_retryable() || matches!(e, ProviderError::Auth(_)) {
+        e
+    } else {
+        ProviderError::Transient(format!("{e} (will look again)"))
+    }
+}
 
 /// Adapter so the queue can hold the executor without owning the Vfs strongly.
 pub struct VfsExecutor(pub std::sync::Weak<Vfs>);
@@ -148,52 +180,56 @@ impl Vfs {
         snapshot: &std::path::Path,
         progress: &Progress,
     ) -> JobResult {
-        // Hash on another core while the upload runs.
-        let hashing = tokio::spawn(sha256_file(snapshot.to_path_buf()));
         self.preserve_open_orphans(&job.path).await;
+        // What this attempt sends, durable before it goes out: if the outcome is uncertain
+        // (a cut reply, a crash), it is how we recognise our own bytes on the remote.
+        let sent = fingerprint_file(snapshot.to_path_buf()).await?;
+        let all_sent = self.queue.mark_sending(seq, sent.clone());
+        self.store.flush().await.map_err(store_err)?;
         let options = UploadOptions {
             expected_revision: Some(inode.base_revision.clone()),
             mtime: Some(inode.mtime),
             mode: Some(inode.perm as u32),
         };
-        // Durable before it goes out, so a crash before we record the result cannot turn
-        // our own landed upload into a "conflict" later.
-        self.queue.mark_in_flight(seq, inode.size, inode.mtime);
-        self.store.flush().await.map_err(store_err)?;
         let uploaded = self.provider.upload(&job.path, snapshot, &options).await;
         progress.set(seq, inode.size);
         let entry = match uploaded {
             Ok(e) => e,
-            Err(ProviderError::PreconditionFailed(_)) => {
-                match self.landed_earlier(job, &job.path).await {
-                    // An attempt before a crash landed: that revision is our base now.
-                    Some(base) => {
-                        let retry = UploadOptions {
-                            expected_revision: Some(Some(base)),
-                            ..options.clone()
-                        };
-                        match self.provider.upload(&job.path, snapshot, &retry).await {
-                            Ok(e) => e,
-                            Err(ProviderError::PreconditionFailed(_)) => {
-                                return self.save_conflict_copy(job, inode, snapshot).await
-                            }
-                            Err(e) => return Err(e),
-                        }
+            Err(err) if err.is_retryable() || is_precondition(&err) => {
+                let known = inode
+                    .hash
+                    .as_deref()
+                    .filter(|_| inode.base_revision.is_some());
+                match self
+                    .look_at_remote(&job.path, inode.base_revision.as_deref(), &all_sent, known)
+                    .await?
+                {
+                    Found::Sent(e, which) if which == sent => *e,
+                    // An earlier attempt of this job landed (before a crash, or its reply
+                    // was lost) and the content changed since: that revision is ours to
+                    // replace.
+                    Found::Sent(e, _) | Found::Known(e) => {
+                        self.upload_expecting(&job.path, snapshot, &options, Some(e.revision))
+                            .await?
                     }
-                    // The remote has something else than expected. If it is this very
-                    // content (an attempt whose reply was lost), it is ours.
-                    None => match self.remote_holds(&job.path, snapshot, inode.size).await {
-                        Some(e) => e,
-                        None => return self.save_conflict_copy(job, inode, snapshot).await,
-                    },
+                    // Nothing there although we expected our base revision: someone else
+                    // deleted it meanwhile. The local edit is not thrown away.
+                    Found::Absent if inode.base_revision.is_some() => {
+                        self.upload_expecting(&job.path, snapshot, &options, None)
+                            .await?
+                    }
+                    Found::Absent | Found::Unchanged => return Err(retryable(err)),
+                    Found::Foreign => {
+                        return self
+                            .save_conflict_copy(seq, job, inode, snapshot, &sent)
+                            .await
+                    }
                 }
             }
             Err(e) => return Err(e),
         };
         let revision = entry.revision.clone();
-        let hash = hashing
-            .await
-            .map_err(|e| ProviderError::Io(e.to_string()))??;
+        let hash = sent.sha256.clone();
         let still_current = {
             let updated = self
                 .update(job.ino, |i| {
@@ -225,63 +261,179 @@ impl Vfs {
         Ok(())
     }
 
-    /// The remote revision at `path` when it is what an earlier attempt of this job sent
-    /// (same size and modification time), i.e. the attempt landed before a crash.
-    async fn landed_earlier(&self, job: &Job, path: &str) -> Option<String> {
-        let (size, mtime) = job.in_flight?;
-        let e = self.provider.stat(path).await.ok()?;
-        let close = match e.mtime.duration_since(mtime) {
-            Ok(d) => d,
-            Err(back) => back.duration(),
-        } < std::time::Duration::from_secs(1);
-        (e.kind == EntryKind::File && e.size == size && close).then_some(e.revision)
-    }
-
-    /// The remote entry at `path` when its content equals the local file's.
-    async fn remote_holds(
+    /// Upload again after looking: the remote is now known to be at `expected` (`None`:
+    /// nothing there). Any failure leaves the outcome to the next attempt's look.
+    async fn upload_expecting(
         &self,
         path: &str,
-        local: &std::path::Path,
-        size: u64,
-    ) -> Option<crate::provider::RemoteEntry> {
-        const COMPARE_LIMIT: u64 = 16 << 20;
-        let entry = self.provider.stat(path).await.ok()?;
-        if entry.kind != EntryKind::File || entry.size != size || size > COMPARE_LIMIT {
-            return None;
+        snapshot: &std::path::Path,
+        options: &UploadOptions,
+        expected: Option<String>,
+    ) -> Result<crate::provider::RemoteEntry, ProviderError> {
+        let options = UploadOptions {
+            expected_revision: Some(expected),
+            ..options.clone()
+        };
+        self.provider
+            .upload(path, snapshot, &options)
+            .await
+            .map_err(retryable)
+    }
+
+    /// What the remote holds at `path`, decided from facts: the revision we expected
+    /// (`Unchanged`), bytes one of this job's attempts sent (`Sent`, proven by the
+    /// provider's hash or by reading the content back), nothing, or somebody else's
+    /// content. A failure while looking is returned as an error (the job tries again
+    /// later), never taken for "somebody else changed it".
+    async fn look_at_remote(
+        &self,
+        path: &str,
+        expected: Option<&str>,
+        sent: &[SentContent],
+        known: Option<&str>,
+    ) -> Result<Found, ProviderError> {
+        let entry = match self.provider.stat(path).await {
+            Ok(e) => e,
+            Err(ProviderError::NotFound(_)) => return Ok(Found::Absent),
+            Err(e) => return Err(retryable(e)),
+        };
+        if entry.kind != EntryKind::File {
+            return Ok(Found::Foreign);
         }
-        let stream = self.provider.read_range(path, None, 0, size).await.ok()?;
-        let remote = crate::provider::collect_stream(stream).await.ok()?;
-        let mine = tokio::fs::read(local).await.ok()?;
-        (remote == mine).then_some(entry)
+        if expected == Some(entry.revision.as_str()) {
+            return Ok(Found::Unchanged);
+        }
+        if let (Some(known), Some(hash)) = (known, &entry.hash) {
+            if known.eq_ignore_ascii_case(hash) {
+                return Ok(Found::Known(Box::new(entry)));
+            }
+        }
+        let known_sha256 = known.and_then(|k| k.strip_prefix("sha256:"));
+        let same_size: Vec<&SentContent> =
+            sent.iter().rev().filter(|s| s.size == entry.size).collect();
+        if same_size.is_empty() && known_sha256.is_none() {
+            return Ok(Found::Foreign);
+        }
+        if let Some(hash) = &entry.hash {
+            let verdicts: Vec<(&&SentContent, Option<bool>)> = same_size
+                .iter()
+                .map(|s| (s, s.matches_hash(hash)))
+                .collect();
+            if let Some((s, _)) = verdicts.iter().find(|(_, v)| *v == Some(true)) {
+                let s = (**s).clone();
+                return Ok(Found::Sent(Box::new(entry), s));
+            }
+            if verdicts.iter().all(|(_, v)| v.is_some()) {
+                return Ok(Found::Foreign);
+            }
+        }
+        // No usable hash: read the remote bytes back and hash them.
+        let remote = self
+            .remote_fingerprint(path, &entry)
+            .await
+            .map_err(retryable)?;
+        match same_size.into_iter().find(|s| **s == remote) {
+            Some(s) => {
+                let s = s.clone();
+                Ok(Found::Sent(Box::new(entry), s))
+            }
+            None if known_sha256.is_some_and(|k| k.eq_ignore_ascii_case(&remote.sha256)) => {
+                Ok(Found::Known(Box::new(entry)))
+            }
+            None => Ok(Found::Foreign),
+        }
+    }
+
+    /// Size and hashes of the remote file's bytes at the revision `entry` names.
+    async fn remote_fingerprint(
+        &self,
+        path: &str,
+        entry: &crate::provider::RemoteEntry,
+    ) -> Result<SentContent, ProviderError> {
+        use futures::StreamExt;
+        use md5::Md5;
+        let mut stream = self
+            .provider
+            .read_range(path, Some(&entry.revision), 0, entry.size)
+            .await?;
+        let (mut sha, mut md5, mut size) = (Sha256::new(), Md5::new(), 0u64);
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk?;
+            size += chunk.len() as u64;
+            sha.update(&chunk);
+            md5.update(&chunk);
+        }
+        Ok(SentContent {
+            size,
+            sha256: hex::encode(sha.finalize()),
+            md5: hex::encode(md5.finalize()),
+        })
     }
 
     /// The remote changed since the local edit began: keep both. The remote version
-    /// stays under the name; the local edit goes beside it as a conflict copy.
+    /// stays under the name; the local edit goes beside it as a conflict copy, whose name
+    /// is fixed per job so that a repeated attempt makes no second copy.
     async fn save_conflict_copy(
         &self,
+        seq: u64,
         job: &Job,
         inode: &Inode,
         snapshot: &std::path::Path,
+        sent: &SentContent,
     ) -> JobResult {
         let (dir, name) = split_path(&job.path);
-        let copy_name = conflict_name(name, chrono::Local::now());
-        let copy_path = join_path(dir, &copy_name);
-        let entry = self
-            .provider
-            .upload(
-                &copy_path,
-                snapshot,
-                &UploadOptions {
-                    expected_revision: Some(None),
-                    mtime: Some(inode.mtime),
-                    mode: Some(inode.perm as u32),
-                },
-            )
-            .await?;
-        let current = self.provider.stat(&job.path).await.ok();
+        let mut copy_name = self
+            .queue
+            .conflict_copy_name(seq, conflict_name(name, chrono::Local::now()));
+        let options = UploadOptions {
+            expected_revision: Some(None),
+            mtime: Some(inode.mtime),
+            mode: Some(inode.perm as u32),
+        };
+        let mut copy_path = join_path(dir, &copy_name);
+        let mut renamed_once = false;
+        let entry = loop {
+            match self.provider.upload(&copy_path, snapshot, &options).await {
+                Ok(e) => break e,
+                Err(err) if err.is_retryable() || is_precondition(&err) => {
+                    match self
+                        .look_at_remote(&copy_path, None, std::slice::from_ref(sent), None)
+                        .await?
+                    {
+                        Found::Sent(e, _) => break *e,
+                        Found::Foreign if !renamed_once => {
+                            // Somebody else's file has this very name: pick another one.
+                            renamed_once = true;
+                            copy_name = self.queue.conflict_copy_name_replace(
+                                seq,
+                                conflict_name(name, chrono::Local::now()).replacen(
+                                    " (conflict",
+                                    &format!(" (conflict {seq}"),
+                                    1,
+                                ),
+                            );
+                            copy_path = join_path(dir, &copy_name);
+                        }
+                        _ => return Err(retryable(err)),
+                    }
+                }
+                Err(e) => return Err(e),
+            }
+        };
+        let current = match self.provider.stat(&job.path).await {
+            Ok(e) => Some(e),
+            Err(ProviderError::NotFound(_)) => None,
+            Err(e) => return Err(retryable(e)),
+        };
         let _ns = self.ns_lock.lock().await;
         let parent = inode.parent;
-        if parent != 0 {
+        if parent != 0
+            && self
+                .store
+                .child(parent, &copy_name)
+                .map_err(store_err)?
+                .is_none()
+        {
             let copy_ino = self.store.alloc_ino().map_err(store_err)?;
             let mut copy = self.new_inode(
                 copy_ino,
@@ -413,8 +565,27 @@ impl Vfs {
         self.preserve_open_orphans(&job.path).await;
         let entry = match self.provider.rename(from, &job.path, overwrite).await {
             Ok(e) => Some(e),
-            // Already moved (the job ran before a crash, or someone else moved it).
-            Err(ProviderError::NotFound(_)) if self.provider.stat(&job.path).await.is_ok() => None,
+            // The outcome is uncertain (a cut reply) or the source is gone: look where the
+            // object is. Moved already (an attempt before a crash or a lost reply) means
+            // done; still at `from` means try again; a failure while looking is no answer.
+            Err(err) if err.is_retryable() || matches!(err, ProviderError::NotFound(_)) => {
+                match self.provider.stat(from).await {
+                    // Still where it was: it did not move (for a NotFound, what is
+                    // missing is the destination's folder, which a queued job creates).
+                    Ok(_) => return Err(retryable(err)),
+                    Err(ProviderError::NotFound(_)) => {}
+                    Err(e) => return Err(retryable(e)),
+                }
+                match self.provider.stat(&job.path).await {
+                    Ok(_) => None,
+                    Err(ProviderError::NotFound(_)) => {
+                        // Neither here nor there: somebody else removed it remotely. The
+                        // local copy is what is left of it.
+                        return self.reupload_vanished(job).await;
+                    }
+                    Err(e) => return Err(retryable(e)),
+                }
+            }
             Err(e) => return Err(e),
         };
         // Everything that lived below the old name now lives below the new one.
@@ -463,6 +634,40 @@ impl Vfs {
         Ok(())
     }
 
+    /// The object a rename job was to move has vanished from the remote (removed by
+    /// another client). A file whose whole content is here goes up again under its new
+    /// name; otherwise the remote's deletion wins and the next listing shows it.
+    async fn reupload_vanished(&self, job: &Job) -> JobResult {
+        tracing::warn!(path = %job.path, "the remote object to move has vanished");
+        let Some(inode) = self.store.get(job.ino).map_err(store_err)? else {
+            return Ok(());
+        };
+        if inode.parent == 0 {
+            return Ok(());
+        }
+        let complete = inode.kind == EntryKind::File && self.cache.is_complete(job.ino, inode.size);
+        self.update(job.ino, |i| {
+            i.remote = None;
+            i.base_revision = None;
+            if complete {
+                i.dirty = true;
+                i.generation += 1;
+            }
+        })
+        .map_err(store_err)?;
+        if complete {
+            self.cache.set_dirty(job.ino, true);
+            let i = self
+                .get(job.ino)
+                .map_err(|e| ProviderError::Io(e.to_string()))?;
+            self.queue
+                .enqueue_upload(job.ino, &job.path, i.size, i.generation);
+        } else if let Ok(Some(dir)) = self.find_by_remote_path(split_path(&job.path).0) {
+            let _ = self.invalidate_listing(dir);
+        }
+        Ok(())
+    }
+
     async fn run_delete(&self, job: &Job) -> JobResult {
         self.preserve_open_orphans(&job.path).await;
         match self.provider.delete(&job.path).await {
@@ -498,20 +703,28 @@ impl Vfs {
     }
 }
 
-async fn sha256_file(path: std::path::PathBuf) -> Result<String, ProviderError> {
+/// Size, SHA-256 and MD5 of a local file, hashed on the blocking pool.
+async fn fingerprint_file(path: std::path::PathBuf) -> Result<SentContent, ProviderError> {
     tokio::task::spawn_blocking(move || {
+        use md5::Md5;
         use std::io::Read;
         let mut f = std::fs::File::open(&path)?;
-        let mut h = Sha256::new();
+        let (mut sha, mut md5, mut size) = (Sha256::new(), Md5::new(), 0u64);
         let mut buf = vec![0u8; 1 << 20];
         loop {
             let n = f.read(&mut buf)?;
             if n == 0 {
                 break;
             }
-            h.update(&buf[..n]);
+            size += n as u64;
+            sha.update(&buf[..n]);
+            md5.update(&buf[..n]);
         }
-        Ok(hex::encode(h.finalize()))
+        Ok(SentContent {
+            size,
+            sha256: hex::encode(sha.finalize()),
+            md5: hex::encode(md5.finalize()),
+        })
     })
     .await
     .map_err(|e| ProviderError::Io(e.to_string()))?

@@ -397,7 +397,36 @@ impl Vfs {
                 "{name} is reserved for cloudmount's own use"
             )));
         }
+        self.check_path_len(parent, name, 0)
+    }
+
+    /// A new entry `name` in `parent`, with descendants up to `below` bytes deeper (a
+    /// directory being moved), must have a remote path the provider accepts: otherwise
+    /// ENAMETOOLONG now, rather than a queued job that can never land.
+    fn check_path_len(&self, parent: Ino, name: &str, below: usize) -> FsResult<()> {
+        let max = self.provider.capabilities().max_path_len;
+        let Some(dir) = self.path_of(parent)? else {
+            return Err(FsError::NotFound);
+        };
+        if join_path(&dir, name).len() + below > max {
+            return Err(FsError::NameTooLong);
+        }
         Ok(())
+    }
+
+    /// How many bytes the deepest path below `ino` adds to its own path.
+    fn depth_below(&self, ino: Ino) -> FsResult<usize> {
+        let mut deepest = 0;
+        let mut todo = vec![(ino, 0usize)];
+        while let Some((i, len)) = todo.pop() {
+            deepest = deepest.max(len);
+            if self.get(i)?.is_dir() {
+                for (name, child) in self.store.children(i)? {
+                    todo.push((child, len + 1 + name.len()));
+                }
+            }
+        }
+        Ok(deepest)
     }
 
     fn writable(&self) -> FsResult<()> {
@@ -607,13 +636,16 @@ impl Vfs {
             gid,
         );
         inode.listed_at = Some(now());
+        let path = self.child_path(parent, name)?;
         let mut b = Batch::default();
         b.put_inode(&inode);
         b.link(parent, name, ino);
-        self.store.apply(b)?;
+        // The entry and its job land together: after a crash there is never one
+        // without the other.
+        let mut t = self.queue.begin(b);
+        t.enqueue_mkdir(ino, &path);
+        t.commit()?;
         self.touch_dir(parent)?;
-        let path = self.child_path(parent, name)?;
-        self.queue.enqueue_mkdir(ino, &path);
         Ok(self.attr_of(&inode))
     }
 
@@ -708,13 +740,14 @@ impl Vfs {
         let ino = self.store.alloc_ino()?;
         let mut inode = self.new_inode(ino, parent, name, EntryKind::Symlink, 0o777, uid, gid);
         inode.symlink_target = Some(target.to_string());
+        let path = self.child_path(parent, name)?;
         let mut b = Batch::default();
         b.put_inode(&inode);
         b.link(parent, name, ino);
-        self.store.apply(b)?;
+        let mut t = self.queue.begin(b);
+        t.enqueue_symlink(ino, &path, target);
+        t.commit()?;
         self.touch_dir(parent)?;
-        let path = self.child_path(parent, name)?;
-        self.queue.enqueue_symlink(ino, &path, target);
         Ok(self.attr_of(&inode))
     }
 
@@ -741,8 +774,9 @@ impl Vfs {
             let mut b = Batch::default();
             b.unlink(parent, name);
             self.orphan(&mut b, &mut inode);
-            self.store.apply(b)?;
-            self.queue.on_delete(ino, &path, on_remote);
+            let mut t = self.queue.begin(b);
+            t.on_delete(ino, &path, on_remote);
+            t.commit()?;
         }
         self.touch_dir(parent)?;
         self.maybe_purge_orphan(ino);
@@ -776,8 +810,9 @@ impl Vfs {
             let mut b = Batch::default();
             b.unlink(parent, name);
             self.orphan(&mut b, &mut inode);
-            self.store.apply(b)?;
-            self.queue.on_delete(ino, &path, on_remote);
+            let mut t = self.queue.begin(b);
+            t.on_delete(ino, &path, on_remote);
+            t.commit()?;
         }
         self.touch_dir(parent)?;
         self.maybe_purge_orphan(ino);
@@ -855,6 +890,9 @@ impl Vfs {
             victim = Some(d);
         }
         let moved = self.subtree(src_ino)?;
+        if src.is_dir() {
+            self.check_path_len(new_parent, new_name, self.depth_below(src_ino)?)?;
+        }
         // From here the records are read again and written under their locks: an upload
         // of either file that finishes meanwhile must not be undone by stale copies.
         let mut lock_set = vec![src_ino];
@@ -902,19 +940,19 @@ impl Vfs {
         src.name = new_name.to_string();
         src.ctime = now();
         b.put_inode(&src);
-        self.store.apply(b)?;
+        // Decided before the transaction, which holds the queue's lock.
+        let delete_victim = victim
+            .as_ref()
+            .is_some_and(|v| victim_delete || (v.is_dir() && self.on_remote(v) && !src_on_remote));
+        // The namespace change and every job it queues land as one batch.
+        let mut t = self.queue.begin(b);
         if delete_replaced_at_from {
-            self.queue.enqueue_remote_delete(&from);
+            t.enqueue_remote_delete(&from);
         }
-        if let Some(v) = &victim {
-            if victim_delete || (v.is_dir() && self.on_remote(v) && !src_on_remote) {
-                self.queue.on_delete(v.ino, &to, true);
-            }
-            if self.is_open(v.ino) {
-                self.keep_for_open_handles(v);
-            }
+        if let (Some(v), true) = (&victim, delete_victim) {
+            t.on_delete(v.ino, &to, true);
         }
-        self.queue.on_rename(
+        t.on_rename(
             src_ino,
             &moved,
             &from,
@@ -922,6 +960,12 @@ impl Vfs {
             src_on_remote,
             victim.as_ref().map(|v| v.ino),
         );
+        t.commit()?;
+        if let Some(v) = &victim {
+            if self.is_open(v.ino) {
+                self.keep_for_open_handles(v);
+            }
+        }
         drop(records);
         self.touch_dir(parent)?;
         if new_parent != parent {

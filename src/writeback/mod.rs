@@ -16,7 +16,7 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
 
-use crate::metadata::{Ino, Store, StoreError};
+use crate::metadata::{Batch, Ino, Store, StoreError};
 use crate::provider::is_same_or_below;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -50,12 +50,46 @@ pub struct Job {
     /// nothing since (a RELEASE after a flush) must not push the upload back.
     #[serde(default)]
     pub generation: u64,
-    /// Size and mtime of the content an upload attempt sent, persisted before it went
-    /// out: after a crash, finding exactly that on the remote means the attempt landed
-    /// (it is ours, not a conflicting edit).
+    /// Size and mtime of the content an upload attempt sent (older queues; see `sent`).
     #[serde(default)]
     pub in_flight: Option<(u64, SystemTime)>,
+    /// What the attempts of this upload sent (size and hashes), persisted before each
+    /// attempt goes out. When an attempt's outcome is uncertain (its reply was cut, the
+    /// daemon died), finding one of these on the remote means the attempt landed: it is
+    /// ours, never a conflicting edit. Compared with what was *sent*, not with today's
+    /// local file, which may have changed since.
+    #[serde(default)]
+    pub sent: Vec<SentContent>,
+    /// The name of this job's conflict copy, fixed before the copy is first uploaded so
+    /// that a repeated attempt (lost reply, crash) makes no second copy.
+    #[serde(default)]
+    pub conflict_copy: Option<String>,
 }
+
+/// The fingerprint of content an upload attempt sent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SentContent {
+    pub size: u64,
+    /// Hex SHA-256 and MD5 of the bytes (MD5 because Drive and many WebDAV servers report it).
+    pub sha256: String,
+    pub md5: String,
+}
+
+impl SentContent {
+    /// Whether a provider hash ("algo:hex") proves the remote holds exactly this content.
+    /// `None` when the hash says nothing either way (absent, or an algorithm we do not keep).
+    pub fn matches_hash(&self, hash: &str) -> Option<bool> {
+        let (algo, hex) = hash.split_once(':')?;
+        match algo.to_ascii_lowercase().as_str() {
+            "sha256" => Some(hex.eq_ignore_ascii_case(&self.sha256)),
+            "md5" => Some(hex.eq_ignore_ascii_case(&self.md5)),
+            _ => None,
+        }
+    }
+}
+
+/// How many attempts' fingerprints a job remembers.
+const SENT_KEPT: usize = 8;
 
 impl Job {
     fn paths(&self) -> impl Iterator<Item = &str> {
@@ -157,10 +191,20 @@ pub struct JobStatus {
     pub attempts: u32,
     pub failed: Option<String>,
     pub last_error: Option<String>,
+    /// A parked job this one waits for (same path, an ancestor or a descendant): it
+    /// cannot run until that one is retried or its path changes.
+    #[serde(default)]
+    pub blocked_by: Option<u64>,
+    /// Tried `max_attempts` times or more without success; still retrying.
+    #[serde(default)]
+    pub stuck: bool,
 }
 
 struct State {
     jobs: BTreeMap<u64, Job>,
+    /// While a `QueueTxn` is open: the job writes that go into its batch, so they land
+    /// in the metadata store atomically with the namespace change that caused them.
+    txn: Option<Batch>,
     running: HashSet<u64>,
     /// Paths whose remote state changes while a job on them runs or waits.
     completed: u64,
@@ -206,6 +250,7 @@ impl WriteBackQueue {
             config,
             state: Mutex::new(State {
                 jobs,
+                txn: None,
                 running: HashSet::new(),
                 completed: 0,
                 retries: 0,
@@ -222,23 +267,39 @@ impl WriteBackQueue {
         &self.config
     }
 
-    fn persist(&self, seq: u64, job: &Job) {
-        if let Err(e) = self.store.put_job(seq, job) {
+    fn persist(&self, st: &mut State, seq: u64, job: &Job) {
+        if let Some(b) = st.txn.as_mut() {
+            b.put_job(seq, job);
+        } else if let Err(e) = self.store.put_job(seq, job) {
             tracing::error!(seq, error = %e, "could not persist write-back job");
         }
     }
 
-    fn unpersist(&self, seq: u64) {
-        if let Err(e) = self.store.remove_job(seq) {
+    fn unpersist(&self, st: &mut State, seq: u64) {
+        if let Some(b) = st.txn.as_mut() {
+            b.remove_job(seq);
+        } else if let Err(e) = self.store.remove_job(seq) {
             tracing::error!(seq, error = %e, "could not remove write-back job");
         }
     }
 
     fn push(&self, st: &mut State, job: Job) -> u64 {
         let seq = self.next_seq.fetch_add(1, Ordering::SeqCst);
-        self.persist(seq, &job);
+        self.persist(st, seq, &job);
         st.jobs.insert(seq, job);
         seq
+    }
+
+    /// Start a change of the queue that lands in the metadata store together with
+    /// `batch` (a namespace change): after a crash either both are there or neither.
+    /// Jobs queued through the transaction cannot start before `commit`.
+    pub fn begin(&self, batch: Batch) -> QueueTxn<'_> {
+        let mut st = self.state.lock().unwrap();
+        st.txn = Some(batch);
+        QueueTxn {
+            queue: self,
+            st: Some(st),
+        }
     }
 
     fn new_job(&self, ino: Ino, kind: JobKind, path: &str, delay: Duration, size: u64) -> Job {
@@ -253,69 +314,73 @@ impl WriteBackQueue {
             size,
             generation: 0,
             in_flight: None,
+            sent: Vec::new(),
+            conflict_copy: None,
         }
     }
 
-    /// Queue (or postpone the already queued) upload of an inode's content.
     pub fn enqueue_upload(&self, ino: Ino, path: &str, size: u64, generation: u64) {
-        let delay = self.config.upload_delay;
-        let mut st = self.state.lock().unwrap();
-        let existing = st
-            .jobs
-            .iter()
-            .rev()
-            .find(|(seq, j)| j.ino == ino && j.kind == JobKind::Upload && !st.running.contains(seq))
-            .map(|(s, _)| *s);
-        if let Some(seq) = existing {
-            let job = st.jobs.get_mut(&seq).expect("found above");
-            if job.generation != generation {
-                // Changed again: wait the delay anew, so a burst of saves uploads once.
-                job.not_before_ms = now_ms() + delay.as_millis() as u64;
-                job.failed = None;
-                job.attempts = 0;
-                job.generation = generation;
-            }
-            job.size = size;
-            job.path = path.to_string();
-            let job = job.clone();
-            self.persist(seq, &job);
-        } else {
-            let mut job = self.new_job(ino, JobKind::Upload, path, delay, size);
-            job.generation = generation;
-            self.push(&mut st, job);
-        }
-        drop(st);
-        self.wake.notify_one();
+        let mut t = self.begin(Batch::default());
+        t.enqueue_upload(ino, path, size, generation);
+        t.commit_logged();
     }
 
     pub fn enqueue_mkdir(&self, ino: Ino, path: &str) {
-        let job = self.new_job(ino, JobKind::Mkdir, path, Duration::ZERO, 0);
-        self.push(&mut self.state.lock().unwrap(), job);
-        self.wake.notify_one();
+        let mut t = self.begin(Batch::default());
+        t.enqueue_mkdir(ino, path);
+        t.commit_logged();
     }
 
     pub fn enqueue_symlink(&self, ino: Ino, path: &str, target: &str) {
-        let job = self.new_job(
-            ino,
-            JobKind::Symlink {
-                target: target.to_string(),
-            },
-            path,
-            Duration::ZERO,
-            0,
-        );
-        self.push(&mut self.state.lock().unwrap(), job);
-        self.wake.notify_one();
+        let mut t = self.begin(Batch::default());
+        t.enqueue_symlink(ino, path, target);
+        t.commit_logged();
     }
 
-    /// Remember what an upload is about to send (see `Job::in_flight`).
-    pub fn mark_in_flight(&self, seq: u64, size: u64, mtime: SystemTime) {
+    /// Remember what an upload attempt is about to send (see `Job::sent`). Returns every
+    /// fingerprint the job's attempts sent so far, this one included.
+    pub fn mark_sending(&self, seq: u64, sent: SentContent) -> Vec<SentContent> {
+        let mut st = self.state.lock().unwrap();
+        let Some(job) = st.jobs.get_mut(&seq) else {
+            return vec![sent];
+        };
+        if !job.sent.contains(&sent) {
+            job.sent.push(sent);
+            if job.sent.len() > SENT_KEPT {
+                job.sent.remove(0);
+            }
+        }
+        let all = job.sent.clone();
+        let job = job.clone();
+        self.persist(&mut st, seq, &job);
+        all
+    }
+
+    /// Fix the name of the job's conflict copy (see `Job::conflict_copy`), or return the
+    /// one fixed by an earlier attempt.
+    pub fn conflict_copy_name(&self, seq: u64, proposed: String) -> String {
+        let mut st = self.state.lock().unwrap();
+        let Some(job) = st.jobs.get_mut(&seq) else {
+            return proposed;
+        };
+        if let Some(name) = &job.conflict_copy {
+            return name.clone();
+        }
+        job.conflict_copy = Some(proposed.clone());
+        let job = job.clone();
+        self.persist(&mut st, seq, &job);
+        proposed
+    }
+
+    /// Replace the job's conflict-copy name (the fixed one turned out to be taken).
+    pub fn conflict_copy_name_replace(&self, seq: u64, name: String) -> String {
         let mut st = self.state.lock().unwrap();
         if let Some(job) = st.jobs.get_mut(&seq) {
-            job.in_flight = Some((size, mtime));
+            job.conflict_copy = Some(name.clone());
             let job = job.clone();
-            self.persist(seq, &job);
+            self.persist(&mut st, seq, &job);
         }
+        name
     }
 
     /// Record an error for `status` that no job carries any more.
@@ -331,10 +396,6 @@ impl WriteBackQueue {
             .any(|s| st.jobs.get(s).map(|j| j.ino) == Some(ino))
     }
 
-    /// A local rename of `ino` (and, for a directory, of `moved`: every inode below it).
-    /// `on_remote`: the entry exists (or is being created) on the remote, so the remote
-    /// needs a move; otherwise only the queued creations of the moved inodes change names.
-    /// `replaced`: the inode a rename overwrote, whose queued uploads are now moot.
     pub fn on_rename(
         &self,
         ino: Ino,
@@ -344,98 +405,15 @@ impl WriteBackQueue {
         on_remote: bool,
         replaced: Option<Ino>,
     ) {
-        let mut st = self.state.lock().unwrap();
-        // Decided again under the lock: the upload that creates it may have started
-        // since the caller looked.
-        let on_remote = on_remote || Self::running_for(&st, ino);
-        if let Some(victim) = replaced {
-            Self::drop_content_jobs(self, &mut st, victim);
-        }
-        let under_from = |st: &State, seq: &u64, j: &Job| {
-            !st.running.contains(seq) && j.paths().any(|p| is_same_or_below(p, from))
-        };
-        if on_remote {
-            // A queued move of this inode to `from` that has not started: move it to `to`
-            // directly instead of chaining a second move after it (`mv c d; mv d b`).
-            let folded = st
-                .jobs
-                .iter()
-                .find(|(seq, j)| {
-                    j.ino == ino
-                        && j.path == from
-                        && matches!(j.kind, JobKind::Rename { .. })
-                        && !st.running.contains(seq)
-                })
-                .map(|(s, _)| *s);
-            if let Some(fold_seq) = folded {
-                // Everything queued after that move and below `from` concerns what it
-                // moved; what came before concerns an earlier occupant of the name.
-                let later: Vec<u64> = st
-                    .jobs
-                    .range(fold_seq..)
-                    .filter(|(seq, j)| under_from(&st, seq, j))
-                    .map(|(s, _)| *s)
-                    .collect();
-                for seq in later {
-                    let job = st.jobs.get_mut(&seq).expect("listed above");
-                    job.rewrite_prefix(from, to);
-                    let job = job.clone();
-                    self.persist(seq, &job);
-                }
-            } else {
-                // Every queued job below `from` acts on something that physically lives
-                // in the remote object being moved: it follows, after the move.
-                let affected: Vec<u64> = st
-                    .jobs
-                    .iter()
-                    .filter(|(seq, j)| under_from(&st, seq, j))
-                    .map(|(s, _)| *s)
-                    .collect();
-                let job = self.new_job(
-                    ino,
-                    JobKind::Rename {
-                        from: from.to_string(),
-                        overwrite: true,
-                    },
-                    to,
-                    Duration::ZERO,
-                    0,
-                );
-                self.push(&mut st, job);
-                for seq in affected {
-                    let mut job = st.jobs.remove(&seq).expect("listed above");
-                    self.unpersist(seq);
-                    job.rewrite_prefix(from, to);
-                    self.push(&mut st, job);
-                }
-            }
-        } else {
-            // Only the moved inodes' own queued creations change names; jobs on the same
-            // path that belong to an earlier occupant stay as they are. They go to the end,
-            // after whatever the rename itself queued (the delete of a replaced directory).
-            let affected: Vec<u64> = st
-                .jobs
-                .iter()
-                .filter(|(seq, j)| moved.contains(&j.ino) && under_from(&st, seq, j))
-                .map(|(s, _)| *s)
-                .collect();
-            for seq in affected {
-                let mut job = st.jobs.remove(&seq).expect("listed above");
-                self.unpersist(seq);
-                job.rewrite_prefix(from, to);
-                self.push(&mut st, job);
-            }
-        }
-        drop(st);
-        self.wake.notify_one();
+        let mut t = self.begin(Batch::default());
+        t.on_rename(ino, moved, from, to, on_remote, replaced);
+        t.commit_logged();
     }
 
-    /// Queue the removal of a remote object no inode stands for any more (what a renamed
-    /// file had replaced before it was uploaded).
     pub fn enqueue_remote_delete(&self, path: &str) {
-        let job = self.new_job(0, JobKind::Delete, path, Duration::ZERO, 0);
-        self.push(&mut self.state.lock().unwrap(), job);
-        self.wake.notify_one();
+        let mut t = self.begin(Batch::default());
+        t.enqueue_remote_delete(path);
+        t.commit_logged();
     }
 
     fn running_for(st: &State, ino: Ino) -> bool {
@@ -460,30 +438,40 @@ impl WriteBackQueue {
             .collect();
         for seq in doomed {
             st.jobs.remove(&seq);
-            self.unpersist(seq);
+            self.unpersist(st, seq);
         }
     }
 
-    /// A local unlink/rmdir. Queued creations of the inode are dropped (a file deleted
-    /// while queued is not resurrected); if it exists remotely, a delete is queued.
     pub fn on_delete(&self, ino: Ino, path: &str, on_remote: bool) {
-        let mut st = self.state.lock().unwrap();
-        // Decided again under the lock: the upload that creates it may have started
-        // since the caller looked.
-        let on_remote = on_remote || Self::running_for(&st, ino);
-        self.drop_content_jobs(&mut st, ino);
-        if on_remote {
-            let job = self.new_job(ino, JobKind::Delete, path, Duration::ZERO, 0);
-            self.push(&mut st, job);
-        }
-        drop(st);
-        self.wake.notify_one();
+        let mut t = self.begin(Batch::default());
+        t.on_delete(ino, path, on_remote);
+        t.commit_logged();
     }
 
-    /// Whether any queued job touches `path` exactly.
+    /// Whether a queued job will act on the remote object now at `path`: followed
+    /// through the queued moves (each job's paths are those at the moment it runs, after
+    /// every earlier job), is it ever the subject of a job, or inside a folder that is
+    /// deleted? A listing must not bring back such an object: the local view, which
+    /// already shows the outcome, wins until the queue has run.
     pub fn touches(&self, path: &str) -> bool {
         let st = self.state.lock().unwrap();
-        st.jobs.values().any(|j| j.paths().any(|p| p == path))
+        let mut at = path.to_string();
+        for job in st.jobs.values() {
+            match &job.kind {
+                JobKind::Rename { from, .. } => {
+                    if at == *from || job.path == at {
+                        return true;
+                    }
+                    if let Some(moved) = rewrite(&at, from, &job.path) {
+                        at = moved;
+                    }
+                }
+                JobKind::Delete if is_same_or_below(&at, &job.path) => return true,
+                _ if job.path == at => return true,
+                _ => {}
+            }
+        }
+        false
     }
 
     /// Inodes with queued jobs.
@@ -535,9 +523,25 @@ impl WriteBackQueue {
 
     pub fn status(&self) -> Vec<JobStatus> {
         let st = self.state.lock().unwrap();
+        let mut parked: Vec<(u64, &Job)> = Vec::new();
         st.jobs
             .iter()
-            .map(|(seq, j)| JobStatus {
+            .map(|(seq, j)| {
+                let blocked_by = parked
+                    .iter()
+                    .find(|(_, p)| {
+                        p.paths().any(|pp| {
+                            j.paths()
+                                .any(|jp| is_same_or_below(jp, pp) || is_same_or_below(pp, jp))
+                        })
+                    })
+                    .map(|(s, _)| *s);
+                if j.failed.is_some() {
+                    parked.push((*seq, j));
+                }
+                (seq, j, blocked_by)
+            })
+            .map(|(seq, j, blocked_by)| JobStatus {
                 seq: *seq,
                 kind: match &j.kind {
                     JobKind::Upload => "upload",
@@ -554,6 +558,8 @@ impl WriteBackQueue {
                 attempts: j.attempts,
                 failed: j.failed.clone(),
                 last_error: j.last_error.clone(),
+                blocked_by,
+                stuck: j.failed.is_none() && j.attempts >= self.config.max_attempts,
             })
             .collect()
     }
@@ -583,7 +589,7 @@ impl WriteBackQueue {
                 job.attempts = 0;
                 job.not_before_ms = 0;
                 let job = job.clone();
-                self.persist(seq, &job);
+                self.persist(&mut st, seq, &job);
                 n += 1;
             }
         }
@@ -657,7 +663,7 @@ impl WriteBackQueue {
             JobOutcome::Done => {
                 st.jobs.remove(&seq);
                 st.completed += 1;
-                self.unpersist(seq);
+                self.unpersist(&mut st, seq);
             }
             JobOutcome::Retry(msg) | JobOutcome::Permanent(msg) if !st.jobs.contains_key(&seq) => {
                 tracing::debug!(seq, %msg, "job vanished while running");
@@ -668,19 +674,23 @@ impl WriteBackQueue {
                 let job = st.jobs.get_mut(&seq).expect("checked above");
                 job.attempts += 1;
                 job.last_error = Some(msg.clone());
-                if job.attempts >= cfg.max_attempts {
-                    job.failed = Some(format!("gave up after {} attempts: {msg}", job.attempts));
+                // A retryable error is never a reason to give up: the network, the server
+                // or a login comes back, and parking would leave the remote behind the
+                // mount (and every later job on the same paths stuck behind this one).
+                // Past `max_attempts` the job keeps trying at the longest backoff, and
+                // `status` shows it as stuck with its last error.
+                let exp = if job.attempts >= cfg.max_attempts {
+                    cfg.backoff_max
                 } else {
-                    let exp = cfg
-                        .backoff_base
+                    cfg.backoff_base
                         .saturating_mul(1u32 << job.attempts.min(16))
-                        .min(cfg.backoff_max);
-                    // Jitter keeps many clients (or many jobs) from retrying in lockstep.
-                    let jitter = 0.5 + rand::random::<f64>();
-                    job.not_before_ms = now_ms() + (exp.as_millis() as f64 * jitter) as u64;
-                }
+                        .min(cfg.backoff_max)
+                };
+                // Jitter keeps many clients (or many jobs) from retrying in lockstep.
+                let jitter = 0.5 + rand::random::<f64>();
+                job.not_before_ms = now_ms() + (exp.as_millis() as f64 * jitter) as u64;
                 let job = job.clone();
-                self.persist(seq, &job);
+                self.persist(&mut st, seq, &job);
                 push_error(&mut st, format!("{}: {msg}", job.path));
             }
             JobOutcome::Permanent(msg) => {
@@ -689,7 +699,7 @@ impl WriteBackQueue {
                 job.last_error = Some(msg.clone());
                 job.failed = Some(msg.clone());
                 let job = job.clone();
-                self.persist(seq, &job);
+                self.persist(&mut st, seq, &job);
                 push_error(&mut st, format!("{}: {msg}", job.path));
             }
         }
@@ -712,6 +722,15 @@ impl WriteBackQueue {
             } else {
                 (vec![], None)
             };
+            if !batch.is_empty() {
+                // The local change behind a job must be durable before the remote sees it:
+                // after a kill -9 the mount must never come back older than the remote
+                // (a rename that reached the server but was lost here). One flush covers
+                // the whole batch.
+                if let Err(e) = self.store.flush().await {
+                    tracing::error!(error = %e, "could not flush the metadata store");
+                }
+            }
             for (seq, job) in batch {
                 let this = Arc::clone(&self);
                 let exec = Arc::clone(&executor);
@@ -733,6 +752,191 @@ impl WriteBackQueue {
                 None => Duration::from_secs(3600),
             };
             let _ = tokio::time::timeout(sleep, notified).await;
+        }
+    }
+}
+
+/// A change of the queue that lands together with a namespace change (see
+/// `WriteBackQueue::begin`). It holds the queue's lock until `commit`.
+pub struct QueueTxn<'a> {
+    queue: &'a WriteBackQueue,
+    st: Option<std::sync::MutexGuard<'a, State>>,
+}
+
+impl<'a> QueueTxn<'a> {
+    fn parts(&mut self) -> (&'a WriteBackQueue, &mut State) {
+        (self.queue, self.st.as_mut().expect("open transaction"))
+    }
+
+    /// Apply the namespace change and the job writes as one atomic batch, then let the
+    /// dispatcher see the new jobs.
+    pub fn commit(mut self) -> Result<(), StoreError> {
+        self.finish()
+    }
+
+    /// `commit` for callers with no way to report a store error (it is logged).
+    pub fn commit_logged(self) {
+        if let Err(e) = self.commit() {
+            tracing::error!(error = %e, "could not persist write-back jobs");
+        }
+    }
+
+    fn finish(&mut self) -> Result<(), StoreError> {
+        let Some(mut st) = self.st.take() else {
+            return Ok(());
+        };
+        let batch = st.txn.take().unwrap_or_default();
+        let result = self.queue.store.apply(batch);
+        drop(st);
+        self.queue.wake.notify_one();
+        result
+    }
+
+    /// Queue (or postpone the already queued) upload of an inode's content.
+    pub fn enqueue_upload(&mut self, ino: Ino, path: &str, size: u64, generation: u64) {
+        let (q, st) = self.parts();
+        let delay = q.config.upload_delay;
+        // Only a waiting upload to the same path absorbs this one: one queued before a
+        // rename of the file (or of a folder above it) must run before that move.
+        let existing = st
+            .jobs
+            .iter()
+            .rev()
+            .find(|(seq, j)| {
+                j.ino == ino
+                    && j.kind == JobKind::Upload
+                    && j.path == path
+                    && !st.running.contains(seq)
+            })
+            .map(|(s, _)| *s);
+        if let Some(seq) = existing {
+            let job = st.jobs.get_mut(&seq).expect("found above");
+            if job.generation != generation {
+                // Changed again: wait the delay anew, so a burst of saves uploads once.
+                job.not_before_ms = now_ms() + delay.as_millis() as u64;
+                job.failed = None;
+                job.attempts = 0;
+                job.generation = generation;
+            }
+            job.size = size;
+            let job = job.clone();
+            q.persist(st, seq, &job);
+        } else {
+            let mut job = q.new_job(ino, JobKind::Upload, path, delay, size);
+            job.generation = generation;
+            q.push(st, job);
+        }
+    }
+
+    pub fn enqueue_mkdir(&mut self, ino: Ino, path: &str) {
+        let (q, st) = self.parts();
+        let job = q.new_job(ino, JobKind::Mkdir, path, Duration::ZERO, 0);
+        q.push(st, job);
+    }
+
+    pub fn enqueue_symlink(&mut self, ino: Ino, path: &str, target: &str) {
+        let (q, st) = self.parts();
+        let job = q.new_job(
+            ino,
+            JobKind::Symlink {
+                target: target.to_string(),
+            },
+            path,
+            Duration::ZERO,
+            0,
+        );
+        q.push(st, job);
+    }
+
+    /// A local rename of `ino` (and, for a directory, of `moved`: every inode below it).
+    /// `on_remote`: the entry exists (or is being created) on the remote, so the remote
+    /// needs a move; otherwise only the queued creations of the moved inodes change names.
+    /// `replaced`: the inode a rename overwrote, whose queued uploads are now moot.
+    pub fn on_rename(
+        &mut self,
+        ino: Ino,
+        moved: &HashSet<Ino>,
+        from: &str,
+        to: &str,
+        on_remote: bool,
+        replaced: Option<Ino>,
+    ) {
+        let (q, st) = self.parts();
+        // Decided again under the lock: the upload that creates it may have started
+        // since the caller looked.
+        let on_remote = on_remote || WriteBackQueue::running_for(st, ino);
+        if let Some(victim) = replaced {
+            q.drop_content_jobs(st, victim);
+        }
+        let under_from = |st: &State, seq: &u64, j: &Job| {
+            !st.running.contains(seq) && j.paths().any(|p| is_same_or_below(p, from))
+        };
+        if on_remote {
+            // The remote object moves after everything queued before this rename has
+            // run, and everything queued later follows it: the remote replays the
+            // user's operations in order. Jobs already queued below `from` keep their
+            // paths (they act on the object before it moves), and a second rename of the
+            // same object chains after the first (`mv c d; mv d b` is two moves), so no
+            // job ever changes places with another.
+            let job = q.new_job(
+                ino,
+                JobKind::Rename {
+                    from: from.to_string(),
+                    overwrite: true,
+                },
+                to,
+                Duration::ZERO,
+                0,
+            );
+            q.push(st, job);
+        } else {
+            // Only the moved inodes' own queued creations change names; jobs on the same
+            // path that belong to an earlier occupant stay as they are. They go to the end,
+            // after whatever the rename itself queued (the delete of a replaced directory).
+            let affected: Vec<u64> = st
+                .jobs
+                .iter()
+                .filter(|(seq, j)| moved.contains(&j.ino) && under_from(st, seq, j))
+                .map(|(s, _)| *s)
+                .collect();
+            for seq in affected {
+                let mut job = st.jobs.remove(&seq).expect("listed above");
+                q.unpersist(st, seq);
+                job.rewrite_prefix(from, to);
+                q.push(st, job);
+            }
+        }
+    }
+
+    /// Queue the removal of a remote object no inode stands for any more (what a renamed
+    /// file had replaced before it was uploaded).
+    pub fn enqueue_remote_delete(&mut self, path: &str) {
+        let (q, st) = self.parts();
+        let job = q.new_job(0, JobKind::Delete, path, Duration::ZERO, 0);
+        q.push(st, job);
+    }
+
+    /// A local unlink/rmdir. Queued creations of the inode are dropped (a file deleted
+    /// while queued is not resurrected); if it exists remotely, a delete is queued.
+    pub fn on_delete(&mut self, ino: Ino, path: &str, on_remote: bool) {
+        let (q, st) = self.parts();
+        // Decided again under the lock: the upload that creates it may have started
+        // since the caller looked.
+        let on_remote = on_remote || WriteBackQueue::running_for(st, ino);
+        q.drop_content_jobs(st, ino);
+        if on_remote {
+            let job = q.new_job(ino, JobKind::Delete, path, Duration::ZERO, 0);
+            q.push(st, job);
+        }
+    }
+}
+
+impl Drop for QueueTxn<'_> {
+    /// A transaction dropped without `commit` (an early return) still lands: the
+    /// in-memory queue already holds its jobs, and the store must not disagree.
+    fn drop(&mut self) {
+        if let Err(e) = self.finish() {
+            tracing::error!(error = %e, "could not persist write-back jobs");
         }
     }
 }

@@ -973,6 +973,7 @@ impl Provider for GdriveProvider {
             symlinks: false,
             unix_attrs: false,
             propagated_dir_revisions: false,
+            ..Capabilities::default()
         }
     }
 

@@ -920,6 +920,7 @@ impl Provider for WebdavProvider {
             symlinks: false,
             unix_attrs: false,
             propagated_dir_revisions: self.nextcloud,
+            ..Capabilities::default()
         }
     }
 
