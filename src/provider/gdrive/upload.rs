@@ -109,20 +109,24 @@ impl GdriveProvider {
             .api
             // Opening a session creates nothing visible (an unused one expires), so even a
             // POST for a new file may be repeated when its reply is lost.
-            .send_as("files.upload(resumable start)", Idempotency::Idempotent, |c| {
-                let r = match existing {
-                    Some(_) => c.patch(&url),
-                    None => c.post(&url),
-                };
-                r.query(&[
-                    ("uploadType", "resumable"),
-                    ("fields", FILE_FIELDS),
-                    ("supportsAllDrives", "true"),
-                ])
-                .header("X-Upload-Content-Type", "application/octet-stream")
-                .header("X-Upload-Content-Length", size.to_string())
-                .json(meta)
-            })
+            .send_as(
+                "files.upload(resumable start)",
+                Idempotency::Idempotent,
+                |c| {
+                    let r = match existing {
+                        Some(_) => c.patch(&url),
+                        None => c.post(&url),
+                    };
+                    r.query(&[
+                        ("uploadType", "resumable"),
+                        ("fields", FILE_FIELDS),
+                        ("supportsAllDrives", "true"),
+                    ])
+                    .header("X-Upload-Content-Type", "application/octet-stream")
+                    .header("X-Upload-Content-Length", size.to_string())
+                    .json(meta)
+                },
+            )
             .await?;
         resp.headers()
             .get(LOCATION)

@@ -9,8 +9,10 @@
 //! What may be sent again depends on whether the failed attempt may have *taken effect*:
 //!
 //! - **Certainly not applied** ([`Effect::NotApplied`]): 429 and 503 (the server says it
-//!   did not process the request), 408, and a connection that could not be opened, so the
-//!   request never left. Such requests are retried whatever their method.
+//!   did not process the request), 408, 423 (the target is locked, typically by a request
+//!   of ours the server is still finishing after its connection was cut), and a connection
+//!   that could not be opened, so the request never left. Such requests are retried
+//!   whatever their method.
 //! - **Uncertain** ([`Effect::Uncertain`]): the reply was cut or never came (a timeout
 //!   after sending), or a 5xx other than 503 (500, 502, 504: a proxy or the server may have
 //!   acted before failing). Retried only for [`Idempotency::Idempotent`] requests: GET,
@@ -115,10 +117,10 @@ pub enum Effect {
 
 impl Effect {
     /// How a reply status bears on retrying: `None` for statuses that retrying cannot fix
-    /// (all of 1xx-4xx but 408/429, and 501, 505, 507, 508...).
+    /// (all of 1xx-4xx but 408/423/429, and 501, 505, 507, 508...).
     pub fn of_status(status: StatusCode) -> Option<Effect> {
         match status.as_u16() {
-            408 | 429 | 503 => Some(Effect::NotApplied),
+            408 | 423 | 429 | 503 => Some(Effect::NotApplied),
             500 | 502 | 504 => Some(Effect::Uncertain),
             _ => None,
         }
@@ -246,7 +248,10 @@ mod tests {
     #[test]
     fn retry_after_seconds_and_dates() {
         let now = UNIX_EPOCH + Duration::from_secs(784111777); // Sun, 06 Nov 1994 08:49:37
-        assert_eq!(parse_retry_after("120", now), Some(Duration::from_secs(120)));
+        assert_eq!(
+            parse_retry_after("120", now),
+            Some(Duration::from_secs(120))
+        );
         assert_eq!(parse_retry_after(" 0 ", now), Some(Duration::ZERO));
         assert_eq!(
             parse_retry_after("Sun, 06 Nov 1994 08:50:07 GMT", now),
@@ -320,20 +325,27 @@ mod tests {
 
     #[test]
     fn methods_and_statuses() {
-        for m in ["GET", "HEAD", "PROPFIND", "OPTIONS", "PUT", "DELETE", "REPORT"] {
+        for m in [
+            "GET", "HEAD", "PROPFIND", "OPTIONS", "PUT", "DELETE", "REPORT",
+        ] {
             let m = Method::from_bytes(m.as_bytes()).unwrap();
             assert_eq!(Idempotency::of_method(&m), Idempotency::Idempotent, "{m}");
         }
         for m in ["MOVE", "COPY", "MKCOL", "POST", "PATCH", "PROPPATCH"] {
             let m = Method::from_bytes(m.as_bytes()).unwrap();
-            assert_eq!(Idempotency::of_method(&m), Idempotency::NotIdempotent, "{m}");
+            assert_eq!(
+                Idempotency::of_method(&m),
+                Idempotency::NotIdempotent,
+                "{m}"
+            );
         }
         let s = |n| StatusCode::from_u16(n).unwrap();
         assert_eq!(Effect::of_status(s(503)), Some(Effect::NotApplied));
         assert_eq!(Effect::of_status(s(429)), Some(Effect::NotApplied));
         assert_eq!(Effect::of_status(s(500)), Some(Effect::Uncertain));
         assert_eq!(Effect::of_status(s(502)), Some(Effect::Uncertain));
-        for n in [200, 207, 404, 409, 412, 423, 501, 507] {
+        assert_eq!(Effect::of_status(s(423)), Some(Effect::NotApplied));
+        for n in [200, 207, 404, 409, 412, 501, 507] {
             assert_eq!(Effect::of_status(s(n)), None, "{n}");
         }
     }
