@@ -30,6 +30,8 @@ use webdav_servers::{
 };
 
 const VERSIONS_DIR: &str = ".cloudmount-versions";
+/// Where the WebDAV provider puts uploads before moving them into place.
+const UPLOAD_TMP_DIR: &str = ".cloudmount-tmp";
 
 #[derive(Clone, Copy, Debug)]
 enum Server {
@@ -140,14 +142,15 @@ impl Fixture {
     }
 }
 
-/// Every path below `root` with file contents, without cloudmount's hidden versions folder.
+/// Every path below `root` with file contents, without cloudmount's hidden versions and
+/// temporary-upload folders.
 fn tree_of(root: &Path) -> Tree {
     fn walk(root: &Path, dir: &Path, out: &mut Tree) {
         for e in fs::read_dir(dir).unwrap_or_else(|e| panic!("read_dir {}: {e}", dir.display())) {
             let e = e.unwrap();
             let path = e.path();
             let rel = format!("/{}", path.strip_prefix(root).unwrap().to_string_lossy());
-            if rel == format!("/{VERSIONS_DIR}") {
+            if rel == format!("/{VERSIONS_DIR}") || rel == format!("/{UPLOAD_TMP_DIR}") {
                 continue;
             }
             let meta = fs::symlink_metadata(&path).unwrap();

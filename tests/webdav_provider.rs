@@ -1,6 +1,7 @@
 //! The WebDAV provider against real servers on loopback (rclone serve webdav and Apache
 //! mod_dav_fs), and against small hand-written HTTP servers for behaviours real servers
-//! here don't show (ignored Range headers, error statuses, Nextcloud properties).
+//! here don't show (ignored Range headers, error statuses, Nextcloud properties, injected
+//! 503s and lost replies, a connection cut in the middle of an upload).
 
 #[path = "support/nextcloud_emulator.rs"]
 mod nextcloud_emulator;
@@ -11,15 +12,16 @@ use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
-use cloudmount::provider::webdav::{ChunkedMode, WebdavConfig, WebdavProvider};
+use cloudmount::provider::webdav::{AtomicUploads, ChunkedMode, WebdavConfig, WebdavProvider};
 use cloudmount::provider::{
     collect_stream, EntryKind, Provider, ProviderError, Quota, RemoteEntry, UploadOptions,
 };
 use futures::StreamExt;
-use nextcloud_emulator::NextcloudEmulator;
+use nextcloud_emulator::{Fault, NextcloudEmulator};
 use webdav_servers::{start_apache_webdav, start_rclone_webdav, WebdavServer};
 
 #[derive(Clone, Copy)]
@@ -80,6 +82,13 @@ impl Fixture {
         std::fs::write(&path, data).unwrap();
         path
     }
+}
+
+/// Retries as by default, with waits short enough for tests.
+fn quick_retries(mut cfg: WebdavConfig) -> WebdavConfig {
+    cfg.retry_base_delay_ms = 10;
+    cfg.retry_budget_secs = 5;
+    cfg
 }
 
 fn pattern(len: usize, seed: u32) -> Vec<u8> {
@@ -732,7 +741,11 @@ fn serve_one(conn: TcpStream, handler: &dyn Fn(&Req) -> Reply, log: &Mutex<Vec<R
 }
 
 fn scripted_provider(s: &Scripted, prefix: &str) -> WebdavProvider {
-    WebdavProvider::new(WebdavConfig::new(format!("{}{prefix}", s.base))).unwrap()
+    WebdavProvider::new(quick_retries(WebdavConfig::new(format!(
+        "{}{prefix}",
+        s.base
+    ))))
+    .unwrap()
 }
 
 #[tokio::test]
@@ -819,7 +832,7 @@ async fn error_statuses_map_to_provider_errors() {
     assert_err!(p.stat("/html").await, ProviderError::Protocol(_));
     assert_err!(p.stat("/moved").await, ProviderError::Protocol(_));
 
-    let mut cfg = WebdavConfig::new(format!("{}/", s.base));
+    let mut cfg = quick_retries(WebdavConfig::new(format!("{}/", s.base)));
     cfg.timeout_secs = 1;
     let impatient = WebdavProvider::new(cfg).unwrap();
     assert_err!(impatient.stat("/hang").await, ProviderError::Transient(_));
@@ -830,7 +843,10 @@ async fn error_statuses_map_to_provider_errors() {
         .local_addr()
         .unwrap()
         .port();
-    let gone = WebdavProvider::new(WebdavConfig::new(format!("http://127.0.0.1:{port}/"))).unwrap();
+    let gone = WebdavProvider::new(quick_retries(WebdavConfig::new(format!(
+        "http://127.0.0.1:{port}/"
+    ))))
+    .unwrap();
     assert_err!(gone.stat("/").await, ProviderError::Transient(_));
 }
 
@@ -1145,4 +1161,327 @@ fn nextcloud_mode_needs_a_nextcloud_url() {
     let mut cfg = WebdavConfig::new("https://example.com/nc/remote.php/dav/files/bob/");
     cfg.chunked_upload = ChunkedMode::Nextcloud;
     assert!(WebdavProvider::new(cfg).is_ok());
+}
+
+// ---------------------------------------------------------------------------------------
+// Retries and uploads that cannot be partial.
+
+#[tokio::test]
+async fn reads_succeed_through_transient_503s() {
+    let nc = NextcloudEmulator::start("bob", "app-password", None);
+    nc.seed("doc.txt", b"hello world", None);
+    let mut cfg = quick_retries(WebdavConfig::new(nc.files_url.clone()));
+    cfg.user = Some("bob".into());
+    cfg.password = Some("app-password".into());
+    let p = WebdavProvider::new(cfg).unwrap();
+    let count = |method: &str| nc.requests().iter().filter(|r| r.method == method).count();
+
+    // GET: two 503s without Retry-After, then the data.
+    nc.inject(Fault::Unavailable { retry_after: None }, 2);
+    assert_eq!(read(&p, "/doc.txt", None, 6, 5).await, b"world");
+    assert_eq!(nc.faults_served(), 2);
+    assert_eq!(count("GET"), 3);
+
+    // PROPFIND (stat and listing): the wait the server asks for is kept.
+    nc.inject(
+        Fault::Unavailable {
+            retry_after: Some(1),
+        },
+        1,
+    );
+    let started = std::time::Instant::now();
+    let e = p.stat("/doc.txt").await.unwrap();
+    assert!(
+        started.elapsed() >= Duration::from_secs(1),
+        "Retry-After honoured"
+    );
+    assert_eq!(e.size, 11);
+    nc.inject(Fault::Unavailable { retry_after: None }, 1);
+    let names: Vec<_> = list(&p, "/").await.into_iter().map(|e| e.name).collect();
+    assert_eq!(names, ["doc.txt"]);
+    assert_eq!(nc.faults_served(), 4);
+    assert_eq!(count("PROPFIND"), 4);
+
+    // A wait beyond the retry budget is the queue's to make: reported at once.
+    nc.inject(
+        Fault::Unavailable {
+            retry_after: Some(3600),
+        },
+        1,
+    );
+    let started = std::time::Instant::now();
+    match p.stat("/doc.txt").await {
+        Err(ProviderError::RateLimited { retry_after }) => {
+            assert_eq!(retry_after, Some(Duration::from_secs(3600)))
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(started.elapsed() < Duration::from_secs(2));
+
+    // An outage longer than the retries: a transient error after 1 + 3 attempts.
+    nc.inject(Fault::Unavailable { retry_after: None }, 10);
+    assert_err!(p.stat("/doc.txt").await, ProviderError::Transient(_));
+    assert_eq!(nc.pending_faults(), 6);
+}
+
+#[tokio::test]
+async fn move_whose_reply_is_lost_is_transient_and_not_repeated() {
+    let nc = NextcloudEmulator::start("bob", "app-password", None);
+    nc.seed("a.txt", b"contents", None);
+    let mut cfg = quick_retries(WebdavConfig::new(nc.files_url.clone()));
+    cfg.user = Some("bob".into());
+    cfg.password = Some("app-password".into());
+    let p = WebdavProvider::new(cfg).unwrap();
+
+    nc.inject(Fault::CutReply { method: "MOVE" }, 1);
+    match p.rename("/a.txt", "/b.txt", false).await {
+        // Sent again, the MOVE would have found its source gone (NotFound).
+        Err(ProviderError::Transient(_)) => {}
+        other => panic!("expected a transient error, got {other:?}"),
+    }
+    assert_eq!(nc.faults_served(), 1);
+    let moves = nc.requests().iter().filter(|r| r.method == "MOVE").count();
+    assert_eq!(moves, 1, "a MOVE with an unknown outcome is not repeated");
+    // It did happen; looking again (as the write-back executor does) shows it.
+    assert!(!nc.files_root().join("a.txt").exists());
+    assert_eq!(p.stat("/b.txt").await.unwrap().size, 8);
+}
+
+/// A TCP relay in front of a server that, while `cut` is set, forwards the head and the
+/// first half of every PUT body and then closes both connections: the client never gets
+/// a reply, and the server sees the body end early.
+struct CutRelay {
+    port: u16,
+    cut: Arc<AtomicBool>,
+    /// PUT requests seen (counted on their head, before anything is forwarded).
+    puts: Arc<AtomicUsize>,
+    cuts: Arc<AtomicUsize>,
+    /// Cut connections the server has since closed: it is done with their request.
+    settled: Arc<AtomicUsize>,
+}
+
+impl CutRelay {
+    /// Waits until the server has finished with every request whose connection was cut
+    /// (it goes on writing what it received after the client is gone).
+    fn wait_settled(&self) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while self.settled.load(Ordering::SeqCst) < self.cuts.load(Ordering::SeqCst) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "server never closed cut connections"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+fn cut_relay(upstream: u16) -> CutRelay {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let relay = CutRelay {
+        port: listener.local_addr().unwrap().port(),
+        cut: Arc::new(AtomicBool::new(true)),
+        puts: Arc::default(),
+        cuts: Arc::default(),
+        settled: Arc::default(),
+    };
+    let counters = (
+        relay.cut.clone(),
+        relay.puts.clone(),
+        relay.cuts.clone(),
+        relay.settled.clone(),
+    );
+    std::thread::spawn(move || {
+        for conn in listener.incoming().flatten() {
+            let counters = counters.clone();
+            std::thread::spawn(move || relay_connection(conn, upstream, counters));
+        }
+    });
+    relay
+}
+
+type RelayCounters = (
+    Arc<AtomicBool>,
+    Arc<AtomicUsize>,
+    Arc<AtomicUsize>,
+    Arc<AtomicUsize>,
+);
+
+fn relay_connection(client: TcpStream, upstream: u16, counters: RelayCounters) {
+    use std::net::Shutdown;
+    let (cut, puts, cuts, settled) = counters;
+    let Ok(mut server) = TcpStream::connect(("127.0.0.1", upstream)) else {
+        return;
+    };
+    // (cut by us, closed by the server): whichever comes second counts as settled, as a
+    // server refusing early (423) may close before the cut.
+    let ends = Arc::new(Mutex::new((false, false)));
+    // Replies flow back untouched; after a cut, the rest is drained until the server
+    // closes the connection, which it does once it is done with the request.
+    let (mut from_server, mut to_client) =
+        (server.try_clone().unwrap(), client.try_clone().unwrap());
+    let (ends2, settled2) = (ends.clone(), settled.clone());
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 16384];
+        loop {
+            match from_server.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    let _ = to_client.write_all(&buf[..n]);
+                }
+            }
+        }
+        let _ = to_client.shutdown(Shutdown::Both);
+        let mut ends = ends2.lock().unwrap();
+        ends.1 = true;
+        if ends.0 {
+            settled2.fetch_add(1, Ordering::SeqCst);
+        }
+    });
+    let mut reader = BufReader::new(client.try_clone().unwrap());
+    loop {
+        let mut head = String::new();
+        loop {
+            let mut line = String::new();
+            if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                let _ = server.shutdown(Shutdown::Both);
+                return;
+            }
+            head.push_str(&line);
+            if line == "\r\n" {
+                break;
+            }
+        }
+        if head.starts_with("PUT ") {
+            puts.fetch_add(1, Ordering::SeqCst);
+        }
+        let len: usize = head
+            .lines()
+            .find_map(|l| {
+                let (k, v) = l.split_once(':')?;
+                k.eq_ignore_ascii_case("content-length")
+                    .then(|| v.trim().parse().ok())?
+            })
+            .unwrap_or(0);
+        let mut body = vec![0u8; len];
+        if reader.read_exact(&mut body).is_err() {
+            let _ = server.shutdown(Shutdown::Both);
+            return;
+        }
+        if head.starts_with("PUT ") && len > 0 && cut.load(Ordering::SeqCst) {
+            let _ = server.write_all(head.as_bytes());
+            let _ = server.write_all(&body[..len / 2]);
+            {
+                let mut ends = ends.lock().unwrap();
+                ends.0 = true;
+                cuts.fetch_add(1, Ordering::SeqCst);
+                if ends.1 {
+                    settled.fetch_add(1, Ordering::SeqCst);
+                }
+            }
+            // The client first, so that no reply to the short body reaches it; the server
+            // then sees its request body end early.
+            let _ = client.shutdown(Shutdown::Both);
+            let _ = server.shutdown(Shutdown::Write);
+            return;
+        }
+        if server.write_all(head.as_bytes()).is_err() || server.write_all(&body).is_err() {
+            return;
+        }
+    }
+}
+
+#[tokio::test]
+async fn put_cut_mid_body_leaves_nothing_under_the_real_name() {
+    let root = tempfile::tempdir().unwrap();
+    let srv = start_rclone_webdav(root.path());
+    let relay = cut_relay(srv.port);
+    let url = format!("http://127.0.0.1:{}/", relay.port);
+    let scratch = tempfile::tempdir().unwrap();
+    let data = pattern(1024 * 1024, 9);
+    let src = scratch.path().join("src");
+    std::fs::write(&src, &data).unwrap();
+    let tmp_dir = root.path().join(".cloudmount-tmp");
+    let leftovers = || std::fs::read_dir(&tmp_dir).map(|d| d.count()).unwrap_or(0);
+
+    // Why uploads go through a temporary name: rclone keeps what arrived of a cut PUT.
+    let mut direct = quick_retries(WebdavConfig::new(url.clone()));
+    direct.atomic_uploads = AtomicUploads::Off;
+    let direct = WebdavProvider::new(direct).unwrap();
+    assert_err!(
+        direct
+            .upload("/direct.bin", &src, &UploadOptions::default())
+            .await,
+        ProviderError::Transient(_)
+    );
+    relay.wait_settled();
+    let kept = std::fs::metadata(root.path().join("direct.bin")).map(|m| m.len());
+    assert!(
+        matches!(kept, Ok(n) if n < data.len() as u64),
+        "a cut direct PUT left {kept:?}"
+    );
+
+    // The default for a plain WebDAV server: atomic.
+    let p = WebdavProvider::new(quick_retries(WebdavConfig::new(url))).unwrap();
+    let before = relay.puts.load(Ordering::SeqCst);
+    let opts = UploadOptions {
+        expected_revision: Some(None),
+        ..Default::default()
+    };
+    assert_err!(
+        p.upload("/file.bin", &src, &opts).await,
+        ProviderError::Transient(_)
+    );
+    // Sent to a fresh temporary name, the PUT was retried (1 + 3 attempts), each cut
+    // (or refused with 423 while the server still held the name for a cut attempt).
+    assert_eq!(relay.puts.load(Ordering::SeqCst) - before, 4);
+    assert!(
+        !root.path().join("file.bin").exists(),
+        "nothing under the real name"
+    );
+
+    // rclone goes on with a cut PUT after the client has seen the cut (and holds a lock on
+    // the name meanwhile: the immediate DELETE may get 423); the next upload sweeps what
+    // it left.
+    relay.wait_settled();
+    relay.cut.store(false, Ordering::SeqCst);
+    let e = p.upload("/file.bin", &src, &opts).await.unwrap();
+    assert_eq!(e.size, data.len() as u64);
+    assert_eq!(std::fs::read(root.path().join("file.bin")).unwrap(), data);
+    assert_eq!(leftovers(), 0, "no partial temporary file left over");
+    assert!(
+        tmp_dir.is_dir(),
+        "the temporary folder stays for the next upload"
+    );
+    // ...but is not listed.
+    let names: Vec<_> = list(&p, "/").await.into_iter().map(|e| e.name).collect();
+    assert_eq!(names, ["direct.bin", "file.bin"]);
+
+    // The precondition is checked before the MOVE: nothing replaced, nothing left over.
+    let other = scratch.path().join("other");
+    std::fs::write(&other, b"other").unwrap();
+    assert_err!(
+        p.upload("/file.bin", &other, &opts).await,
+        ProviderError::PreconditionFailed(_)
+    );
+    let stale = UploadOptions {
+        expected_revision: Some(Some("not-the-revision".into())),
+        ..Default::default()
+    };
+    assert_err!(
+        p.upload("/file.bin", &other, &stale).await,
+        ProviderError::PreconditionFailed(_)
+    );
+    assert_eq!(std::fs::read(root.path().join("file.bin")).unwrap(), data);
+    let current = UploadOptions {
+        expected_revision: Some(Some(e.revision.clone())),
+        ..Default::default()
+    };
+    let e2 = p.upload("/file.bin", &other, &current).await.unwrap();
+    assert_eq!(e2.size, 5);
+    assert_eq!(
+        std::fs::read(root.path().join("file.bin")).unwrap(),
+        b"other"
+    );
+    assert_eq!(leftovers(), 0);
+    drop(srv);
 }

@@ -6,6 +6,7 @@
 
 pub mod gdrive;
 pub mod instrumented;
+pub mod kit;
 pub mod local;
 pub mod memory;
 pub mod webdav;

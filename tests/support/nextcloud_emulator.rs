@@ -13,6 +13,10 @@
 //! Anything the documentation calls an error is answered with the documented status, and
 //! a request body sent with chunked transfer encoding is refused (411), so that clients
 //! are held to sending `Content-Length`.
+//!
+//! Faults are injected on demand (`inject`): the next requests can be answered 503 (with or
+//! without `Retry-After`) without being processed, or processed with their reply cut off,
+//! as when a connection drops after the server acted.
 
 #![allow(dead_code)]
 
@@ -26,6 +30,16 @@ use std::time::UNIX_EPOCH;
 
 const MIN_CHUNK: u64 = 5 * 1024 * 1024;
 const MAX_CHUNK: u64 = 5 * 1024 * 1024 * 1024;
+
+/// A fault served instead of (or on top of) the normal reply.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Fault {
+    /// The next request is answered 503 without being processed.
+    Unavailable { retry_after: Option<u64> },
+    /// The next request with this method is processed, then the connection is closed
+    /// without a reply.
+    CutReply { method: &'static str },
+}
 
 #[derive(Debug, Clone)]
 pub struct LoggedRequest {
@@ -68,6 +82,9 @@ struct State {
     sync_snapshots: Vec<HashMap<String, String>>,
     /// Answer sync-collection REPORTs (Nextcloud does on its DAV endpoints).
     sync_collection: bool,
+    /// Served in order; see `Fault`.
+    faults: std::collections::VecDeque<Fault>,
+    faults_served: usize,
 }
 
 pub struct NextcloudEmulator {
@@ -100,6 +117,8 @@ impl NextcloudEmulator {
             log: Vec::new(),
             sync_snapshots: Vec::new(),
             sync_collection: true,
+            faults: Default::default(),
+            faults_served: 0,
         }));
         let st = state.clone();
         std::thread::spawn(move || {
@@ -140,6 +159,22 @@ impl NextcloudEmulator {
 
     pub fn requests(&self) -> Vec<LoggedRequest> {
         self.state.lock().unwrap().log.clone()
+    }
+
+    /// Serves `fault` `times` times, after any faults injected before.
+    pub fn inject(&self, fault: Fault, times: usize) {
+        let mut st = self.state.lock().unwrap();
+        for _ in 0..times {
+            st.faults.push_back(fault.clone());
+        }
+    }
+
+    pub fn pending_faults(&self) -> usize {
+        self.state.lock().unwrap().faults.len()
+    }
+
+    pub fn faults_served(&self) -> usize {
+        self.state.lock().unwrap().faults_served
     }
 
     /// Upload folders not yet assembled or deleted.
@@ -230,12 +265,37 @@ fn handle_connection(conn: TcpStream, state: &Mutex<State>) {
             req.body_len = len;
             let mut st = state.lock().unwrap();
             st.log.push(req.clone());
-            route(&mut st, &req, body)
+            match take_fault(&mut st, &req) {
+                Some(Fault::Unavailable { retry_after }) => {
+                    let mut r =
+                        sabre_error(503, "ServiceUnavailable", "System in maintenance mode.");
+                    if let Some(secs) = retry_after {
+                        r.headers.push(("Retry-After".into(), secs.to_string()));
+                    }
+                    r
+                }
+                Some(Fault::CutReply { .. }) => {
+                    route(&mut st, &req, body);
+                    // Dropping the connection is all the client sees.
+                    return;
+                }
+                None => route(&mut st, &req, body),
+            }
         };
         if !write_response(&mut out, &req, response) {
             return;
         }
     }
+}
+
+/// The fault this request gets, if any: the first pending one that applies to it.
+fn take_fault(st: &mut State, req: &LoggedRequest) -> Option<Fault> {
+    let i = st.faults.iter().position(|f| match f {
+        Fault::Unavailable { .. } => true,
+        Fault::CutReply { method } => *method == req.method,
+    })?;
+    st.faults_served += 1;
+    st.faults.remove(i)
 }
 
 fn write_response(out: &mut TcpStream, req: &LoggedRequest, r: Response) -> bool {
@@ -429,9 +489,46 @@ fn files_request(st: &mut State, req: &LoggedRequest, rel: &str, body: Vec<u8>) 
             }
             resp(204, "")
         }
+        "MOVE" => move_file(st, req, rel),
         "REPORT" if st.sync_collection => sync_collection(st, req, rel, &body),
         _ => sabre_error(501, "NotImplemented", "not emulated"),
     }
+}
+
+/// RFC 4918 MOVE within the user's files: 201 for a new name, 204 when replacing,
+/// 412 with `Overwrite: F` onto an existing name, 409 without the destination's folder.
+fn move_file(st: &mut State, req: &LoggedRequest, rel: &str) -> Response {
+    let from = disk(st, rel);
+    if !from.exists() {
+        return sabre_error(404, "NotFound", &format!("File {rel} not found"));
+    }
+    let to_rel = match destination_rel(st, req) {
+        Ok(r) => r,
+        Err(r) => return r,
+    };
+    let to = disk(st, &to_rel);
+    if !to.parent().is_some_and(Path::is_dir) {
+        return sabre_error(409, "Conflict", "Destination parent does not exist");
+    }
+    let existed = to.exists();
+    if existed {
+        if req
+            .header("overwrite")
+            .is_some_and(|v| v.eq_ignore_ascii_case("F"))
+        {
+            return sabre_error(412, "PreconditionFailed", "Destination exists");
+        }
+        if to.is_dir() {
+            fs::remove_dir_all(&to).unwrap();
+        } else {
+            fs::remove_file(&to).unwrap();
+        }
+    }
+    fs::rename(&from, &to).unwrap();
+    if let Some(id) = st.file_ids.remove(rel) {
+        st.file_ids.insert(to_rel, id);
+    }
+    resp(if existed { 204 } else { 201 }, "")
 }
 
 const SYNC_TOKEN_PREFIX: &str = "http://sabre.io/ns/sync/";

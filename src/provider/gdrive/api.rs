@@ -1,4 +1,5 @@
-//! The HTTP layer: authentication, request-rate cap, retries and error mapping.
+//! The HTTP layer: authentication, request-rate cap and error mapping; retries follow the
+//! provider kit's rules (`provider::kit::retry`).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -6,9 +7,12 @@ use std::time::{Duration, Instant};
 use reqwest::header::HeaderMap;
 use reqwest::{RequestBuilder, Response, StatusCode};
 use serde::Deserialize;
-use tracing::{debug, warn};
+use tracing::debug;
 
 use crate::accounts::BearerTokens;
+use crate::provider::kit::retry::{
+    self, retry_after, Attempt, Effect, Failure, Idempotency, RetryPolicy,
+};
 use crate::provider::{ProviderError, ProviderResult};
 
 /// The v1 error body: `{"error":{"errors":[{"domain","reason","message",...}],"code","message"}}`.
@@ -29,14 +33,6 @@ struct ErrorInner {
 struct ErrorItem {
     #[serde(default)]
     reason: String,
-}
-
-fn retry_after(headers: &HeaderMap) -> Option<Duration> {
-    headers
-        .get(reqwest::header::RETRY_AFTER)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<u64>().ok())
-        .map(Duration::from_secs)
 }
 
 /// Map a failed reply onto a provider error. `what` names the operation for messages.
@@ -131,8 +127,19 @@ pub(crate) struct Api {
     pub(crate) http: reqwest::Client,
     tokens: Arc<dyn BearerTokens>,
     pub(crate) cap: RateCap,
-    max_retries: u32,
-    retry_base: Duration,
+    pub(crate) retry: RetryPolicy,
+}
+
+/// Which Drive requests may be sent twice. Drive's PATCHes (files.update) set fields to
+/// given values, so repeating one changes nothing more; its POSTs create something
+/// (files.create, files.copy) and are not repeated when their outcome is unknown, except
+/// where the caller knows better (see `send_as`).
+fn drive_idempotency(method: &reqwest::Method) -> Idempotency {
+    if method == reqwest::Method::PATCH {
+        Idempotency::Idempotent
+    } else {
+        Idempotency::of_method(method)
+    }
 }
 
 impl Api {
@@ -140,82 +147,101 @@ impl Api {
         http: reqwest::Client,
         tokens: Arc<dyn BearerTokens>,
         per_second: f64,
-        max_retries: u32,
-        retry_base: Duration,
+        retry: RetryPolicy,
     ) -> Self {
         Api {
             http,
             tokens,
             cap: RateCap::new(per_second),
-            max_retries,
-            retry_base,
+            retry,
         }
     }
 
-    /// The wait before retry number `attempt` (0-based): exponential with full jitter, or
-    /// what the server asked for, capped so that a hostile Retry-After cannot hang us.
-    pub(crate) fn backoff(&self, attempt: u32, err: &ProviderError) -> Duration {
-        if let ProviderError::RateLimited {
-            retry_after: Some(d),
-        } = err
-        {
-            return (*d).min(Duration::from_secs(60));
-        }
-        let exp = self.retry_base.saturating_mul(1 << attempt.min(10));
-        let jitter = rand::random::<f64>();
-        exp.mul_f64(0.5 + jitter * 0.5).min(Duration::from_secs(60))
-    }
-
-    pub(crate) fn max_retries(&self) -> u32 {
-        self.max_retries
-    }
-
-    /// Send an authenticated request, built afresh for every attempt by `build`. Handles a
-    /// 401 by refreshing the token once, and retries rate limits, 5xx and network errors
-    /// with backoff. Returns the successful response (2xx, or 308 for uploads, or 416).
+    /// Send an authenticated request, built afresh for every attempt by `build`; whether it
+    /// may be repeated after an unknown outcome follows from its method (see
+    /// `drive_idempotency`). Handles a 401 by refreshing the token once, and retries rate
+    /// limits, 5xx and network errors as `kit::retry` allows. Returns the successful
+    /// response (2xx, or 308 for uploads, or 416).
     pub(crate) async fn send<F>(&self, what: &str, build: F) -> ProviderResult<Response>
     where
         F: Fn(&reqwest::Client) -> RequestBuilder,
     {
-        let mut token = self.tokens.access_token().await?;
-        let mut refreshed = false;
-        let mut attempt = 0;
-        loop {
-            self.cap.wait().await;
-            let result = build(&self.http).bearer_auth(token.expose()).send().await;
-            let err = match result {
-                Ok(resp) => {
-                    let status = resp.status();
-                    if status.is_success()
-                        || status.as_u16() == 308
-                        || status == StatusCode::RANGE_NOT_SATISFIABLE
-                    {
-                        return Ok(resp);
+        let probe = build(&self.http)
+            .build()
+            .map_err(|e| ProviderError::Protocol(format!("{what}: {}", strip_url(&e))))?;
+        self.send_as(what, drive_idempotency(probe.method()), build)
+            .await
+    }
+
+    /// `send`, saying whether the request may be repeated after an unknown outcome.
+    pub(crate) async fn send_as<F>(
+        &self,
+        what: &str,
+        idempotency: Idempotency,
+        build: F,
+    ) -> ProviderResult<Response>
+    where
+        F: Fn(&reqwest::Client) -> RequestBuilder,
+    {
+        // The token and whether it was refreshed already carry over between attempts.
+        let token = tokio::sync::Mutex::new((self.tokens.access_token().await?, false));
+        retry::run(&self.retry, idempotency, what, || async {
+            let mut token = token.lock().await;
+            loop {
+                self.cap.wait().await;
+                let result = build(&self.http).bearer_auth(token.0.expose()).send().await;
+                let resp = match result {
+                    Ok(resp) => resp,
+                    Err(e) => {
+                        let err = network_error(&e, what);
+                        return Attempt::Failed(Failure {
+                            effect: Effect::of_transport(&e),
+                            retry_after: None,
+                            reason: err.to_string(),
+                            outcome: Err(err),
+                        });
                     }
-                    if status == StatusCode::UNAUTHORIZED && !refreshed {
-                        debug!(what, "access token refused; refreshing once");
-                        refreshed = true;
-                        token = self.tokens.token_rejected(&token).await?;
-                        continue;
-                    }
-                    let headers = resp.headers().clone();
-                    let body = resp.bytes().await.unwrap_or_default();
-                    map_error(status, &headers, &body, what)
+                };
+                let status = resp.status();
+                if status.is_success()
+                    || status.as_u16() == 308
+                    || status == StatusCode::RANGE_NOT_SATISFIABLE
+                {
+                    return Attempt::Done(Ok(resp));
                 }
-                Err(e) => network_error(&e, what),
-            };
-            let retry = matches!(
-                err,
-                ProviderError::RateLimited { .. } | ProviderError::Transient(_)
-            );
-            if !retry || attempt >= self.max_retries {
-                return Err(err);
+                if status == StatusCode::UNAUTHORIZED && !token.1 {
+                    debug!(what, "access token refused; refreshing once");
+                    let fresh = match self.tokens.token_rejected(&token.0).await {
+                        Ok(t) => t,
+                        Err(e) => return Attempt::Done(Err(e.into())),
+                    };
+                    *token = (fresh, true);
+                    continue;
+                }
+                let headers = resp.headers().clone();
+                let body = resp.bytes().await.unwrap_or_default();
+                let err = map_error(status, &headers, &body, what);
+                return match err {
+                    // Drive's pacing 403s and 429 both say "not processed, slow down".
+                    ProviderError::RateLimited { retry_after } => Attempt::Failed(Failure {
+                        effect: Effect::NotApplied,
+                        retry_after,
+                        reason: err.to_string(),
+                        outcome: Err(err),
+                    }),
+                    _ => match Effect::of_status(status) {
+                        Some(effect) => Attempt::Failed(Failure {
+                            effect,
+                            retry_after: None,
+                            reason: err.to_string(),
+                            outcome: Err(err),
+                        }),
+                        None => Attempt::Done(Err(err)),
+                    },
+                };
             }
-            let wait = self.backoff(attempt, &err);
-            warn!(what, attempt, ?wait, error = %err, "retrying");
-            tokio::time::sleep(wait).await;
-            attempt += 1;
-        }
+        })
+        .await
     }
 
     /// `send` and decode a JSON reply.

@@ -83,6 +83,7 @@ use super::{
     RemoteEntry, UploadOptions,
 };
 use crate::accounts::BearerTokens;
+use crate::provider::kit::retry::RetryPolicy;
 use api::Api;
 
 pub const FOLDER_MIME: &str = "application/vnd.google-apps.folder";
@@ -172,6 +173,9 @@ fn default_max_retries() -> u32 {
 fn default_retry_base_ms() -> u64 {
     500
 }
+fn default_retry_budget_secs() -> u64 {
+    60
+}
 fn default_timeout_secs() -> u64 {
     60
 }
@@ -211,6 +215,10 @@ pub struct GdriveConfig {
     /// First backoff delay; doubles with each retry (with jitter).
     #[serde(default = "default_retry_base_ms")]
     pub retry_base_delay_ms: u64,
+    /// Retries of one request stop after this long; a longer `Retry-After` is reported as
+    /// `RateLimited` for the write-back queue to wait out.
+    #[serde(default = "default_retry_budget_secs")]
+    pub retry_budget_secs: u64,
     #[serde(default = "default_timeout_secs")]
     pub timeout_secs: u64,
     /// Show the account's shared drives under `/Shared drives` (only when the root is My
@@ -233,6 +241,7 @@ impl Default for GdriveConfig {
             max_requests_per_second: default_rps(),
             max_retries: default_max_retries(),
             retry_base_delay_ms: default_retry_base_ms(),
+            retry_budget_secs: default_retry_budget_secs(),
             timeout_secs: default_timeout_secs(),
             shared_drives: true,
         }
@@ -399,13 +408,13 @@ impl GdriveProvider {
             .read_timeout(timeout)
             .build()
             .map_err(|e| bad(e.to_string()))?;
-        let api = Api::new(
-            http,
-            tokens,
-            cfg.max_requests_per_second,
-            cfg.max_retries,
-            Duration::from_millis(cfg.retry_base_delay_ms),
-        );
+        let retry = RetryPolicy {
+            max_attempts: cfg.max_retries.saturating_add(1),
+            base_delay: Duration::from_millis(cfg.retry_base_delay_ms),
+            max_delay: Duration::from_secs(60),
+            budget: Duration::from_secs(cfg.retry_budget_secs),
+        };
+        let api = Api::new(http, tokens, cfg.max_requests_per_second, retry);
         Ok(GdriveProvider {
             cfg,
             api,

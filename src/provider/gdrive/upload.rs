@@ -9,6 +9,7 @@ use tracing::{debug, warn};
 
 use super::api::{map_error, network_error};
 use super::{DriveFile, GdriveProvider, FILE_FIELDS};
+use crate::provider::kit::retry::Idempotency;
 use crate::provider::{ProviderError, ProviderResult};
 
 /// How often an expired (404) session is restarted from scratch before giving up.
@@ -106,20 +107,26 @@ impl GdriveProvider {
         };
         let resp = self
             .api
-            .send("files.upload(resumable start)", |c| {
-                let r = match existing {
-                    Some(_) => c.patch(&url),
-                    None => c.post(&url),
-                };
-                r.query(&[
-                    ("uploadType", "resumable"),
-                    ("fields", FILE_FIELDS),
-                    ("supportsAllDrives", "true"),
-                ])
-                .header("X-Upload-Content-Type", "application/octet-stream")
-                .header("X-Upload-Content-Length", size.to_string())
-                .json(meta)
-            })
+            // Opening a session creates nothing visible (an unused one expires), so even a
+            // POST for a new file may be repeated when its reply is lost.
+            .send_as(
+                "files.upload(resumable start)",
+                Idempotency::Idempotent,
+                |c| {
+                    let r = match existing {
+                        Some(_) => c.patch(&url),
+                        None => c.post(&url),
+                    };
+                    r.query(&[
+                        ("uploadType", "resumable"),
+                        ("fields", FILE_FIELDS),
+                        ("supportsAllDrives", "true"),
+                    ])
+                    .header("X-Upload-Content-Type", "application/octet-stream")
+                    .header("X-Upload-Content-Length", size.to_string())
+                    .json(meta)
+                },
+            )
             .await?;
         resp.headers()
             .get(LOCATION)
@@ -190,6 +197,7 @@ impl GdriveProvider {
         let chunk_size = self.cfg.resumable_chunk_size;
         let mut file = tokio::fs::File::open(source).await?;
         let mut restarts = 0;
+        let max_retries = self.api.retry.max_attempts.saturating_sub(1);
         'session: loop {
             let session = self.start_session(existing, meta, size).await?;
             let mut offset = 0u64;
@@ -212,10 +220,10 @@ impl GdriveProvider {
                 // After a failure, find out what the server kept before sending more.
                 while let ChunkOutcome::Retry(err) = outcome {
                     failures += 1;
-                    if failures > self.api.max_retries() {
+                    if failures > max_retries {
                         return Err(err);
                     }
-                    let wait = self.api.backoff(failures - 1, &err);
+                    let wait = self.api.retry.wait_after(failures - 1, &err);
                     warn!(error = %err, ?wait, offset, "upload chunk failed; asking the server how much it has");
                     tokio::time::sleep(wait).await;
                     outcome = self
@@ -237,7 +245,7 @@ impl GdriveProvider {
                             // No progress without an error: count it, so a server that
                             // never accepts anything cannot loop us forever.
                             failures += 1;
-                            if failures > self.api.max_retries() {
+                            if failures > max_retries {
                                 return Err(ProviderError::Transient(
                                     "resumable upload makes no progress".into(),
                                 ));

@@ -109,18 +109,21 @@ impl Target {
         let mut number = 1u32;
         while offset < size {
             let len = chunk.min(size - offset);
-            let file = open_at(source, offset).await?;
             // Zero-padded so that name order and numeric order agree.
             let url = format!("{dir}/{number:05}");
             let what = format!("PUT chunk {number} of {path}");
-            let rb = p
-                .request(Method::PUT, &url)
-                .header("Destination", dest)
-                .header("OC-Total-Length", size)
-                .header(CONTENT_TYPE, "application/octet-stream")
-                .header(CONTENT_LENGTH, len)
-                .body(file_body(file, len));
-            let resp = p.send(rb, &what).await?;
+            // A chunk sent again replaces itself: plain PUT semantics, retried as such.
+            let resp = p
+                .send_with(&what, None, || async {
+                    let file = open_at(source, offset).await?;
+                    Ok(p.request(Method::PUT, &url)
+                        .header("Destination", dest)
+                        .header("OC-Total-Length", size)
+                        .header(CONTENT_TYPE, "application/octet-stream")
+                        .header(CONTENT_LENGTH, len)
+                        .body(file_body(file, len)))
+                })
+                .await?;
             if !resp.status().is_success() {
                 return Err(p.fail(resp, &what).await);
             }

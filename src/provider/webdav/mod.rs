@@ -18,12 +18,15 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use async_trait::async_trait;
 use bytes::Bytes;
 use futures::{Stream, StreamExt, TryStreamExt};
-use reqwest::header::{HeaderMap, CONTENT_LENGTH, CONTENT_TYPE};
+use reqwest::header::{CONTENT_LENGTH, CONTENT_TYPE};
 use reqwest::{Method, RequestBuilder, Response, StatusCode};
 use serde::Deserialize;
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use tracing::{debug, warn};
 
+use super::kit::retry::{
+    self, parse_http_date, retry_after, Attempt, Effect, Failure, Idempotency, RetryPolicy,
+};
 use super::{
     split_path, ByteStream, Capabilities, Change, ChangeBatch, EntryKind, ListStream, Provider,
     ProviderError, ProviderResult, Quota, RemoteEntry, UploadOptions,
@@ -35,6 +38,11 @@ use xml::{DavProps, DavResponse};
 const LIST_PAGE: usize = 1000;
 /// Read size when streaming a local file into a PUT body.
 const UPLOAD_BUF: usize = 256 * 1024;
+/// Top-level folder of temporary uploads; the filesystem layer hides and refuses this name
+/// at the top of a connection, and listings of "/" here leave it out.
+const TMP_DIR: &str = ".cloudmount-tmp";
+/// How long after a failed upload its temporary file may still appear (see `discard_temp`).
+const TEMP_GRACE: Duration = Duration::from_secs(10);
 
 /// Whether large uploads use Nextcloud's chunked upload (v2).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
@@ -54,6 +62,52 @@ fn default_timeout_secs() -> u64 {
 
 fn default_chunk_size() -> u64 {
     chunked::DEFAULT_CHUNK_SIZE
+}
+
+fn default_max_retries() -> u32 {
+    3
+}
+
+fn default_retry_base_ms() -> u64 {
+    250
+}
+
+fn default_retry_budget_secs() -> u64 {
+    20
+}
+
+/// Which server family the connection was declared as (the connection's `type`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ServerType {
+    #[default]
+    Webdav,
+    Owncloud,
+    Nextcloud,
+}
+
+impl ServerType {
+    /// The connection types that name a WebDAV server ("webdav", "owncloud", "nextcloud").
+    pub fn from_connection_type(kind: &str) -> Option<ServerType> {
+        match kind {
+            "webdav" => Some(ServerType::Webdav),
+            "owncloud" => Some(ServerType::Owncloud),
+            "nextcloud" => Some(ServerType::Nextcloud),
+            _ => None,
+        }
+    }
+}
+
+/// Whether simple uploads go to a temporary name first and are then moved into place.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AtomicUploads {
+    /// On, except for ownCloud/Nextcloud (declared by type, or recognized by their
+    /// `remote.php` URL), which already write a PUT through a `.part` file.
+    #[default]
+    Auto,
+    On,
+    Off,
 }
 
 /// Configuration of one WebDAV account.
@@ -80,6 +134,22 @@ pub struct WebdavConfig {
     /// Files larger than this are uploaded in chunks of this size (when chunking applies).
     #[serde(default = "default_chunk_size")]
     pub chunk_size: u64,
+    /// What kind of server the connection was declared as; only `atomic_uploads = auto`
+    /// looks at it.
+    #[serde(default)]
+    pub server_type: ServerType,
+    #[serde(default)]
+    pub atomic_uploads: AtomicUploads,
+    /// Retries of one failed request (see `provider::kit::retry` for which ones).
+    #[serde(default = "default_max_retries")]
+    pub max_retries: u32,
+    /// Upper bound of the first retry's wait; doubles with each retry (full jitter).
+    #[serde(default = "default_retry_base_ms")]
+    pub retry_base_delay_ms: u64,
+    /// Retries of one request stop after this long; a longer `Retry-After` is reported as
+    /// `RateLimited` for the write-back queue to wait out.
+    #[serde(default = "default_retry_budget_secs")]
+    pub retry_budget_secs: u64,
 }
 
 impl WebdavConfig {
@@ -94,6 +164,11 @@ impl WebdavConfig {
             timeout_secs: default_timeout_secs(),
             chunked_upload: ChunkedMode::default(),
             chunk_size: default_chunk_size(),
+            server_type: ServerType::default(),
+            atomic_uploads: AtomicUploads::default(),
+            max_retries: default_max_retries(),
+            retry_base_delay_ms: default_retry_base_ms(),
+            retry_budget_secs: default_retry_budget_secs(),
         }
     }
 }
@@ -113,6 +188,11 @@ impl fmt::Debug for WebdavConfig {
             .field("timeout_secs", &self.timeout_secs)
             .field("chunked_upload", &self.chunked_upload)
             .field("chunk_size", &self.chunk_size)
+            .field("server_type", &self.server_type)
+            .field("atomic_uploads", &self.atomic_uploads)
+            .field("max_retries", &self.max_retries)
+            .field("retry_base_delay_ms", &self.retry_base_delay_ms)
+            .field("retry_budget_secs", &self.retry_budget_secs)
             .finish()
     }
 }
@@ -142,6 +222,14 @@ pub struct WebdavProvider {
     /// Set once the server refused a sync-collection REPORT: it has no RFC 6578 support,
     /// and changes are found by listing instead.
     no_sync_collection: std::sync::atomic::AtomicBool,
+    retry: RetryPolicy,
+    /// Simple uploads go through a temporary name in `TMP_DIR` (see `put_atomic`).
+    atomic_uploads: bool,
+    /// `TMP_DIR` is known to exist (it is created on first use).
+    tmp_dir_ready: std::sync::atomic::AtomicBool,
+    /// Temporary files of failed uploads not known to be gone, with when they failed;
+    /// removal is tried again around the next atomic uploads (see `discard_temp`).
+    leftover_temps: std::sync::Mutex<Vec<(String, std::time::Instant)>>,
 }
 
 impl fmt::Debug for WebdavProvider {
@@ -234,7 +322,23 @@ impl WebdavProvider {
         }
         .map(|t| t.with_chunk_size(cfg.chunk_size));
 
-        debug!(base = %format_args!("{origin}{base_path}/"), chunked = chunking.is_some(), "webdav provider ready");
+        // ownCloud and Nextcloud serve WebDAV below `remote.php` and write every PUT to a
+        // `.part` file renamed on completion, so a cut PUT never leaves a partial file there.
+        let oc_like = cfg.server_type != ServerType::Webdav
+            || base_segments.iter().any(|s| s == "remote.php");
+        let atomic_uploads = match cfg.atomic_uploads {
+            AtomicUploads::On => true,
+            AtomicUploads::Off => false,
+            AtomicUploads::Auto => !oc_like,
+        };
+        let retry = RetryPolicy {
+            max_attempts: cfg.max_retries.saturating_add(1),
+            base_delay: Duration::from_millis(cfg.retry_base_delay_ms),
+            max_delay: Duration::from_secs(8),
+            budget: Duration::from_secs(cfg.retry_budget_secs),
+        };
+
+        debug!(base = %format_args!("{origin}{base_path}/"), chunked = chunking.is_some(), atomic_uploads, "webdav provider ready");
         Ok(WebdavProvider {
             client,
             origin,
@@ -244,6 +348,10 @@ impl WebdavProvider {
             nextcloud: nextcloud_target.is_some(),
             chunking,
             no_sync_collection: std::sync::atomic::AtomicBool::new(false),
+            retry,
+            atomic_uploads,
+            tmp_dir_ready: std::sync::atomic::AtomicBool::new(false),
+            leftover_temps: std::sync::Mutex::new(Vec::new()),
         })
     }
 
@@ -267,24 +375,93 @@ impl WebdavProvider {
         }
     }
 
-    /// Sends a request, mapping transport failures. Non-2xx statuses are returned as-is.
+    /// Sends a request, retrying it as `kit::retry` allows (what may be repeated follows from
+    /// the method and any `If-Match`/`If-None-Match`). Transport failures become errors;
+    /// any reply, non-2xx included, is returned for the caller to judge. A request whose
+    /// body is a stream cannot be sent twice: it gets one attempt (see `send_with`).
     async fn send(&self, rb: RequestBuilder, what: &str) -> ProviderResult<Response> {
         let req = rb
             .build()
             .map_err(|e| ProviderError::Protocol(format!("{what}: {e}")))?;
+        if req.try_clone().is_none() {
+            return match self.attempt(req, what).await {
+                Attempt::Done(result) => result,
+                Attempt::Failed(failure) => failure.outcome,
+            };
+        }
+        let idempotency = idempotency_of(&req);
+        retry::run(&self.retry, idempotency, what, || {
+            let req = req.try_clone().expect("checked above");
+            self.attempt(req, what)
+        })
+        .await
+    }
+
+    /// `send` for requests built afresh for every attempt by `build` (uploads, whose body
+    /// streams a local file). `idempotency` overrides what the request itself suggests.
+    async fn send_with<F, Fut>(
+        &self,
+        what: &str,
+        idempotency: Option<Idempotency>,
+        build: F,
+    ) -> ProviderResult<Response>
+    where
+        F: Fn() -> Fut,
+        Fut: std::future::Future<Output = ProviderResult<RequestBuilder>>,
+    {
+        let build_req = || async {
+            build()
+                .await?
+                .build()
+                .map_err(|e| ProviderError::Protocol(format!("{what}: {e}")))
+        };
+        let first = build_req().await?;
+        let idempotency = idempotency.unwrap_or_else(|| idempotency_of(&first));
+        let first = std::sync::Mutex::new(Some(first));
+        retry::run(&self.retry, idempotency, what, || async {
+            let ready = first.lock().unwrap().take();
+            let req = match ready {
+                Some(req) => req,
+                None => match build_req().await {
+                    Ok(req) => req,
+                    Err(e) => return Attempt::Done(Err(e)),
+                },
+            };
+            self.attempt(req, what).await
+        })
+        .await
+    }
+
+    /// One attempt: a reply whose status retrying may fix (429, 5xx...) or a transport
+    /// failure is a `Failure`; the reply itself is what the caller gets if it is not retried.
+    async fn attempt(&self, req: reqwest::Request, what: &str) -> Attempt<Response> {
         let method = req.method().clone();
         let url = req.url().to_string();
         match self.client.execute(req).await {
             Ok(resp) => {
-                debug!(%method, %url, status = resp.status().as_u16(), "webdav");
-                Ok(resp)
+                let status = resp.status();
+                debug!(%method, %url, status = status.as_u16(), "webdav");
+                match Effect::of_status(status) {
+                    Some(effect) => Attempt::Failed(Failure {
+                        effect,
+                        retry_after: retry_after(resp.headers()),
+                        reason: format!("{what}: {status}"),
+                        outcome: Ok(resp),
+                    }),
+                    None => Attempt::Done(Ok(resp)),
+                }
             }
             Err(e) => {
                 debug!(%method, %url, error = %e, "webdav request failed");
-                Err(ProviderError::Transient(format!(
-                    "{what}: {}",
-                    error_chain(&e.without_url())
-                )))
+                let effect = Effect::of_transport(&e);
+                let err =
+                    ProviderError::Transient(format!("{what}: {}", error_chain(&e.without_url())));
+                Attempt::Failed(Failure {
+                    effect,
+                    retry_after: None,
+                    reason: err.to_string(),
+                    outcome: Err(err),
+                })
             }
         }
     }
@@ -464,7 +641,7 @@ impl WebdavProvider {
             else {
                 continue;
             };
-            if segs == want {
+            if segs == want || (dir == "/" && name == TMP_DIR) {
                 continue;
             }
             let path = super::join_path(dir, name);
@@ -520,6 +697,8 @@ impl WebdavProvider {
         }
     }
 
+    /// One PUT of the whole file straight to `path` (the server keeps what arrived if the
+    /// connection is cut, unless it writes through a temporary file itself).
     async fn put_simple(
         &self,
         path: &str,
@@ -529,26 +708,238 @@ impl WebdavProvider {
         pre: &Precondition,
     ) -> ProviderResult<()> {
         let what = format!("PUT {path}");
-        let file = tokio::fs::File::open(source).await?;
-        let mut rb = self
-            .request(Method::PUT, &self.url(path))
-            .header(CONTENT_TYPE, "application/octet-stream")
-            // An explicit length keeps hyper from falling back to chunked transfer
-            // encoding, which some servers (and proxies in front of them) refuse.
-            .header(CONTENT_LENGTH, size)
-            .body(file_body(file, size));
-        rb = pre.apply(rb);
-        if let Some(mtime) = options.mtime.and_then(unix_secs) {
-            // ownCloud/Nextcloud keep the client's mtime; other servers ignore it.
-            rb = rb.header("X-OC-MTime", mtime.to_string());
-        }
-        let resp = self.send(rb, &what).await?;
-        if resp.status().is_success() {
+        let resp = self
+            .put_file(path, source, size, options, pre, None)
+            .await?;
+        let status = resp.status();
+        if status.is_success() {
             return Ok(());
         }
-        let status = resp.status();
         let err = self.fail(resp, &what).await;
         Err(self.explain_write_failure(path, status, err).await)
+    }
+
+    /// Sends `source` as the body of a PUT to `path`, reopening it for every attempt; the
+    /// reply is the caller's to judge.
+    async fn put_file(
+        &self,
+        path: &str,
+        source: &Path,
+        size: u64,
+        options: &UploadOptions,
+        pre: &Precondition,
+        idempotency: Option<Idempotency>,
+    ) -> ProviderResult<Response> {
+        let what = format!("PUT {path}");
+        let url = self.url(path);
+        let mtime = options.mtime.and_then(unix_secs);
+        self.send_with(&what, idempotency, || async {
+            let file = tokio::fs::File::open(source).await?;
+            let mut rb = self
+                .request(Method::PUT, &url)
+                .header(CONTENT_TYPE, "application/octet-stream")
+                // An explicit length keeps hyper from falling back to chunked transfer
+                // encoding, which some servers (and proxies in front of them) refuse.
+                .header(CONTENT_LENGTH, size)
+                .body(file_body(file, size));
+            rb = pre.apply(rb);
+            if let Some(mtime) = mtime {
+                // ownCloud/Nextcloud and rclone keep the client's mtime; others ignore it.
+                rb = rb.header("X-OC-MTime", mtime.to_string());
+            }
+            Ok(rb)
+        })
+        .await
+    }
+
+    /// An upload that is never seen half done under its real name: PUT to a fresh name in
+    /// `TMP_DIR`, check the precondition, MOVE into place. A failed attempt removes its
+    /// temporary file (or remembers to, see `sweep_leftover_temps`).
+    ///
+    /// The precondition is checked with a PROPFIND after the transfer, so the window in
+    /// which another client can change the destination unnoticed is the time between that
+    /// PROPFIND and the MOVE, not the whole transfer. WebDAV cannot close it for a
+    /// replacement (`If-Match` on a MOVE is about the source); for "must not exist" the
+    /// MOVE says `Overwrite: F`, which does close it.
+    async fn put_atomic(
+        &self,
+        path: &str,
+        source: &Path,
+        size: u64,
+        options: &UploadOptions,
+    ) -> ProviderResult<()> {
+        if path == "/" {
+            return Err(ProviderError::IsADirectory(path.to_owned()));
+        }
+        self.sweep_leftover_temps().await;
+        let tmp = format!("/{TMP_DIR}/upload-{:032x}", rand::random::<u128>());
+        let result = self.put_via_temp(path, &tmp, source, size, options).await;
+        if result.is_err() {
+            self.discard_temp(tmp, std::time::Instant::now()).await;
+        }
+        // Earlier failures again: a server may still have been writing one of them when
+        // the sweep above looked.
+        self.sweep_leftover_temps().await;
+        result
+    }
+
+    async fn put_via_temp(
+        &self,
+        path: &str,
+        tmp: &str,
+        source: &Path,
+        size: u64,
+        options: &UploadOptions,
+    ) -> ProviderResult<()> {
+        use std::sync::atomic::Ordering;
+        let what = format!("PUT {path} (as {tmp})");
+        // A fresh name that nobody else uses: sending it again is harmless.
+        let idem = Some(Idempotency::Idempotent);
+        let none = Precondition::None;
+        if !self.tmp_dir_ready.load(Ordering::Relaxed) {
+            self.ensure_tmp_dir().await?;
+        }
+        let mut resp = self
+            .put_file(tmp, source, size, options, &none, idem)
+            .await?;
+        if matches!(resp.status().as_u16(), 404 | 409) {
+            // The folder was removed behind our back: make it again, once.
+            self.tmp_dir_ready.store(false, Ordering::Relaxed);
+            self.ensure_tmp_dir().await?;
+            resp = self
+                .put_file(tmp, source, size, options, &none, idem)
+                .await?;
+        }
+        if !resp.status().is_success() {
+            return Err(self.fail(resp, &what).await);
+        }
+
+        let current = match self.stat_props(path).await {
+            Ok((entry, _)) => Some(entry),
+            Err(ProviderError::NotFound(_)) => None,
+            Err(e) => return Err(e),
+        };
+        if current.as_ref().is_some_and(|e| e.kind == EntryKind::Dir) {
+            // Overwrite: T would replace the whole folder.
+            return Err(ProviderError::IsADirectory(path.to_owned()));
+        }
+        match (&options.expected_revision, &current) {
+            (None, _) | (Some(None), None) => {}
+            (Some(None), Some(_)) => {
+                return Err(ProviderError::PreconditionFailed(format!(
+                    "{path} exists already"
+                )))
+            }
+            (Some(Some(want)), Some(e)) if &e.revision == want => {}
+            (Some(Some(want)), Some(e)) => {
+                return Err(ProviderError::PreconditionFailed(format!(
+                    "{path} is at revision {}, expected {want}",
+                    e.revision
+                )))
+            }
+            (Some(Some(_)), None) => {
+                return Err(ProviderError::PreconditionFailed(format!(
+                    "{path} no longer exists"
+                )))
+            }
+        }
+
+        let must_not_exist = matches!(options.expected_revision, Some(None));
+        let what = format!("MOVE {tmp} -> {path}");
+        let mut rb = self
+            .request(
+                Method::from_bytes(b"MOVE").expect("valid method"),
+                &self.url(tmp),
+            )
+            .header("Destination", self.url(path))
+            .header("Overwrite", if must_not_exist { "F" } else { "T" });
+        if let Some(mtime) = options.mtime.and_then(unix_secs) {
+            // Servers that honour it on PUT already have it; this is for those that look
+            // at the request creating the final name.
+            rb = rb.header("X-OC-Mtime", mtime.to_string());
+        }
+        let resp = self.send(rb, &what).await?;
+        let status = resp.status();
+        if status.is_success() {
+            return Ok(());
+        }
+        let err = self.fail(resp, &what).await;
+        if status == StatusCode::PRECONDITION_FAILED && must_not_exist {
+            return Err(ProviderError::PreconditionFailed(format!(
+                "{path} appeared during the upload"
+            )));
+        }
+        if let Some(p) = self.parent_problem(path).await {
+            // Apache answers a MOVE into a missing folder with 500.
+            return Err(p);
+        }
+        if Effect::of_status(status).is_some() {
+            // The MOVE may or may not have happened: the caller looks again.
+            return Err(ProviderError::Transient(err.to_string()));
+        }
+        Err(self.explain_write_failure(path, status, err).await)
+    }
+
+    /// Creates `TMP_DIR` unless it exists.
+    async fn ensure_tmp_dir(&self) -> ProviderResult<()> {
+        let dir = format!("/{TMP_DIR}");
+        let what = format!("MKCOL {dir}");
+        let resp = self
+            .send(
+                self.request(
+                    Method::from_bytes(b"MKCOL").expect("valid method"),
+                    &self.url(&dir),
+                ),
+                &what,
+            )
+            .await?;
+        let status = resp.status();
+        if !status.is_success() && status != StatusCode::METHOD_NOT_ALLOWED {
+            // 405 is "exists"; anything else may still be a lost race with another client.
+            let err = self.fail(resp, &what).await;
+            match self.stat_props(&dir).await {
+                Ok((e, _)) if e.kind == EntryKind::Dir => {}
+                _ => return Err(err),
+            }
+        }
+        self.tmp_dir_ready
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Best-effort removal of a temporary upload. A server can still be writing a PUT
+    /// whose connection we saw cut (rclone then keeps what arrived), so "not found" right
+    /// after the failure does not mean it will stay so: the name is kept, and removal tried
+    /// again by later uploads, until a DELETE removes it, or answers "not found" once
+    /// `TEMP_GRACE` has passed since the failure, or cannot be sent.
+    async fn discard_temp(&self, tmp: String, failed_at: std::time::Instant) {
+        let what = format!("DELETE {tmp}");
+        let outcome = self
+            .send(self.request(Method::DELETE, &self.url(&tmp)), &what)
+            .await;
+        let settled = match outcome {
+            Ok(resp) if resp.status().is_success() => true,
+            Ok(resp) if resp.status() == StatusCode::NOT_FOUND => failed_at.elapsed() >= TEMP_GRACE,
+            Ok(resp) => {
+                let err = self.fail(resp, &what).await;
+                debug!(%tmp, error = %err, "temporary upload not removed yet; will retry");
+                false
+            }
+            Err(e) => {
+                debug!(%tmp, error = %e, "temporary upload not removed yet; will retry");
+                false
+            }
+        };
+        if !settled {
+            self.leftover_temps.lock().unwrap().push((tmp, failed_at));
+        }
+    }
+
+    async fn sweep_leftover_temps(&self) {
+        let pending = std::mem::take(&mut *self.leftover_temps.lock().unwrap());
+        for (tmp, failed_at) in pending {
+            self.discard_temp(tmp, failed_at).await;
+        }
     }
 
     /// Maps a failed PUT/MKCOL/MOVE/COPY onto the error POSIX callers expect.
@@ -610,6 +1001,16 @@ impl WebdavProvider {
         // Which side is at fault: a missing source, or a missing destination folder?
         match self.stat_props(from).await {
             Err(ProviderError::NotFound(_)) => {
+                // A 500 after which the source is gone and the destination is there may
+                // well be a MOVE that happened: not the caller's mistake, look again later.
+                if status.is_server_error()
+                    && method == b"MOVE"
+                    && self.stat_props(to).await.is_ok()
+                {
+                    return Err(ProviderError::Transient(format!(
+                        "{err} (outcome unknown: {from} is gone and {to} exists)"
+                    )));
+                }
                 return Err(ProviderError::NotFound(from.to_owned()));
             }
             Err(e) => return Err(e),
@@ -679,20 +1080,15 @@ fn error_chain(e: &dyn std::error::Error) -> String {
     msg
 }
 
-fn retry_after(headers: &HeaderMap) -> Option<Duration> {
-    let v = headers
-        .get(reqwest::header::RETRY_AFTER)?
-        .to_str()
-        .ok()?
-        .trim();
-    if let Ok(secs) = v.parse::<u64>() {
-        return Some(Duration::from_secs(secs));
+/// What `kit::retry` may assume about repeating `req`: a conditional request can fail the
+/// second time because the first one worked, whatever its method.
+fn idempotency_of(req: &reqwest::Request) -> Idempotency {
+    let h = req.headers();
+    if h.contains_key(reqwest::header::IF_MATCH) || h.contains_key(reqwest::header::IF_NONE_MATCH) {
+        Idempotency::NotIdempotent
+    } else {
+        Idempotency::of_method(req.method())
     }
-    let when = parse_http_date(v)?;
-    Some(
-        when.duration_since(SystemTime::now())
-            .unwrap_or(Duration::ZERO),
-    )
 }
 
 /// Maps a non-2xx status to an error; the message carries the server's own words when it
@@ -718,27 +1114,14 @@ fn status_error(
         404 | 409 | 410 => ProviderError::NotFound(msg),
         412 => ProviderError::PreconditionFailed(msg),
         423 | 408 => ProviderError::Transient(msg),
-        429 => ProviderError::RateLimited { retry_after },
+        // A 503 that says when to come back is pacing, like a 429.
+        429 | 503 if retry_after.is_some() || status.as_u16() == 429 => {
+            ProviderError::RateLimited { retry_after }
+        }
         507 => ProviderError::InsufficientStorage,
         s if s >= 500 => ProviderError::Transient(msg),
         _ => ProviderError::Protocol(msg),
     }
-}
-
-/// Parses the three date formats HTTP allows (RFC 1123 first, as servers send it).
-pub(crate) fn parse_http_date(s: &str) -> Option<SystemTime> {
-    let s = s.trim();
-    let secs = if let Ok(dt) = chrono::DateTime::parse_from_rfc2822(s) {
-        dt.timestamp()
-    } else if let Ok(dt) = chrono::NaiveDateTime::parse_from_str(s, "%A, %d-%b-%y %H:%M:%S GMT") {
-        dt.and_utc().timestamp()
-    } else if let Ok(dt) = chrono::NaiveDateTime::parse_from_str(s, "%a %b %e %H:%M:%S %Y") {
-        dt.and_utc().timestamp()
-    } else {
-        return None;
-    };
-    let secs = u64::try_from(secs).ok()?;
-    Some(UNIX_EPOCH + Duration::from_secs(secs))
 }
 
 fn unix_secs(t: SystemTime) -> Option<u64> {
@@ -1053,14 +1436,19 @@ impl Provider for WebdavProvider {
             return Err(ProviderError::IsADirectory(source.display().to_string()));
         }
         let size = meta.len();
-        let pre = self
-            .check_expected(path, &options.expected_revision)
-            .await?;
         match &self.chunking {
             Some(target) if size > target.chunk_size => {
+                self.check_expected(path, &options.expected_revision)
+                    .await?;
                 target.upload(self, path, source, size, options).await?
             }
-            _ => self.put_simple(path, source, size, options, &pre).await?,
+            _ if self.atomic_uploads => self.put_atomic(path, source, size, options).await?,
+            _ => {
+                let pre = self
+                    .check_expected(path, &options.expected_revision)
+                    .await?;
+                self.put_simple(path, source, size, options, &pre).await?
+            }
         }
         self.stat(path).await
     }
@@ -1175,8 +1563,8 @@ impl Provider for WebdavProvider {
             let Some(rest) = segments.strip_prefix(self.base_segments.as_slice()) else {
                 continue;
             };
-            if rest.is_empty() {
-                continue; // the root itself
+            if rest.is_empty() || rest[0] == TMP_DIR {
+                continue; // the root itself, or a temporary upload
             }
             let path = format!("/{}", rest.join("/"));
             if c.removed {
