@@ -181,15 +181,19 @@ fn init_logging(verbose: u8, file: Option<&Path>) {
         return;
     }
     if let Some(path) = file {
-        if let Ok(f) = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)
-        {
+        // The log names files and folders of the account: it is for its user only.
+        if let Ok((f, loose)) = cloudmount::private_fs::open_private_append(path) {
             builder
                 .with_ansi(false)
                 .with_writer(std::sync::Mutex::new(f))
                 .init();
+            if let Some(mode) = loose {
+                tracing::warn!(
+                    log = %path.display(),
+                    mode = format!("{mode:o}"),
+                    "the log file was readable by other users; tightened to 0600"
+                );
+            }
             return;
         }
     }
@@ -245,7 +249,12 @@ fn apply_options(cfg: &mut Config, args: &mut MountArgs) -> DynResult<()> {
     Ok(())
 }
 
-fn mount_spec(mut args: MountArgs) -> DynResult<MountSpec> {
+fn mount_spec(args: MountArgs) -> DynResult<MountSpec> {
+    mount_spec_named(args).map(|(spec, _)| spec)
+}
+
+/// The mount to run, and which of its folders the user named (rather than the defaults).
+fn mount_spec_named(mut args: MountArgs) -> DynResult<(MountSpec, daemon::NamedFolders)> {
     for group in &args.options {
         for opt in group.split(',') {
             if let Some(v) = opt.strip_prefix("config=") {
@@ -324,6 +333,10 @@ fn mount_spec(mut args: MountArgs) -> DynResult<MountSpec> {
                 .collect::<Vec<_>>()
         ))
     );
+    let named = daemon::NamedFolders {
+        state_dir: args.state_dir.is_some() || cfg.state_dir.is_some(),
+        cache_dir: args.cache_dir.is_some() || cfg.cache_dir.is_some(),
+    };
     let state_dir = args
         .state_dir
         .clone()
@@ -345,13 +358,16 @@ fn mount_spec(mut args: MountArgs) -> DynResult<MountSpec> {
                 .join("cloudmount")
                 .join(&key)
         });
-    Ok(MountSpec {
-        config: cfg,
-        mount_point,
-        single,
-        state_dir,
-        cache_dir,
-    })
+    Ok((
+        MountSpec {
+            config: cfg,
+            mount_point,
+            single,
+            state_dir,
+            cache_dir,
+        },
+        named,
+    ))
 }
 
 fn is_mounted(mount_point: &Path) -> bool {
@@ -378,7 +394,7 @@ fn mount_background(args: MountArgs, verbose: u8) -> DynResult<()> {
     if is_mounted(&spec.mount_point) {
         return Err(format!("{} is already mounted", spec.mount_point.display()).into());
     }
-    std::fs::create_dir_all(&spec.state_dir)?;
+    cloudmount::private_fs::create_private_dir(&spec.state_dir)?;
     let log = args
         .log_file
         .clone()
@@ -404,10 +420,16 @@ fn mount_background(args: MountArgs, verbose: u8) -> DynResult<()> {
     );
     // The daemon outlives this command: its stderr goes to the log, not to a pipe that
     // closes when we exit.
-    let log_out = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&log)?;
+    // Created private; an older, looser log is tightened (and reported) by the daemon.
+    let log_out = {
+        use std::os::unix::fs::OpenOptionsExt;
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .mode(cloudmount::private_fs::FILE_MODE)
+            .open(&log)
+            .map_err(|e| format!("{}: {e}", log.display()))?
+    };
     let log_start = log_out.metadata()?.len();
     cmd.stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null())
@@ -921,7 +943,8 @@ fn run(cli: Cli) -> DynResult<()> {
         Command::Mount(args) => {
             if args.foreground {
                 init_logging(cli.verbose, args.log_file.as_deref());
-                let spec = mount_spec(*args)?;
+                let (spec, named) = mount_spec_named(*args)?;
+                daemon::secure_folders(&spec, named)?;
                 daemon::run(spec)
             } else {
                 init_logging(cli.verbose, None);
@@ -1068,6 +1091,9 @@ fn run(cli: Cli) -> DynResult<()> {
 }
 
 fn main() -> ExitCode {
+    // Before anything is created: the state, cache, data and runtime folders, the log and
+    // the vault are for this user only, whatever umask the shell or service manager set.
+    cloudmount::private_fs::restrict_umask();
     let cli = Cli::parse();
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
