@@ -469,3 +469,48 @@ pub fn local_tree(root: &Path) -> std::collections::BTreeMap<String, Option<Vec<
     walk(root, root, &mut out);
     out
 }
+
+/// Unprivileged users of the machine for the tests that switch to them (as root).
+pub const NOBODY: u32 = 65534;
+/// A second unprivileged user: "another user of the machine".
+pub const OTHER: u32 = 65533;
+
+/// A command run as `uid` (and the group of the same number), without root's groups or
+/// capabilities, HOME=/tmp and no runtime dir unless the caller sets them.
+pub fn as_user(uid: u32) -> Command {
+    let mut c = Command::new("setpriv");
+    c.arg(format!("--reuid={uid}"))
+        .arg(format!("--regid={uid}"))
+        .arg("--clear-groups")
+        .arg("--inh-caps=-all")
+        .env_remove("XDG_RUNTIME_DIR")
+        .env("HOME", "/tmp");
+    c
+}
+
+/// Distributions' udev rules make /dev/fuse 0666: unprivileged daemons open it, their
+/// mount(2) fails with EPERM, and fuser falls back to the setuid fusermount3. Some
+/// containers create it 0600, where fuser gives up with EACCES instead of falling back;
+/// give it the usual mode for the test and put the old one back.
+pub struct DevFuseOpenToAll(Option<u32>);
+
+impl DevFuseOpenToAll {
+    pub fn ensure() -> Self {
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        let mode = std::fs::metadata("/dev/fuse").unwrap().mode() & 0o7777;
+        if mode & 0o006 == 0o006 {
+            return DevFuseOpenToAll(None);
+        }
+        std::fs::set_permissions("/dev/fuse", std::fs::Permissions::from_mode(0o666)).unwrap();
+        DevFuseOpenToAll(Some(mode))
+    }
+}
+
+impl Drop for DevFuseOpenToAll {
+    fn drop(&mut self) {
+        use std::os::unix::fs::PermissionsExt;
+        if let Some(mode) = self.0 {
+            let _ = std::fs::set_permissions("/dev/fuse", std::fs::Permissions::from_mode(mode));
+        }
+    }
+}
