@@ -231,6 +231,8 @@ fn apply_options(cfg: &mut Config, args: &mut MountArgs) -> DynResult<()> {
                 ("dir_ttl", Some(v)) => cfg.dir_ttl_secs = v.parse()?,
                 ("poll_interval", Some(v)) => cfg.poll_interval_secs = v.parse()?,
                 ("drain_timeout", Some(v)) => cfg.drain_timeout_secs = v.parse()?,
+                // mount.fuse's name for "run the filesystem as this user".
+                ("setuid", Some(v)) => cfg.run_as = Some(v.to_string()),
                 ("state_dir", Some(v)) => args.state_dir = Some(PathBuf::from(v)),
                 ("cache_dir", Some(v)) => args.cache_dir = Some(PathBuf::from(v)),
                 ("config", Some(_)) | ("local", Some(_)) => {} // handled before the config loads
@@ -293,6 +295,10 @@ fn mount_spec_named(mut args: MountArgs) -> DynResult<(MountSpec, daemon::NamedF
         }
     };
     apply_options(&mut cfg, &mut args)?;
+    // Before any default folder is worked out: they are the user's, under their home.
+    if let Some(user) = &cfg.run_as {
+        become_user(user)?;
+    }
     if let Some(v) = args.cache_size {
         cfg.cache_size = v;
     }
@@ -368,6 +374,51 @@ fn mount_spec_named(mut args: MountArgs) -> DynResult<(MountSpec, daemon::NamedF
         },
         named,
     ))
+}
+
+/// Run as `name` from now on, for good (real, effective and saved ids, and groups), when
+/// started by root on that user's behalf: every folder and file the daemon creates, and the
+/// mount itself (through fusermount3), are then the user's. A no-op when already that user.
+fn become_user(name: &str) -> DynResult<()> {
+    use nix::unistd::{geteuid, initgroups, setgid, setuid, User};
+    let user = User::from_name(name)
+        .map_err(|e| format!("run_as {name:?}: {e}"))?
+        .ok_or_else(|| format!("run_as {name:?}: no such user"))?;
+    if geteuid() == user.uid {
+        return Ok(());
+    }
+    if !geteuid().is_root() {
+        return Err(
+            format!("run_as {name:?}: only root can run cloudmount as another user").into(),
+        );
+    }
+    let cname = std::ffi::CString::new(name).map_err(|e| format!("run_as {name:?}: {e}"))?;
+    initgroups(&cname, user.gid).map_err(|e| format!("run_as {name:?}: initgroups: {e}"))?;
+    setgid(user.gid).map_err(|e| format!("run_as {name:?}: setgid: {e}"))?;
+    setuid(user.uid).map_err(|e| format!("run_as {name:?}: setuid: {e}"))?;
+    // Root's folders are not the user's: the defaults follow the user's home, and the
+    // control socket goes where the user's own `cloudmount status` looks for it.
+    // Still single-threaded here, so changing the environment races with nothing.
+    std::env::set_var("HOME", &user.dir);
+    std::env::set_var("USER", name);
+    std::env::set_var("LOGNAME", name);
+    for var in [
+        "XDG_CONFIG_HOME",
+        "XDG_STATE_HOME",
+        "XDG_CACHE_HOME",
+        "XDG_DATA_HOME",
+        "XDG_RUNTIME_DIR",
+    ] {
+        std::env::remove_var(var);
+    }
+    let run = PathBuf::from(format!("/run/user/{}", user.uid));
+    if std::fs::metadata(&run).is_ok_and(|m| {
+        use std::os::unix::fs::MetadataExt;
+        m.is_dir() && m.uid() == user.uid.as_raw()
+    }) {
+        std::env::set_var("XDG_RUNTIME_DIR", run);
+    }
+    Ok(())
 }
 
 fn is_mounted(mount_point: &Path) -> bool {
@@ -942,8 +993,10 @@ fn run(cli: Cli) -> DynResult<()> {
     match cli.command {
         Command::Mount(args) => {
             if args.foreground {
-                init_logging(cli.verbose, args.log_file.as_deref());
+                let log_file = args.log_file.clone();
+                // The spec first: with run_as it switches users, and the log must be theirs.
                 let (spec, named) = mount_spec_named(*args)?;
+                init_logging(cli.verbose, log_file.as_deref());
                 daemon::secure_folders(&spec, named)?;
                 daemon::run(spec)
             } else {

@@ -694,3 +694,92 @@ fn basic_auth(user: &str, password: &str) -> String {
     use base64::Engine;
     base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"))
 }
+
+/// mount(8) runs the helper as root on a user's behalf (`user=NAME` for an fstab entry
+/// with the `user` option): the daemon runs as that user, so every folder and file it
+/// creates, its control socket and the mount itself are the user's, not root's.
+#[test]
+fn mount_helper_run_by_root_for_a_user_creates_everything_as_that_user() {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("skipped: needs root to act for another user");
+        return;
+    }
+    let _dev_fuse = DevFuseOpenToAll::ensure();
+    let dirs = TestDirs::new();
+    fs::set_permissions(dirs.tmp.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    let helpers = dirs.tmp.path().join("sbin");
+    fs::create_dir(&helpers).unwrap();
+    ok(
+        Command::new(BIN)
+            .arg("install-helpers")
+            .arg("--dir")
+            .arg(&helpers)
+            .output()
+            .unwrap(),
+        "install-helpers",
+    );
+    let own = dirs.tmp.path().join("nobody");
+    mkdir_as(&own, NOBODY, 0o755);
+    for d in [&dirs.cloud, &dirs.mnt] {
+        chown_to(d, NOBODY);
+    }
+    let (state, cache) = (own.join("state"), own.join("cache"));
+    let out = Command::new(helpers.join("mount.cloudmount"))
+        .arg(format!("local:{}", dirs.cloud.display()))
+        .arg(&dirs.mnt)
+        .arg("-o")
+        .arg(format!(
+            "user=nobody,upload_delay=0.05,state_dir={},cache_dir={}",
+            state.display(),
+            cache.display()
+        ))
+        .env("HOME", "/root")
+        .env_remove("XDG_RUNTIME_DIR")
+        .output()
+        .unwrap();
+    ok(out, "mount.cloudmount");
+    let _guard = UnmountOnDrop(dirs.mnt.clone());
+    let info = fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let line = info
+        .lines()
+        .find(|l| l.split(' ').nth(4) == Some(dirs.mnt.to_str().unwrap()))
+        .expect("mounted");
+    assert!(line.contains(&format!("user_id={NOBODY}")), "{line}");
+
+    let file = dirs.mnt.join("mine.txt");
+    let mut c = as_user(NOBODY);
+    c.args(["sh", "-c", "echo 'by nobody' > \"$1\" && cat \"$1\"", "sh"])
+        .arg(&file);
+    assert_eq!(ok(c.output().unwrap(), "write as nobody"), "by nobody\n");
+    let mut c = as_user(NOBODY);
+    c.arg(BIN).args(["sync", "--wait", "30"]).arg(&dirs.mnt);
+    ok(c.output().unwrap(), "sync as nobody");
+    assert_eq!(
+        fs::read(dirs.cloud.join("mine.txt")).unwrap(),
+        b"by nobody\n"
+    );
+
+    let runtime = PathBuf::from(format!("/tmp/cloudmount-{NOBODY}"));
+    for root in [&state, &cache] {
+        assert!(assert_private_tree(root, NOBODY) > 1, "{}", root.display());
+    }
+    let socket = runtime.join(format!("{}.sock", cloudmount::control::mount_id(&dirs.mnt)));
+    assert!(fs::symlink_metadata(&socket)
+        .unwrap()
+        .file_type()
+        .is_socket());
+    for p in [&runtime, &socket] {
+        let m = fs::symlink_metadata(p).unwrap();
+        assert_eq!(m.uid(), NOBODY, "{} is the user's", p.display());
+    }
+    assert_eq!(fs::metadata(&runtime).unwrap().mode() & 0o7777, 0o700);
+    assert_eq!(
+        fs::symlink_metadata(&socket).unwrap().mode() & 0o7777,
+        0o600
+    );
+
+    let mut c = as_user(NOBODY);
+    c.arg(BIN).arg("unmount").arg(&dirs.mnt);
+    ok(c.output().unwrap(), "unmount as nobody");
+    assert!(!is_mounted(&dirs.mnt));
+}
