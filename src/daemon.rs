@@ -141,7 +141,29 @@ fn webdav_config(c: &ConnectionConfig) -> DynResult<crate::provider::webdav::Web
     Ok(cfg)
 }
 
+/// What a connection points at, as stored in the metadata store. A password written into
+/// the URL (`https://user:pass@host/`) is left out: the store must hold no secret.
 fn identity(c: &ConnectionConfig) -> String {
+    let url = c.settings.get("url").map(|u| match u.as_str() {
+        Some(text) => match reqwest::Url::parse(text) {
+            Ok(mut parsed) if parsed.password().is_some() => {
+                let _ = parsed.set_password(None);
+                toml::Value::String(parsed.to_string()).to_string()
+            }
+            _ => u.to_string(),
+        },
+        None => u.to_string(),
+    });
+    identity_with_url(c, url)
+}
+
+/// The identity earlier versions stored, URL password included: still recognised, and
+/// replaced by [`identity`] when met.
+fn legacy_identity(c: &ConnectionConfig) -> String {
+    identity_with_url(c, c.settings.get("url").map(|u| u.to_string()))
+}
+
+fn identity_with_url(c: &ConnectionConfig, url: Option<String>) -> String {
     format!(
         "{}:{}:{}",
         c.kind,
@@ -149,10 +171,7 @@ fn identity(c: &ConnectionConfig) -> String {
             .as_ref()
             .map(|p| p.display().to_string())
             .unwrap_or_default(),
-        c.settings
-            .get("url")
-            .map(|u| u.to_string())
-            .unwrap_or_default()
+        url.unwrap_or_default()
     )
 }
 
@@ -165,7 +184,9 @@ fn slot_for(db: &sled::Db, c: &ConnectionConfig) -> DynResult<u16> {
         let known = ids
             .get(c.name.as_bytes())?
             .map(|v| String::from_utf8_lossy(&v).into_owned());
-        if known.as_deref() != Some(identity(c).as_str()) {
+        if known.as_deref() == Some(legacy_identity(c).as_str()) {
+            ids.insert(c.name.as_bytes(), identity(c).as_bytes())?;
+        } else if known.as_deref() != Some(identity(c).as_str()) {
             return Err(format!(
                 "connection {:?} now points somewhere else than when its metadata was stored \
                  ({}); use another state_dir, or another connection name",
@@ -760,5 +781,36 @@ pub fn lazy_unmount(mount_point: &Path) {
             .args(["-u", "-z"])
             .arg(mount_point)
             .status();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn identity_leaves_a_url_password_out_and_knows_the_old_form() {
+        let c: ConnectionConfig = toml::from_str(
+            r#"
+            name = "dav"
+            type = "webdav"
+            settings = { url = "https://alice:hunter2@dav.example/remote.php/" }
+            "#,
+        )
+        .unwrap();
+        let id = identity(&c);
+        assert!(!id.contains("hunter2"), "{id}");
+        assert!(id.contains("alice@dav.example/remote.php/"), "{id}");
+        assert!(legacy_identity(&c).contains("hunter2"));
+
+        let db = sled::Config::new().temporary(true).open().unwrap();
+        db.open_tree("slots")
+            .unwrap()
+            .insert("dav", &1u16.to_be_bytes())
+            .unwrap();
+        let ids = db.open_tree("identities").unwrap();
+        ids.insert("dav", legacy_identity(&c).as_bytes()).unwrap();
+        assert_eq!(slot_for(&db, &c).unwrap(), 1);
+        assert_eq!(ids.get("dav").unwrap().unwrap(), id.as_bytes());
     }
 }
