@@ -491,26 +491,54 @@ pub fn as_user(uid: u32) -> Command {
 /// Distributions' udev rules make /dev/fuse 0666: unprivileged daemons open it, their
 /// mount(2) fails with EPERM, and fuser falls back to the setuid fusermount3. Some
 /// containers create it 0600, where fuser gives up with EACCES instead of falling back;
-/// give it the usual mode for the test and put the old one back.
-pub struct DevFuseOpenToAll(Option<u32>);
+/// give it the usual mode while the test runs. Tests run concurrently (threads, or
+/// processes under nextest): each holds a shared lock on a file, and only the last one
+/// out puts the saved mode back, so none pulls the mode from under another's mount.
+pub struct DevFuseOpenToAll(std::fs::File);
+
+const DEV_FUSE_LOCK: &str = "/tmp/cloudmount-test-dev-fuse.lock";
+const DEV_FUSE_SAVED_MODE: &str = "/tmp/cloudmount-test-dev-fuse.mode";
+
+fn flock(f: &std::fs::File, op: libc::c_int) -> bool {
+    use std::os::fd::AsRawFd;
+    unsafe { libc::flock(f.as_raw_fd(), op) == 0 }
+}
 
 impl DevFuseOpenToAll {
     pub fn ensure() -> Self {
         use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        let lock = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(DEV_FUSE_LOCK)
+            .unwrap();
+        assert!(flock(&lock, libc::LOCK_EX));
         let mode = std::fs::metadata("/dev/fuse").unwrap().mode() & 0o7777;
-        if mode & 0o006 == 0o006 {
-            return DevFuseOpenToAll(None);
+        if mode & 0o006 != 0o006 {
+            if !Path::new(DEV_FUSE_SAVED_MODE).exists() {
+                std::fs::write(DEV_FUSE_SAVED_MODE, format!("{mode:o}")).unwrap();
+            }
+            std::fs::set_permissions("/dev/fuse", std::fs::Permissions::from_mode(0o666)).unwrap();
         }
-        std::fs::set_permissions("/dev/fuse", std::fs::Permissions::from_mode(0o666)).unwrap();
-        DevFuseOpenToAll(Some(mode))
+        assert!(flock(&lock, libc::LOCK_SH));
+        DevFuseOpenToAll(lock)
     }
 }
 
 impl Drop for DevFuseOpenToAll {
     fn drop(&mut self) {
         use std::os::unix::fs::PermissionsExt;
-        if let Some(mode) = self.0 {
-            let _ = std::fs::set_permissions("/dev/fuse", std::fs::Permissions::from_mode(mode));
+        // Exclusive only when no other test holds it: then nobody mounts any more.
+        if flock(&self.0, libc::LOCK_EX | libc::LOCK_NB) {
+            if let Some(mode) = std::fs::read_to_string(DEV_FUSE_SAVED_MODE)
+                .ok()
+                .and_then(|m| u32::from_str_radix(m.trim(), 8).ok())
+            {
+                let _ =
+                    std::fs::set_permissions("/dev/fuse", std::fs::Permissions::from_mode(mode));
+                let _ = std::fs::remove_file(DEV_FUSE_SAVED_MODE);
+            }
         }
     }
 }
