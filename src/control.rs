@@ -113,8 +113,9 @@ pub fn bind(path: &Path) -> std::io::Result<UnixListener> {
     use std::os::unix::fs::PermissionsExt;
     if let Some(dir) = path.parent() {
         // Whoever can enter this folder can ask the daemon for file names, or unmount it.
-        let old = crate::private_fs::ensure_private_dir(dir)?;
+        crate::private_fs::create_private_dir(dir)?;
         crate::private_fs::check_owned(dir)?;
+        let old = crate::private_fs::tighten(dir)?;
         if let Some(mode) = old {
             tracing::warn!(
                 folder = %dir.display(),
