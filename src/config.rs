@@ -169,6 +169,9 @@ pub struct Config {
     pub drain_timeout_secs: f64,
     /// Where encrypted OAuth tokens live (default: XDG data dir, cloudmount/accounts).
     pub accounts_dir: Option<PathBuf>,
+    /// When started by root (a system unit, mount(8) for a user): the user the daemon runs
+    /// as, so that its folders, files and mount are that user's rather than root's.
+    pub run_as: Option<String>,
     /// Serve Prometheus metrics here (loopback only), e.g. "127.0.0.1:9464". Off if unset.
     pub metrics_addr: Option<std::net::SocketAddr>,
     /// Per-connection bandwidth limits in bytes per second (e.g. "10MiB"); unlimited if unset.

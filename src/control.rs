@@ -112,13 +112,24 @@ pub fn mount_id(mount_point: &Path) -> String {
 pub fn bind(path: &Path) -> std::io::Result<UnixListener> {
     use std::os::unix::fs::PermissionsExt;
     if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
-        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+        // Whoever can enter this folder can ask the daemon for file names, or unmount it.
+        crate::private_fs::create_private_dir(dir)?;
+        crate::private_fs::check_owned(dir)?;
+        let old = crate::private_fs::tighten(dir)?;
+        if let Some(mode) = old {
+            tracing::warn!(
+                folder = %dir.display(),
+                mode = format!("{mode:o}"),
+                "the control socket folder was open to other users; tightened to 0700"
+            );
+        }
     }
     // A socket left by a daemon that was killed: nothing listens on it any more.
     if path.exists() && std::os::unix::net::UnixStream::connect(path).is_err() {
         std::fs::remove_file(path)?;
     }
+    // Under the daemon's umask (077) the socket is born private; the chmod is for library
+    // callers that did not narrow theirs.
     let listener = UnixListener::bind(path)?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
     Ok(listener)

@@ -141,7 +141,29 @@ fn webdav_config(c: &ConnectionConfig) -> DynResult<crate::provider::webdav::Web
     Ok(cfg)
 }
 
+/// What a connection points at, as stored in the metadata store. A password written into
+/// the URL (`https://user:pass@host/`) is left out: the store must hold no secret.
 fn identity(c: &ConnectionConfig) -> String {
+    let url = c.settings.get("url").map(|u| match u.as_str() {
+        Some(text) => match reqwest::Url::parse(text) {
+            Ok(mut parsed) if parsed.password().is_some() => {
+                let _ = parsed.set_password(None);
+                toml::Value::String(parsed.to_string()).to_string()
+            }
+            _ => u.to_string(),
+        },
+        None => u.to_string(),
+    });
+    identity_with_url(c, url)
+}
+
+/// The identity earlier versions stored, URL password included: still recognised, and
+/// replaced by [`identity`] when met.
+fn legacy_identity(c: &ConnectionConfig) -> String {
+    identity_with_url(c, c.settings.get("url").map(|u| u.to_string()))
+}
+
+fn identity_with_url(c: &ConnectionConfig, url: Option<String>) -> String {
     format!(
         "{}:{}:{}",
         c.kind,
@@ -149,10 +171,7 @@ fn identity(c: &ConnectionConfig) -> String {
             .as_ref()
             .map(|p| p.display().to_string())
             .unwrap_or_default(),
-        c.settings
-            .get("url")
-            .map(|u| u.to_string())
-            .unwrap_or_default()
+        url.unwrap_or_default()
     )
 }
 
@@ -165,7 +184,9 @@ fn slot_for(db: &sled::Db, c: &ConnectionConfig) -> DynResult<u16> {
         let known = ids
             .get(c.name.as_bytes())?
             .map(|v| String::from_utf8_lossy(&v).into_owned());
-        if known.as_deref() != Some(identity(c).as_str()) {
+        if known.as_deref() == Some(legacy_identity(c).as_str()) {
+            ids.insert(c.name.as_bytes(), identity(c).as_bytes())?;
+        } else if known.as_deref() != Some(identity(c).as_str()) {
             return Err(format!(
                 "connection {:?} now points somewhere else than when its metadata was stored \
                  ({}); use another state_dir, or another connection name",
@@ -189,7 +210,7 @@ fn slot_for(db: &sled::Db, c: &ConnectionConfig) -> DynResult<u16> {
 }
 
 pub fn open_db(state_dir: &Path) -> DynResult<sled::Db> {
-    std::fs::create_dir_all(state_dir)?;
+    crate::private_fs::create_private_dir(state_dir)?;
     sled::Config::new()
         .path(state_dir.join("metadata"))
         .open()
@@ -266,6 +287,79 @@ pub fn build_connection(
         },
     )?;
     Ok(Connection { slot, vfs, io })
+}
+
+/// Which of the daemon's folders the user named (config or command line). Those are the
+/// user's: only what cloudmount creates inside them is tightened, and the folder itself is
+/// warned about when others may enter it. The default ones are cloudmount's own.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NamedFolders {
+    pub state_dir: bool,
+    pub cache_dir: bool,
+}
+
+/// Create the state and cache folders private, and tighten what an earlier version (or
+/// another umask) left open to other users: the metadata store, staging copies, the log,
+/// cached contents. Everything tightened is reported in one log line.
+pub fn secure_folders(spec: &MountSpec, named: NamedFolders) -> DynResult<()> {
+    use crate::private_fs::{create_private_dir, ensure_private_dir, open_to_others, tighten_tree};
+    let mut tightened: Vec<String> = Vec::new();
+    let mut note = |path: &Path, changed: usize| {
+        if changed > 0 {
+            tightened.push(format!("{} ({changed})", path.display()));
+        }
+    };
+    for (dir, is_named, key) in [
+        (&spec.state_dir, named.state_dir, "state_dir"),
+        (&spec.cache_dir, named.cache_dir, "cache_dir"),
+    ] {
+        if is_named {
+            create_private_dir(dir)?;
+            if let Some(mode) = open_to_others(dir) {
+                tracing::warn!(
+                    folder = %dir.display(),
+                    mode = format!("{mode:o}"),
+                    "the {key} you chose is open to other users: what cloudmount keeps in it \
+                     is private, but its names are listable; consider chmod 700"
+                );
+            }
+        } else {
+            // The default place is <base>/cloudmount/<mount key>: both levels are ours.
+            if let Some(parent) = dir.parent() {
+                note(parent, usize::from(ensure_private_dir(parent)?.is_some()));
+            }
+            note(dir, usize::from(ensure_private_dir(dir)?.is_some()));
+        }
+    }
+    for name in ["metadata", "staging", "daemon.log"] {
+        let p = spec.state_dir.join(name);
+        note(&p, tighten_tree(&p)?);
+    }
+    for entry in std::fs::read_dir(&spec.cache_dir)? {
+        let p = entry?.path();
+        if p.file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| n.starts_with("conn-"))
+        {
+            note(&p, tighten_tree(&p)?);
+        }
+    }
+    // The data folder: the token vault (which guards its own folder) and the demo cloud.
+    if spec.config.accounts_dir.is_none() {
+        if let Some(p) = dirs::data_dir().map(|d| d.join("cloudmount")) {
+            if p.is_dir() {
+                note(&p, usize::from(crate::private_fs::tighten(&p)?.is_some()));
+            }
+        }
+    }
+    if !tightened.is_empty() {
+        tracing::warn!(
+            "folders and files other users could read were made private (0700 folders, \
+             0600 files); tightened (entries): {}",
+            tightened.join(", ")
+        );
+    }
+    Ok(())
 }
 
 /// Tell systemd (Type=notify) about our state, when started by it.
@@ -517,6 +611,9 @@ pub fn mount_root(
 
 /// Mount and serve until unmounted or signalled. Blocks the calling thread.
 pub fn run(spec: MountSpec) -> DynResult<()> {
+    // Also here for callers of the library that did not set it: sled and the cache create
+    // files on their own from now on.
+    crate::private_fs::restrict_umask();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(4)
         .enable_all()
@@ -685,5 +782,36 @@ pub fn lazy_unmount(mount_point: &Path) {
             .args(["-u", "-z"])
             .arg(mount_point)
             .status();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn identity_leaves_a_url_password_out_and_knows_the_old_form() {
+        let c: ConnectionConfig = toml::from_str(
+            r#"
+            name = "dav"
+            type = "webdav"
+            settings = { url = "https://alice:hunter2@dav.example/remote.php/" }
+            "#,
+        )
+        .unwrap();
+        let id = identity(&c);
+        assert!(!id.contains("hunter2"), "{id}");
+        assert!(id.contains("alice@dav.example/remote.php/"), "{id}");
+        assert!(legacy_identity(&c).contains("hunter2"));
+
+        let db = sled::Config::new().temporary(true).open().unwrap();
+        db.open_tree("slots")
+            .unwrap()
+            .insert("dav", &1u16.to_be_bytes())
+            .unwrap();
+        let ids = db.open_tree("identities").unwrap();
+        ids.insert("dav", legacy_identity(&c).as_bytes()).unwrap();
+        assert_eq!(slot_for(&db, &c).unwrap(), 1);
+        assert_eq!(ids.get("dav").unwrap().unwrap(), id.as_bytes());
     }
 }

@@ -17,6 +17,7 @@ pub mod fuse_mount;
 pub mod metadata;
 pub mod metrics;
 pub mod mount_root;
+pub mod private_fs;
 pub mod provider;
 pub mod versions;
 pub mod vfs;

@@ -181,15 +181,19 @@ fn init_logging(verbose: u8, file: Option<&Path>) {
         return;
     }
     if let Some(path) = file {
-        if let Ok(f) = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)
-        {
+        // The log names files and folders of the account: it is for its user only.
+        if let Ok((f, loose)) = cloudmount::private_fs::open_private_append(path) {
             builder
                 .with_ansi(false)
                 .with_writer(std::sync::Mutex::new(f))
                 .init();
+            if let Some(mode) = loose {
+                tracing::warn!(
+                    log = %path.display(),
+                    mode = format!("{mode:o}"),
+                    "the log file was readable by other users; tightened to 0600"
+                );
+            }
             return;
         }
     }
@@ -227,6 +231,8 @@ fn apply_options(cfg: &mut Config, args: &mut MountArgs) -> DynResult<()> {
                 ("dir_ttl", Some(v)) => cfg.dir_ttl_secs = v.parse()?,
                 ("poll_interval", Some(v)) => cfg.poll_interval_secs = v.parse()?,
                 ("drain_timeout", Some(v)) => cfg.drain_timeout_secs = v.parse()?,
+                // mount.fuse's name for "run the filesystem as this user".
+                ("setuid", Some(v)) => cfg.run_as = Some(v.to_string()),
                 ("state_dir", Some(v)) => args.state_dir = Some(PathBuf::from(v)),
                 ("cache_dir", Some(v)) => args.cache_dir = Some(PathBuf::from(v)),
                 ("config", Some(_)) | ("local", Some(_)) => {} // handled before the config loads
@@ -245,7 +251,12 @@ fn apply_options(cfg: &mut Config, args: &mut MountArgs) -> DynResult<()> {
     Ok(())
 }
 
-fn mount_spec(mut args: MountArgs) -> DynResult<MountSpec> {
+fn mount_spec(args: MountArgs) -> DynResult<MountSpec> {
+    mount_spec_named(args).map(|(spec, _)| spec)
+}
+
+/// The mount to run, and which of its folders the user named (rather than the defaults).
+fn mount_spec_named(mut args: MountArgs) -> DynResult<(MountSpec, daemon::NamedFolders)> {
     for group in &args.options {
         for opt in group.split(',') {
             if let Some(v) = opt.strip_prefix("config=") {
@@ -284,6 +295,10 @@ fn mount_spec(mut args: MountArgs) -> DynResult<MountSpec> {
         }
     };
     apply_options(&mut cfg, &mut args)?;
+    // Before any default folder is worked out: they are the user's, under their home.
+    if let Some(user) = &cfg.run_as {
+        become_user(user)?;
+    }
     if let Some(v) = args.cache_size {
         cfg.cache_size = v;
     }
@@ -324,6 +339,10 @@ fn mount_spec(mut args: MountArgs) -> DynResult<MountSpec> {
                 .collect::<Vec<_>>()
         ))
     );
+    let named = daemon::NamedFolders {
+        state_dir: args.state_dir.is_some() || cfg.state_dir.is_some(),
+        cache_dir: args.cache_dir.is_some() || cfg.cache_dir.is_some(),
+    };
     let state_dir = args
         .state_dir
         .clone()
@@ -345,13 +364,61 @@ fn mount_spec(mut args: MountArgs) -> DynResult<MountSpec> {
                 .join("cloudmount")
                 .join(&key)
         });
-    Ok(MountSpec {
-        config: cfg,
-        mount_point,
-        single,
-        state_dir,
-        cache_dir,
-    })
+    Ok((
+        MountSpec {
+            config: cfg,
+            mount_point,
+            single,
+            state_dir,
+            cache_dir,
+        },
+        named,
+    ))
+}
+
+/// Run as `name` from now on, for good (real, effective and saved ids, and groups), when
+/// started by root on that user's behalf: every folder and file the daemon creates, and the
+/// mount itself (through fusermount3), are then the user's. A no-op when already that user.
+fn become_user(name: &str) -> DynResult<()> {
+    use nix::unistd::{geteuid, initgroups, setgid, setuid, User};
+    let user = User::from_name(name)
+        .map_err(|e| format!("run_as {name:?}: {e}"))?
+        .ok_or_else(|| format!("run_as {name:?}: no such user"))?;
+    if geteuid() == user.uid {
+        return Ok(());
+    }
+    if !geteuid().is_root() {
+        return Err(
+            format!("run_as {name:?}: only root can run cloudmount as another user").into(),
+        );
+    }
+    let cname = std::ffi::CString::new(name).map_err(|e| format!("run_as {name:?}: {e}"))?;
+    initgroups(&cname, user.gid).map_err(|e| format!("run_as {name:?}: initgroups: {e}"))?;
+    setgid(user.gid).map_err(|e| format!("run_as {name:?}: setgid: {e}"))?;
+    setuid(user.uid).map_err(|e| format!("run_as {name:?}: setuid: {e}"))?;
+    // Root's folders are not the user's: the defaults follow the user's home, and the
+    // control socket goes where the user's own `cloudmount status` looks for it.
+    // Still single-threaded here, so changing the environment races with nothing.
+    std::env::set_var("HOME", &user.dir);
+    std::env::set_var("USER", name);
+    std::env::set_var("LOGNAME", name);
+    for var in [
+        "XDG_CONFIG_HOME",
+        "XDG_STATE_HOME",
+        "XDG_CACHE_HOME",
+        "XDG_DATA_HOME",
+        "XDG_RUNTIME_DIR",
+    ] {
+        std::env::remove_var(var);
+    }
+    let run = PathBuf::from(format!("/run/user/{}", user.uid));
+    if std::fs::metadata(&run).is_ok_and(|m| {
+        use std::os::unix::fs::MetadataExt;
+        m.is_dir() && m.uid() == user.uid.as_raw()
+    }) {
+        std::env::set_var("XDG_RUNTIME_DIR", run);
+    }
+    Ok(())
 }
 
 fn is_mounted(mount_point: &Path) -> bool {
@@ -378,7 +445,7 @@ fn mount_background(args: MountArgs, verbose: u8) -> DynResult<()> {
     if is_mounted(&spec.mount_point) {
         return Err(format!("{} is already mounted", spec.mount_point.display()).into());
     }
-    std::fs::create_dir_all(&spec.state_dir)?;
+    cloudmount::private_fs::create_private_dir(&spec.state_dir)?;
     let log = args
         .log_file
         .clone()
@@ -404,10 +471,16 @@ fn mount_background(args: MountArgs, verbose: u8) -> DynResult<()> {
     );
     // The daemon outlives this command: its stderr goes to the log, not to a pipe that
     // closes when we exit.
-    let log_out = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&log)?;
+    // Created private; an older, looser log is tightened (and reported) by the daemon.
+    let log_out = {
+        use std::os::unix::fs::OpenOptionsExt;
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .mode(cloudmount::private_fs::FILE_MODE)
+            .open(&log)
+            .map_err(|e| format!("{}: {e}", log.display()))?
+    };
     let log_start = log_out.metadata()?.len();
     cmd.stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null())
@@ -926,8 +999,11 @@ fn run(cli: Cli) -> DynResult<()> {
     match cli.command {
         Command::Mount(args) => {
             if args.foreground {
-                init_logging(cli.verbose, args.log_file.as_deref());
-                let spec = mount_spec(*args)?;
+                let log_file = args.log_file.clone();
+                // The spec first: with run_as it switches users, and the log must be theirs.
+                let (spec, named) = mount_spec_named(*args)?;
+                init_logging(cli.verbose, log_file.as_deref());
+                daemon::secure_folders(&spec, named)?;
                 daemon::run(spec)
             } else {
                 init_logging(cli.verbose, None);
@@ -1074,6 +1150,9 @@ fn run(cli: Cli) -> DynResult<()> {
 }
 
 fn main() -> ExitCode {
+    // Before anything is created: the state, cache, data and runtime folders, the log and
+    // the vault are for this user only, whatever umask the shell or service manager set.
+    cloudmount::private_fs::restrict_umask();
     let cli = Cli::parse();
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,

@@ -223,20 +223,6 @@ fn versions_list_restore_diff_survive_wiped_cache_and_follow_rename() {
 // -------------------------------------------------------------------------------------
 // 12. Unprivileged mount through fusermount3
 
-const NOBODY: u32 = 65534;
-const OTHER: u32 = 65533;
-
-fn as_user(uid: u32) -> Command {
-    let mut c = Command::new("setpriv");
-    c.arg(format!("--reuid={uid}"))
-        .arg(format!("--regid={uid}"))
-        .arg("--clear-groups")
-        .arg("--inh-caps=-all")
-        .env_remove("XDG_RUNTIME_DIR")
-        .env("HOME", "/tmp");
-    c
-}
-
 fn run_ok(mut c: Command, what: &str) -> String {
     let out = c.output().unwrap();
     stdout_of(&out, what)
@@ -253,31 +239,6 @@ impl Drop for UserDaemon {
         force_unmount(&self.mnt);
         let _ = self.child.kill();
         let _ = self.child.wait();
-    }
-}
-
-/// Distributions' udev rules make /dev/fuse 0666: unprivileged daemons open it, their
-/// mount(2) fails with EPERM, and fuser falls back to the setuid fusermount3. Some
-/// containers create it 0600, where fuser gives up with EACCES instead of falling back
-/// (see the report); give it the usual mode for the test and put the old one back.
-struct DevFuseOpenToAll(Option<u32>);
-
-impl DevFuseOpenToAll {
-    fn ensure() -> Self {
-        let mode = fs::metadata("/dev/fuse").unwrap().mode() & 0o7777;
-        if mode & 0o006 == 0o006 {
-            return DevFuseOpenToAll(None);
-        }
-        fs::set_permissions("/dev/fuse", fs::Permissions::from_mode(0o666)).unwrap();
-        DevFuseOpenToAll(Some(mode))
-    }
-}
-
-impl Drop for DevFuseOpenToAll {
-    fn drop(&mut self) {
-        if let Some(mode) = self.0 {
-            let _ = fs::set_permissions("/dev/fuse", fs::Permissions::from_mode(mode));
-        }
     }
 }
 

@@ -374,7 +374,7 @@ settings = {{ client_id = "{client_id}", client_secret_file = "{secret}", auth_u
         .arg(&dirs.cache)
         .args(["--foreground", "--log-file"])
         .arg(&log)
-        .env("RUST_LOG", "debug")
+        .env("RUST_LOG", "trace")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())

@@ -102,10 +102,17 @@ fn vault_err(what: &str, path: &Path, e: impl std::fmt::Display) -> AccountError
 impl TokenVault {
     /// Open (creating if needed) the vault in `dir`.
     pub fn open(dir: &Path) -> Result<Self, AccountError> {
-        fs::create_dir_all(dir).map_err(|e| vault_err("creating", dir, e))?;
-        // Tighten an existing directory too; the key must not be listable by others.
-        fs::set_permissions(dir, fs::Permissions::from_mode(0o700))
-            .map_err(|e| vault_err("chmod", dir, e))?;
+        // Tighten an existing directory too (even one the user chose): the key must not be
+        // listable by others.
+        let loose = crate::private_fs::ensure_private_dir(dir)
+            .map_err(|e| AccountError::Vault(e.to_string()))?;
+        if let Some(mode) = loose {
+            tracing::warn!(
+                folder = %dir.display(),
+                mode = format!("{mode:o}"),
+                "the token vault folder was open to other users; tightened to 0700"
+            );
+        }
         let key_path = dir.join(KEY_FILE);
         let key = match File::open(&key_path) {
             Ok(mut f) => {

@@ -9,7 +9,7 @@ pub mod ranges;
 
 use std::collections::{HashMap, HashSet};
 use std::fs::{File, OpenOptions};
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
@@ -125,7 +125,7 @@ impl ChunkCache {
         quota: u64,
         in_flight_budget: u64,
     ) -> CacheResult<Arc<Self>> {
-        std::fs::create_dir_all(&dir)?;
+        crate::private_fs::create_private_dir(&dir)?;
         let mut records = HashMap::new();
         let mut lru = LruCache::unbounded();
         let mut used = 0;
@@ -203,11 +203,13 @@ impl ChunkCache {
     }
 
     fn open_file(&self, ino: Ino) -> std::io::Result<File> {
+        // File contents of the account: for this user only, whatever the umask.
         OpenOptions::new()
             .read(true)
             .write(true)
             .create(true)
             .truncate(false)
+            .mode(crate::private_fs::FILE_MODE)
             .open(self.data_path(ino))
     }
 
@@ -728,10 +730,17 @@ impl ChunkCache {
     /// Copy the whole cached content to `dest` (a snapshot for upload).
     pub fn snapshot(&self, ino: Ino, size: u64, dest: &Path) -> CacheResult<()> {
         let src = self.data_path(ino);
+        // fs::copy gives the copy the source's mode: cache files are 0600, and so is the
+        // empty file made when nothing is cached.
         if src.exists() {
             std::fs::copy(&src, dest)?;
         } else {
-            File::create(dest)?;
+            OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(crate::private_fs::FILE_MODE)
+                .open(dest)?;
         }
         let f = OpenOptions::new().write(true).open(dest)?;
         f.set_len(size)?;

@@ -469,3 +469,76 @@ pub fn local_tree(root: &Path) -> std::collections::BTreeMap<String, Option<Vec<
     walk(root, root, &mut out);
     out
 }
+
+/// Unprivileged users of the machine for the tests that switch to them (as root).
+pub const NOBODY: u32 = 65534;
+/// A second unprivileged user: "another user of the machine".
+pub const OTHER: u32 = 65533;
+
+/// A command run as `uid` (and the group of the same number), without root's groups or
+/// capabilities, HOME=/tmp and no runtime dir unless the caller sets them.
+pub fn as_user(uid: u32) -> Command {
+    let mut c = Command::new("setpriv");
+    c.arg(format!("--reuid={uid}"))
+        .arg(format!("--regid={uid}"))
+        .arg("--clear-groups")
+        .arg("--inh-caps=-all")
+        .env_remove("XDG_RUNTIME_DIR")
+        .env("HOME", "/tmp");
+    c
+}
+
+/// Distributions' udev rules make /dev/fuse 0666: unprivileged daemons open it, their
+/// mount(2) fails with EPERM, and fuser falls back to the setuid fusermount3. Some
+/// containers create it 0600, where fuser gives up with EACCES instead of falling back;
+/// give it the usual mode while the test runs. Tests run concurrently (threads, or
+/// processes under nextest): each holds a shared lock on a file, and only the last one
+/// out puts the saved mode back, so none pulls the mode from under another's mount.
+pub struct DevFuseOpenToAll(std::fs::File);
+
+const DEV_FUSE_LOCK: &str = "/tmp/cloudmount-test-dev-fuse.lock";
+const DEV_FUSE_SAVED_MODE: &str = "/tmp/cloudmount-test-dev-fuse.mode";
+
+fn flock(f: &std::fs::File, op: libc::c_int) -> bool {
+    use std::os::fd::AsRawFd;
+    unsafe { libc::flock(f.as_raw_fd(), op) == 0 }
+}
+
+impl DevFuseOpenToAll {
+    pub fn ensure() -> Self {
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        let lock = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(DEV_FUSE_LOCK)
+            .unwrap();
+        assert!(flock(&lock, libc::LOCK_EX));
+        let mode = std::fs::metadata("/dev/fuse").unwrap().mode() & 0o7777;
+        if mode & 0o006 != 0o006 {
+            if !Path::new(DEV_FUSE_SAVED_MODE).exists() {
+                std::fs::write(DEV_FUSE_SAVED_MODE, format!("{mode:o}")).unwrap();
+            }
+            std::fs::set_permissions("/dev/fuse", std::fs::Permissions::from_mode(0o666)).unwrap();
+        }
+        assert!(flock(&lock, libc::LOCK_SH));
+        DevFuseOpenToAll(lock)
+    }
+}
+
+impl Drop for DevFuseOpenToAll {
+    fn drop(&mut self) {
+        use std::os::unix::fs::PermissionsExt;
+        // Exclusive only when no other test holds it: then nobody mounts any more.
+        if flock(&self.0, libc::LOCK_EX | libc::LOCK_NB) {
+            if let Some(mode) = std::fs::read_to_string(DEV_FUSE_SAVED_MODE)
+                .ok()
+                .and_then(|m| u32::from_str_radix(m.trim(), 8).ok())
+            {
+                let _ =
+                    std::fs::set_permissions("/dev/fuse", std::fs::Permissions::from_mode(mode));
+                let _ = std::fs::remove_file(DEV_FUSE_SAVED_MODE);
+            }
+        }
+    }
+}
