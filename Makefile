@@ -21,11 +21,11 @@ lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --all-targets -- -D warnings
 
-# cargo-nextest when present: each test in its own process, and a test that fails is
-# tried again (up to twice) and reported as FLAKY rather than hidden.
+# cargo-nextest when present (each test in its own process), else cargo test. No test
+# is ever retried: a flaky test is a failing test.
 test: deps
 	@if $(CARGO) nextest --version >/dev/null 2>&1; then \
-		$(CARGO) nextest run --all-targets --retries 2; \
+		$(CARGO) nextest run --all-targets --no-fail-fast; \
 	else \
 		$(CARGO) test --all-targets; \
 	fi

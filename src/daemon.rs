@@ -84,6 +84,10 @@ struct WebdavSettings {
     timeout_secs: Option<u64>,
     chunked_upload: Option<crate::provider::webdav::ChunkedMode>,
     chunk_size: Option<crate::config::ByteSize>,
+    atomic_uploads: Option<crate::provider::webdav::AtomicUploads>,
+    max_retries: Option<u32>,
+    retry_base_delay_ms: Option<u64>,
+    retry_budget_secs: Option<u64>,
 }
 
 /// Read a secret from a file that only its owner may read.
@@ -137,6 +141,20 @@ fn webdav_config(c: &ConnectionConfig) -> DynResult<crate::provider::webdav::Web
     }
     if let Some(cs) = s.chunk_size {
         cfg.chunk_size = cs.0;
+    }
+    cfg.server_type =
+        crate::provider::webdav::ServerType::from_connection_type(&c.kind).unwrap_or_default();
+    if let Some(a) = s.atomic_uploads {
+        cfg.atomic_uploads = a;
+    }
+    if let Some(n) = s.max_retries {
+        cfg.max_retries = n;
+    }
+    if let Some(ms) = s.retry_base_delay_ms {
+        cfg.retry_base_delay_ms = ms;
+    }
+    if let Some(secs) = s.retry_budget_secs {
+        cfg.retry_budget_secs = secs;
     }
     Ok(cfg)
 }

@@ -137,6 +137,8 @@ fn drain(m: &DaemonMount, mnt: &Path, out: &mut Outcome, faults_off: impl FnOnce
 
 /// The verdict on one tree: figures and differences.
 fn judge(out: &mut Outcome, what: &str, got: &Tree, w: &Workload) {
+    // The operations themselves, beside the daemon logs, for reading a failure.
+    let _ = std::fs::write(out.log_dir.join("workload-ops.txt"), w.log.join("\n"));
     let d = compare(got, &w.model);
     out.lines.push(format!("{what}: {}", d.counts()));
     if !d.is_empty() {

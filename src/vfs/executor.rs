@@ -9,6 +9,7 @@ use crate::provider::{split_path, ProviderError, UploadOptions};
 use crate::writeback::{rewrite, Job, JobExecutor, JobKind, JobOutcome, Progress, SentContent};
 
 /// What `look_at_remote` found.
+#[derive(Debug)]
 enum Found {
     /// The revision the job expected to replace: its attempt did not land.
     Unchanged,
@@ -149,17 +150,9 @@ impl Vfs {
                 .await
                 .map_err(cache_err)?;
         }
-        if !self.has_writable_handle(job.ino) {
-            // Nobody can change the file while it goes up (a writer that opens it meanwhile
-            // bumps the generation, and another upload follows): send the cached file
-            // itself and save a full copy of it.
-            let data = self.cache.data_path(job.ino);
-            if data.exists() {
-                return self
-                    .upload_snapshot(seq, job, &inode, generation, &data, progress)
-                    .await;
-            }
-        }
+        // Always a private copy: the bytes sent must be exactly the bytes fingerprinted
+        // (a writer may open the cached file while it goes up), or an uncertain outcome
+        // could not be resolved by comparing.
         let snapshot = self.staging.join(format!("upload-{seq}"));
         self.cache
             .snapshot(job.ino, inode.size, &snapshot)
@@ -191,6 +184,8 @@ impl Vfs {
             mtime: Some(inode.mtime),
             mode: Some(inode.perm as u32),
         };
+        tracing::debug!(seq, ino = job.ino, path = %job.path, base = ?inode.base_revision,
+            size = sent.size, sha256 = %&sent.sha256[..12], "uploading");
         let uploaded = self.provider.upload(&job.path, snapshot, &options).await;
         progress.set(seq, inode.size);
         let entry = match uploaded {
@@ -200,10 +195,12 @@ impl Vfs {
                     .hash
                     .as_deref()
                     .filter(|_| inode.base_revision.is_some());
-                match self
+                let found = self
                     .look_at_remote(&job.path, inode.base_revision.as_deref(), &all_sent, known)
-                    .await?
-                {
+                    .await?;
+                tracing::debug!(seq, path = %job.path, error = %err, found = ?found,
+                    "upload outcome uncertain or refused: looked at the remote");
+                match found {
                     Found::Sent(e, which) if which == sent => *e,
                     // An earlier attempt of this job landed (before a crash, or its reply
                     // was lost) and the content changed since: that revision is ours to

@@ -71,14 +71,6 @@ impl Vfs {
         }
     }
 
-    pub(super) fn has_writable_handle(&self, ino: Ino) -> bool {
-        self.handles
-            .lock()
-            .unwrap()
-            .values()
-            .any(|h| h.ino == ino && h.writable)
-    }
-
     /// Whether the last open of `ino` wants the kernel to bypass its page cache.
     pub fn take_direct_io(&self, ino: Ino) -> bool {
         self.direct_io.lock().unwrap().remove(&ino)
@@ -153,6 +145,13 @@ impl Vfs {
         // writers extending the file do not both see the old size.
         let _g = self.record_locks[(ino % 64) as usize].lock().unwrap();
         let mut inode = self.get(ino)?;
+        // Dirty again under the lock: an upload that finished since begin_local_change
+        // looked may have marked the file clean, and this write must not stay unseen.
+        if !inode.dirty {
+            inode.dirty = true;
+            inode.base_revision = inode.remote.as_ref().map(|r| r.revision.clone());
+            self.cache.set_dirty(ino, true);
+        }
         if offset > inode.size {
             // The bytes between the old end and this write are zeros, not whatever the
             // remote holds there (it may be longer, or truncated locally since).

@@ -1049,10 +1049,16 @@ impl Vfs {
         let inode = self.begin_local_change(ino)?;
         self.cache.truncate(ino, inode.size, size)?;
         self.update(ino, |i| {
+            // See `write`: an upload may have marked it clean since we looked.
+            if !i.dirty {
+                i.dirty = true;
+                i.base_revision = i.remote.as_ref().map(|r| r.revision.clone());
+            }
             i.size = size;
             i.mtime = now();
             i.generation += 1;
         })?;
+        self.cache.set_dirty(ino, true);
         if !self.is_open(ino) {
             // A truncate without an open handle (truncate(1)) has no close to trigger upload.
             let path = self.path_of(ino)?;

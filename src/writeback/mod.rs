@@ -416,6 +416,41 @@ impl WriteBackQueue {
         t.commit_logged();
     }
 
+    /// Whether a job of another inode (not `mine`), queued after job `after`, acts at or
+    /// below where the object that job `after` made at `path` is by then (followed
+    /// through the moves queued in between). Such a job needs the object to exist on the
+    /// remote at that point of the replay, so the creation must not be dropped or moved.
+    fn needed_by_others(st: &State, after: u64, path: &str, mine: &dyn Fn(Ino) -> bool) -> bool {
+        let mut at = path.to_string();
+        for j in st.jobs.range(after + 1..).map(|(_, j)| j) {
+            if !mine(j.ino) && j.paths().any(|p| is_same_or_below(p, &at)) {
+                return true;
+            }
+            if let JobKind::Rename { from, .. } = &j.kind {
+                if let Some(moved) = rewrite(&at, from, &j.path) {
+                    at = moved;
+                }
+            }
+        }
+        false
+    }
+
+    /// The inode's creation job (mkdir, symlink, upload of a new file) that has not
+    /// started, with its path.
+    fn pending_creation(st: &State, ino: Ino) -> Option<(u64, String)> {
+        st.jobs
+            .iter()
+            .find(|(seq, j)| {
+                j.ino == ino
+                    && !st.running.contains(seq)
+                    && matches!(
+                        j.kind,
+                        JobKind::Upload | JobKind::Mkdir | JobKind::Symlink { .. }
+                    )
+            })
+            .map(|(s, j)| (*s, j.path.clone()))
+    }
+
     fn running_for(st: &State, ino: Ino) -> bool {
         st.running
             .iter()
@@ -864,9 +899,51 @@ impl<'a> QueueTxn<'a> {
         let (q, st) = self.parts();
         // Decided again under the lock: the upload that creates it may have started
         // since the caller looked.
-        let on_remote = on_remote || WriteBackQueue::running_for(st, ino);
+        let mut on_remote = on_remote || WriteBackQueue::running_for(st, ino);
         if let Some(victim) = replaced {
-            q.drop_content_jobs(st, victim);
+            let needed = WriteBackQueue::pending_creation(st, victim).is_some_and(|(seq, p)| {
+                WriteBackQueue::needed_by_others(st, seq, &p, &|i| i == victim)
+            });
+            if needed {
+                // Created, used by other queued jobs, then replaced: replayed as such.
+                let job = q.new_job(victim, JobKind::Delete, to, Duration::ZERO, 0);
+                q.push(st, job);
+            } else {
+                q.drop_content_jobs(st, victim);
+            }
+        }
+        if !on_remote {
+            // Renaming creations that have not run yet is only right when no other
+            // queued job relies on the old names; otherwise the remote replays the
+            // creation and then the move.
+            let first = st
+                .jobs
+                .iter()
+                .find(|(seq, j)| {
+                    moved.contains(&j.ino)
+                        && !st.running.contains(seq)
+                        && j.paths().any(|p| is_same_or_below(p, from))
+                })
+                .map(|(s, _)| *s);
+            if let Some(first) = first {
+                on_remote =
+                    WriteBackQueue::needed_by_others(st, first, from, &|i| moved.contains(&i));
+            }
+            // Something below that exists on the remote elsewhere (a file moved into a
+            // folder not created yet) is moved by a queued job whose source other jobs
+            // may follow: that job keeps its place, so the folder is created and moved.
+            // Likewise when a creation of something below is running, or was queued
+            // under an older name (before a move of a folder above it): it lands where
+            // the replay puts it, and only a move takes it on from there.
+            on_remote |= st.jobs.iter().any(|(seq, j)| {
+                moved.contains(&j.ino)
+                    && (st.running.contains(seq)
+                        || !matches!(
+                            j.kind,
+                            JobKind::Upload | JobKind::Mkdir | JobKind::Symlink { .. }
+                        )
+                        || !j.paths().all(|p| is_same_or_below(p, from)))
+            });
         }
         let under_from = |st: &State, seq: &u64, j: &Job| {
             !st.running.contains(seq) && j.paths().any(|p| is_same_or_below(p, from))
@@ -923,8 +1000,14 @@ impl<'a> QueueTxn<'a> {
         // Decided again under the lock: the upload that creates it may have started
         // since the caller looked.
         let on_remote = on_remote || WriteBackQueue::running_for(st, ino);
-        q.drop_content_jobs(st, ino);
-        if on_remote {
+        // A folder that later queued jobs move things into or out of must be created
+        // and then deleted, as it happened: dropping its creation would strand them.
+        let needed = WriteBackQueue::pending_creation(st, ino)
+            .is_some_and(|(seq, p)| WriteBackQueue::needed_by_others(st, seq, &p, &|i| i == ino));
+        if !needed {
+            q.drop_content_jobs(st, ino);
+        }
+        if on_remote || needed {
             let job = q.new_job(ino, JobKind::Delete, path, Duration::ZERO, 0);
             q.push(st, job);
         }
