@@ -132,7 +132,9 @@ impl Vfs {
         let Some(inode) = self.store.get(job.ino).map_err(store_err)? else {
             return Ok(()); // deleted meanwhile
         };
-        if !inode.dirty {
+        // A file without a name any more needs no upload: the jobs queued after this one
+        // delete or move whatever is at the old name, and accept finding nothing there.
+        if !inode.dirty || inode.parent == 0 {
             return Ok(());
         }
         let generation = inode.generation;
@@ -195,8 +197,12 @@ impl Vfs {
                     .hash
                     .as_deref()
                     .filter(|_| inode.base_revision.is_some());
+                // Bytes this mount itself last put at the path (an earlier file there,
+                // since replaced or moved away in the mount) are not somebody else's edit.
+                let mut ours = all_sent.clone();
+                ours.extend(self.landed_at(&job.path));
                 let found = self
-                    .look_at_remote(&job.path, inode.base_revision.as_deref(), &all_sent, known)
+                    .look_at_remote(&job.path, inode.base_revision.as_deref(), &ours, known)
                     .await?;
                 tracing::debug!(seq, path = %job.path, error = %err, found = ?found,
                     "upload outcome uncertain or refused: looked at the remote");
@@ -227,6 +233,7 @@ impl Vfs {
         };
         let revision = entry.revision.clone();
         let hash = sent.sha256.clone();
+        self.note_landed(&job.path, &sent);
         let still_current = {
             let updated = self
                 .update(job.ino, |i| {
@@ -256,6 +263,21 @@ impl Vfs {
             }
         }
         Ok(())
+    }
+
+    /// Remember what this mount last uploaded to `path` (see `landed_at`).
+    fn note_landed(&self, path: &str, sent: &SentContent) {
+        if let Ok(bytes) = serde_json::to_vec(sent) {
+            if let Err(e) = self.store.set_meta(&format!("landed:{path}"), &bytes) {
+                tracing::warn!(path, error = %e, "could not remember an upload");
+            }
+        }
+    }
+
+    /// What this mount last uploaded to `path`, if anything.
+    fn landed_at(&self, path: &str) -> Option<SentContent> {
+        let bytes = self.store.get_meta(&format!("landed:{path}")).ok()??;
+        serde_json::from_slice(&bytes).ok()
     }
 
     /// Upload again after looking: the remote is now known to be at `expected` (`None`:

@@ -180,12 +180,19 @@ impl Vfs {
         if !inode.dirty || inode.parent == 0 {
             return Ok(());
         }
-        let Some(path) = self.path_of(ino)? else {
-            return Ok(());
-        };
-        self.cache.sync_record(ino);
-        self.queue
-            .enqueue_upload(ino, &path, inode.size, inode.generation);
+        {
+            // The path is read and the job queued under the namespace lock: a rename
+            // running meanwhile (a RELEASE arrives after close() returned) must not leave
+            // this job at the old name.
+            let _ns = self.ns_lock.lock().await;
+            let Some(path) = self.path_of(ino)? else {
+                return Ok(());
+            };
+            let inode = self.get(ino)?;
+            self.cache.sync_record(ino);
+            self.queue
+                .enqueue_upload(ino, &path, inode.size, inode.generation);
+        }
         self.store.flush().await?;
         Ok(())
     }

@@ -1014,7 +1014,7 @@ impl Vfs {
             if inode.is_dir() {
                 return Err(FsError::IsDir);
             }
-            self.truncate(ino, size)?;
+            self.truncate(ino, size).await?;
         }
         let t = now();
         let resolve = |ts: TimeSpec| match ts {
@@ -1042,7 +1042,7 @@ impl Vfs {
         Ok(self.attr_of(&inode))
     }
 
-    fn truncate(&self, ino: Ino, size: u64) -> FsResult<()> {
+    async fn truncate(&self, ino: Ino, size: u64) -> FsResult<()> {
         if size > MAX_FILE_SIZE {
             return Err(FsError::TooBig);
         }
@@ -1061,6 +1061,9 @@ impl Vfs {
         self.cache.set_dirty(ino, true);
         if !self.is_open(ino) {
             // A truncate without an open handle (truncate(1)) has no close to trigger upload.
+            // The path is read and the job queued under the namespace lock, so that a
+            // rename cannot slip in between and leave the job at the old name.
+            let _ns = self.ns_lock.lock().await;
             let path = self.path_of(ino)?;
             if let Some(path) = path {
                 self.queue

@@ -435,19 +435,12 @@ impl WriteBackQueue {
         false
     }
 
-    /// The inode's creation job (mkdir, symlink, upload of a new file) that has not
-    /// started, with its path.
+    /// The inode's mkdir job that has not started, with its path.
+    /// Only a folder can be needed by other inodes' jobs (things moved into or out of it).
     fn pending_creation(st: &State, ino: Ino) -> Option<(u64, String)> {
         st.jobs
             .iter()
-            .find(|(seq, j)| {
-                j.ino == ino
-                    && !st.running.contains(seq)
-                    && matches!(
-                        j.kind,
-                        JobKind::Upload | JobKind::Mkdir | JobKind::Symlink { .. }
-                    )
-            })
+            .find(|(seq, j)| j.ino == ino && !st.running.contains(seq) && j.kind == JobKind::Mkdir)
             .map(|(s, j)| (*s, j.path.clone()))
     }
 
