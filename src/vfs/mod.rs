@@ -903,27 +903,36 @@ impl Vfs {
             Some(v) => Some(self.get(v.ino)?),
             None => None,
         };
-        let src_on_remote = self.on_remote(&src);
+        // Everything below is decided and queued under the queue's lock, as one
+        // transaction with the namespace change: whether the remote needs a move (or the
+        // queued creations can simply take the new name) cannot change meanwhile.
+        let mut t = self.queue.begin(Batch::default());
+        let src_on_remote = t.rename_is_move(src_ino, &moved, &from, src.remote.is_some());
+        let v_on_remote = victim
+            .as_ref()
+            .map(|v| v.remote.is_some() || t.is_running(v.ino));
+        let v_running = victim.as_ref().is_some_and(|v| t.is_running(v.ino));
         // A new file that had replaced a remote one (an editor's save-by-rename) moves
         // on before its upload: the remote object it replaced at `from` must go, and the
         // upload to the new name expects an empty slot.
         let delete_replaced_at_from =
             !src_on_remote && !src.is_dir() && src.base_revision.take().is_some();
         let mut victim_delete = false;
-        let mut b = Batch::default();
+        let b = t.batch();
         b.unlink(parent, name);
         if let Some(v) = victim.as_mut() {
+            let v_on_remote = v_on_remote.unwrap_or(false);
             b.unlink(new_parent, new_name);
-            self.orphan(&mut b, v);
-            if !self.on_remote(v) && !src_on_remote && !src.is_dir() {
+            self.orphan(b, v);
+            if !v_on_remote && !src_on_remote && !src.is_dir() {
                 // The replaced file had itself replaced a remote one and was not uploaded
                 // yet (git's `main.lock` -> `main`, twice in a row): that remote file is
                 // what the new content replaces now.
                 if v.base_revision.is_some() {
                     src.base_revision = v.base_revision.clone();
                 }
-            } else if self.on_remote(v) && !src_on_remote && !src.is_dir() {
-                if v.remote.is_some() && !self.queue.is_running(v.ino) {
+            } else if v_on_remote && !src_on_remote && !src.is_dir() {
+                if v.remote.is_some() && !v_running {
                     // The new content replaces what the remote has at that name: the
                     // upload must expect that revision, not an empty slot.
                     src.base_revision = v.remote.as_ref().map(|r| r.revision.clone());
@@ -940,12 +949,9 @@ impl Vfs {
         src.name = new_name.to_string();
         src.ctime = now();
         b.put_inode(&src);
-        // Decided before the transaction, which holds the queue's lock.
-        let delete_victim = victim
-            .as_ref()
-            .is_some_and(|v| victim_delete || (v.is_dir() && self.on_remote(v) && !src_on_remote));
-        // The namespace change and every job it queues land as one batch.
-        let mut t = self.queue.begin(b);
+        let delete_victim = victim.as_ref().is_some_and(|v| {
+            victim_delete || (v.is_dir() && v_on_remote.unwrap_or(false) && !src_on_remote)
+        });
         if delete_replaced_at_from {
             t.enqueue_remote_delete(&from);
         }

@@ -406,6 +406,7 @@ impl WriteBackQueue {
         replaced: Option<Ino>,
     ) {
         let mut t = self.begin(Batch::default());
+        let on_remote = t.rename_is_move(ino, moved, from, on_remote);
         t.on_rename(ino, moved, from, to, on_remote, replaced);
         t.commit_logged();
     }
@@ -442,6 +443,19 @@ impl WriteBackQueue {
             .iter()
             .find(|(seq, j)| j.ino == ino && !st.running.contains(seq) && j.kind == JobKind::Mkdir)
             .map(|(s, j)| (*s, j.path.clone()))
+    }
+
+    /// Whether a creation of the inode was tried already: its outcome may have been
+    /// uncertain (a cut reply), so the object may exist at that job's path.
+    fn creation_attempted(st: &State, ino: Ino) -> bool {
+        st.jobs.values().any(|j| {
+            j.ino == ino
+                && (j.attempts > 0 || !j.sent.is_empty())
+                && matches!(
+                    j.kind,
+                    JobKind::Upload | JobKind::Mkdir | JobKind::Symlink { .. }
+                )
+        })
     }
 
     fn running_for(st: &State, ino: Ino) -> bool {
@@ -796,6 +810,73 @@ impl<'a> QueueTxn<'a> {
         (self.queue, self.st.as_mut().expect("open transaction"))
     }
 
+    /// The batch of the namespace change this transaction lands with.
+    pub fn batch(&mut self) -> &mut Batch {
+        self.st
+            .as_mut()
+            .expect("open transaction")
+            .txn
+            .get_or_insert_with(Batch::default)
+    }
+
+    /// Whether a job for this inode is running now.
+    pub fn is_running(&mut self, ino: Ino) -> bool {
+        let (_, st) = self.parts();
+        WriteBackQueue::running_for(st, ino)
+    }
+
+    /// Whether a rename of `ino` (with `moved`, everything below it, from `from`) needs a
+    /// move on the remote, rather than renaming its queued creations: `on_remote` says
+    /// the entry exists there already. Ask this inside the transaction that then calls
+    /// `on_rename` with the answer, so that nothing starts in between.
+    pub fn rename_is_move(
+        &mut self,
+        ino: Ino,
+        moved: &HashSet<Ino>,
+        from: &str,
+        on_remote: bool,
+    ) -> bool {
+        let (_, st) = self.parts();
+        // The upload that creates it may be running.
+        let mut on_remote = on_remote || WriteBackQueue::running_for(st, ino);
+        if !on_remote {
+            // Renaming creations that have not run yet is only right when no other
+            // queued job relies on the old names; otherwise the remote replays the
+            // creation and then the move.
+            let first = st
+                .jobs
+                .iter()
+                .find(|(seq, j)| {
+                    moved.contains(&j.ino)
+                        && !st.running.contains(seq)
+                        && j.paths().any(|p| is_same_or_below(p, from))
+                })
+                .map(|(s, _)| *s);
+            if let Some(first) = first {
+                on_remote =
+                    WriteBackQueue::needed_by_others(st, first, from, &|i| moved.contains(&i));
+            }
+            // Something below that exists on the remote elsewhere (a file moved into a
+            // folder not created yet) is moved by a queued job whose source other jobs
+            // may follow: that job keeps its place, so the folder is created and moved.
+            // Likewise when a creation of something below is running, or was queued
+            // under an older name (before a move of a folder above it): it lands where
+            // the replay puts it, and only a move takes it on from there.
+            on_remote |= st.jobs.iter().any(|(seq, j)| {
+                moved.contains(&j.ino)
+                    && (st.running.contains(seq)
+                        || j.attempts > 0
+                        || !j.sent.is_empty()
+                        || !matches!(
+                            j.kind,
+                            JobKind::Upload | JobKind::Mkdir | JobKind::Symlink { .. }
+                        )
+                        || !j.paths().all(|p| is_same_or_below(p, from)))
+            });
+        }
+        on_remote
+    }
+
     /// Apply the namespace change and the job writes as one atomic batch, then let the
     /// dispatcher see the new jobs.
     pub fn commit(mut self) -> Result<(), StoreError> {
@@ -890,53 +971,19 @@ impl<'a> QueueTxn<'a> {
         replaced: Option<Ino>,
     ) {
         let (q, st) = self.parts();
-        // Decided again under the lock: the upload that creates it may have started
-        // since the caller looked.
-        let mut on_remote = on_remote || WriteBackQueue::running_for(st, ino);
+        // `on_remote` is `rename_is_move`'s answer, asked in this same transaction.
         if let Some(victim) = replaced {
             let needed = WriteBackQueue::pending_creation(st, victim).is_some_and(|(seq, p)| {
                 WriteBackQueue::needed_by_others(st, seq, &p, &|i| i == victim)
             });
-            if needed {
-                // Created, used by other queued jobs, then replaced: replayed as such.
+            if needed || WriteBackQueue::creation_attempted(st, victim) {
+                // Created, used by other queued jobs (or maybe created already by an
+                // attempt whose reply was lost), then replaced: replayed as such.
                 let job = q.new_job(victim, JobKind::Delete, to, Duration::ZERO, 0);
                 q.push(st, job);
             } else {
                 q.drop_content_jobs(st, victim);
             }
-        }
-        if !on_remote {
-            // Renaming creations that have not run yet is only right when no other
-            // queued job relies on the old names; otherwise the remote replays the
-            // creation and then the move.
-            let first = st
-                .jobs
-                .iter()
-                .find(|(seq, j)| {
-                    moved.contains(&j.ino)
-                        && !st.running.contains(seq)
-                        && j.paths().any(|p| is_same_or_below(p, from))
-                })
-                .map(|(s, _)| *s);
-            if let Some(first) = first {
-                on_remote =
-                    WriteBackQueue::needed_by_others(st, first, from, &|i| moved.contains(&i));
-            }
-            // Something below that exists on the remote elsewhere (a file moved into a
-            // folder not created yet) is moved by a queued job whose source other jobs
-            // may follow: that job keeps its place, so the folder is created and moved.
-            // Likewise when a creation of something below is running, or was queued
-            // under an older name (before a move of a folder above it): it lands where
-            // the replay puts it, and only a move takes it on from there.
-            on_remote |= st.jobs.iter().any(|(seq, j)| {
-                moved.contains(&j.ino)
-                    && (st.running.contains(seq)
-                        || !matches!(
-                            j.kind,
-                            JobKind::Upload | JobKind::Mkdir | JobKind::Symlink { .. }
-                        )
-                        || !j.paths().all(|p| is_same_or_below(p, from)))
-            });
         }
         let under_from = |st: &State, seq: &u64, j: &Job| {
             !st.running.contains(seq) && j.paths().any(|p| is_same_or_below(p, from))
@@ -992,7 +1039,9 @@ impl<'a> QueueTxn<'a> {
         let (q, st) = self.parts();
         // Decided again under the lock: the upload that creates it may have started
         // since the caller looked.
-        let on_remote = on_remote || WriteBackQueue::running_for(st, ino);
+        let on_remote = on_remote
+            || WriteBackQueue::running_for(st, ino)
+            || WriteBackQueue::creation_attempted(st, ino);
         // A folder that later queued jobs move things into or out of must be created
         // and then deleted, as it happened: dropping its creation would strand them.
         let needed = WriteBackQueue::pending_creation(st, ino)
