@@ -587,21 +587,28 @@ impl Vfs {
             // The outcome is uncertain (a cut reply) or the source is gone: look where the
             // object is. Moved already (an attempt before a crash or a lost reply) means
             // done; still at `from` means try again; a failure while looking is no answer.
-            Err(err) if err.is_retryable() || matches!(err, ProviderError::NotFound(_)) => {
+            // Whatever the error, look where the object is before believing it: a move
+            // whose reply was lost and was then sent again fails although it happened
+            // (Drive answers 400 "not a parent" to the repeat). Moved already means done;
+            // still at `from` means the error stands; a failure while looking is no answer.
+            Err(err) if !matches!(err, ProviderError::Auth(_)) => {
+                let uncertain = err.is_retryable() || matches!(err, ProviderError::NotFound(_));
                 match self.provider.stat(from).await {
                     // Still where it was: it did not move (for a NotFound, what is
                     // missing is the destination's folder, which a queued job creates).
-                    Ok(_) => return Err(retryable(err)),
+                    Ok(_) if uncertain => return Err(retryable(err)),
+                    Ok(_) => return Err(err),
                     Err(ProviderError::NotFound(_)) => {}
                     Err(e) => return Err(retryable(e)),
                 }
                 match self.provider.stat(&job.path).await {
                     Ok(_) => None,
-                    Err(ProviderError::NotFound(_)) => {
+                    Err(ProviderError::NotFound(_)) if uncertain => {
                         // Neither here nor there: somebody else removed it remotely. The
                         // local copy is what is left of it.
                         return self.reupload_vanished(job).await;
                     }
+                    Err(ProviderError::NotFound(_)) => return Err(err),
                     Err(e) => return Err(retryable(e)),
                 }
             }
