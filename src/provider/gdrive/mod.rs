@@ -1154,12 +1154,15 @@ impl Provider for GdriveProvider {
         }
         let meta = serde_json::Value::Object(meta);
         let existing_id = existing.as_ref().map(|f| f.id.as_str());
-        let file = if size <= self.cfg.small_upload_limit {
-            self.upload_multipart(existing_id, &meta, source).await?
+        let sent = if size <= self.cfg.small_upload_limit {
+            self.upload_multipart(existing_id, &meta, source).await
         } else {
             self.upload_resumable(existing_id, &meta, source, size)
-                .await?
+                .await
         };
+        // A failed create or update may still have happened (a lost reply): the cached
+        // listing must not answer the caller's look at the remote.
+        let file = sent.inspect_err(|_| self.invalidate(&parent_id))?;
         debug!(id = %file.id, size, "uploaded");
         match existing {
             Some(_) => {
@@ -1212,7 +1215,8 @@ impl Provider for GdriveProvider {
                     .query(&[("fields", FILE_FIELDS), ("supportsAllDrives", "true")])
                     .json(&body)
             })
-            .await?;
+            .await
+            .inspect_err(|_| self.invalidate(&parent_id))?;
         self.local_entry(&parent_id, path, &f.id).await
     }
 
@@ -1253,13 +1257,21 @@ impl Provider for GdriveProvider {
             query.push(("addParents", new_parent.as_str()));
             query.push(("removeParents", old_parent.as_str()));
         }
-        self.patch_meta(&src.id, &query, serde_json::json!({"name": new_name}))
-            .await?;
+        let moved = self
+            .patch_meta(&src.id, &query, serde_json::json!({"name": new_name}))
+            .await;
         {
+            // Whatever the outcome (a lost reply may hide a move that happened), the
+            // cached view of both folders is no longer to be trusted.
             let mut cache = self.cache.lock().unwrap();
             cache.forget_below(from);
             cache.listings.remove(&old_parent);
+            if moved.is_err() {
+                cache.forget_below(to);
+                cache.listings.remove(&new_parent);
+            }
         }
+        moved?;
         self.local_entry(&new_parent, to, &src.id).await
     }
 
@@ -1269,11 +1281,11 @@ impl Provider for GdriveProvider {
         if f.is_folder() && !self.is_empty_dir(&f.id, path).await? {
             return Err(ProviderError::DirectoryNotEmpty(path.to_owned()));
         }
-        self.remove_item(&f.id).await?;
+        let removed = self.remove_item(&f.id).await;
         let mut cache = self.cache.lock().unwrap();
         cache.forget_below(path);
         cache.listings.remove(&parent);
-        Ok(())
+        removed
     }
 
     async fn copy(&self, from: &str, to: &str) -> ProviderResult<RemoteEntry> {
