@@ -335,6 +335,11 @@ impl Provider for LocalProvider {
         let dst = self.host_path(to)?;
         let name = split_path(to).1.to_string();
         blocking(move || {
+            // A server-side copy is of a file; say so plainly (fs::copy's own error would
+            // look like a retryable I/O failure).
+            if fs::symlink_metadata(&src)?.is_dir() {
+                return Err(ProviderError::IsADirectory(src.display().to_string()));
+            }
             if let Some(parent) = dst.parent() {
                 fs::create_dir_all(parent)?;
             }

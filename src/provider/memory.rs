@@ -371,6 +371,10 @@ impl MemoryProvider {
             .get(from)
             .cloned()
             .ok_or_else(|| ProviderError::NotFound(from.to_string()))?;
+        // Like every other provider: a server-side copy is of a file.
+        if node.kind == EntryKind::Dir {
+            return Err(ProviderError::IsADirectory(from.to_string()));
+        }
         // Like a server that creates intermediate folders on copy.
         let mut ancestors = vec![];
         let mut dir = split_path(to).0;

@@ -352,6 +352,9 @@ struct Cache {
     listings: HashMap<String, Arc<Listing>>,
     /// Id → local path, for everything seen in a listing (used by the change feed).
     paths: HashMap<String, String>,
+    /// Where items forgotten since the last change poll were (a delete or move made
+    /// through this provider): the change feed still reports where they went from.
+    forgotten: HashMap<String, String>,
     /// Folder id → id of the shared drive holding it (drive roots map to themselves).
     folder_drive: HashMap<String, String>,
     /// Exported native documents: (id, version) → bytes.
@@ -363,7 +366,18 @@ impl Cache {
     fn forget_below(&mut self, path: &str) {
         self.listings
             .retain(|_, l| !is_same_or_below(&l.path, path));
-        self.paths.retain(|_, p| !is_same_or_below(p, path));
+        let forgotten = &mut self.forgotten;
+        self.paths.retain(|id, p| {
+            let keep = !is_same_or_below(p, path);
+            if !keep {
+                forgotten.insert(id.clone(), p.clone());
+            }
+            keep
+        });
+        // Bounded: a mount that is never polled must not grow this forever.
+        if self.forgotten.len() > 100_000 {
+            self.forgotten.clear();
+        }
     }
 }
 
@@ -1422,9 +1436,13 @@ impl Provider for GdriveProvider {
             let mut cache = self.cache.lock().unwrap();
             for ch in &latest {
                 let id = ch.file_id.as_deref().unwrap_or_default();
-                if let Some(p) = cache.paths.get(id) {
+                if let Some(p) = cache.paths.get(id).or_else(|| cache.forgotten.get(id)) {
                     old_paths.insert(id.to_owned(), p.clone());
                 }
+            }
+            for ch in &latest {
+                let id = ch.file_id.as_deref().unwrap_or_default();
+                cache.forgotten.remove(id);
             }
             for ch in &latest {
                 let id = ch.file_id.as_deref().unwrap_or_default();
