@@ -74,9 +74,20 @@ pub enum Feed {
     RefusedOnFirstUse,
 }
 
+/// What a read pinned to a revision that has since been replaced gives.
+#[derive(Debug, Clone, Copy)]
+pub enum ReplacedRevisionRead {
+    /// PreconditionFailed: the backend keeps only the current content.
+    PreconditionFailed,
+    /// The old bytes: Drive keeps past revisions and reads them by id, and the trait fails
+    /// such a read only when "the remote no longer has it".
+    OldContent,
+}
+
 #[derive(Debug, Clone, Copy)]
 pub struct Expect {
     pub paging: Paging,
+    pub replaced_revision_read: ReplacedRevisionRead,
     pub copy_onto_file: CopyOntoFile,
     pub copy_directory: CopyDirectory,
     pub quota: QuotaReport,
@@ -151,12 +162,14 @@ contract! {
         quota,
         changes_quiet,
         changes_after_cursor,
+        changes_after_rename,
         revision_changes_with_content,
     ]
     backends {
         /// The in-memory test double; its listings come three entries a page.
         memory => Expect {
             paging: Paging::Stream { page: 3 },
+            replaced_revision_read: ReplacedRevisionRead::PreconditionFailed,
             copy_onto_file: CopyOntoFile::Replaces,
             copy_directory: CopyDirectory::IsADirectory,
             // A fixed 1 TiB account.
@@ -166,6 +179,7 @@ contract! {
         /// A local folder.
         local => Expect {
             paging: Paging::Single,
+            replaced_revision_read: ReplacedRevisionRead::PreconditionFailed,
             copy_onto_file: CopyOntoFile::Replaces,
             copy_directory: CopyDirectory::IsADirectory,
             quota: QuotaReport::Filesystem,
@@ -174,6 +188,7 @@ contract! {
         /// `rclone serve webdav` over a local folder.
         rclone => Expect {
             paging: Paging::Single,
+            replaced_revision_read: ReplacedRevisionRead::PreconditionFailed,
             copy_onto_file: CopyOntoFile::Replaces,
             copy_directory: CopyDirectory::IsADirectory,
             quota: QuotaReport::Unknown,
@@ -182,6 +197,7 @@ contract! {
         /// Apache httpd with mod_dav_fs.
         apache => Expect {
             paging: Paging::Single,
+            replaced_revision_read: ReplacedRevisionRead::PreconditionFailed,
             copy_onto_file: CopyOntoFile::Replaces,
             copy_directory: CopyDirectory::IsADirectory,
             quota: QuotaReport::Unknown,
@@ -190,6 +206,7 @@ contract! {
         /// The Nextcloud emulation: quota properties and sync-collection.
         nextcloud => Expect {
             paging: Paging::Single,
+            replaced_revision_read: ReplacedRevisionRead::PreconditionFailed,
             copy_onto_file: CopyOntoFile::Replaces,
             copy_directory: CopyDirectory::IsADirectory,
             quota: QuotaReport::Account { total: fixtures::NEXTCLOUD_QUOTA },
@@ -198,6 +215,7 @@ contract! {
         /// The Drive emulator, answering listings two entries a page.
         drive => Expect {
             paging: Paging::Server { page: fixtures::DRIVE_PAGE },
+            replaced_revision_read: ReplacedRevisionRead::OldContent,
             copy_onto_file: CopyOntoFile::AlreadyExists,
             copy_directory: CopyDirectory::Unsupported,
             quota: QuotaReport::Account { total: fixtures::DRIVE_QUOTA },
