@@ -31,11 +31,29 @@ impl Vfs {
         let Some(remote) = inode.remote.clone() else {
             return Ok(());
         };
-        match self.fetch_listing(&remote.path).await {
-            Ok(entries) => {
-                let entries = self.recognise_symlink_files(&remote.path, entries).await;
+        // A listing is a picture of the remote at one moment. If a write-back job finished
+        // while it was taken, the picture may predate that job (a name it deleted, a file
+        // it just uploaded) and merging it would bring back or drop entries: take it again.
+        let mut tries = 0;
+        let fetched = loop {
+            let epoch = self.queue.completed();
+            match self.fetch_listing(&remote.path).await {
+                Ok(entries) => {
+                    let entries = self.recognise_symlink_files(&remote.path, entries).await;
+                    tries += 1;
+                    if self.queue.completed() != epoch && tries < 4 {
+                        continue;
+                    }
+                    break Ok((entries, epoch));
+                }
+                Err(e) => break Err(e),
+            }
+        };
+        match fetched {
+            Ok((entries, epoch)) => {
                 self.mark_reachable();
-                self.merge_listing(dir, &remote.path, entries).await
+                self.merge_listing(dir, &remote.path, entries, Some(epoch))
+                    .await
             }
             Err(e) => {
                 let err = FsError::from(e);
@@ -119,13 +137,25 @@ impl Vfs {
         Ok(())
     }
 
+    /// `epoch`: the queue's completion count when the listing was taken. If jobs have
+    /// finished since, the listing is not merged (what is known is kept and the next
+    /// access fetches again), unless nothing is known below the folder yet.
     async fn merge_listing(
         &self,
         dir: Ino,
         remote_dir: &str,
         entries: Vec<RemoteEntry>,
+        epoch: Option<u64>,
     ) -> FsResult<()> {
         let _ns = self.ns_lock.lock().await;
+        if let Some(epoch) = epoch {
+            // A folder with nothing known below it needs even an uncertain listing.
+            let known = self.store.has_children(dir)?;
+            if known && self.queue.completed() != epoch {
+                tracing::debug!(dir, "listing taken while write-back jobs finished: not merged");
+                return Ok(());
+            }
+        }
         let mut remote: HashMap<String, RemoteEntry> = HashMap::new();
         for e in entries {
             let reserved = dir == ROOT_LOCAL_INO && RESERVED_NAMES.contains(&e.name.as_str());

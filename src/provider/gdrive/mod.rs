@@ -1436,7 +1436,7 @@ impl Provider for GdriveProvider {
             let mut cache = self.cache.lock().unwrap();
             for ch in &latest {
                 let id = ch.file_id.as_deref().unwrap_or_default();
-                if let Some(p) = cache.paths.get(id).or_else(|| cache.forgotten.get(id)) {
+                if let Some(p) = cache.forgotten.get(id).or_else(|| cache.paths.get(id)) {
                     old_paths.insert(id.to_owned(), p.clone());
                 }
             }
