@@ -2,8 +2,9 @@
 //! one of its aliases) to how its provider is built and, for the kinds that log in with
 //! OAuth, the default OAuth client.
 //!
-//! Adding a provider is its folder under `provider/` and one line in [`KINDS`]; nothing
-//! else (daemon, `login`, `connections`) names provider kinds.
+//! Adding a provider is its folder under `provider/`, one entry in [`KINDS`] and the few
+//! lines of its `build` function (settings -> config -> provider); nothing else (daemon,
+//! `login`, `connections`) names provider kinds.
 
 use std::sync::Arc;
 
