@@ -13,7 +13,6 @@ use crate::config::{secs, Config, ConnectionConfig};
 use crate::control::{self, Request, Response};
 use crate::metadata::Store;
 use crate::mount_root::{Connection, MountRoot};
-use crate::provider::local::LocalProvider;
 use crate::provider::Provider;
 use crate::vfs::{Vfs, VfsConfig};
 use crate::writeback::{QueueConfig, WriteBackQueue};
@@ -30,133 +29,6 @@ pub struct MountSpec {
     pub single: bool,
     pub state_dir: PathBuf,
     pub cache_dir: PathBuf,
-}
-
-pub fn build_provider(cfg: &Config, c: &ConnectionConfig) -> DynResult<Arc<dyn Provider>> {
-    match c.kind.as_str() {
-        "local" => {
-            let path = c
-                .path
-                .as_ref()
-                .ok_or_else(|| format!("connection {:?}: type \"local\" needs `path`", c.name))?;
-            Ok(Arc::new(
-                LocalProvider::new(path.clone())
-                    .map_err(|e| format!("connection {:?}: {e}", c.name))?,
-            ))
-        }
-        "webdav" | "owncloud" | "nextcloud" => {
-            let cfg = webdav_config(c).map_err(|e| format!("connection {:?}: {e}", c.name))?;
-            Ok(Arc::new(
-                crate::provider::webdav::WebdavProvider::new(cfg)
-                    .map_err(|e| format!("connection {:?}: {e}", c.name))?,
-            ))
-        }
-        "gdrive" => {
-            let (tokens, rest) = crate::accounts::connection::token_source(cfg, c)
-                .map_err(|e| format!("connection {:?}: {e}", c.name))?;
-            let drive_cfg: crate::provider::gdrive::GdriveConfig = rest
-                .try_into()
-                .map_err(|e| format!("connection {:?}: {e}", c.name))?;
-            Ok(Arc::new(
-                crate::provider::gdrive::GdriveProvider::new(drive_cfg, tokens)
-                    .map_err(|e| format!("connection {:?}: {e}", c.name))?,
-            ))
-        }
-        other => Err(format!(
-            "connection {:?}: unknown type {other:?} (known: local, webdav, owncloud, nextcloud, gdrive)",
-            c.name
-        )
-        .into()),
-    }
-}
-
-/// WebDAV settings as written in the config: secrets come from a file or a command,
-/// never inline, so the config file itself can be shared or committed.
-#[derive(serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-struct WebdavSettings {
-    url: String,
-    user: Option<String>,
-    password_file: Option<PathBuf>,
-    password_command: Option<String>,
-    bearer_token_file: Option<PathBuf>,
-    extra_ca_file: Option<PathBuf>,
-    timeout_secs: Option<u64>,
-    chunked_upload: Option<crate::provider::webdav::ChunkedMode>,
-    chunk_size: Option<crate::config::ByteSize>,
-    atomic_uploads: Option<crate::provider::webdav::AtomicUploads>,
-    max_retries: Option<u32>,
-    retry_base_delay_ms: Option<u64>,
-    retry_budget_secs: Option<u64>,
-}
-
-/// Read a secret from a file that only its owner may read.
-pub fn read_secret_file(path: &Path) -> DynResult<String> {
-    use std::os::unix::fs::MetadataExt;
-    let meta = std::fs::metadata(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    if meta.mode() & 0o077 != 0 {
-        return Err(format!(
-            "{} is readable by others; run: chmod 600 {}",
-            path.display(),
-            path.display()
-        )
-        .into());
-    }
-    Ok(std::fs::read_to_string(path)?
-        .trim_end_matches(['\n', '\r'])
-        .to_string())
-}
-
-fn run_secret_command(cmd: &str) -> DynResult<String> {
-    let out = std::process::Command::new("sh")
-        .arg("-c")
-        .arg(cmd)
-        .output()?;
-    if !out.status.success() {
-        return Err(format!("password_command failed ({})", out.status).into());
-    }
-    Ok(String::from_utf8(out.stdout)?
-        .trim_end_matches(['\n', '\r'])
-        .to_string())
-}
-
-fn webdav_config(c: &ConnectionConfig) -> DynResult<crate::provider::webdav::WebdavConfig> {
-    let s: WebdavSettings = c.settings.clone().try_into()?;
-    let mut cfg = crate::provider::webdav::WebdavConfig::new(s.url);
-    cfg.user = s.user;
-    cfg.password = match (&s.password_file, &s.password_command) {
-        (Some(f), _) => Some(read_secret_file(f)?),
-        (None, Some(cmd)) => Some(run_secret_command(cmd)?),
-        (None, None) => None,
-    };
-    if let Some(f) = &s.bearer_token_file {
-        cfg.bearer_token = Some(read_secret_file(f)?);
-    }
-    cfg.extra_ca_file = s.extra_ca_file;
-    if let Some(t) = s.timeout_secs {
-        cfg.timeout_secs = t;
-    }
-    if let Some(m) = s.chunked_upload {
-        cfg.chunked_upload = m;
-    }
-    if let Some(cs) = s.chunk_size {
-        cfg.chunk_size = cs.0;
-    }
-    cfg.server_type =
-        crate::provider::webdav::ServerType::from_connection_type(&c.kind).unwrap_or_default();
-    if let Some(a) = s.atomic_uploads {
-        cfg.atomic_uploads = a;
-    }
-    if let Some(n) = s.max_retries {
-        cfg.max_retries = n;
-    }
-    if let Some(ms) = s.retry_base_delay_ms {
-        cfg.retry_base_delay_ms = ms;
-    }
-    if let Some(secs) = s.retry_budget_secs {
-        cfg.retry_budget_secs = secs;
-    }
-    Ok(cfg)
 }
 
 /// What a connection points at, as stored in the metadata store. A password written into
@@ -247,7 +119,7 @@ pub fn build_connections(spec: &MountSpec, db: &sled::Db) -> DynResult<Vec<Conne
     let cfg = &spec.config;
     let mut out = Vec::new();
     for c in &cfg.connections {
-        let provider = build_provider(cfg, c)?;
+        let provider = crate::provider::registry::build(cfg, c)?;
         out.push(build_connection(spec, db, c, provider)?);
     }
     Ok(out)
@@ -261,6 +133,7 @@ pub fn build_connection(
 ) -> DynResult<Connection> {
     let cfg = &spec.config;
     let slot = slot_for(db, c)?;
+    let writable = provider.capabilities().writable;
     let io = Arc::new(crate::provider::instrumented::InstrumentedProvider::new(
         provider,
         crate::provider::instrumented::TransferLimits {
@@ -298,7 +171,9 @@ pub fn build_connection(
         spec.state_dir.join("staging").join(format!("conn-{slot}")),
         VfsConfig {
             dir_ttl: secs(cfg.dir_ttl_secs),
-            read_only: cfg.read_only || c.read_only,
+            // A provider that cannot change the remote is mounted read-only: every change
+            // is EROFS at once, instead of being queued for an upload that cannot land.
+            read_only: cfg.read_only || c.read_only || !writable,
             readahead_max: cfg.readahead_max.0,
             versions_to_keep: cfg.versions,
             ..VfsConfig::default()

@@ -5,7 +5,9 @@
 //! - [`mount_root`]: one directory per connection under a single mount point;
 //! - [`vfs`]: the filesystem logic of one connection, testable without the kernel;
 //! - [`metadata`], [`cache`], [`writeback`], [`versions`]: what the logic keeps locally;
-//! - [`provider`]: the trait every storage backend implements, one module per backend.
+//! - [`provider`]: the trait every storage backend implements, one module per backend, and
+//!   the registry of connection types;
+//! - [`secrets`]: how secrets are held and read from the configuration (a leaf module).
 
 pub mod accounts;
 pub mod cache;
@@ -19,6 +21,7 @@ pub mod metrics;
 pub mod mount_root;
 pub mod private_fs;
 pub mod provider;
+pub mod secrets;
 pub mod versions;
 pub mod vfs;
 pub mod writeback;

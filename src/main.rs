@@ -906,7 +906,7 @@ fn login(
         )
         .into());
     }
-    let (oauth, _) = connection::split_settings(&conn)?;
+    let (oauth, _) = cloudmount::provider::registry::oauth_client(&conn)?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
@@ -938,7 +938,7 @@ fn login(
 fn logout(name: &str, config: Option<PathBuf>) -> DynResult<()> {
     use cloudmount::accounts::{self, connection};
     let (cfg, conn) = find_connection(config, name)?;
-    let (oauth, _) = connection::split_settings(&conn)?;
+    let (oauth, _) = cloudmount::provider::registry::oauth_client(&conn)?;
     let vault = accounts::TokenVault::open(&connection::vault_dir(&cfg)?)?;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -960,7 +960,7 @@ fn connections(config: Option<PathBuf>) -> DynResult<()> {
         .and_then(|d| accounts::TokenVault::open(&d))
         .ok();
     for c in &cfg.connections {
-        let login = if connection::oauth_defaults(&c.kind, String::new(), None).is_none() {
+        let login = if !cloudmount::provider::registry::uses_oauth(&c.kind) {
             "no login needed".to_string()
         } else {
             match (&vault, connection::account_id(c)) {

@@ -1,5 +1,8 @@
 //! From a `[[connection]]` of the config to OAuth settings and a token source: what the
 //! daemon needs to build an OAuth provider, and what `login`/`logout` need.
+//!
+//! Which connection types log in with OAuth, and against which endpoints, is not decided
+//! here but by the provider registry (`provider::registry`), which passes its defaults in.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -20,17 +23,8 @@ const OAUTH_KEYS: &[&str] = &[
     "redirect_port",
 ];
 
-/// Which providers log in with OAuth, and their default client endpoints.
-pub fn oauth_defaults(
-    kind: &str,
-    client_id: String,
-    secret: Option<String>,
-) -> Option<OAuthClientConfig> {
-    match kind {
-        "gdrive" => Some(OAuthClientConfig::google(client_id, secret)),
-        _ => None,
-    }
-}
+/// A provider's default OAuth client, from the user's client id and (optional) secret.
+pub type OAuthDefaults = fn(client_id: String, client_secret: Option<String>) -> OAuthClientConfig;
 
 pub fn vault_dir(cfg: &Config) -> Result<PathBuf, AccountError> {
     cfg.accounts_dir
@@ -41,9 +35,11 @@ pub fn vault_dir(cfg: &Config) -> Result<PathBuf, AccountError> {
         })
 }
 
-/// The OAuth client of a connection, and its remaining (provider) settings.
+/// The OAuth client of a connection (`defaults` with the endpoints its settings override),
+/// and its remaining (provider) settings.
 pub fn split_settings(
     c: &ConnectionConfig,
+    defaults: OAuthDefaults,
 ) -> Result<(OAuthClientConfig, toml::Table), AccountError> {
     let mut rest = c.settings.clone();
     let mut take = |k: &str| rest.remove(k);
@@ -58,8 +54,10 @@ pub fn split_settings(
     };
     let secret = match take("client_secret_file") {
         Some(toml::Value::String(p)) => Some(
-            crate::daemon::read_secret_file(std::path::Path::new(&p))
-                .map_err(|e| AccountError::Config(e.to_string()))?,
+            crate::secrets::read_secret_file(std::path::Path::new(&p))
+                .map_err(|e| AccountError::Config(e.to_string()))?
+                .expose()
+                .to_owned(),
         ),
         Some(_) => {
             return Err(AccountError::Config(
@@ -68,9 +66,7 @@ pub fn split_settings(
         }
         None => None,
     };
-    let mut oauth = oauth_defaults(&c.kind, client_id, secret).ok_or_else(|| {
-        AccountError::Config(format!("type {:?} does not log in with OAuth", c.kind))
-    })?;
+    let mut oauth = defaults(client_id, secret);
     let string = |v: Option<toml::Value>| v.and_then(|v| v.as_str().map(str::to_string));
     if let Some(u) = string(take("auth_url")) {
         oauth.auth_url = u;
@@ -101,13 +97,13 @@ pub fn account_id(c: &ConnectionConfig) -> Result<AccountId, AccountError> {
     AccountId::new(&c.kind, &c.name)
 }
 
-/// A refreshing token source for a logged-in connection.
+/// A refreshing token source for a logged-in connection, whose OAuth client is `oauth`.
 pub fn token_source(
     cfg: &Config,
     c: &ConnectionConfig,
-) -> Result<(Arc<TokenSource>, toml::Table), AccountError> {
-    let (oauth, rest) = split_settings(c)?;
+    oauth: &OAuthClientConfig,
+) -> Result<Arc<TokenSource>, AccountError> {
     let vault = Arc::new(TokenVault::open(&vault_dir(cfg)?)?);
-    let source = TokenSource::new(vault, account_id(c)?, &oauth)?;
-    Ok((Arc::new(source), rest))
+    let source = TokenSource::new(vault, account_id(c)?, oauth)?;
+    Ok(Arc::new(source))
 }

@@ -10,7 +10,9 @@
 //! - [`logout`]: revoke at the provider and forget locally.
 //!
 //! Secrets (tokens, authorization codes, PKCE verifiers, client secrets) never reach logs:
-//! they are held in [`Secret`], whose `Debug`/`Display` print `<redacted>`.
+//! they are held in [`Secret`] (from [`crate::secrets`]), whose `Debug`/`Display` print
+//! `<redacted>`. This module imports nothing of the providers: they build on it, not the
+//! other way round.
 
 pub mod connection;
 pub mod login;
@@ -26,8 +28,6 @@ use oauth2::{
 };
 use serde::{Deserialize, Serialize};
 
-use crate::provider::ProviderError;
-
 pub use login::{
     login_device, login_loopback, login_paste, system_browser_opener, DevicePrompt, LoginOptions,
     PendingLogin,
@@ -35,33 +35,8 @@ pub use login::{
 pub use token_source::{BearerTokens, StaticToken, TokenSource};
 pub use vault::{StoredTokens, TokenVault};
 
-/// A string that must never be logged. `Debug` and `Display` print `<redacted>`.
-#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(transparent)]
-pub struct Secret(String);
-
-impl Secret {
-    pub fn new(s: impl Into<String>) -> Self {
-        Secret(s.into())
-    }
-
-    /// The secret itself; call sites are easy to audit with a grep for `expose`.
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("<redacted>")
-    }
-}
-
-impl fmt::Display for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("<redacted>")
-    }
-}
+/// Kept here too: account code and its users have always found it under `accounts`.
+pub use crate::secrets::Secret;
 
 /// Which account: the provider kind ("gdrive", "onedrive", ...) and the user's name for it.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -251,16 +226,6 @@ impl AccountError {
                 Some(account.login_command())
             }
             _ => None,
-        }
-    }
-}
-
-impl From<AccountError> for ProviderError {
-    fn from(e: AccountError) -> Self {
-        match e {
-            AccountError::Network(_) => ProviderError::Transient(e.to_string()),
-            AccountError::Vault(_) => ProviderError::Io(e.to_string()),
-            _ => ProviderError::Auth(e.to_string()),
         }
     }
 }

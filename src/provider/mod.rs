@@ -9,6 +9,7 @@ pub mod instrumented;
 pub mod kit;
 pub mod local;
 pub mod memory;
+pub mod registry;
 pub mod webdav;
 
 use std::path::Path;
@@ -89,6 +90,29 @@ impl From<std::io::Error> for ProviderError {
     }
 }
 
+/// An account failure as a provider reports it. Here rather than in `accounts`, which
+/// providers build on: the accounts code stays free of provider imports.
+impl From<crate::accounts::AccountError> for ProviderError {
+    fn from(e: crate::accounts::AccountError) -> Self {
+        use crate::accounts::AccountError;
+        match e {
+            AccountError::Network(_) => ProviderError::Transient(e.to_string()),
+            AccountError::Vault(_) => ProviderError::Io(e.to_string()),
+            _ => ProviderError::Auth(e.to_string()),
+        }
+    }
+}
+
+/// What a provider that cannot change the remote answers to a change.
+///
+/// `PermissionDenied`, not `Unsupported`: the remote refuses the change as a whole, it is
+/// not that this one kind of object cannot be represented. The filesystem does not get this
+/// far for such a provider (`daemon::build_connection` mounts it read-only, see
+/// [`Capabilities::writable`]); the error is for other callers of the trait.
+pub fn read_only_error(kind: &str, op: &str, path: &str) -> ProviderError {
+    ProviderError::PermissionDenied(format!("{op} {path}: {kind} connections are read-only"))
+}
+
 pub type ProviderResult<T> = Result<T, ProviderError>;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -144,6 +168,9 @@ pub struct Capabilities {
     /// A directory's revision changes whenever anything below it changes (ownCloud and
     /// Nextcloud ETags), so one look at the root tells whether anything changed.
     pub propagated_dir_revisions: bool,
+    /// The provider can change the remote. When false, its connection is mounted
+    /// read-only (every change is EROFS) and it need implement only the reading methods.
+    pub writable: bool,
 }
 
 impl Default for Capabilities {
@@ -159,6 +186,7 @@ impl Default for Capabilities {
             symlinks: false,
             unix_attrs: false,
             propagated_dir_revisions: false,
+            writable: true,
         }
     }
 }
@@ -219,38 +247,63 @@ pub trait Provider: Send + Sync + 'static {
         len: u64,
     ) -> ProviderResult<ByteStream>;
 
+    // Changing the remote. A read-only provider (`Capabilities::writable` false) leaves
+    // all of these out; what it gets answers `read_only_error`. A writable one must
+    // implement upload, mkdir, rename, delete and copy, and may leave out symlink (not
+    // representable) and set_mode / set_mtime (nothing to keep): for those the defaults
+    // keep the answers writable providers always had.
+
     /// Replace (or create) the file at `path` with the contents of the local file `source`.
     async fn upload(
         &self,
         path: &str,
-        source: &Path,
-        options: &UploadOptions,
-    ) -> ProviderResult<RemoteEntry>;
+        _source: &Path,
+        _options: &UploadOptions,
+    ) -> ProviderResult<RemoteEntry> {
+        Err(read_only_error(self.kind(), "upload", path))
+    }
 
-    async fn mkdir(&self, path: &str) -> ProviderResult<RemoteEntry>;
+    async fn mkdir(&self, path: &str) -> ProviderResult<RemoteEntry> {
+        Err(read_only_error(self.kind(), "mkdir", path))
+    }
 
     /// Move `from` to `to`, replacing a file at `to` when `overwrite`.
-    async fn rename(&self, from: &str, to: &str, overwrite: bool) -> ProviderResult<RemoteEntry>;
+    async fn rename(&self, from: &str, _to: &str, _overwrite: bool) -> ProviderResult<RemoteEntry> {
+        Err(read_only_error(self.kind(), "rename", from))
+    }
 
     /// Remove a file, or an empty directory.
-    async fn delete(&self, path: &str) -> ProviderResult<()>;
+    async fn delete(&self, path: &str) -> ProviderResult<()> {
+        Err(read_only_error(self.kind(), "delete", path))
+    }
 
     /// Server-side copy of a file.
-    async fn copy(&self, from: &str, to: &str) -> ProviderResult<RemoteEntry>;
-
-    async fn quota(&self) -> ProviderResult<Quota>;
+    async fn copy(&self, _from: &str, to: &str) -> ProviderResult<RemoteEntry> {
+        Err(read_only_error(self.kind(), "copy", to))
+    }
 
     async fn symlink(&self, path: &str, _target: &str) -> ProviderResult<RemoteEntry> {
+        if !self.capabilities().writable {
+            return Err(read_only_error(self.kind(), "symlink", path));
+        }
         Err(ProviderError::Unsupported(format!("symlink {path}")))
     }
 
-    async fn set_mode(&self, _path: &str, _mode: u32) -> ProviderResult<()> {
+    async fn set_mode(&self, path: &str, _mode: u32) -> ProviderResult<()> {
+        if !self.capabilities().writable {
+            return Err(read_only_error(self.kind(), "chmod", path));
+        }
         Ok(())
     }
 
-    async fn set_mtime(&self, _path: &str, _mtime: SystemTime) -> ProviderResult<()> {
+    async fn set_mtime(&self, path: &str, _mtime: SystemTime) -> ProviderResult<()> {
+        if !self.capabilities().writable {
+            return Err(read_only_error(self.kind(), "set mtime of", path));
+        }
         Ok(())
     }
+
+    async fn quota(&self) -> ProviderResult<Quota>;
 
     /// Start a change feed: the cursor that `changes_since` continues from.
     async fn changes_cursor(&self) -> ProviderResult<String> {

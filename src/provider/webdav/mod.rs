@@ -7,12 +7,13 @@
 //! than trusted blindly.
 
 mod chunked;
+mod config;
 mod paths;
 mod sync;
 mod xml;
 
 use std::fmt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
@@ -20,7 +21,6 @@ use bytes::Bytes;
 use futures::{Stream, StreamExt, TryStreamExt};
 use reqwest::header::{CONTENT_LENGTH, CONTENT_TYPE};
 use reqwest::{Method, RequestBuilder, Response, StatusCode};
-use serde::Deserialize;
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use tracing::{debug, warn};
 
@@ -31,6 +31,7 @@ use super::{
     split_path, ByteStream, Capabilities, Change, ChangeBatch, EntryKind, ListStream, Provider,
     ProviderError, ProviderResult, Quota, RemoteEntry, UploadOptions,
 };
+pub use config::{AtomicUploads, ChunkedMode, ServerType, WebdavConfig, WebdavConfigError};
 use paths::{encode_path, href_segments, path_segments};
 use xml::{DavProps, DavResponse};
 
@@ -43,159 +44,6 @@ const UPLOAD_BUF: usize = 256 * 1024;
 const TMP_DIR: &str = ".cloudmount-tmp";
 /// How long after a failed upload its temporary file may still appear (see `discard_temp`).
 const TEMP_GRACE: Duration = Duration::from_secs(10);
-
-/// Whether large uploads use Nextcloud's chunked upload (v2).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum ChunkedMode {
-    /// Chunk when the URL has Nextcloud's `.../remote.php/dav/files/USER` shape.
-    #[default]
-    Auto,
-    Off,
-    /// Always chunk files larger than `chunk_size`; the URL must have the Nextcloud shape.
-    Nextcloud,
-}
-
-fn default_timeout_secs() -> u64 {
-    60
-}
-
-fn default_chunk_size() -> u64 {
-    chunked::DEFAULT_CHUNK_SIZE
-}
-
-fn default_max_retries() -> u32 {
-    3
-}
-
-fn default_retry_base_ms() -> u64 {
-    250
-}
-
-fn default_retry_budget_secs() -> u64 {
-    20
-}
-
-/// Which server family the connection was declared as (the connection's `type`).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum ServerType {
-    #[default]
-    Webdav,
-    Owncloud,
-    Nextcloud,
-}
-
-impl ServerType {
-    /// The connection types that name a WebDAV server ("webdav", "owncloud", "nextcloud").
-    pub fn from_connection_type(kind: &str) -> Option<ServerType> {
-        match kind {
-            "webdav" => Some(ServerType::Webdav),
-            "owncloud" => Some(ServerType::Owncloud),
-            "nextcloud" => Some(ServerType::Nextcloud),
-            _ => None,
-        }
-    }
-}
-
-/// Whether simple uploads go to a temporary name first and are then moved into place.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum AtomicUploads {
-    /// On, except for ownCloud/Nextcloud (declared by type, or recognized by their
-    /// `remote.php` URL), which already write a PUT through a `.part` file.
-    #[default]
-    Auto,
-    On,
-    Off,
-}
-
-/// Configuration of one WebDAV account.
-#[derive(Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct WebdavConfig {
-    /// Base URL; may carry a path prefix, e.g. `https://host/remote.php/dav/files/USER/`.
-    pub url: String,
-    #[serde(default)]
-    pub user: Option<String>,
-    /// Already resolved by the caller (from a command or a secrets file).
-    #[serde(default)]
-    pub password: Option<String>,
-    #[serde(default)]
-    pub bearer_token: Option<String>,
-    /// PEM file with extra CA certificates to trust besides the system ones.
-    #[serde(default)]
-    pub extra_ca_file: Option<PathBuf>,
-    /// Connect timeout, and the longest wait for any read from the server.
-    #[serde(default = "default_timeout_secs")]
-    pub timeout_secs: u64,
-    #[serde(default)]
-    pub chunked_upload: ChunkedMode,
-    /// Files larger than this are uploaded in chunks of this size (when chunking applies).
-    #[serde(default = "default_chunk_size")]
-    pub chunk_size: u64,
-    /// What kind of server the connection was declared as; only `atomic_uploads = auto`
-    /// looks at it.
-    #[serde(default)]
-    pub server_type: ServerType,
-    #[serde(default)]
-    pub atomic_uploads: AtomicUploads,
-    /// Retries of one failed request (see `provider::kit::retry` for which ones).
-    #[serde(default = "default_max_retries")]
-    pub max_retries: u32,
-    /// Upper bound of the first retry's wait; doubles with each retry (full jitter).
-    #[serde(default = "default_retry_base_ms")]
-    pub retry_base_delay_ms: u64,
-    /// Retries of one request stop after this long; a longer `Retry-After` is reported as
-    /// `RateLimited` for the write-back queue to wait out.
-    #[serde(default = "default_retry_budget_secs")]
-    pub retry_budget_secs: u64,
-}
-
-impl WebdavConfig {
-    /// A config with defaults for everything but the URL.
-    pub fn new(url: impl Into<String>) -> Self {
-        WebdavConfig {
-            url: url.into(),
-            user: None,
-            password: None,
-            bearer_token: None,
-            extra_ca_file: None,
-            timeout_secs: default_timeout_secs(),
-            chunked_upload: ChunkedMode::default(),
-            chunk_size: default_chunk_size(),
-            server_type: ServerType::default(),
-            atomic_uploads: AtomicUploads::default(),
-            max_retries: default_max_retries(),
-            retry_base_delay_ms: default_retry_base_ms(),
-            retry_budget_secs: default_retry_budget_secs(),
-        }
-    }
-}
-
-/// Secrets never reach logs, even through `{:?}` of the config.
-impl fmt::Debug for WebdavConfig {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("WebdavConfig")
-            .field("url", &self.url)
-            .field("user", &self.user)
-            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
-            .field(
-                "bearer_token",
-                &self.bearer_token.as_ref().map(|_| "<redacted>"),
-            )
-            .field("extra_ca_file", &self.extra_ca_file)
-            .field("timeout_secs", &self.timeout_secs)
-            .field("chunked_upload", &self.chunked_upload)
-            .field("chunk_size", &self.chunk_size)
-            .field("server_type", &self.server_type)
-            .field("atomic_uploads", &self.atomic_uploads)
-            .field("max_retries", &self.max_retries)
-            .field("retry_base_delay_ms", &self.retry_base_delay_ms)
-            .field("retry_budget_secs", &self.retry_budget_secs)
-            .finish()
-    }
-}
 
 enum Auth {
     None,
@@ -1740,25 +1588,6 @@ mod tests {
         assert_eq!(super::super::collect_stream(s).await.unwrap(), b"3456");
         let s = window(futures::stream::iter(chunks), 9, 100);
         assert_eq!(super::super::collect_stream(s).await.unwrap(), b"9");
-    }
-
-    #[test]
-    fn config_debug_redacts_secrets() {
-        let mut cfg = WebdavConfig::new("https://h/");
-        cfg.password = Some("hunter2".into());
-        cfg.bearer_token = Some("tok-secret".into());
-        let s = format!("{cfg:?}");
-        assert!(!s.contains("hunter2") && !s.contains("tok-secret"), "{s}");
-    }
-
-    #[test]
-    fn config_serde_defaults() {
-        let cfg: WebdavConfig =
-            toml::from_str("url = \"https://h/x/\"\nchunked_upload = \"off\"").unwrap();
-        assert_eq!(cfg.timeout_secs, 60);
-        assert_eq!(cfg.chunked_upload, ChunkedMode::Off);
-        assert_eq!(cfg.chunk_size, chunked::DEFAULT_CHUNK_SIZE);
-        assert!(toml::from_str::<WebdavConfig>("url = \"x\"\nbogus = 1").is_err());
     }
 
     #[test]

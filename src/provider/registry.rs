@@ -1,0 +1,251 @@
+//! Every kind of connection cloudmount knows, in one table: from a connection's `type` (or
+//! one of its aliases) to how its provider is built and, for the kinds that log in with
+//! OAuth, the default OAuth client.
+//!
+//! Adding a provider is its folder under `provider/`, one entry in [`KINDS`] and the few
+//! lines of its `build` function (settings -> config -> provider); nothing else (daemon,
+//! `login`, `connections`) names provider kinds.
+
+use std::sync::Arc;
+
+use super::Provider;
+use crate::accounts::connection::{self, OAuthDefaults};
+use crate::accounts::{AccountError, BearerTokens, OAuthClientConfig};
+use crate::config::{Config, ConnectionConfig};
+
+/// What a constructor may fail with; [`build`] adds which connection it was.
+pub type SetupError = Box<dyn std::error::Error + Send + Sync>;
+
+/// What a provider's constructor gets.
+pub struct Setup<'a> {
+    pub connection: &'a ConnectionConfig,
+    /// The connection's `settings`, less the OAuth client's keys for OAuth kinds.
+    pub settings: toml::Table,
+    /// For OAuth kinds: the logged-in account's access tokens.
+    pub tokens: Option<Arc<dyn BearerTokens>>,
+}
+
+impl Setup<'_> {
+    /// The access tokens of an OAuth kind (always there when [`ProviderKind::oauth`] is set).
+    pub fn tokens(&self) -> Result<Arc<dyn BearerTokens>, SetupError> {
+        self.tokens
+            .clone()
+            .ok_or_else(|| "this kind of connection logs in with OAuth, but has no login".into())
+    }
+}
+
+/// One kind of connection.
+pub struct ProviderKind {
+    /// The name `type = ...` uses, and the provider's account name in the token vault.
+    pub kind: &'static str,
+    /// Other names for the same kind. The constructor still sees the name the connection
+    /// used (in `Setup::connection.kind`): WebDAV tunes itself to ownCloud and Nextcloud.
+    pub aliases: &'static [&'static str],
+    /// Set for kinds that log in with OAuth: their default client endpoints.
+    pub oauth: Option<OAuthDefaults>,
+    pub build: fn(&Setup<'_>) -> Result<Arc<dyn Provider>, SetupError>,
+}
+
+/// Every kind of connection. Order is what error messages list.
+pub const KINDS: &[ProviderKind] = &[
+    ProviderKind {
+        kind: "local",
+        aliases: &[],
+        oauth: None,
+        build: build_local,
+    },
+    ProviderKind {
+        kind: "webdav",
+        aliases: &["owncloud", "nextcloud"],
+        oauth: None,
+        build: build_webdav,
+    },
+    ProviderKind {
+        kind: "gdrive",
+        aliases: &[],
+        oauth: Some(OAuthClientConfig::google),
+        build: build_gdrive,
+    },
+];
+
+fn build_local(s: &Setup<'_>) -> Result<Arc<dyn Provider>, SetupError> {
+    let path = s
+        .connection
+        .path
+        .as_ref()
+        .ok_or("type \"local\" needs `path`")?;
+    Ok(Arc::new(super::local::LocalProvider::new(path.clone())?))
+}
+
+fn build_webdav(s: &Setup<'_>) -> Result<Arc<dyn Provider>, SetupError> {
+    let cfg = super::webdav::WebdavConfig::from_settings(&s.connection.kind, &s.settings)?;
+    Ok(Arc::new(super::webdav::WebdavProvider::new(cfg)?))
+}
+
+fn build_gdrive(s: &Setup<'_>) -> Result<Arc<dyn Provider>, SetupError> {
+    let cfg: super::gdrive::GdriveConfig = s.settings.clone().try_into()?;
+    Ok(Arc::new(super::gdrive::GdriveProvider::new(
+        cfg,
+        s.tokens()?,
+    )?))
+}
+
+/// Why a connection could not be turned into a provider.
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    #[error(
+        "connection {name:?}: unknown type {kind:?} (known: {})",
+        known_kinds()
+    )]
+    UnknownType { name: String, kind: String },
+    #[error("type {0:?} does not log in with OAuth")]
+    NoOAuth(String),
+    #[error("{0}")]
+    Account(#[from] AccountError),
+    /// The cause is in the message too: the command line shows only the outermost error.
+    #[error("connection {name:?}: {source}")]
+    Setup {
+        name: String,
+        #[source]
+        source: SetupError,
+    },
+}
+
+/// The kind a connection `type` names, by its name or an alias.
+pub fn lookup(kind: &str) -> Option<&'static ProviderKind> {
+    KINDS
+        .iter()
+        .find(|k| k.kind == kind || k.aliases.contains(&kind))
+}
+
+/// "local, webdav, owncloud, ...": every name `type` accepts.
+pub fn known_kinds() -> String {
+    KINDS
+        .iter()
+        .flat_map(|k| std::iter::once(k.kind).chain(k.aliases.iter().copied()))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Whether connections of this type log in with OAuth (`cloudmount login`).
+pub fn uses_oauth(kind: &str) -> bool {
+    lookup(kind).is_some_and(|k| k.oauth.is_some())
+}
+
+/// The OAuth client of a connection (its kind's defaults, overridden by its settings) and
+/// its remaining, provider, settings.
+pub fn oauth_client(
+    c: &ConnectionConfig,
+) -> Result<(OAuthClientConfig, toml::Table), RegistryError> {
+    let defaults = lookup(&c.kind)
+        .and_then(|k| k.oauth)
+        .ok_or_else(|| RegistryError::NoOAuth(c.kind.clone()))?;
+    Ok(connection::split_settings(c, defaults)?)
+}
+
+/// The provider of a connection, not yet wrapped in the instrumentation every connection
+/// gets (`daemon::build_connection` does that).
+pub fn build(cfg: &Config, c: &ConnectionConfig) -> Result<Arc<dyn Provider>, RegistryError> {
+    let kind = lookup(&c.kind).ok_or_else(|| RegistryError::UnknownType {
+        name: c.name.clone(),
+        kind: c.kind.clone(),
+    })?;
+    let setup_error = |source: SetupError| RegistryError::Setup {
+        name: c.name.clone(),
+        source,
+    };
+    let setup = match kind.oauth {
+        None => Setup {
+            connection: c,
+            settings: c.settings.clone(),
+            tokens: None,
+        },
+        Some(defaults) => {
+            let (oauth, settings) = connection::split_settings(c, defaults)
+                .and_then(|(oauth, rest)| Ok((connection::token_source(cfg, c, &oauth)?, rest)))
+                .map_err(|e| setup_error(e.into()))?;
+            Setup {
+                connection: c,
+                settings,
+                tokens: Some(oauth),
+            }
+        }
+    };
+    (kind.build)(&setup).map_err(setup_error)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn connection(toml_text: &str) -> ConnectionConfig {
+        toml::from_str(toml_text).unwrap()
+    }
+
+    #[test]
+    fn every_name_finds_its_kind() {
+        for (name, kind) in [
+            ("local", "local"),
+            ("webdav", "webdav"),
+            ("owncloud", "webdav"),
+            ("nextcloud", "webdav"),
+            ("gdrive", "gdrive"),
+        ] {
+            assert_eq!(lookup(name).map(|k| k.kind), Some(kind), "{name}");
+        }
+        assert!(lookup("dropbox").is_none());
+        assert!(uses_oauth("gdrive"));
+        assert!(!uses_oauth("nextcloud") && !uses_oauth("local"));
+        let names = known_kinds();
+        assert_eq!(names, "local, webdav, owncloud, nextcloud, gdrive");
+    }
+
+    #[test]
+    fn an_unknown_type_lists_the_known_ones() {
+        let c = connection("name = \"x\"\ntype = \"ftp\"");
+        let err = build(&Config::default(), &c).err().unwrap();
+        assert!(matches!(err, RegistryError::UnknownType { .. }), "{err}");
+        assert_eq!(
+            err.to_string(),
+            "connection \"x\": unknown type \"ftp\" (known: local, webdav, owncloud, nextcloud, gdrive)"
+        );
+    }
+
+    #[test]
+    fn a_failing_constructor_names_the_connection_and_keeps_the_cause() {
+        let c = connection("name = \"box\"\ntype = \"local\"");
+        let err = build(&Config::default(), &c).err().unwrap();
+        assert_eq!(
+            err.to_string(),
+            "connection \"box\": type \"local\" needs `path`"
+        );
+        assert!(std::error::Error::source(&err).is_some());
+    }
+
+    #[test]
+    fn an_alias_builds_its_kind() {
+        let c = connection(
+            "name = \"oc\"\ntype = \"owncloud\"\nsettings = { url = \"http://127.0.0.1:9/dav/\" }",
+        );
+        assert_eq!(build(&Config::default(), &c).unwrap().kind(), "webdav");
+    }
+
+    #[test]
+    fn oauth_settings_are_split_only_for_oauth_kinds() {
+        let drive = connection(
+            "name = \"d\"\ntype = \"gdrive\"\nsettings = { client_id = \"cid\", token_url = \"http://127.0.0.1:9/t\", api_base = \"x\" }",
+        );
+        let (oauth, rest) = oauth_client(&drive).unwrap();
+        assert_eq!(oauth.client_id, "cid");
+        assert_eq!(oauth.token_url, "http://127.0.0.1:9/t");
+        assert_eq!(oauth.auth_url, OAuthClientConfig::google("", None).auth_url);
+        assert_eq!(rest.keys().collect::<Vec<_>>(), vec!["api_base"]);
+
+        let dav = connection("name = \"w\"\ntype = \"webdav\"\nsettings = { url = \"http://h/\" }");
+        let err = oauth_client(&dav).err().unwrap();
+        assert_eq!(
+            err.to_string(),
+            "type \"webdav\" does not log in with OAuth"
+        );
+    }
+}
