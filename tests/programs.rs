@@ -180,6 +180,8 @@ struct Drive {
 /// away before the server, the server before its directory.
 struct Fixture {
     m: Option<DaemonMount>,
+    /// Daemon flags of this test beyond `DAEMON_FLAGS`.
+    flags: &'static [&'static str],
     logs: workload::KeepLogs,
     backend: Backend,
     /// The config file of a WebDAV or Drive connection; `None` for the local provider.
@@ -198,6 +200,11 @@ const CONN: &str = "test";
 
 impl Fixture {
     fn new(backend: Backend, program: &str) -> Fixture {
+        Self::with_flags(backend, program, &[])
+    }
+
+    /// With daemon flags beyond `DAEMON_FLAGS`.
+    fn with_flags(backend: Backend, program: &str, flags: &'static [&'static str]) -> Fixture {
         let dirs = TestDirs::new();
         let name = format!("programs_{backend:?}_{program}").to_lowercase();
         let logs = workload::KeepLogs::new(dirs.tmp.path(), &name);
@@ -268,6 +275,7 @@ impl Fixture {
         }
         let mut f = Fixture {
             m: None,
+            flags,
             logs,
             backend,
             config,
@@ -281,11 +289,12 @@ impl Fixture {
     }
 
     fn start(&mut self) {
+        let mut flags = DAEMON_FLAGS.to_vec();
+        flags.extend_from_slice(self.flags);
         self.m = Some(match &self.config {
-            None => DaemonMount::start(&self.dirs, DAEMON_FLAGS),
+            None => DaemonMount::start(&self.dirs, &flags),
             Some(config) => {
-                let mut flags = vec!["--connection", CONN];
-                flags.extend_from_slice(DAEMON_FLAGS);
+                flags.extend_from_slice(&["--connection", CONN]);
                 DaemonMount::start_with_config(&self.dirs, config, &flags)
             }
         });
@@ -480,7 +489,10 @@ fn assert_repo_ok(repo: &Path, when: &str) {
 }
 
 fn git(backend: Backend) {
-    let mut f = Fixture::new(backend, "git");
+    // Listings expire after a second (30 s by default): the repository's folders are
+    // listed again from the remote while git writes, renames and prunes in them, as they
+    // are in a longer session with the default setting.
+    let mut f = Fixture::with_flags(backend, "git", &["--dir-ttl", "1"]);
     let repo = f.mnt().join("repo");
     fs::create_dir(&repo).unwrap();
     run(&repo, "git", &["init", "-q", "-b", "main"]);
