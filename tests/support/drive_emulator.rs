@@ -611,6 +611,18 @@ impl DriveEmulator {
     pub fn open_sessions(&self) -> usize {
         self.st().sessions.len()
     }
+
+    /// The live (not trashed) children of `parent`, in id order: lets a test read the whole
+    /// tree without knowing the names in it.
+    pub fn children(&self, parent: &str) -> Vec<FileRec> {
+        let st = self.st();
+        let parent = st.resolve_id(parent).to_owned();
+        st.files
+            .values()
+            .filter(|f| !f.trashed && f.parents.contains(&parent))
+            .cloned()
+            .collect()
+    }
 }
 
 fn set_content(f: &mut FileRec, content: Vec<u8>, modified: Option<SystemTime>) {
