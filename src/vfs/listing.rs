@@ -152,7 +152,10 @@ impl Vfs {
             // A folder with nothing known below it needs even an uncertain listing.
             let known = self.store.has_children(dir)?;
             if known && self.queue.completed() != epoch {
-                tracing::debug!(dir, "listing taken while write-back jobs finished: not merged");
+                tracing::debug!(
+                    dir,
+                    "listing taken while write-back jobs finished: not merged"
+                );
                 return Ok(());
             }
         }
