@@ -350,13 +350,10 @@ fn drive_tree(rt: &tokio::runtime::Runtime, emu: &drive_emulator::DriveEmulator)
 /// emulator's own faults (rate limits, backend errors, upload connections dropped after
 /// part of a chunk, expired upload sessions) fed in while the workload runs.
 ///
-/// KNOWN FAILING (issue 8 stays open for it): the emulator's file tree usually ends equal
-/// to the model, but some runs end with a duplicate `name#2` (a Drive create or update
-/// whose reply was lost, answered from a listing the provider had cached before) or with
-/// the mount's view off by one entry after the changes feed. Ignored so that it does not
-/// hide the other suites' results; run it with `--ignored`. This is not a CI limitation.
+/// (It used to end with duplicates `name#2`: a resumable session that had completed
+/// looked "expired" after its last chunk's reply was lost and was started again; and with
+/// the mount's view off after listings taken while jobs finished. Both are fixed.)
 #[test]
-#[ignore = "known failing on Drive (duplicate create after a lost reply; see the comment and issue 8)"]
 fn drive_emulator_under_faults() {
     let k = knobs(0x8_0003);
     let name = "writeback_faults_drive".to_string();

@@ -202,9 +202,13 @@ impl GdriveProvider {
             let session = self.start_session(existing, meta, size).await?;
             let mut offset = 0u64;
             let mut failures = 0u32;
+            // Whether the chunk ending the file went out: from then on the file may exist
+            // even if no reply said so.
+            let mut last_chunk_sent = false;
             loop {
                 let outcome = if offset < size {
                     let len = chunk_size.min(size - offset);
+                    last_chunk_sent |= offset + len == size;
                     file.seek(std::io::SeekFrom::Start(offset)).await?;
                     let mut buf = vec![0u8; len as usize];
                     file.read_exact(&mut buf).await?;
@@ -254,6 +258,13 @@ impl GdriveProvider {
                             failures = 0;
                         }
                         offset = n;
+                    }
+                    ChunkOutcome::Expired if existing.is_none() && last_chunk_sent => {
+                        // The session may be gone because it completed: a new one would
+                        // create a second file of the same name. The caller looks first.
+                        return Err(ProviderError::Transient(
+                            "upload session gone after its last chunk was sent".into(),
+                        ));
                     }
                     ChunkOutcome::Expired => {
                         restarts += 1;
