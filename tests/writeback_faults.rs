@@ -136,6 +136,19 @@ fn drain(m: &DaemonMount, mnt: &Path, out: &mut Outcome, faults_off: impl FnOnce
 }
 
 /// The verdict on one tree: figures and differences.
+/// Unmount (its failure is a problem too), keep the daemon logs, and give the verdict.
+fn unmount_and_finish(m: DaemonMount, logs: &workload::KeepLogs, mut out: Outcome) {
+    let unmount = m.unmount();
+    if !unmount.status.success() {
+        out.problems.push(format!(
+            "unmount: {}",
+            String::from_utf8_lossy(&unmount.stderr)
+        ));
+    }
+    logs.copy_now();
+    out.finish(&logs.text());
+}
+
 fn judge(out: &mut Outcome, what: &str, got: &Tree, w: &Workload) {
     // The operations themselves, beside the daemon logs, for reading a failure.
     let _ = std::fs::write(out.log_dir.join("workload-ops.txt"), w.log.join("\n"));
@@ -252,16 +265,7 @@ fn webdav_under_faults(server: Server, default_seed: u64) {
     ));
     judge(&mut out, "server disk vs model", &disk_tree(&srv.root), &w);
     judge(&mut out, "mount vs model", &disk_tree(&mnt), &w);
-    let unmount = m.unmount();
-    if !unmount.status.success() {
-        out.problems.push(format!(
-            "unmount: {}",
-            String::from_utf8_lossy(&unmount.stderr)
-        ));
-    }
-    logs.copy_now();
-    let log_text = logs.text();
-    out.finish(&log_text);
+    unmount_and_finish(m, &logs, out);
     drop(proxy);
     drop(srv);
 }
@@ -478,15 +482,6 @@ fn drive_emulator_under_faults() {
         &w,
     );
     judge(&mut out, "mount vs model", &disk_tree(&mnt), &w);
-    let unmount = m.unmount();
-    if !unmount.status.success() {
-        out.problems.push(format!(
-            "unmount: {}",
-            String::from_utf8_lossy(&unmount.stderr)
-        ));
-    }
-    logs.copy_now();
-    let log_text = logs.text();
-    out.finish(&log_text);
+    unmount_and_finish(m, &logs, out);
     drop(proxy);
 }
