@@ -160,6 +160,57 @@ fn remove_remote(provider: &cloudmount::provider::memory::MemoryProvider, path: 
 }
 
 // -------------------------------------------------------------------------------------
+// 12. A fetch that lands after a truncate
+
+/// A chunk fetched for the old content must not come back when a truncated file grows
+/// again: the grown part is zeros, in the mount and on the remote. (The fetch here is a
+/// read's; in the random-I/O test it was an upload's, started before the truncate.)
+#[test]
+fn bytes_fetched_before_a_truncate_do_not_reappear_when_the_file_grows() {
+    use std::os::unix::fs::FileExt;
+    let provider = memory_provider();
+    let old = pattern(300_000, 1);
+    provider.put_remote("/f", &old);
+    let m = InProcessMount::new(
+        provider.clone(),
+        test_config(|c| c.chunk_size = ByteSize(64 << 10)),
+    );
+    let f = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(m.path("f"))
+        .unwrap();
+    // Nothing is cached yet: the read below fetches its chunk, slowly.
+    provider.set_latency(Duration::from_millis(400));
+    let reader = {
+        let f = f.try_clone().unwrap();
+        std::thread::spawn(move || {
+            let mut buf = vec![0u8; 4096];
+            let _ = f.read_at(&mut buf, 200_000);
+        })
+    };
+    std::thread::sleep(Duration::from_millis(100));
+    // Cut short while that chunk is on its way; it lands after this.
+    f.set_len(10).unwrap();
+    reader.join().unwrap();
+    provider.set_latency(Duration::ZERO);
+    f.set_len(300_000).unwrap();
+    let mut want = old[..10].to_vec();
+    want.resize(300_000, 0);
+    let mut got = vec![0u8; 300_000];
+    f.read_exact_at(&mut got, 0).unwrap();
+    if let Some(diff) = byte_diff(&got, &want) {
+        panic!("the mount after truncate and grow: {diff}");
+    }
+    drop(f);
+    assert!(m.drain(Duration::from_secs(20)));
+    let remote = provider.get_remote("/f").unwrap();
+    if let Some(diff) = byte_diff(&remote, &want) {
+        panic!("the remote after truncate and grow: {diff}");
+    }
+}
+
+// -------------------------------------------------------------------------------------
 // 13. Warm paths stay local
 
 fn walk(dir: &Path, out: &mut Vec<(String, u64, u64)>) {

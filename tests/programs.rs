@@ -860,7 +860,14 @@ fn random_io_with_mmap_and_truncate_matches_a_model() {
                 };
                 assert_ne!(p, libc::MAP_FAILED, "mmap at step {step}");
                 let map = unsafe { std::slice::from_raw_parts_mut(p as *mut u8, len as usize) };
-                assert_eq!(&map[..], &model[i][..], "mapping content at step {step}");
+                if let Some(diff) = byte_diff(map, &model[i]) {
+                    let mut now = vec![0u8; len as usize];
+                    let n = f.read_at(&mut now, 0).unwrap();
+                    panic!(
+                        "mapping of f{i} at step {step}: {diff}\n  read() now: {:?}",
+                        byte_diff(&now[..n], &model[i])
+                    );
+                }
                 let data = pattern(n as usize, step + 7);
                 map[off as usize..(off + n) as usize].copy_from_slice(&data);
                 model[i][off as usize..(off + n) as usize].copy_from_slice(&data);
@@ -878,7 +885,9 @@ fn random_io_with_mmap_and_truncate_matches_a_model() {
                 } else {
                     &[][..]
                 };
-                assert_eq!(&buf[..got], want, "read of f{i} at {off}+{n}, step {step}");
+                if let Some(diff) = byte_diff(&buf[..got], want) {
+                    panic!("read of f{i} at {off}+{n}, step {step}: {diff}");
+                }
             }
         }
         drop(f);

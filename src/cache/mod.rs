@@ -32,6 +32,21 @@ pub struct CacheRecord {
     pub present: RangeSet,
     /// While set, nothing of this file may be evicted: it holds unuploaded data.
     pub dirty: bool,
+    /// The shortest length the file was truncated to since its content was `revision`'s.
+    /// Bytes at or past it are not that revision's any more (a truncate cut them and
+    /// whatever is there now was written locally, zeros included), so a fetch of the
+    /// revision never fills them — not even one that started before the truncate.
+    #[serde(default)]
+    pub truncated_to: Option<u64>,
+}
+
+impl CacheRecord {
+    /// The part of `[start, end)` that a fetch of `revision` may fill: the holes below
+    /// `truncated_to`.
+    fn fetchable_holes(&self, start: u64, end: u64) -> Vec<(u64, u64)> {
+        let end = self.truncated_to.map_or(end, |t| end.min(t));
+        self.present.missing(start, end)
+    }
 }
 
 /// Where the missing parts of a file come from.
@@ -228,7 +243,7 @@ impl ChunkCache {
         let st = self.state.lock().unwrap();
         st.records
             .get(&ino)
-            .map(|r| r.present.contains(0, size))
+            .map(|r| r.fetchable_holes(0, size).is_empty())
             .unwrap_or(size == 0)
     }
 
@@ -247,6 +262,8 @@ impl ChunkCache {
         if rec.dirty || rec.revision.as_deref() == Some(revision) {
             return true;
         }
+        tracing::debug!(ino, cached = ?rec.revision, current = revision,
+            "cached content is of another revision: dropped");
         Self::drop_locked(&mut st, ino);
         drop(st);
         let _ = std::fs::remove_file(self.data_path(ino));
@@ -311,6 +328,8 @@ impl ChunkCache {
         let mut st = self.state.lock().unwrap();
         let rec = st.records.entry(ino).or_default();
         rec.revision = Some(revision.to_string());
+        // The whole local content is that revision now.
+        rec.truncated_to = None;
         let rec = rec.clone();
         drop(st);
         self.persist(ino, &rec);
@@ -351,6 +370,9 @@ impl ChunkCache {
     pub fn truncate(&self, ino: Ino, old_size: u64, new_size: u64) -> CacheResult<()> {
         let file = self.open_file(ino)?;
         let mut st = self.state.lock().unwrap();
+        // Cut to the shorter length first: a grown range must read as zeros whatever the
+        // sparse file held past the old end.
+        file.set_len(old_size.min(new_size))?;
         file.set_len(new_size)?;
         let rec = st.records.entry(ino).or_default();
         let before = rec.present.total();
@@ -358,6 +380,8 @@ impl ChunkCache {
         if new_size > old_size {
             rec.present.insert(old_size, new_size);
         }
+        let cut = old_size.min(new_size);
+        rec.truncated_to = Some(rec.truncated_to.map_or(cut, |t| t.min(cut)));
         let after = rec.present.total();
         let rec = rec.clone();
         st.used = st.used.saturating_sub(before) + after;
@@ -459,15 +483,17 @@ impl ChunkCache {
             let mut waits = Vec::new();
             {
                 let mut st = self.state.lock().unwrap();
-                let present = st.records.get(&ino).map(|r| r.present.clone());
+                let record = st.records.get(&ino).cloned();
                 for chunk in offset / self.chunk_size..end.div_ceil(self.chunk_size) {
                     let cs = chunk * self.chunk_size;
                     let ce = (cs + self.chunk_size).min(size);
                     let want_s = cs.max(offset);
                     let want_e = ce.min(end);
-                    let have = present
+                    // Past a truncation nothing comes from the remote: what is there
+                    // (data or holes, which read as zeros) is the local content.
+                    let have = record
                         .as_ref()
-                        .map(|p| p.contains(want_s, want_e))
+                        .map(|r| r.fetchable_holes(want_s, want_e).is_empty())
                         .unwrap_or(false);
                     if have {
                         if st.lru.contains(&(ino, chunk)) {
@@ -519,13 +545,13 @@ impl ChunkCache {
     pub fn prefetch(self: &Arc<Self>, ino: Ino, source: &Source, size: u64, offset: u64, end: u64) {
         let end = end.min(size);
         let mut st = self.state.lock().unwrap();
-        let present = st.records.get(&ino).map(|r| r.present.clone());
+        let record = st.records.get(&ino).cloned();
         for chunk in offset / self.chunk_size..end.div_ceil(self.chunk_size) {
             let cs = chunk * self.chunk_size;
             let ce = (cs + self.chunk_size).min(size);
-            if present
+            if record
                 .as_ref()
-                .map(|p| p.contains(cs, ce))
+                .map(|r| r.fetchable_holes(cs, ce).is_empty())
                 .unwrap_or(false)
             {
                 continue;
@@ -582,7 +608,7 @@ impl ChunkCache {
             let st = self.state.lock().unwrap();
             st.records
                 .get(&ino)
-                .map(|r| r.present.missing(cs, ce))
+                .map(|r| r.fetchable_holes(cs, ce))
                 .unwrap_or_else(|| vec![(cs, ce)])
         };
         let (Some(first), Some(last)) = (missing.first(), missing.last()) else {
@@ -652,7 +678,7 @@ impl ChunkCache {
             return Ok(());
         }
         let end = offset + data.len() as u64;
-        let holes = rec.present.missing(offset, end);
+        let holes = rec.fetchable_holes(offset, end);
         for (s, e) in &holes {
             let slice = &data[(s - offset) as usize..(e - offset) as usize];
             file.write_all_at(slice, *s)?;

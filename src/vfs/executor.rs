@@ -247,14 +247,14 @@ impl Vfs {
                     i.upload_error = None;
                     if i.generation == generation {
                         i.dirty = false;
+                        // Under the record lock, like a write marking it dirty again:
+                        // the cache must not call clean a file a write just changed.
+                        self.cache.mark_uploaded(job.ino, &revision);
                     }
                 })
                 .map_err(store_err)?;
             updated.generation == generation
         };
-        if still_current {
-            self.cache.mark_uploaded(job.ino, &revision);
-        }
         // A version is recorded for content that stayed put during the upload; if it
         // changed, the next upload records the result.
         if still_current && !self.provider.capabilities().native_versions {

@@ -1052,19 +1052,25 @@ impl Vfs {
         if size > MAX_FILE_SIZE {
             return Err(FsError::TooBig);
         }
-        let inode = self.begin_local_change(ino)?;
-        self.cache.truncate(ino, inode.size, size)?;
+        self.begin_local_change(ino)?;
+        // The old size is read, the cache cut and the new size stored under the record
+        // lock, as in `write`: a write extending the file meanwhile must not be lost.
+        let mut cut = Ok(());
         self.update(ino, |i| {
             // See `write`: an upload may have marked it clean since we looked.
             if !i.dirty {
                 i.dirty = true;
                 i.base_revision = i.remote.as_ref().map(|r| r.revision.clone());
             }
-            i.size = size;
-            i.mtime = now();
-            i.generation += 1;
+            self.cache.set_dirty(ino, true);
+            cut = self.cache.truncate(ino, i.size, size);
+            if cut.is_ok() {
+                i.size = size;
+                i.mtime = now();
+                i.generation += 1;
+            }
         })?;
-        self.cache.set_dirty(ino, true);
+        cut?;
         if !self.is_open(ino) {
             // A truncate without an open handle (truncate(1)) has no close to trigger upload.
             // The path is read and the job queued under the namespace lock, so that a
@@ -1086,12 +1092,12 @@ impl Vfs {
         if inode.dirty {
             return Ok(inode);
         }
-        self.cache.set_dirty(ino, true);
         self.update(ino, |i| {
             if !i.dirty {
                 i.dirty = true;
                 i.base_revision = i.remote.as_ref().map(|r| r.revision.clone());
             }
+            self.cache.set_dirty(ino, true);
         })
     }
 

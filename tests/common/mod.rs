@@ -241,6 +241,17 @@ pub fn test_config(tweak: impl FnOnce(&mut Config)) -> Config {
     cfg
 }
 
+/// `CLOUDMOUNT_TEST_LOG=<filter>` (e.g. `cloudmount=debug`): the in-process daemon logs
+/// to stderr, which the test harness shows for a failing test.
+fn init_test_log() {
+    if let Ok(filter) = std::env::var("CLOUDMOUNT_TEST_LOG") {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+            .with_writer(std::io::stderr)
+            .try_init();
+    }
+}
+
 /// The filesystem over `provider`, mounted from inside the test process.
 pub struct InProcessMount {
     pub dirs: TestDirs,
@@ -256,6 +267,7 @@ impl InProcessMount {
     }
 
     pub fn with_dirs(dirs: TestDirs, provider: Arc<dyn Provider>, mut cfg: Config) -> Self {
+        init_test_log();
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(4)
             .enable_all()
@@ -317,7 +329,18 @@ impl InProcessMount {
     pub fn drain(&self, timeout: Duration) -> bool {
         let vfs = self.vfs();
         vfs.queue.expedite();
-        self.rt.block_on(vfs.queue.wait_drained(timeout))
+        let drained = self.rt.block_on(vfs.queue.wait_drained(timeout));
+        if !drained {
+            // What is left, for the failure message of the test that waited.
+            eprintln!("queue not drained after {timeout:?}:");
+            for job in vfs.queue.status() {
+                eprintln!("  {job:?}");
+            }
+            for (at, e) in vfs.queue.recent_errors() {
+                eprintln!("  error at {at:?}: {e}");
+            }
+        }
+        drained
     }
 
     /// Unmount and keep the directories (for a remount over the same state).
@@ -355,6 +378,37 @@ impl Drop for InProcessMount {
 
 pub fn memory_provider() -> Arc<MemoryProvider> {
     Arc::new(MemoryProvider::new())
+}
+
+/// Where two byte strings differ, short enough for a failure message: the lengths and
+/// up to five differing ranges, each saying whether `got` holds zeros there.
+pub fn byte_diff(got: &[u8], want: &[u8]) -> Option<String> {
+    if got == want {
+        return None;
+    }
+    let mut ranges = Vec::new();
+    let mut i = 0;
+    let common = got.len().min(want.len());
+    while i < common && ranges.len() < 5 {
+        if got[i] != want[i] {
+            let start = i;
+            while i < common && got[i] != want[i] {
+                i += 1;
+            }
+            let zeros = got[start..i].iter().all(|&b| b == 0);
+            ranges.push(format!(
+                "[{start}, {i}){}",
+                if zeros { " got zeros" } else { "" }
+            ));
+        }
+        i += 1;
+    }
+    Some(format!(
+        "got {} bytes, want {}; differ at {}",
+        got.len(),
+        want.len(),
+        ranges.join(", ")
+    ))
 }
 
 pub fn errno_of(e: &std::io::Error) -> i32 {
