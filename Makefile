@@ -25,7 +25,7 @@ lint:
 # is ever retried: a flaky test is a failing test.
 test: deps
 	@if $(CARGO) nextest --version >/dev/null 2>&1; then \
-		$(CARGO) nextest run --all-targets --no-fail-fast; \
+		$(CARGO) nextest run --all-targets --no-fail-fast --failure-output immediate-final; \
 	else \
 		$(CARGO) test --all-targets; \
 	fi

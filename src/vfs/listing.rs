@@ -58,8 +58,9 @@ impl Vfs {
             Err(e) => {
                 let err = FsError::from(e);
                 self.note_remote_error(&err);
-                if inode.listed_at.is_some() {
-                    // Offline: the last listing is better than an error.
+                // An expired listing (or one a parent's change invalidated) whose entries
+                // are still known: offline, the last listing is better than an error.
+                if inode.listed_at.is_some() || self.store.has_children(dir).unwrap_or(false) {
                     tracing::debug!(dir, error = %err, "serving a stale listing");
                     Ok(())
                 } else {

@@ -211,6 +211,24 @@ impl DaemonMount {
 
 impl Drop for DaemonMount {
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            // The daemon's own account of the last moments, in the failure output (the
+            // log file goes away with the test's directory).
+            let text = self.log_text();
+            let ours: Vec<&str> = text
+                .lines()
+                .filter(|l| {
+                    l.contains(" cloudmount") || l.contains(" WARN ") || l.contains("ERROR")
+                })
+                .collect();
+            let tail = &ours[ours.len().saturating_sub(300)..];
+            eprintln!(
+                "--- last {} daemon log lines of {} ---\n{}\n--- end of daemon log ---",
+                tail.len(),
+                self.log.display(),
+                tail.join("\n")
+            );
+        }
         force_unmount(&self.mnt);
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
