@@ -221,6 +221,25 @@ impl GdriveProvider {
                         .await
                 };
                 let mut outcome = outcome;
+                if offset < size {
+                    if let ChunkOutcome::Fatal(err) = outcome {
+                        // A refused chunk: an earlier request of this session that failed
+                        // for us (stalled, not lost) may have reached the server since we
+                        // asked, so our offset can be behind the server's. Ask once more
+                        // before calling the refusal final.
+                        outcome = match self
+                            .put_session(&session, format!("bytes */{size}"), None)
+                            .await
+                        {
+                            ChunkOutcome::Incomplete(n) if n != offset => {
+                                debug!(offset, n, error = %err, "chunk refused: the server has moved on; resuming from its offset");
+                                ChunkOutcome::Incomplete(n)
+                            }
+                            ChunkOutcome::Done(f) => ChunkOutcome::Done(f),
+                            _ => ChunkOutcome::Fatal(err),
+                        };
+                    }
+                }
                 // After a failure, find out what the server kept before sending more.
                 while let ChunkOutcome::Retry(err) = outcome {
                     failures += 1;
