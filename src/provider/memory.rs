@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
@@ -37,6 +37,58 @@ pub struct MemoryProvider {
     lose_upload_reply: AtomicBool,
     /// Random faults (see `set_chaos`).
     chaos: Mutex<Option<Chaos>>,
+    /// Operations a test stops at a chosen point (see `hold`).
+    holds: Mutex<Vec<Arc<HoldState>>>,
+}
+
+/// Where a held operation stops.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HoldPoint {
+    /// Before it does anything: the remote is still as before.
+    Before,
+    /// After the change was made, before its reply goes back.
+    Applied,
+}
+
+struct HoldState {
+    op: &'static str,
+    point: HoldPoint,
+    /// Taken by the first call of `op` that reaches `point`.
+    taken: AtomicBool,
+    reached: AtomicBool,
+    release: tokio::sync::Semaphore,
+    lose_reply: AtomicBool,
+}
+
+/// One call of an operation stopped at a point until the test lets it go: the test
+/// decides exactly what happens in the mount while, say, an upload has landed but its
+/// reply has not come back.
+pub struct Hold(Arc<HoldState>);
+
+impl Hold {
+    /// Wait (blocking, from a test thread) until a call is stopped here.
+    pub fn wait_reached(&self, timeout: Duration) -> bool {
+        let deadline = std::time::Instant::now() + timeout;
+        while !self.0.reached.load(Ordering::SeqCst) {
+            if std::time::Instant::now() > deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        true
+    }
+
+    /// Let the call go on.
+    pub fn release(&self) {
+        self.0.release.add_permits(1);
+    }
+
+    /// Let it go on, and have its caller see a network error although the change was
+    /// made (with `HoldPoint::Applied`).
+    pub fn release_losing_reply(&self) {
+        self.0.lose_reply.store(true, Ordering::SeqCst);
+        self.release();
+    }
 }
 
 /// Seeded random faults: a call fails before it does anything, or (for changes) does
@@ -120,6 +172,49 @@ impl MemoryProvider {
         Ok(value)
     }
 
+    /// Stop the next call of `op` ("upload", "rename", "delete", "mkdir", ...) at `point`.
+    pub fn hold(&self, op: &'static str, point: HoldPoint) -> Hold {
+        let state = Arc::new(HoldState {
+            op,
+            point,
+            taken: AtomicBool::new(false),
+            reached: AtomicBool::new(false),
+            release: tokio::sync::Semaphore::new(0),
+            lose_reply: AtomicBool::new(false),
+        });
+        self.holds.lock().unwrap().push(Arc::clone(&state));
+        Hold(state)
+    }
+
+    /// Stop here if a hold is waiting for this call; returns whether its reply is to be
+    /// lost.
+    async fn held(&self, op: &str, point: HoldPoint) -> bool {
+        let hold = {
+            let mut holds = self.holds.lock().unwrap();
+            let i = holds
+                .iter()
+                .position(|h| h.op == op && h.point == point && !h.taken.load(Ordering::SeqCst));
+            i.map(|i| holds.remove(i))
+        };
+        let Some(hold) = hold else { return false };
+        hold.taken.store(true, Ordering::SeqCst);
+        hold.reached.store(true, Ordering::SeqCst);
+        if let Ok(permit) = hold.release.acquire().await {
+            permit.forget();
+        }
+        hold.lose_reply.load(Ordering::SeqCst)
+    }
+
+    /// A change's reply, after any hold at `Applied`.
+    async fn answer<T>(&self, op: &'static str, result: ProviderResult<T>) -> ProviderResult<T> {
+        if result.is_ok() && self.held(op, HoldPoint::Applied).await {
+            return Err(ProviderError::Transient(format!(
+                "connection reset: the {op} happened, its reply was lost"
+            )));
+        }
+        self.reply(op, result)
+    }
+
     pub fn inject_error(&self, err: ProviderError) {
         self.injected.lock().unwrap().push(err);
     }
@@ -195,6 +290,7 @@ impl MemoryProvider {
 
     async fn enter(&self, op: &'static str) -> ProviderResult<()> {
         *self.calls.lock().unwrap().entry(op).or_default() += 1;
+        self.held(op, HoldPoint::Before).await;
         let latency = self.latency_ms.load(Ordering::SeqCst);
         if latency > 0 {
             tokio::time::sleep(Duration::from_millis(latency)).await;
@@ -506,27 +602,27 @@ impl Provider for MemoryProvider {
         options: &UploadOptions,
     ) -> ProviderResult<RemoteEntry> {
         let result = self.upload_inner(path, source, options).await;
-        self.reply("upload", result)
+        self.answer("upload", result).await
     }
 
     async fn mkdir(&self, path: &str) -> ProviderResult<RemoteEntry> {
         let result = self.mkdir_inner(path).await;
-        self.reply("mkdir", result)
+        self.answer("mkdir", result).await
     }
 
     async fn rename(&self, from: &str, to: &str, overwrite: bool) -> ProviderResult<RemoteEntry> {
         let result = self.rename_inner(from, to, overwrite).await;
-        self.reply("rename", result)
+        self.answer("rename", result).await
     }
 
     async fn delete(&self, path: &str) -> ProviderResult<()> {
         let result = self.delete_inner(path).await;
-        self.reply("delete", result)
+        self.answer("delete", result).await
     }
 
     async fn copy(&self, from: &str, to: &str) -> ProviderResult<RemoteEntry> {
         let result = self.copy_inner(from, to).await;
-        self.reply("copy", result)
+        self.answer("copy", result).await
     }
 
     async fn quota(&self) -> ProviderResult<Quota> {
@@ -548,7 +644,7 @@ impl Provider for MemoryProvider {
 
     async fn symlink(&self, path: &str, target: &str) -> ProviderResult<RemoteEntry> {
         let result = self.symlink_inner(path, target).await;
-        self.reply("symlink", result)
+        self.answer("symlink", result).await
     }
 
     async fn set_mode(&self, path: &str, mode: u32) -> ProviderResult<()> {
