@@ -248,6 +248,53 @@ impl Versions {
             return Ok(());
         }
         self.mkdir_all(split_path(&dst).0).await?;
-        self.provider.rename(&src, &dst, true).await.map(|_| ())
+        match self.provider.stat(&dst).await {
+            Err(ProviderError::NotFound(_)) => {
+                return self.provider.rename(&src, &dst, false).await.map(|_| ());
+            }
+            Err(e) => return Err(e),
+            Ok(_) => {}
+        }
+        // A save by rename over a file that has a history (an editor's temp file, git's
+        // index.lock): the file's history goes on with the moved file's versions added.
+        // Replacing the folder would throw the old versions away (or be refused).
+        self.merge_into(&src, &dst).await?;
+        self.prune(to).await
+    }
+
+    /// Move every version below `src` into `dst` (the same layout), then remove `src`.
+    async fn merge_into(&self, src: &str, dst: &str) -> ProviderResult<()> {
+        let mut entries = Vec::new();
+        let mut pages = self.provider.list(src);
+        while let Some(page) = pages.next().await {
+            entries.extend(page?);
+        }
+        for e in entries {
+            let from = join_path(src, &e.name);
+            let to = join_path(dst, &e.name);
+            if e.kind == crate::provider::EntryKind::Dir {
+                match self.provider.stat(&to).await {
+                    Ok(_) => Box::pin(self.merge_into(&from, &to)).await?,
+                    Err(ProviderError::NotFound(_)) => {
+                        self.provider.rename(&from, &to, false).await?;
+                    }
+                    Err(e) => return Err(e),
+                }
+                continue;
+            }
+            match self.provider.rename(&from, &to, false).await {
+                Ok(_) => {}
+                // Version names are time and content: the same name is the same version.
+                Err(ProviderError::AlreadyExists(_)) => match self.provider.delete(&from).await {
+                    Ok(()) | Err(ProviderError::NotFound(_)) => {}
+                    Err(e) => return Err(e),
+                },
+                Err(e) => return Err(e),
+            }
+        }
+        match self.provider.delete(src).await {
+            Ok(()) | Err(ProviderError::NotFound(_)) => Ok(()),
+            Err(e) => Err(e),
+        }
     }
 }

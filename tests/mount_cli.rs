@@ -97,6 +97,38 @@ fn parse_versions(text: &str) -> Vec<(usize, u64)> {
         .collect()
 }
 
+/// An editor's save: the new content goes to a temporary file that is renamed over the
+/// document. The document's history goes on (its old versions plus the new one) and the
+/// temporary name keeps none.
+#[test]
+fn versions_go_on_through_a_save_by_rename() {
+    let dirs = TestDirs::new();
+    let m = DaemonMount::start(&dirs, &["--upload-delay", "60"]);
+    let doc = m.mnt.join("doc.txt");
+    let tmp = m.mnt.join(".doc.txt.swp");
+    fs::write(&doc, "one\n").unwrap();
+    m.sync();
+    fs::write(&doc, "one\ntwo\n").unwrap();
+    m.sync();
+    fs::write(&tmp, "one\ntwo\nthree\n").unwrap();
+    m.sync();
+    fs::rename(&tmp, &doc).unwrap();
+    m.sync();
+    let listed = parse_versions(&stdout_of(
+        &m.cli(&["versions", doc.to_str().unwrap()]),
+        "versions",
+    ));
+    assert_eq!(listed, vec![(1, 4), (2, 8), (3, 14)]);
+    assert_eq!(
+        fs::read_to_string(dirs.cloud.join("doc.txt")).unwrap(),
+        "one\ntwo\nthree\n"
+    );
+    let hidden = dirs.cloud.join(".cloudmount-versions");
+    assert!(!hidden.join(".doc.txt.swp").exists());
+    assert_eq!(fs::read_dir(hidden.join("doc.txt")).unwrap().count(), 3);
+    assert!(m.unmount().status.success());
+}
+
 #[test]
 fn versions_list_restore_diff_survive_wiped_cache_and_follow_rename() {
     let mut dirs = TestDirs::new();

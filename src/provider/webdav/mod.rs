@@ -967,6 +967,8 @@ fn status_error(
             ProviderError::RateLimited { retry_after }
         }
         507 => ProviderError::InsufficientStorage,
+        // The server does not do this at all: asking again cannot help.
+        501 | 505 => ProviderError::Unsupported(msg),
         s if s >= 500 => ProviderError::Transient(msg),
         _ => ProviderError::Protocol(msg),
     }
@@ -1555,6 +1557,10 @@ mod tests {
             status_error(StatusCode::INSUFFICIENT_STORAGE, None, "", "x"),
             ProviderError::InsufficientStorage
         );
+        assert!(matches!(
+            status_error(StatusCode::NOT_IMPLEMENTED, None, "", "x"),
+            ProviderError::Unsupported(_)
+        ));
     }
 
     #[test]
