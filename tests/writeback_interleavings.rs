@@ -455,3 +455,65 @@ fn lost_upload_reply_then_remove_the_folder_while_it_looks() {
         &tree(&[]),
     );
 }
+
+// -------------------------------------------------------------------------------------
+// A new folder is being created on the remote when the user ...
+
+fn no_setup(_: &MemoryProvider) {}
+
+fn make_folder_with_a_file(m: &InProcessMount) {
+    fs::create_dir(m.path("n")).unwrap();
+    fs::write(m.path("n/x"), t()).unwrap();
+}
+
+#[test]
+fn mkdir_then_rename_the_folder() {
+    for moment in MOMENTS {
+        case(
+            "folder rename during its creation",
+            "mkdir",
+            moment,
+            no_setup,
+            make_folder_with_a_file,
+            |m| fs::rename(m.path("n"), m.path("o")).unwrap(),
+            &tree(&[("/o", None), ("/o/x", Some(t()))]),
+        );
+    }
+}
+
+#[test]
+fn mkdir_then_remove_the_folder() {
+    for moment in MOMENTS {
+        case(
+            "folder removal during its creation",
+            "mkdir",
+            moment,
+            no_setup,
+            make_folder_with_a_file,
+            |m| {
+                fs::remove_file(m.path("n/x")).unwrap();
+                fs::remove_dir(m.path("n")).unwrap();
+            },
+            &tree(&[]),
+        );
+    }
+}
+
+#[test]
+fn mkdir_then_replace_the_folder_by_a_file() {
+    for moment in MOMENTS {
+        case(
+            "a file instead of the folder during its creation",
+            "mkdir",
+            moment,
+            no_setup,
+            make_folder_with_a_file,
+            |m| {
+                fs::remove_file(m.path("n/x")).unwrap();
+                fs::remove_dir(m.path("n")).unwrap();
+                fs::write(m.path("n"), b()).unwrap();
+            },
+            &tree(&[("/n", Some(b()))]),
+        );
+    }
+}
