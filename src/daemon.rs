@@ -178,6 +178,7 @@ pub fn build_connection(
             versions_to_keep: cfg.versions,
             ..VfsConfig::default()
         },
+        Arc::clone(&io.metrics.health),
     )?;
     Ok(Connection { slot, vfs, io })
 }

@@ -28,8 +28,49 @@ pub struct Histogram {
     pub sum: f64,
 }
 
+/// Whether the remote answers, as the last request of the connection found it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum ConnectionState {
+    Online,
+    Offline,
+    AuthError,
+}
+
+/// The connection's health, decided here because every provider outcome passes this
+/// wrapper: a request that fails for the network (or a busy server) makes it offline, an
+/// expired or revoked login makes it an auth error, and any answer from the server makes
+/// it online again. The file system only reads it.
+pub struct Health(Mutex<(ConnectionState, Option<String>)>);
+
+impl Default for Health {
+    fn default() -> Self {
+        Health(Mutex::new((ConnectionState::Online, None)))
+    }
+}
+
+impl Health {
+    pub fn get(&self) -> (ConnectionState, Option<String>) {
+        self.0.lock().unwrap().clone()
+    }
+
+    fn observe<T>(&self, r: &ProviderResult<T>) {
+        let next = match r {
+            Err(ProviderError::Auth(m)) => (ConnectionState::AuthError, Some(m.clone())),
+            Err(e @ (ProviderError::Transient(_) | ProviderError::RateLimited { .. })) => {
+                (ConnectionState::Offline, Some(e.to_string()))
+            }
+            // Local trouble (reading the file to upload, say) says nothing about the remote.
+            Err(ProviderError::Io(_)) => return,
+            // The server answered, even if with a refusal.
+            _ => (ConnectionState::Online, None),
+        };
+        *self.0.lock().unwrap() = next;
+    }
+}
+
 #[derive(Default)]
 pub struct ProviderMetrics {
+    pub health: Arc<Health>,
     /// (operation, outcome) -> count
     pub requests: Mutex<BTreeMap<(&'static str, &'static str), u64>>,
     pub latency: Mutex<BTreeMap<&'static str, Histogram>>,
@@ -134,6 +175,7 @@ macro_rules! measured {
         let started = Instant::now();
         let r = $call.await;
         $self.metrics.record($op, outcome(&r), started);
+        $self.metrics.health.observe(&r);
         r
     }};
 }
@@ -155,6 +197,7 @@ impl Provider for InstrumentedProvider {
             .list(dir)
             .map(move |page| {
                 metrics.record("list", outcome(&page), started);
+                metrics.health.observe(&page);
                 page
             })
             .boxed()
@@ -194,6 +237,10 @@ impl Provider for InstrumentedProvider {
                 let metrics = Arc::clone(&metrics);
                 let down = down.clone();
                 async move {
+                    if piece.is_err() {
+                        // A body cut off midway.
+                        metrics.health.observe(&piece);
+                    }
                     if let Ok(bytes) = &piece {
                         metrics
                             .bytes_down

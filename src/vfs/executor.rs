@@ -58,13 +58,8 @@ impl JobExecutor for VfsExecutor {
             JobKind::Delete => vfs.run_delete(job).await,
         };
         match result {
-            Ok(()) => {
-                vfs.mark_reachable();
-                JobOutcome::Done
-            }
+            Ok(()) => JobOutcome::Done,
             Err(e) => {
-                let fs_err = FsError::from(e.clone());
-                vfs.note_remote_error(&fs_err);
                 // An expired login is fixed by `cloudmount login`: keep the job waiting
                 // (with backoff) instead of parking it, so nothing queued is lost.
                 if e.is_retryable() || matches!(e, ProviderError::Auth(_)) {

@@ -113,17 +113,7 @@ impl Vfs {
             .cache
             .read(ino, source.as_ref(), inode.size, offset, size as u64)
             .await;
-        match data {
-            Ok(d) => {
-                self.mark_reachable();
-                Ok(d)
-            }
-            Err(e) => {
-                let e = FsError::from(e);
-                self.note_remote_error(&e);
-                Err(e)
-            }
-        }
+        data.map_err(FsError::from)
     }
 
     pub async fn write(&self, ino: Ino, fh: u64, offset: u64, data: &[u8]) -> FsResult<u32> {
@@ -226,22 +216,6 @@ impl Vfs {
             self.maybe_purge_orphan(h.ino);
         }
         Ok(())
-    }
-
-    pub(super) fn mark_reachable(&self) {
-        // Any request that went through proves the network and the login work again.
-        let mut st = self.state.lock().unwrap();
-        if st.0 != ConnectionState::Online {
-            *st = (ConnectionState::Online, None);
-        }
-    }
-
-    pub(super) fn note_remote_error(&self, e: &FsError) {
-        match e {
-            FsError::Unavailable(m) => self.set_state(ConnectionState::Offline, Some(m.clone())),
-            FsError::Access(m) => self.set_state(ConnectionState::AuthError, Some(m.clone())),
-            _ => {}
-        }
     }
 
     /// Replace a file's content with one of its recorded versions (queued for upload

@@ -51,13 +51,11 @@ impl Vfs {
         };
         match fetched {
             Ok((entries, epoch)) => {
-                self.mark_reachable();
                 self.merge_listing(dir, &remote.path, entries, Some(epoch))
                     .await
             }
             Err(e) => {
                 let err = FsError::from(e);
-                self.note_remote_error(&err);
                 // An expired listing (or one a parent's change invalidated) whose entries
                 // are still known: offline, the last listing is better than an error.
                 if inode.listed_at.is_some() || self.store.has_children(dir).unwrap_or(false) {

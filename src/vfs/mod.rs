@@ -96,12 +96,8 @@ pub trait KernelNotifier: Send + Sync {
     fn inval_entry(&self, parent: Ino, name: &str);
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub enum ConnectionState {
-    Online,
-    Offline,
-    AuthError,
-}
+pub use crate::provider::instrumented::ConnectionState;
+use crate::provider::instrumented::Health;
 
 struct Handle {
     ino: Ino,
@@ -141,7 +137,8 @@ pub struct Vfs {
     stale_pages: Mutex<HashSet<Ino>>,
     listing_locks: Mutex<HashMap<Ino, Arc<tokio::sync::Mutex<()>>>>,
     notifier: Mutex<Option<Arc<dyn KernelNotifier>>>,
-    state: Mutex<(ConnectionState, Option<String>)>,
+    /// The connection's health, kept by the instrumented provider wrapper.
+    health: Arc<Health>,
     quota_cache: Mutex<Option<(SystemTime, Quota)>>,
     conflicts: Mutex<Vec<ConflictRecord>>,
     pub pin_progress: Mutex<PinProgress>,
@@ -166,6 +163,7 @@ impl Vfs {
         queue: Arc<WriteBackQueue>,
         staging: PathBuf,
         config: VfsConfig,
+        health: Arc<Health>,
     ) -> FsResult<Arc<Self>> {
         std::fs::create_dir_all(&staging)?;
         let conflicts = store
@@ -191,7 +189,7 @@ impl Vfs {
             stale_pages: Mutex::new(HashSet::new()),
             listing_locks: Mutex::new(HashMap::new()),
             notifier: Mutex::new(None),
-            state: Mutex::new((ConnectionState::Online, None)),
+            health,
             quota_cache: Mutex::new(None),
             conflicts: Mutex::new(conflicts),
             pin_progress: Mutex::new(PinProgress::default()),
@@ -278,11 +276,7 @@ impl Vfs {
     }
 
     pub fn connection_state(&self) -> (ConnectionState, Option<String>) {
-        self.state.lock().unwrap().clone()
-    }
-
-    fn set_state(&self, s: ConnectionState, msg: Option<String>) {
-        *self.state.lock().unwrap() = (s, msg);
+        self.health.get()
     }
 
     pub fn conflicts(&self) -> Vec<ConflictRecord> {
