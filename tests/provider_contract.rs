@@ -132,6 +132,7 @@ contract! {
         read_middle,
         read_end,
         read_past_eof,
+        read_rest_unbounded,
         read_zero_len,
         read_at_revision,
         read_missing_or_dir,

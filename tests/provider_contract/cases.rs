@@ -252,6 +252,18 @@ pub async fn read_past_eof(fx: &Fixture, _: &Expect) {
     assert_eq!(read_ok(fx, n + 1000, 10).await, b"");
 }
 
+/// "The rest of the file", as the version store and whole-file readers ask for it: a
+/// length of `u64::MAX` from any offset.
+pub async fn read_rest_unbounded(fx: &Fixture, _: &Expect) {
+    let data = read_fixture(fx).await;
+    assert_eq!(read_ok(fx, 0, u64::MAX).await, data);
+    assert_eq!(read_ok(fx, 123, u64::MAX).await, &data[123..]);
+    assert_eq!(
+        read_ok(fx, READ_LEN as u64 - 1, u64::MAX).await,
+        &data[READ_LEN - 1..]
+    );
+}
+
 pub async fn read_zero_len(fx: &Fixture, _: &Expect) {
     read_fixture(fx).await;
     assert_eq!(read_ok(fx, 0, 0).await, b"");

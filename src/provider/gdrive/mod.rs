@@ -83,6 +83,7 @@ use super::{
     RemoteEntry, UploadOptions,
 };
 use crate::accounts::BearerTokens;
+use crate::provider::kit::ranged::{self, Ranged};
 use crate::provider::kit::retry::RetryPolicy;
 use api::Api;
 
@@ -821,8 +822,8 @@ impl GdriveProvider {
         len: Option<u64>,
     ) -> ProviderResult<ByteStream> {
         let range = match len {
-            Some(l) => Some(format!("bytes={offset}-{}", offset + l - 1)),
-            None if offset > 0 => Some(format!("bytes={offset}-")),
+            Some(l) => Some(ranged::range_header(offset, l)),
+            None if offset > 0 => Some(ranged::range_header(offset, u64::MAX)),
             None => None,
         };
         let resp = self
@@ -837,13 +838,18 @@ impl GdriveProvider {
                 }
             })
             .await?;
-        match resp.status().as_u16() {
-            // Past the end of the file: nothing to read.
-            416 => Ok(Box::pin(futures::stream::empty())),
-            206 => Ok(body_stream(resp, what, 0, len)),
-            // The server ignored the Range: cut the window out ourselves.
-            _ => Ok(body_stream(resp, what, offset, len)),
-        }
+        let skip = match ranged::interpret(resp.status(), resp.headers(), offset, what) {
+            Some(Ok(Ranged::PastEnd)) => return Ok(Box::pin(futures::stream::empty())),
+            Some(Ok(Ranged::Body { skip, .. })) => skip,
+            Some(Err(e)) => return Err(e),
+            // `send` returned a success that is neither: take the body as the file's.
+            None => offset,
+        };
+        let what = what.to_owned();
+        let body = resp
+            .bytes_stream()
+            .map(move |r| r.map_err(|e| api::network_error(&e, &what)));
+        Ok(ranged::window(body, skip, len.unwrap_or(u64::MAX)))
     }
 
     async fn export(&self, f: &DriveFile) -> ProviderResult<Bytes> {
@@ -914,34 +920,6 @@ impl GdriveProvider {
     async fn is_empty_dir(&self, id: &str, path: &str) -> ProviderResult<bool> {
         Ok(self.fetch_listing(id, path).await?.children.is_empty())
     }
-}
-
-/// Turn a response body into a byte stream, skipping `skip` bytes and stopping after `len`.
-fn body_stream(resp: reqwest::Response, what: &str, skip: u64, len: Option<u64>) -> ByteStream {
-    let what = what.to_owned();
-    let mut skip = skip;
-    let mut left = len.unwrap_or(u64::MAX);
-    let s = resp
-        .bytes_stream()
-        .map(move |r| r.map_err(|e| api::network_error(&e, &what)))
-        .filter_map(move |r| {
-            let out = match r {
-                Err(e) => Some(Err(e)),
-                Ok(mut b) => {
-                    if skip > 0 {
-                        let n = skip.min(b.len() as u64);
-                        skip -= n;
-                        b = b.slice(n as usize..);
-                    }
-                    let n = left.min(b.len() as u64);
-                    left -= n;
-                    b.truncate(n as usize);
-                    (!b.is_empty()).then_some(Ok(b))
-                }
-            };
-            futures::future::ready(out)
-        });
-    Box::pin(s)
 }
 
 #[derive(Deserialize)]

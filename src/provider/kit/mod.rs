@@ -2,6 +2,10 @@
 //!
 //! A provider should be its configuration, its wire types and its `impl Provider`; how a
 //! request is retried, paced, paged or authorized lives here (see
-//! `/work/shared/design/README.md`, "A provider seam"). Only the retry brick exists so far.
+//! `/work/shared/design/README.md`, "A provider seam").
+//!
+//! - `retry`: which outcomes are certain, backoff with `Retry-After`, per-request retries;
+//! - `ranged`: the `Range` header, reading 206/200/416 replies, cutting the byte window.
 
+pub mod ranged;
 pub mod retry;

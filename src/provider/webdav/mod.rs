@@ -18,12 +18,13 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use futures::{Stream, StreamExt, TryStreamExt};
+use futures::{StreamExt, TryStreamExt};
 use reqwest::header::{CONTENT_LENGTH, CONTENT_TYPE};
 use reqwest::{Method, RequestBuilder, Response, StatusCode};
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use tracing::{debug, warn};
 
+use super::kit::ranged::{self, range_header, window, Ranged};
 use super::kit::retry::{
     self, parse_http_date, retry_after, Attempt, Effect, Failure, Idempotency, RetryPolicy,
 };
@@ -1078,61 +1079,6 @@ async fn open_at(source: &Path, offset: u64) -> ProviderResult<tokio::fs::File> 
     Ok(f)
 }
 
-/// Passes through bytes `[skip, skip + take)` of a body stream: used when a server ignores
-/// `Range` and sends the whole file, and as a guard against servers sending more than asked.
-fn window<S>(inner: S, skip: u64, take: u64) -> ByteStream
-where
-    S: Stream<Item = ProviderResult<Bytes>> + Send + 'static,
-{
-    let stream = futures::stream::unfold(
-        (Box::pin(inner), skip, take),
-        |(mut inner, mut skip, mut take)| async move {
-            while take > 0 {
-                let mut chunk = match inner.next().await? {
-                    Ok(c) => c,
-                    Err(e) => return Some((Err(e), (inner, skip, 0))),
-                };
-                if skip > 0 {
-                    let drop = skip.min(chunk.len() as u64);
-                    skip -= drop;
-                    let _ = chunk.split_to(drop as usize);
-                }
-                if chunk.is_empty() {
-                    continue;
-                }
-                if chunk.len() as u64 > take {
-                    chunk.truncate(take as usize);
-                }
-                take -= chunk.len() as u64;
-                return Some((Ok(chunk), (inner, skip, take)));
-            }
-            None
-        },
-    );
-    Box::pin(stream)
-}
-
-/// The `Range` value for `len` bytes from `offset`. "Up to the end" (callers pass
-/// `u64::MAX`) is sent open-ended: servers parse range bounds as signed 64-bit numbers, and
-/// Go's net/http (rclone) answers 416 to a bound beyond `i64::MAX`, which read as an empty
-/// file.
-fn range_header(offset: u64, len: u64) -> String {
-    let last = offset.saturating_add(len - 1);
-    if last > i64::MAX as u64 {
-        format!("bytes={offset}-")
-    } else {
-        format!("bytes={offset}-{last}")
-    }
-}
-
-/// "bytes a-b/total" → (a, total).
-fn parse_content_range(v: &str) -> Option<(u64, Option<u64>)> {
-    let rest = v.trim().strip_prefix("bytes")?.trim_start();
-    let (range, total) = rest.split_once('/')?;
-    let (start, _) = range.split_once('-')?;
-    Some((start.trim().parse().ok()?, total.trim().parse().ok()))
-}
-
 #[async_trait]
 impl Provider for WebdavProvider {
     fn kind(&self) -> &'static str {
@@ -1203,27 +1149,10 @@ impl Provider for WebdavProvider {
         let resp = self.send(rb, &what).await?;
         let status = resp.status();
         let headers = resp.headers().clone();
-        let (skip, total) = match status {
-            StatusCode::PARTIAL_CONTENT => {
-                let cr = headers
-                    .get(reqwest::header::CONTENT_RANGE)
-                    .and_then(|v| v.to_str().ok())
-                    .and_then(parse_content_range);
-                match cr {
-                    Some((start, total)) if start <= offset => (offset - start, total),
-                    Some((start, _)) => {
-                        return Err(ProviderError::Protocol(format!(
-                            "{what}: asked for bytes from {offset}, server sent from {start}"
-                        )))
-                    }
-                    // No Content-Range on a single-range 206 is a protocol violation, but
-                    // the body can only be the range we asked for.
-                    None => (0, None),
-                }
-            }
-            // The server ignored Range: the body is the whole file.
-            StatusCode::OK => (offset, resp.content_length()),
-            StatusCode::RANGE_NOT_SATISFIABLE => {
+        let (skip, total) = match ranged::interpret(status, &headers, offset, &what) {
+            Some(Ok(Ranged::Body { skip, total })) => (skip, total),
+            Some(Err(e)) => return Err(e),
+            Some(Ok(Ranged::PastEnd)) => {
                 if let Some(rev) = revision {
                     let cur = self.stat(path).await?;
                     if cur.revision != rev {
@@ -1232,7 +1161,7 @@ impl Provider for WebdavProvider {
                 }
                 return Ok(Box::pin(futures::stream::empty()));
             }
-            _ => {
+            None => {
                 let err = self.fail(resp, &what).await;
                 if matches!(status.as_u16(), 403..=405) {
                     if let Ok((e, _)) = self.stat_props(path).await {
@@ -1561,39 +1490,6 @@ mod tests {
             status_error(StatusCode::NOT_IMPLEMENTED, None, "", "x"),
             ProviderError::Unsupported(_)
         ));
-    }
-
-    #[test]
-    fn range_headers() {
-        assert_eq!(range_header(0, 10), "bytes=0-9");
-        assert_eq!(range_header(5, 1), "bytes=5-5");
-        assert_eq!(range_header(0, u64::MAX), "bytes=0-");
-        assert_eq!(range_header(7, u64::MAX), "bytes=7-");
-        assert_eq!(
-            range_header(1, i64::MAX as u64),
-            "bytes=1-9223372036854775807"
-        );
-        assert_eq!(range_header(2, i64::MAX as u64), "bytes=2-");
-    }
-
-    #[test]
-    fn content_range() {
-        assert_eq!(parse_content_range("bytes 1-1/2"), Some((1, Some(2))));
-        assert_eq!(parse_content_range("bytes 5-9/*"), Some((5, None)));
-        assert_eq!(parse_content_range("items 1-2/3"), None);
-    }
-
-    #[tokio::test]
-    async fn window_skips_and_truncates() {
-        let chunks: Vec<ProviderResult<Bytes>> = vec![
-            Ok(Bytes::from_static(b"0123")),
-            Ok(Bytes::from_static(b"4567")),
-            Ok(Bytes::from_static(b"89")),
-        ];
-        let s = window(futures::stream::iter(chunks.clone()), 3, 4);
-        assert_eq!(super::super::collect_stream(s).await.unwrap(), b"3456");
-        let s = window(futures::stream::iter(chunks), 9, 100);
-        assert_eq!(super::super::collect_stream(s).await.unwrap(), b"9");
     }
 
     #[test]
