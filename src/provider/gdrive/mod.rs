@@ -83,6 +83,7 @@ use super::{
     RemoteEntry, UploadOptions,
 };
 use crate::accounts::BearerTokens;
+use crate::provider::kit::paging::{self, Page};
 use crate::provider::kit::ranged::{self, Ranged};
 use crate::provider::kit::retry::RetryPolicy;
 use api::Api;
@@ -549,33 +550,33 @@ impl GdriveProvider {
     /// The account's shared drives (`drives.list`), as folder entries.
     async fn fetch_drives(&self) -> ProviderResult<Vec<DriveFile>> {
         let url = self.url("drives");
-        let mut token: Option<String> = None;
-        let mut out = Vec::new();
-        loop {
-            let page: DriveList = self
-                .api
-                .json("drives.list", |c| {
-                    let r = c.get(&url).query(&[
-                        ("pageSize", "100"),
-                        ("fields", "nextPageToken,drives(id,name)"),
-                    ]);
-                    match &token {
-                        Some(t) => r.query(&[("pageToken", t)]),
-                        None => r,
-                    }
+        paging::collect_all("drives.list", |token| {
+            let url = &url;
+            async move {
+                let page: DriveList = self
+                    .api
+                    .json("drives.list", |c| {
+                        let r = c.get(url).query(&[
+                            ("pageSize", "100"),
+                            ("fields", "nextPageToken,drives(id,name)"),
+                        ]);
+                        match &token {
+                            Some(t) => r.query(&[("pageToken", t)]),
+                            None => r,
+                        }
+                    })
+                    .await?;
+                Ok(Page {
+                    items: page
+                        .drives
+                        .into_iter()
+                        .map(|d| DriveFile::virtual_folder(&d.id, &d.name, Some(&d.id)))
+                        .collect(),
+                    next: page.next_page_token,
                 })
-                .await?;
-            out.extend(
-                page.drives
-                    .into_iter()
-                    .map(|d| DriveFile::virtual_folder(&d.id, &d.name, Some(&d.id))),
-            );
-            match page.next_page_token {
-                Some(t) if !t.is_empty() => token = Some(t),
-                _ => break,
             }
-        }
-        Ok(out)
+        })
+        .await
     }
 
     /// Give local names to `all` and cache them as the listing of `dir_id`.
@@ -621,36 +622,37 @@ impl GdriveProvider {
         let q = format!("'{}' in parents and trashed = false", q_escape(dir_id));
         let fields = format!("nextPageToken,files({FILE_FIELDS})");
         let page_size = self.cfg.page_size.to_string();
-        let mut token: Option<String> = None;
-        let mut all = Vec::new();
-        loop {
-            let page: FileList = self
-                .api
-                .json("files.list", |c| {
-                    let mut r = c.get(&url).query(&[
-                        ("q", q.as_str()),
-                        ("fields", fields.as_str()),
-                        ("pageSize", page_size.as_str()),
-                        ("spaces", "drive"),
-                        ("supportsAllDrives", "true"),
-                        ("includeItemsFromAllDrives", "true"),
-                    ]);
-                    if let Some(d) = &drive {
-                        r = r.query(&[("corpora", "drive"), ("driveId", d.as_str())]);
-                    }
-                    if let Some(t) = &token {
-                        r = r.query(&[("pageToken", t)]);
-                    }
-                    r
+        // An empty page with a token is legal: only a missing token ends the listing.
+        let mut all = paging::collect_all("files.list", |token| {
+            let (url, q, fields, page_size, drive) = (&url, &q, &fields, &page_size, &drive);
+            async move {
+                let page: FileList = self
+                    .api
+                    .json("files.list", |c| {
+                        let mut r = c.get(url).query(&[
+                            ("q", q.as_str()),
+                            ("fields", fields.as_str()),
+                            ("pageSize", page_size.as_str()),
+                            ("spaces", "drive"),
+                            ("supportsAllDrives", "true"),
+                            ("includeItemsFromAllDrives", "true"),
+                        ]);
+                        if let Some(d) = drive {
+                            r = r.query(&[("corpora", "drive"), ("driveId", d.as_str())]);
+                        }
+                        if let Some(t) = &token {
+                            r = r.query(&[("pageToken", t)]);
+                        }
+                        r
+                    })
+                    .await?;
+                Ok(Page {
+                    items: page.files.into_iter().filter(|f| self.visible(f)).collect(),
+                    next: page.next_page_token,
                 })
-                .await?;
-            all.extend(page.files.into_iter().filter(|f| self.visible(f)));
-            // An empty page with a token is legal: only a missing token ends the listing.
-            match page.next_page_token {
-                Some(t) if !t.is_empty() => token = Some(t),
-                _ => break,
             }
-        }
+        })
+        .await?;
         let mut drives = None;
         if self.shows_shared_drives(dir_id) {
             let d = match self.fetch_drives().await {
@@ -1504,44 +1506,47 @@ impl Provider for GdriveProvider {
             )));
         }
         let url = self.url(&format!("files/{}/revisions", f.id));
-        let mut token: Option<String> = None;
-        let mut out = Vec::new();
-        loop {
-            let page: RevisionList = self
-                .api
-                .json("revisions.list", |c| {
-                    let r = c.get(&url).query(&[
-                        ("pageSize", "1000"),
-                        (
-                            "fields",
-                            "nextPageToken,revisions(id,modifiedTime,size,md5Checksum)",
-                        ),
-                    ]);
-                    match &token {
-                        Some(t) => r.query(&[("pageToken", t)]),
-                        None => r,
-                    }
+        paging::collect_all("revisions.list", |token| {
+            let url = &url;
+            async move {
+                let page: RevisionList = self
+                    .api
+                    .json("revisions.list", |c| {
+                        let r = c.get(url).query(&[
+                            ("pageSize", "1000"),
+                            (
+                                "fields",
+                                "nextPageToken,revisions(id,modifiedTime,size,md5Checksum)",
+                            ),
+                        ]);
+                        match &token {
+                            Some(t) => r.query(&[("pageToken", t)]),
+                            None => r,
+                        }
+                    })
+                    .await?;
+                let items = page
+                    .revisions
+                    .into_iter()
+                    .map(|r| NativeVersion {
+                        mtime: r
+                            .modified_time
+                            .as_deref()
+                            .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+                            .map(SystemTime::from)
+                            .unwrap_or(SystemTime::UNIX_EPOCH),
+                        size: r.size.and_then(|s| s.parse().ok()).unwrap_or(0),
+                        hash: r.md5_checksum.map(|h| format!("md5:{h}")),
+                        id: r.id,
+                    })
+                    .collect();
+                Ok(Page {
+                    items,
+                    next: page.next_page_token,
                 })
-                .await?;
-            out.extend(page.revisions.into_iter().map(|r| {
-                NativeVersion {
-                    mtime: r
-                        .modified_time
-                        .as_deref()
-                        .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
-                        .map(SystemTime::from)
-                        .unwrap_or(SystemTime::UNIX_EPOCH),
-                    size: r.size.and_then(|s| s.parse().ok()).unwrap_or(0),
-                    hash: r.md5_checksum.map(|h| format!("md5:{h}")),
-                    id: r.id,
-                }
-            }));
-            match page.next_page_token {
-                Some(t) if !t.is_empty() => token = Some(t),
-                _ => break,
             }
-        }
-        Ok(out)
+        })
+        .await
     }
 
     async fn read_version(&self, path: &str, version_id: &str) -> ProviderResult<ByteStream> {
