@@ -159,6 +159,40 @@ fn remove_remote(provider: &cloudmount::provider::memory::MemoryProvider, path: 
     rt.block_on(provider.delete(path)).unwrap();
 }
 
+/// A listing is not proof that a name is gone: `rclone serve webdav` ends a PROPFIND
+/// early (well-formed) when a file goes away while it lists, and every later name is
+/// missing from the answer. The mount keeps such names (each is looked up); a name that
+/// is really gone disappears.
+#[test]
+fn a_cut_short_listing_does_not_hide_files_that_are_there() {
+    let provider = memory_provider();
+    for name in ["a.txt", "b.txt", "c.txt"] {
+        provider.put_remote(&format!("/{name}"), name.as_bytes());
+    }
+    let m = InProcessMount::new(provider.clone(), test_config(|c| c.dir_ttl_secs = 0.2));
+    let names = |m: &InProcessMount| -> Vec<String> {
+        let mut v: Vec<String> = fs::read_dir(m.path(""))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        v.sort();
+        v
+    };
+    assert_eq!(names(&m), ["a.txt", "b.txt", "c.txt"]);
+    provider.cut_next_listing_after("a.txt");
+    std::thread::sleep(Duration::from_millis(400));
+    assert_eq!(
+        names(&m),
+        ["a.txt", "b.txt", "c.txt"],
+        "after a cut listing"
+    );
+    assert_eq!(fs::read(m.path("c.txt")).unwrap(), b"c.txt");
+
+    remove_remote(&provider, "/b.txt");
+    std::thread::sleep(Duration::from_millis(400));
+    assert_eq!(names(&m), ["a.txt", "c.txt"], "after a real remote delete");
+}
+
 // -------------------------------------------------------------------------------------
 // 12. A fetch that lands after a truncate
 

@@ -39,6 +39,8 @@ pub struct MemoryProvider {
     chaos: Mutex<Option<Chaos>>,
     /// Operations a test stops at a chosen point (see `hold`).
     holds: Mutex<Vec<Arc<HoldState>>>,
+    /// The next listing ends after this name (see `cut_next_listing_after`).
+    cut_listing_after: Mutex<Option<String>>,
 }
 
 /// Where a held operation stops.
@@ -213,6 +215,12 @@ impl MemoryProvider {
             )));
         }
         self.reply(op, result)
+    }
+
+    /// The next listing stops after the entry `name`, complete-looking: what
+    /// `rclone serve webdav` answers when a file goes away while it lists a folder.
+    pub fn cut_next_listing_after(&self, name: &str) {
+        *self.cut_listing_after.lock().unwrap() = Some(name.to_owned());
     }
 
     pub fn inject_error(&self, err: ProviderError) {
@@ -542,10 +550,16 @@ impl Provider for MemoryProvider {
                 Some(_) => return Err(ProviderError::NotADirectory(dir.to_string())),
                 None => return Err(ProviderError::NotFound(dir.to_string())),
             }
-            Ok(Self::children(&nodes, dir)
+            let mut entries: Vec<RemoteEntry> = Self::children(&nodes, dir)
                 .into_iter()
                 .map(|(k, n)| Self::entry(k, n))
-                .collect::<Vec<_>>())
+                .collect();
+            if let Some(after) = self.cut_listing_after.lock().unwrap().take() {
+                if let Some(i) = entries.iter().position(|e| e.name == after) {
+                    entries.truncate(i + 1);
+                }
+            }
+            Ok(entries)
         };
         let page = self.page_size.load(Ordering::Relaxed).max(1) as usize;
         futures::stream::once(fut)

@@ -1,12 +1,12 @@
 //! Directory listings: fetched from the provider once, kept in the metadata store,
 //! refreshed after a TTL and merged with local changes that have not reached the remote.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use futures::StreamExt;
 
 use super::*;
-use crate::provider::RemoteEntry;
+use crate::provider::{ProviderError, RemoteEntry};
 
 impl Vfs {
     /// Make sure the children of `dir` are known. A warm directory costs no request.
@@ -51,7 +51,8 @@ impl Vfs {
         };
         match fetched {
             Ok((entries, epoch)) => {
-                self.merge_listing(dir, &remote.path, entries, Some(epoch))
+                let gone = self.confirm_vanished(dir, &remote.path, &entries).await?;
+                self.merge_listing(dir, &remote.path, entries, Some(epoch), &gone)
                     .await
             }
             Err(e) => {
@@ -130,6 +131,46 @@ impl Vfs {
         entries
     }
 
+    /// The names known below `dir` (with a remote copy) that `entries` lacks and that are
+    /// really gone: each is looked up on its own. A listing is not proof of absence —
+    /// `rclone serve webdav` ends a PROPFIND early, still well-formed, when a file goes
+    /// away while it lists, and every name after it is missing from that answer.
+    async fn confirm_vanished(
+        &self,
+        dir: Ino,
+        remote_dir: &str,
+        entries: &[RemoteEntry],
+    ) -> FsResult<HashSet<String>> {
+        let listed: HashSet<&str> = entries.iter().map(|e| e.name.as_str()).collect();
+        let mut missing = Vec::new();
+        for (name, ino) in self.store.children(dir)? {
+            if listed.contains(name.as_str()) {
+                continue;
+            }
+            if self.store.get(ino)?.is_some_and(|c| c.remote.is_some()) {
+                missing.push(name);
+            }
+        }
+        let gone = futures::stream::iter(missing)
+            .map(|name| async move {
+                let path = join_path(remote_dir, &name);
+                match self.provider.stat(&path).await {
+                    Err(ProviderError::NotFound(_)) => Some(name),
+                    Ok(_) => {
+                        tracing::debug!(%path, "absent from its folder's listing but there");
+                        None
+                    }
+                    // Uncertain: keep it until a listing and a look agree.
+                    Err(_) => None,
+                }
+            })
+            .buffer_unordered(8)
+            .filter_map(futures::future::ready)
+            .collect()
+            .await;
+        Ok(gone)
+    }
+
     /// Forget the listing of a directory so the next access fetches it again.
     pub fn invalidate_listing(&self, dir: Ino) -> FsResult<()> {
         self.update(dir, |d| d.listed_at = None)?;
@@ -145,6 +186,7 @@ impl Vfs {
         remote_dir: &str,
         entries: Vec<RemoteEntry>,
         epoch: Option<u64>,
+        gone: &HashSet<String>,
     ) -> FsResult<()> {
         let _ns = self.ns_lock.lock().await;
         if let Some(epoch) = epoch {
@@ -201,7 +243,7 @@ impl Vfs {
                 }
                 Some(_) => {} // local changes pending: the local view wins until uploaded
                 None => {
-                    if settled && child.remote.is_some() {
+                    if settled && child.remote.is_some() && gone.contains(&name) {
                         // Deleted on the remote by someone else.
                         batch.unlink(dir, &name);
                         self.orphan(&mut batch, &mut child);
