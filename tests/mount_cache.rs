@@ -193,6 +193,26 @@ fn a_cut_short_listing_does_not_hide_files_that_are_there() {
     assert_eq!(names(&m), ["a.txt", "c.txt"], "after a real remote delete");
 }
 
+/// A download cut off midway is resumed where it broke: the reader gets the whole
+/// content, not EIO.
+#[test]
+fn a_download_cut_off_midway_is_resumed() {
+    let provider = memory_provider();
+    let data = pattern(200_000, 9);
+    provider.put_remote("/big.bin", &data);
+    let m = InProcessMount::new(provider.clone(), test_config(|_| {}));
+    // Three cuts in a row: more than the kernel's own second try of a failed page.
+    provider.cut_next_reads_after(0, 3);
+    let got = fs::read(m.path("big.bin")).unwrap();
+    if let Some(diff) = byte_diff(&got, &data) {
+        panic!("read through a cut download: {diff}");
+    }
+    assert!(
+        provider.calls("read_range") >= 2,
+        "the cut part was asked for again"
+    );
+}
+
 // -------------------------------------------------------------------------------------
 // 12. A fetch that lands after a truncate
 

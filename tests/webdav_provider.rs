@@ -3,6 +3,8 @@
 //! here don't show (ignored Range headers, error statuses, Nextcloud properties, injected
 //! 503s and lost replies, a connection cut in the middle of an upload).
 
+#[path = "support/fault_proxy.rs"]
+mod fault_proxy;
 #[path = "support/nextcloud_emulator.rs"]
 mod nextcloud_emulator;
 #[path = "support/webdav_servers.rs"]
@@ -1165,6 +1167,39 @@ fn nextcloud_mode_needs_a_nextcloud_url() {
 
 // ---------------------------------------------------------------------------------------
 // Retries and uploads that cannot be partial.
+
+/// A PROPFIND reply cut in its body (after the headers went through) is asked again,
+/// not reported as a failed listing: a quarter of the requests are cut, every listing and
+/// stat succeeds and is whole.
+#[test]
+fn listings_succeed_through_replies_cut_mid_body() {
+    use fault_proxy::{FaultConfig, FaultKind, FaultProxy};
+    let dir = tempfile::tempdir().unwrap();
+    for i in 0..40 {
+        std::fs::write(dir.path().join(format!("f{i:02}.txt")), vec![b'x'; 100]).unwrap();
+    }
+    let srv = start_rclone_webdav(dir.path());
+    let mut fc = FaultConfig::new(0x5eed_0001, 0.25);
+    fc.weights = vec![(FaultKind::CutMidResponse, 1)];
+    let proxy = FaultProxy::start(&srv.url, fc);
+    let p = WebdavProvider::new(quick_retries(WebdavConfig::new(proxy.url.clone()))).unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    for round in 0..10 {
+        let names = rt.block_on(list(&p, "/"));
+        assert_eq!(names.len(), 40, "round {round}: {} entries", names.len());
+        let e = rt.block_on(p.stat("/f07.txt")).unwrap();
+        assert_eq!(e.size, 100);
+    }
+    let cut = proxy
+        .counts()
+        .get(&FaultKind::CutMidResponse)
+        .copied()
+        .unwrap_or(0);
+    assert!(cut >= 3, "only {cut} replies were cut: {}", proxy.summary());
+}
 
 #[tokio::test]
 async fn reads_succeed_through_transient_503s() {

@@ -12,6 +12,7 @@ use std::fs::{File, OpenOptions};
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use futures::future::{BoxFuture, FutureExt, Shared};
 use futures::StreamExt;
@@ -81,6 +82,9 @@ impl From<std::io::Error> for CacheError {
 pub type CacheResult<T> = Result<T, CacheError>;
 
 type FetchFuture = Shared<BoxFuture<'static, CacheResult<()>>>;
+
+/// How often one chunk fetch resumes after its body was cut off.
+const FETCH_RESUMES: u32 = 4;
 
 struct State {
     records: HashMap<Ino, CacheRecord>,
@@ -623,16 +627,31 @@ impl ChunkCache {
                 rec.revision = Some(source.revision.clone());
             }
         }
-        let mut stream = self
-            .provider
-            .read_range(&source.path, Some(&source.revision), fs, fe - fs)
-            .await?;
         let file = self.open_file(ino)?;
         let mut pos = fs;
-        while let Some(piece) = stream.next().await {
-            let piece = piece?;
-            self.commit_fetched(&file, ino, &source.revision, pos, &piece)?;
-            pos += piece.len() as u64;
+        // A body cut off midway (the provider retries a request only until its reply
+        // starts) is asked for again from where it broke, a few times.
+        let mut cuts = 0u32;
+        'fetch: loop {
+            let mut stream = self
+                .provider
+                .read_range(&source.path, Some(&source.revision), pos, fe - pos)
+                .await?;
+            while let Some(piece) = stream.next().await {
+                let piece = match piece {
+                    Ok(p) => p,
+                    Err(e) if e.is_retryable() && cuts < FETCH_RESUMES => {
+                        cuts += 1;
+                        tracing::debug!(ino, chunk, pos, error = %e, "fetch cut off; resuming");
+                        tokio::time::sleep(Duration::from_millis(50 << cuts)).await;
+                        continue 'fetch;
+                    }
+                    Err(e) => return Err(e.into()),
+                };
+                self.commit_fetched(&file, ino, &source.revision, pos, &piece)?;
+                pos += piece.len() as u64;
+            }
+            break;
         }
         if pos < fe {
             return Err(CacheError::Provider(ProviderError::Protocol(format!(

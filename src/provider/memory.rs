@@ -41,6 +41,9 @@ pub struct MemoryProvider {
     holds: Mutex<Vec<Arc<HoldState>>>,
     /// The next listing ends after this name (see `cut_next_listing_after`).
     cut_listing_after: Mutex<Option<String>>,
+    /// Reads whose body breaks: (bytes let through, how many reads) (see
+    /// `cut_next_reads_after`).
+    cut_reads: Mutex<Option<(usize, u32)>>,
 }
 
 /// Where a held operation stops.
@@ -221,6 +224,12 @@ impl MemoryProvider {
     /// `rclone serve webdav` answers when a file goes away while it lists a folder.
     pub fn cut_next_listing_after(&self, name: &str) {
         *self.cut_listing_after.lock().unwrap() = Some(name.to_owned());
+    }
+
+    /// The bodies of the next `reads` reads break off after `n` bytes with a network
+    /// error, as when a connection drops while a download streams.
+    pub fn cut_next_reads_after(&self, n: usize, reads: u32) {
+        *self.cut_reads.lock().unwrap() = (reads > 0).then_some((n, reads));
     }
 
     pub fn inject_error(&self, err: ProviderError) {
@@ -606,6 +615,22 @@ impl Provider for MemoryProvider {
         let start = (offset as usize).min(node.data.len());
         let end = (offset.saturating_add(len) as usize).min(node.data.len());
         let data = Bytes::copy_from_slice(&node.data[start..end]);
+        let cut = {
+            let mut c = self.cut_reads.lock().unwrap();
+            let cut = c.map(|(n, _)| n);
+            *c = c.and_then(|(n, left)| (left > 1).then_some((n, left - 1)));
+            cut
+        };
+        if let Some(n) = cut {
+            let n = n.min(data.len());
+            return Ok(futures::stream::iter(vec![
+                Ok(data.slice(..n)),
+                Err(ProviderError::Transient(
+                    "connection reset while the body streamed".into(),
+                )),
+            ])
+            .boxed());
+        }
         Ok(futures::stream::iter(vec![Ok(data)]).boxed())
     }
 

@@ -499,11 +499,15 @@ async fn handle(sh: Arc<Shared>, req: Request<Incoming>) -> Result<Response<Prox
     let body = match cut_at {
         None => full(bytes),
         Some(n) => {
-            let chunks: Vec<Result<Frame<Bytes>, std::io::Error>> = vec![
-                Ok(Frame::data(bytes.slice(..n))),
-                Err(std::io::Error::other("cut by the fault proxy")),
-            ];
-            BodyExt::boxed(StreamBody::new(futures::stream::iter(chunks)))
+            // The headers and the first part go out (a pause lets them reach the client)
+            // before the connection breaks: the client sees a reply cut in its body.
+            let head =
+                futures::stream::iter(vec![Ok::<_, std::io::Error>(Frame::data(bytes.slice(..n)))]);
+            let cut = futures::stream::once(async {
+                tokio::time::sleep(Duration::from_millis(30)).await;
+                Err(std::io::Error::other("cut by the fault proxy"))
+            });
+            BodyExt::boxed(StreamBody::new(head.chain(cut)))
         }
     };
     let mut resp = Response::new(body);

@@ -413,23 +413,37 @@ impl WebdavProvider {
         body: &'static str,
     ) -> ProviderResult<Result<Vec<DavResponse>, (StatusCode, ProviderError)>> {
         let what = format!("PROPFIND {path}");
-        let rb = self
-            .request(
-                Method::from_bytes(b"PROPFIND").expect("valid method"),
-                &self.url(path),
-            )
-            .header("Depth", depth)
-            .header(CONTENT_TYPE, "application/xml; charset=utf-8")
-            .body(body);
-        let resp = self.send(rb, &what).await?;
-        let status = resp.status();
-        if status != StatusCode::MULTI_STATUS && status != StatusCode::OK {
-            return Ok(Err((status, self.fail(resp, &what).await)));
-        }
-        let bytes = resp
-            .bytes()
-            .await
-            .map_err(|e| ProviderError::Transient(format!("{what}: {}", error_chain(&e))))?;
+        let mut cut_replies = 0;
+        let bytes = loop {
+            let rb = self
+                .request(
+                    Method::from_bytes(b"PROPFIND").expect("valid method"),
+                    &self.url(path),
+                )
+                .header("Depth", depth)
+                .header(CONTENT_TYPE, "application/xml; charset=utf-8")
+                .body(body);
+            let resp = self.send(rb, &what).await?;
+            let status = resp.status();
+            if status != StatusCode::MULTI_STATUS && status != StatusCode::OK {
+                return Ok(Err((status, self.fail(resp, &what).await)));
+            }
+            match resp.bytes().await {
+                Ok(b) => break b,
+                // The reply was cut in its body (`send` retries only up to the headers).
+                // A PROPFIND changes nothing: ask again, within the same retry policy.
+                Err(e) => {
+                    let err = ProviderError::Transient(format!("{what}: {}", error_chain(&e)));
+                    cut_replies += 1;
+                    if cut_replies >= self.retry.max_attempts {
+                        return Err(err);
+                    }
+                    let wait = self.retry.wait_after(cut_replies - 1, &err);
+                    warn!(%what, error = %err, ?wait, "reply cut mid-body; asking again");
+                    tokio::time::sleep(wait).await;
+                }
+            }
+        };
         let text = String::from_utf8_lossy(&bytes);
         xml::parse_multistatus(&text)
             .map(Ok)
