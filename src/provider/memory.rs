@@ -46,6 +46,13 @@ pub struct MemoryProvider {
     cut_reads: Mutex<Option<(usize, u32)>>,
 }
 
+/// What the caller of a change sees when the change happened but its reply was lost.
+fn lost_reply(op: &str) -> ProviderError {
+    ProviderError::Transient(format!(
+        "connection reset: the {op} happened, its reply was lost"
+    ))
+}
+
 /// Where a held operation stops.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum HoldPoint {
@@ -170,9 +177,7 @@ impl MemoryProvider {
         };
         let forced = op == "upload" && self.lose_upload_reply.swap(false, Ordering::SeqCst);
         if forced || self.roll(|c| c.lost_reply_rate) {
-            return Err(ProviderError::Transient(format!(
-                "connection reset: the {op} happened, its reply was lost"
-            )));
+            return Err(lost_reply(op));
         }
         Ok(value)
     }
@@ -213,9 +218,7 @@ impl MemoryProvider {
     /// A change's reply, after any hold at `Applied`.
     async fn answer<T>(&self, op: &'static str, result: ProviderResult<T>) -> ProviderResult<T> {
         if result.is_ok() && self.held(op, HoldPoint::Applied).await {
-            return Err(ProviderError::Transient(format!(
-                "connection reset: the {op} happened, its reply was lost"
-            )));
+            return Err(lost_reply(op));
         }
         self.reply(op, result)
     }
