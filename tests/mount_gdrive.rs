@@ -1,13 +1,12 @@
-//! Google Drive through the kernel: the core suite over the mounted Drive emulator, and the
-//! account lifecycle through the real CLI (login, connections, mount, logout).
+//! Google Drive through the kernel: Drive's own behaviour on the mounted emulator (the
+//! functional suite runs over it in tests/mount_suite.rs), and the account lifecycle
+//! through the real CLI (login, connections, mount, logout).
 
 mod common;
 #[path = "support/drive_emulator.rs"]
 mod drive_emulator;
 #[path = "support/drive_harness.rs"]
 mod drive_harness;
-#[allow(dead_code)]
-mod suite;
 
 use std::fs;
 use std::io::{BufRead, BufReader, Write};
@@ -26,29 +25,6 @@ fn emulator_runtime() -> tokio::runtime::Runtime {
         .enable_all()
         .build()
         .unwrap()
-}
-
-#[test]
-fn core_suite_over_the_drive_emulator() {
-    let rt = emulator_runtime();
-    let h = rt.block_on(drive_harness::harness(EmulatorConfig::default(), |_| {}));
-    let backend = suite::Backend::from_capabilities(&h.provider.capabilities());
-    let provider: Arc<dyn Provider> = Arc::new(h.provider);
-    // Short-lived access tokens: the suite runs across several refreshes.
-    h.emu.set_access_token_lifetime(Duration::from_secs(2));
-    let m = InProcessMount::new(provider, test_config(|_| {}));
-    suite::posix_suite(m.mnt(), backend);
-    assert!(m.drain(Duration::from_secs(60)), "uploads did not drain");
-    let root = h.emu.root_id();
-    let b = h.emu.find(&root, "b.txt");
-    assert_eq!(b.len(), 1, "exactly one b.txt on Drive");
-    assert_eq!(h.emu.file(&b[0]).unwrap().content, b"AAA");
-    assert!(
-        h.emu.find(&root, "a.txt").is_empty(),
-        "renamed-away name is gone from Drive"
-    );
-    let dir2 = h.emu.find(&root, "dir2");
-    assert_eq!(h.emu.find(&dir2[0], "inner.txt").len(), 1);
 }
 
 #[test]

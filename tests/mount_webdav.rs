@@ -11,7 +11,6 @@ mod suite;
 #[path = "support/webdav_servers.rs"]
 mod webdav_servers;
 
-use std::collections::BTreeMap;
 use std::fs;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::PermissionsExt;
@@ -21,17 +20,15 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use cloudmount::config::Config;
 use cloudmount::provider::webdav::{WebdavConfig, WebdavProvider};
-use cloudmount::provider::Provider;
 use cloudmount::vfs::{ConnectionState, Vfs};
 use common::*;
-use suite::{cpath, expect_errno, posix_suite, Backend};
+use suite::{assert_same_tree, cpath, expect_errno, tree_of, Backend, Tree};
 use webdav_servers::{
     start_apache_webdav, start_rclone_webdav, start_rclone_webdav_with_auth, WebdavServer,
 };
 
 const VERSIONS_DIR: &str = ".cloudmount-versions";
 /// Where the WebDAV provider puts uploads before moving them into place.
-const UPLOAD_TMP_DIR: &str = ".cloudmount-tmp";
 
 #[derive(Clone, Copy, Debug)]
 enum Server {
@@ -40,13 +37,10 @@ enum Server {
 }
 
 /// path ("/a/b.txt") -> content, `None` for directories.
-type Tree = BTreeMap<String, Option<Vec<u8>>>;
-
 /// A WebDAV server over a fresh directory and the filesystem mounted over it in-process.
 /// Fields drop in order: the mount goes away before the server, the directory last.
 struct Fixture {
     m: InProcessMount,
-    provider: Arc<WebdavProvider>,
     srv: WebdavServer,
     _root: tempfile::TempDir,
 }
@@ -74,7 +68,6 @@ impl Fixture {
         let m = InProcessMount::new(provider.clone(), cfg);
         Fixture {
             m,
-            provider,
             srv,
             _root: root,
         }
@@ -90,10 +83,6 @@ impl Fixture {
 
     fn vfs(&self) -> Arc<Vfs> {
         self.m.vfs()
-    }
-
-    fn backend(&self) -> Backend {
-        Backend::from_capabilities(&self.provider.capabilities())
     }
 
     /// Where `rel` lives in the server's directory.
@@ -144,60 +133,6 @@ impl Fixture {
 
 /// Every path below `root` with file contents, without cloudmount's hidden versions and
 /// temporary-upload folders.
-fn tree_of(root: &Path) -> Tree {
-    fn walk(root: &Path, dir: &Path, out: &mut Tree) {
-        for e in fs::read_dir(dir).unwrap_or_else(|e| panic!("read_dir {}: {e}", dir.display())) {
-            let e = e.unwrap();
-            let path = e.path();
-            let rel = format!("/{}", path.strip_prefix(root).unwrap().to_string_lossy());
-            if rel == format!("/{VERSIONS_DIR}") || rel == format!("/{UPLOAD_TMP_DIR}") {
-                continue;
-            }
-            let meta = fs::symlink_metadata(&path).unwrap();
-            if meta.is_dir() {
-                out.insert(rel, None);
-                walk(root, &path, out);
-            } else if meta.is_file() {
-                out.insert(rel, Some(fs::read(&path).unwrap()));
-            } else if meta.file_type().is_symlink() {
-                // WebDAV holds links as portable link files: compare in that form.
-                let target = fs::read_link(&path).unwrap();
-                let encoded =
-                    cloudmount::vfs::symlink_file::encode(target.to_str().unwrap()).unwrap();
-                out.insert(rel, Some(encoded));
-            } else {
-                panic!("unexpected file type at {}", path.display());
-            }
-        }
-    }
-    let mut out = Tree::new();
-    walk(root, root, &mut out);
-    out
-}
-
-/// Compares two trees, reporting only the paths that differ.
-#[track_caller]
-fn assert_same_tree(got: &Tree, want: &Tree, what: &str) {
-    let mut diffs = Vec::new();
-    for (p, v) in want {
-        match got.get(p) {
-            None => diffs.push(format!("missing {p}")),
-            Some(g) if g != v => diffs.push(format!(
-                "{p}: {} bytes, expected {}",
-                g.as_ref().map_or(-1, |g| g.len() as i64),
-                v.as_ref().map_or(-1, |v| v.len() as i64)
-            )),
-            _ => {}
-        }
-    }
-    for p in got.keys().filter(|p| !want.contains_key(*p)) {
-        diffs.push(format!("unexpected {p}"));
-    }
-    assert!(diffs.is_empty(), "{what}:\n  {}", diffs.join("\n  "));
-}
-
-/// Sets a file's modification time, so that a change made on disk within the same second
-/// as the previous one still gets a new etag and Last-Modified.
 fn set_mtime(path: &Path, t: SystemTime) {
     let d = t.duration_since(UNIX_EPOCH).unwrap();
     let ts = [
@@ -245,7 +180,6 @@ macro_rules! over_both_servers {
 }
 
 over_both_servers!(
-    posix_suite_over,
     concurrent_writers_and_readers,
     server_unreachable_then_back,
     conflict_with_an_edit_on_the_server,
@@ -253,42 +187,6 @@ over_both_servers!(
     names_that_need_encoding,
     server_side_changes_show_after_the_listing_ttl,
 );
-
-/// The shared functional suite; then the server's disk must hold what the mount shows.
-fn posix_suite_over(server: Server) {
-    let f = Fixture::new(server, |_| {});
-    posix_suite(f.mnt(), f.backend());
-    f.drain();
-    let disk = f.disk_tree();
-    assert_same_tree(
-        &disk,
-        &f.mount_tree(),
-        "server disk vs mount after the suite",
-    );
-    assert_eq!(disk["/b.txt"].as_deref(), Some(&b"AAA"[..]));
-    assert_eq!(disk["/dir2/inner.txt"].as_deref(), Some(&b"inner"[..]));
-    assert_eq!(disk["/victim.txt"].as_deref(), Some(&b"new content"[..]));
-    assert_eq!(
-        &disk["/mmap.bin"].as_ref().unwrap()[4096..4101],
-        &b"MMAP!"[..]
-    );
-    // The symbolic link lives on the server as a portable link file (Samba's mfsymlinks
-    // format), which other clients read as a link too.
-    let link = disk["/link"].as_ref().expect("the link is on the server");
-    assert!(
-        link.starts_with(b"XSym\n0005\n"),
-        "{:?}",
-        String::from_utf8_lossy(link)
-    );
-    assert_eq!(
-        cloudmount::vfs::symlink_file::decode(link).as_deref(),
-        Some("b.txt")
-    );
-    for gone in ["/a.txt", "/open.txt", "/newer.txt", "/dir", "/fifo"] {
-        assert!(!disk.contains_key(gone), "{gone} is on the server");
-    }
-    assert!(disk.contains_key("/dir3/sub"));
-}
 
 /// 8 threads at once: private files of many sizes, a shared directory, renames, deletes,
 /// overwrites, and cold reads of one large file created on the server.
@@ -689,15 +587,32 @@ fn daemon_with_config_file_and_password() {
         ),
     )
     .unwrap();
-    let m = DaemonMount::start_with_config(&dirs, &config, &["--upload-delay", "1"]);
+    let m = DaemonMount::start_with_config(&dirs, &config, &["--upload-delay", "0.2"]);
     let mnt = dirs.mnt.join("dav");
-    posix_suite(&mnt, Backend { symlinks: true });
-    m.sync();
-    assert_same_tree(
-        &tree_of(&srv.root),
-        &tree_of(&mnt),
-        "server disk vs daemon mount",
-    );
+    struct Daemon<'a> {
+        m: &'a DaemonMount,
+        mnt: &'a Path,
+        disk: &'a Path,
+    }
+    impl suite::Mounted for Daemon<'_> {
+        fn mnt(&self) -> &Path {
+            self.mnt
+        }
+        fn backend(&self) -> Backend {
+            Backend { symlinks: true }
+        }
+        fn drain(&self) {
+            self.m.sync();
+        }
+        fn remote_tree(&self) -> Tree {
+            tree_of(self.disk)
+        }
+    }
+    suite::run_all_in_turn(&Daemon {
+        m: &m,
+        mnt: &mnt,
+        disk: &srv.root,
+    });
 
     for c in ["v1", "version 2"] {
         fs::write(mnt.join("doc.txt"), c).unwrap();

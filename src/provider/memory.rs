@@ -293,6 +293,15 @@ impl MemoryProvider {
         self.nodes.lock().unwrap().contains_key(path)
     }
 
+    /// The target of the symbolic link at `path`, if that is one.
+    pub fn link_remote(&self, path: &str) -> Option<String> {
+        self.nodes
+            .lock()
+            .unwrap()
+            .get(path)
+            .and_then(|n| n.target.clone())
+    }
+
     /// Every path below the root, sorted.
     pub fn paths(&self) -> Vec<String> {
         self.nodes

@@ -1,9 +1,17 @@
 //! The functional suite shared by the mount tests: every filesystem operation through a
-//! real kernel mount, asserting contents and errno. Backend differences (what the provider
-//! can store) come in as `Backend` facts rather than per-provider special cases.
+//! real kernel mount, asserting contents and errno, and then — once the write-back queue
+//! drained — that the remote holds exactly what the mount shows. Backend differences (what
+//! the provider can store) come in as `Backend` facts rather than per-provider special
+//! cases.
 //!
-//! Include with `#[path = "suite/mod.rs"] mod suite;` next to `mod common;`.
+//! Each case is a function over a [`Mounted`] backend, started empty; the
+//! [`mount_suite!`] macro instantiates every case as a named `#[test]` for one backend
+//! (`tests/mount_suite.rs` does so for each), so one failing case does not hide the others.
+//!
+//! Include with `#[macro_use] #[path = "suite/mod.rs"] mod suite;` next to `mod common;`.
+#![allow(dead_code)]
 
+use std::collections::BTreeMap;
 use std::ffi::CString;
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
@@ -41,10 +49,217 @@ pub fn cpath(p: &Path) -> CString {
     CString::new(p.as_os_str().as_bytes()).unwrap()
 }
 
-/// The functional suite, over any mounted directory.
-pub fn posix_suite(root: &Path, backend: Backend) {
-    // create, write at offsets, read back
-    let f = root.join("file.bin");
+/// A mount the suite runs on: the mounted directory, and a look at what the remote holds.
+pub trait Mounted {
+    /// The mounted directory (empty when a case starts).
+    fn mnt(&self) -> &Path;
+    fn backend(&self) -> Backend;
+    /// Waits until the write-back queue is empty, and fails if jobs were parked.
+    fn drain(&self);
+    /// Everything the remote holds, in [`tree_of`]'s form.
+    fn remote_tree(&self) -> Tree;
+    /// The permission bits the remote keeps for `rel`, where it keeps them.
+    fn remote_mode(&self, _rel: &str) -> Option<u32> {
+        None
+    }
+}
+
+/// Path ("/a/b") → file content, or `None` for a directory. A symbolic link appears as its
+/// portable link file (what a provider without links stores), so trees of providers with
+/// and without links compare.
+pub type Tree = BTreeMap<String, Option<Vec<u8>>>;
+
+/// cloudmount's own names at the top of a connection, never part of the user's tree.
+const OWN_NAMES: [&str; 2] = ["/.cloudmount-versions", "/.cloudmount-tmp"];
+
+/// The tree below `root` on a local file system (a mount, or a server's disk).
+pub fn tree_of(root: &Path) -> Tree {
+    fn walk(root: &Path, dir: &Path, out: &mut Tree) {
+        for e in fs::read_dir(dir).unwrap_or_else(|e| panic!("read_dir {}: {e}", dir.display())) {
+            let e = e.unwrap();
+            let path = e.path();
+            let rel = format!("/{}", path.strip_prefix(root).unwrap().to_string_lossy());
+            if OWN_NAMES.contains(&rel.as_str()) {
+                continue;
+            }
+            let meta = fs::symlink_metadata(&path).unwrap();
+            if meta.is_dir() {
+                out.insert(rel, None);
+                walk(root, &path, out);
+            } else if meta.is_file() {
+                out.insert(rel, Some(fs::read(&path).unwrap()));
+            } else if meta.file_type().is_symlink() {
+                let target = fs::read_link(&path).unwrap();
+                out.insert(rel, Some(link_file(target.to_str().unwrap())));
+            } else {
+                panic!("unexpected file type at {}", path.display());
+            }
+        }
+    }
+    let mut out = Tree::new();
+    walk(root, root, &mut out);
+    out
+}
+
+/// The portable link file standing for a link to `target`.
+pub fn link_file(target: &str) -> Vec<u8> {
+    cloudmount::vfs::symlink_file::encode(target).unwrap()
+}
+
+#[track_caller]
+pub fn assert_same_tree(got: &Tree, want: &Tree, what: &str) {
+    let mut diffs = Vec::new();
+    for (p, v) in want {
+        match got.get(p) {
+            None => diffs.push(format!("missing {p}")),
+            Some(g) if g != v => diffs.push(format!(
+                "{p}: {} bytes, expected {}",
+                g.as_ref().map_or(-1, |g| g.len() as i64),
+                v.as_ref().map_or(-1, |v| v.len() as i64)
+            )),
+            _ => {}
+        }
+    }
+    for p in got.keys().filter(|p| !want.contains_key(*p)) {
+        diffs.push(format!("unexpected {p}"));
+    }
+    assert!(diffs.is_empty(), "{what}:\n  {}", diffs.join("\n  "));
+}
+
+/// Runs one case on a fresh mount, then checks that the remote ended up as the mount says.
+pub fn run(m: &dyn Mounted, case: Case) {
+    case(m);
+    m.drain();
+    assert_same_tree(
+        &m.remote_tree(),
+        &tree_of(m.mnt()),
+        "remote vs mount after the case",
+    );
+}
+
+/// Every case in turn on one mount, emptied between cases: for a setup too costly to
+/// start once per case (a daemon with a configuration file and a password).
+pub fn run_all_in_turn(m: &dyn Mounted) {
+    for (name, case) in CASES {
+        eprintln!("case {name}");
+        run(m, *case);
+        for e in fs::read_dir(m.mnt()).unwrap() {
+            let p = e.unwrap().path();
+            match fs::symlink_metadata(&p).unwrap().is_dir() {
+                true => fs::remove_dir_all(&p).unwrap(),
+                false => fs::remove_file(&p).unwrap(),
+            }
+        }
+        m.drain();
+        assert_same_tree(
+            &m.remote_tree(),
+            &Tree::new(),
+            &format!("remote after emptying the mount ({name})"),
+        );
+    }
+}
+
+/// One case of the suite.
+pub type Case = fn(&dyn Mounted);
+
+/// The cases by name; [`mount_suite!`] lists the same.
+pub const CASES: &[(&str, Case)] = &[
+    (
+        "write_at_offsets_and_read_back",
+        write_at_offsets_and_read_back,
+    ),
+    (
+        "truncate_shrinks_grows_and_o_trunc_empties",
+        truncate_shrinks_grows_and_o_trunc_empties,
+    ),
+    (
+        "timestamps_explicit_now_and_omit",
+        timestamps_explicit_now_and_omit,
+    ),
+    (
+        "mode_is_kept_and_files_belong_to_the_mounting_user",
+        mode_is_kept_and_files_belong_to_the_mounting_user,
+    ),
+    ("directories_and_their_errors", directories_and_their_errors),
+    (
+        "rename_files_over_files_and_noreplace",
+        rename_files_over_files_and_noreplace,
+    ),
+    (
+        "rename_directories_and_their_errors",
+        rename_directories_and_their_errors,
+    ),
+    ("symbolic_links", symbolic_links),
+    (
+        "what_a_cloud_cannot_hold_is_refused",
+        what_a_cloud_cannot_hold_is_refused,
+    ),
+    (
+        "an_unlinked_open_file_still_reads",
+        an_unlinked_open_file_still_reads,
+    ),
+    (
+        "a_handle_keeps_its_content_when_renamed_over",
+        a_handle_keeps_its_content_when_renamed_over,
+    ),
+    (
+        "shared_mmap_writes_reach_the_remote",
+        shared_mmap_writes_reach_the_remote,
+    ),
+    ("statfs_reports_a_size", statfs_reports_a_size),
+    (
+        "state_xattr_is_readable_and_read_only",
+        state_xattr_is_readable_and_read_only,
+    ),
+    ("fsync_after_writes", fsync_after_writes),
+];
+
+/// The remote once the queue drained.
+fn settled(m: &dyn Mounted) -> Tree {
+    m.drain();
+    m.remote_tree()
+}
+
+/// Instantiates every case of the suite as a `#[test]` in module `$backend`, each on a
+/// fresh mount made by `$make` (an expression of a type implementing [`Mounted`]).
+#[allow(unused_macros)]
+macro_rules! mount_suite {
+    ($backend:ident => $make:expr) => {
+        mod $backend {
+            #[allow(unused_imports)]
+            use super::*;
+            mount_suite!(@cases $make;
+                write_at_offsets_and_read_back,
+                truncate_shrinks_grows_and_o_trunc_empties,
+                timestamps_explicit_now_and_omit,
+                mode_is_kept_and_files_belong_to_the_mounting_user,
+                directories_and_their_errors,
+                rename_files_over_files_and_noreplace,
+                rename_directories_and_their_errors,
+                symbolic_links,
+                what_a_cloud_cannot_hold_is_refused,
+                an_unlinked_open_file_still_reads,
+                a_handle_keeps_its_content_when_renamed_over,
+                shared_mmap_writes_reach_the_remote,
+                statfs_reports_a_size,
+                state_xattr_is_readable_and_read_only,
+                fsync_after_writes,
+            );
+        }
+    };
+    (@cases $make:expr; $($case:ident),* $(,)?) => {
+        $(
+            #[test]
+            fn $case() {
+                let m = $make;
+                crate::suite::run(&m, crate::suite::$case);
+            }
+        )*
+    };
+}
+
+pub fn write_at_offsets_and_read_back(m: &dyn Mounted) {
+    let f = m.mnt().join("file.bin");
     {
         let mut h = File::create(&f).unwrap();
         h.write_all(b"hello world").unwrap();
@@ -72,21 +287,37 @@ pub fn posix_suite(root: &Path, backend: Backend) {
         let mut h = OpenOptions::new().append(true).open(&f).unwrap();
         h.write_all(b"!").unwrap();
     }
-    assert_eq!(fs::read(&f).unwrap().last(), Some(&b'!'));
+    let mut want = b"hello WORLD".to_vec();
+    want.extend_from_slice(&[0u8; 9]);
+    want.extend_from_slice(b"tail!");
+    assert_eq!(fs::read(&f).unwrap(), want);
+    assert_eq!(settled(m)["/file.bin"].as_deref(), Some(&want[..]));
+}
 
-    // truncate shrink and grow
+pub fn truncate_shrinks_grows_and_o_trunc_empties(m: &dyn Mounted) {
+    let f = m.mnt().join("file.bin");
+    fs::write(&f, b"hello world").unwrap();
     let h = OpenOptions::new().write(true).open(&f).unwrap();
     h.set_len(5).unwrap();
     assert_eq!(fs::read(&f).unwrap(), b"hello");
     h.set_len(8).unwrap();
     assert_eq!(fs::read(&f).unwrap(), b"hello\0\0\0");
     drop(h);
+    assert_eq!(
+        settled(m)["/file.bin"].as_deref(),
+        Some(&b"hello\0\0\0"[..])
+    );
     // O_TRUNC
     fs::write(&f, b"short").unwrap();
     assert_eq!(fs::read(&f).unwrap(), b"short");
     assert_eq!(fs::metadata(&f).unwrap().len(), 5);
+    assert_eq!(settled(m)["/file.bin"].as_deref(), Some(&b"short"[..]));
+}
 
-    // times: explicit and UTIME_NOW, and UTIME_OMIT keeps the other
+pub fn timestamps_explicit_now_and_omit(m: &dyn Mounted) {
+    let f = m.mnt().join("file.bin");
+    fs::write(&f, b"times").unwrap();
+    // explicit mtime, UTIME_OMIT keeps atime
     let when = UNIX_EPOCH + Duration::from_secs(1_000_000_000);
     let times = [
         libc::timespec {
@@ -117,19 +348,29 @@ pub fn posix_suite(root: &Path, backend: Backend) {
         unsafe { libc::utimensat(libc::AT_FDCWD, cpath(&f).as_ptr(), now_times.as_ptr(), 0) },
         0
     );
-    let m = fs::metadata(&f).unwrap().modified().unwrap();
-    assert!(SystemTime::now().duration_since(m).unwrap() < Duration::from_secs(60));
+    let mtime = fs::metadata(&f).unwrap().modified().unwrap();
+    assert!(SystemTime::now().duration_since(mtime).unwrap() < Duration::from_secs(60));
+}
 
-    // chmod is kept
+pub fn mode_is_kept_and_files_belong_to_the_mounting_user(m: &dyn Mounted) {
+    let f = m.mnt().join("file.bin");
+    fs::write(&f, b"mode").unwrap();
     fs::set_permissions(&f, fs::Permissions::from_mode(0o600)).unwrap();
     assert_eq!(fs::metadata(&f).unwrap().mode() & 0o777, 0o600);
-    // owned by the mounting user
     assert_eq!(
         fs::metadata(&f).unwrap().uid(),
         nix::unistd::getuid().as_raw()
     );
+    m.drain();
+    if let Some(mode) = m.remote_mode("/file.bin") {
+        assert_eq!(mode & 0o777, 0o600, "mode on the remote");
+    }
+}
 
-    // directories
+pub fn directories_and_their_errors(m: &dyn Mounted) {
+    let root = m.mnt();
+    let f = root.join("file.bin");
+    fs::write(&f, b"x").unwrap();
     let d = root.join("dir");
     fs::create_dir(&d).unwrap();
     expect_errno(fs::create_dir(&d), libc::EEXIST, "mkdir existing");
@@ -165,8 +406,16 @@ pub fn posix_suite(root: &Path, backend: Backend) {
         .collect();
     names.sort();
     assert_eq!(names, vec!["dir", "file.bin"]);
+    // an empty directory goes away, and stays away on the remote
+    fs::create_dir(root.join("empty")).unwrap();
+    fs::remove_dir(root.join("empty")).unwrap();
+    let remote = settled(m);
+    assert_eq!(remote["/dir/inner.txt"].as_deref(), Some(&b"inner"[..]));
+    assert!(!remote.contains_key("/empty"));
+}
 
-    // rename: plain, over an existing file, RENAME_NOREPLACE, directories
+pub fn rename_files_over_files_and_noreplace(m: &dyn Mounted) {
+    let root = m.mnt();
     fs::write(root.join("a.txt"), b"AAA").unwrap();
     fs::write(root.join("b.txt"), b"BBB").unwrap();
     fs::rename(root.join("a.txt"), root.join("b.txt")).unwrap();
@@ -192,6 +441,18 @@ pub fn posix_suite(root: &Path, backend: Backend) {
         Some(libc::EEXIST)
     );
     assert_eq!(fs::read(root.join("b.txt")).unwrap(), b"AAA");
+    let remote = settled(m);
+    assert_eq!(remote["/b.txt"].as_deref(), Some(&b"AAA"[..]));
+    assert_eq!(remote["/c.txt"].as_deref(), Some(&b"CCC"[..]));
+    assert!(!remote.contains_key("/a.txt"), "renamed-away name is gone");
+}
+
+pub fn rename_directories_and_their_errors(m: &dyn Mounted) {
+    let root = m.mnt();
+    let d = root.join("dir");
+    fs::create_dir(&d).unwrap();
+    fs::write(d.join("inner.txt"), b"inner").unwrap();
+    fs::write(root.join("b.txt"), b"BBB").unwrap();
     fs::rename(&d, root.join("dir2")).unwrap();
     assert_eq!(fs::read(root.join("dir2/inner.txt")).unwrap(), b"inner");
     fs::create_dir(root.join("dir3")).unwrap();
@@ -211,15 +472,28 @@ pub fn posix_suite(root: &Path, backend: Backend) {
         libc::EISDIR,
         "file over dir",
     );
+    let remote = settled(m);
+    assert_eq!(remote["/dir2/inner.txt"].as_deref(), Some(&b"inner"[..]));
+    assert!(remote.contains_key("/dir3/sub"));
+    assert!(!remote.contains_key("/dir"), "renamed-away folder is gone");
+}
 
-    // symlinks: stored when the provider can, otherwise a clear EPERM and nothing left
-    if backend.symlinks {
+/// Stored when the provider can, otherwise a clear EPERM and nothing left.
+pub fn symbolic_links(m: &dyn Mounted) {
+    let root = m.mnt();
+    fs::write(root.join("b.txt"), b"AAA").unwrap();
+    if m.backend().symlinks {
         std::os::unix::fs::symlink("b.txt", root.join("link")).unwrap();
         assert_eq!(
             fs::read_link(root.join("link")).unwrap(),
             Path::new("b.txt")
         );
         assert_eq!(fs::read(root.join("link")).unwrap(), b"AAA");
+        assert_eq!(
+            settled(m)["/link"].as_deref(),
+            Some(&link_file("b.txt")[..]),
+            "the link on the remote"
+        );
     } else {
         expect_errno(
             std::os::unix::fs::symlink("b.txt", root.join("link")),
@@ -232,8 +506,12 @@ pub fn posix_suite(root: &Path, backend: Backend) {
             "refused symlink left nothing behind",
         );
     }
+}
 
-    // what a cloud cannot hold: a clear EPERM
+/// Hard links, FIFOs and cloudmount's reserved names: a clear EPERM, nothing on the remote.
+pub fn what_a_cloud_cannot_hold_is_refused(m: &dyn Mounted) {
+    let root = m.mnt();
+    fs::write(root.join("b.txt"), b"AAA").unwrap();
     expect_errno(
         fs::hard_link(root.join("b.txt"), root.join("hard")),
         libc::EPERM,
@@ -250,8 +528,12 @@ pub fn posix_suite(root: &Path, backend: Backend) {
         libc::EPERM,
         "reserved name",
     );
+    let remote = settled(m);
+    assert!(!remote.contains_key("/hard") && !remote.contains_key("/fifo"));
+}
 
-    // unlink while open: the open handle still reads its content
+pub fn an_unlinked_open_file_still_reads(m: &dyn Mounted) {
+    let root = m.mnt();
     fs::write(root.join("open.txt"), b"still here").unwrap();
     let mut h = File::open(root.join("open.txt")).unwrap();
     fs::remove_file(root.join("open.txt")).unwrap();
@@ -263,8 +545,13 @@ pub fn posix_suite(root: &Path, backend: Backend) {
     let mut s = String::new();
     h.read_to_string(&mut s).unwrap();
     assert_eq!(s, "still here");
+    drop(h);
+    assert!(!settled(m).contains_key("/open.txt"));
+}
 
-    // a handle opened before another file is renamed over its name keeps its own content
+/// A handle opened before another file is renamed over its name keeps its own content.
+pub fn a_handle_keeps_its_content_when_renamed_over(m: &dyn Mounted) {
+    let root = m.mnt();
     fs::write(root.join("victim.txt"), b"old content").unwrap();
     fs::write(root.join("newer.txt"), b"new content").unwrap();
     let mut old = File::open(root.join("victim.txt")).unwrap();
@@ -273,9 +560,15 @@ pub fn posix_suite(root: &Path, backend: Backend) {
     old.read_to_string(&mut s).unwrap();
     assert_eq!(s, "old content");
     assert_eq!(fs::read(root.join("victim.txt")).unwrap(), b"new content");
+    drop(old);
+    let remote = settled(m);
+    assert_eq!(remote["/victim.txt"].as_deref(), Some(&b"new content"[..]));
+    assert!(!remote.contains_key("/newer.txt"));
+}
 
-    // shared mmap: write through the mapping, read back through read()
-    let mm = root.join("mmap.bin");
+/// Write through a shared mapping, read back through read(), and find it on the remote.
+pub fn shared_mmap_writes_reach_the_remote(m: &dyn Mounted) {
+    let mm = m.mnt().join("mmap.bin");
     fs::write(&mm, vec![b'.'; 8192]).unwrap();
     {
         let h = OpenOptions::new().read(true).write(true).open(&mm).unwrap();
@@ -299,19 +592,32 @@ pub fn posix_suite(root: &Path, backend: Backend) {
         h.sync_all().unwrap();
     }
     assert_eq!(&fs::read(&mm).unwrap()[4096..4101], b"MMAP!");
+    let remote = settled(m);
+    let on_remote = remote["/mmap.bin"]
+        .as_ref()
+        .expect("mmap.bin on the remote");
+    assert_eq!(on_remote.len(), 8192);
+    assert_eq!(&on_remote[4096..4101], b"MMAP!");
+}
 
-    // statfs reports a size
+pub fn statfs_reports_a_size(m: &dyn Mounted) {
     let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
-    assert_eq!(unsafe { libc::statvfs(cpath(root).as_ptr(), &mut st) }, 0);
+    assert_eq!(
+        unsafe { libc::statvfs(cpath(m.mnt()).as_ptr(), &mut st) },
+        0
+    );
     assert!(st.f_blocks > 0);
     assert_eq!(st.f_namemax, 255);
+}
 
-    // read-only state xattrs
+pub fn state_xattr_is_readable_and_read_only(m: &dyn Mounted) {
+    let b = m.mnt().join("b.txt");
+    fs::write(&b, b"AAA").unwrap();
     let name = CString::new("user.cloudmount.state").unwrap();
     let mut buf = [0u8; 64];
     let n = unsafe {
         libc::getxattr(
-            cpath(&root.join("b.txt")).as_ptr(),
+            cpath(&b).as_ptr(),
             name.as_ptr(),
             buf.as_mut_ptr() as *mut _,
             buf.len(),
@@ -325,7 +631,7 @@ pub fn posix_suite(root: &Path, backend: Backend) {
     );
     let r = unsafe {
         libc::setxattr(
-            cpath(&root.join("b.txt")).as_ptr(),
+            cpath(&b).as_ptr(),
             name.as_ptr(),
             b"x".as_ptr() as *const _,
             1,
@@ -337,11 +643,13 @@ pub fn posix_suite(root: &Path, backend: Backend) {
         std::io::Error::last_os_error().raw_os_error(),
         Some(libc::EPERM)
     );
+}
 
-    // fsync
-    let h = OpenOptions::new()
-        .write(true)
-        .open(root.join("b.txt"))
-        .unwrap();
+pub fn fsync_after_writes(m: &dyn Mounted) {
+    let b = m.mnt().join("b.txt");
+    let mut h = File::create(&b).unwrap();
+    h.write_all(b"synced bytes").unwrap();
     h.sync_all().unwrap();
+    drop(h);
+    assert_eq!(settled(m)["/b.txt"].as_deref(), Some(&b"synced bytes"[..]));
 }

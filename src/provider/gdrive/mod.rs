@@ -850,7 +850,7 @@ impl GdriveProvider {
         let what = what.to_owned();
         let body = resp
             .bytes_stream()
-            .map(move |r| r.map_err(|e| api::network_error(&e, &what)));
+            .map(move |r| r.map_err(|e| crate::provider::kit::client::transport_error(&e, &what)));
         Ok(ranged::window(body, skip, len.unwrap_or(u64::MAX)))
     }
 
@@ -892,7 +892,7 @@ impl GdriveProvider {
         let data = resp
             .bytes()
             .await
-            .map_err(|e| api::network_error(&e, "files.export"))?;
+            .map_err(|e| crate::provider::kit::client::transport_error(&e, "files.export"))?;
         let mut cache = self.cache.lock().unwrap();
         cache.exports.retain(|(k, _)| k.0 != key.0);
         if cache.exports.len() >= EXPORT_CACHE_ENTRIES {

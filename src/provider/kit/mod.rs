@@ -4,10 +4,19 @@
 //! request is retried, paced, paged or authorized lives here (see
 //! `/work/shared/design/README.md`, "A provider seam").
 //!
+//! - `client`: one HTTP client per connection — settings, credentials, rate cap, retries,
+//!   and replies turned into errors by the service's rules;
+//! - `auth`: credentials (none, basic, fixed bearer, OAuth with one refresh after a 401);
+//! - `errors`: status + headers + the service's error body → `ProviderError`;
 //! - `retry`: which outcomes are certain, backoff with `Retry-After`, per-request retries;
 //! - `ranged`: the `Range` header, reading 206/200/416 replies, cutting the byte window;
-//! - `paging`: the list loop over next-page markers (token, next link, cursor).
+//! - `paging`: the list loop over next-page markers (token, next link, cursor);
+//! - `upload_session`: the loop through a resumable upload session (resume, restart).
 
+pub mod auth;
+pub mod client;
+pub mod errors;
 pub mod paging;
 pub mod ranged;
 pub mod retry;
+pub mod upload_session;

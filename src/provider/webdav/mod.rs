@@ -14,6 +14,7 @@ mod xml;
 
 use std::fmt;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
@@ -24,14 +25,16 @@ use reqwest::{Method, RequestBuilder, Response, StatusCode};
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use tracing::{debug, warn};
 
+use super::kit::auth::{Credential, FixedAuth};
+use super::kit::client::{transport_error, ApiClient, Call, HttpSettings};
+use super::kit::errors::{classify_status, ErrorDetail, ServiceErrors};
 use super::kit::ranged::{self, range_header, window, Ranged};
-use super::kit::retry::{
-    self, parse_http_date, retry_after, Attempt, Effect, Failure, Idempotency, RetryPolicy,
-};
+use super::kit::retry::{parse_http_date, retry_after, Effect, Idempotency, RetryPolicy};
 use super::{
     split_path, ByteStream, Capabilities, Change, ChangeBatch, EntryKind, ListStream, Provider,
     ProviderError, ProviderResult, Quota, RemoteEntry, UploadOptions,
 };
+use crate::secrets::Secret;
 pub use config::{AtomicUploads, ChunkedMode, ServerType, WebdavConfig, WebdavConfigError};
 use paths::{encode_path, href_segments, path_segments};
 use xml::{DavProps, DavResponse};
@@ -46,17 +49,39 @@ const TMP_DIR: &str = ".cloudmount-tmp";
 /// How long after a failed upload its temporary file may still appear (see `discard_temp`).
 const TEMP_GRACE: Duration = Duration::from_secs(10);
 
-enum Auth {
-    None,
-    Basic {
-        user: String,
-        password: Option<String>,
-    },
-    Bearer(String),
+/// WebDAV's error bodies (sabre/dav's `<s:message>`, or short plain text) and its one
+/// status of its own: 409 Conflict, which RFC 4918 prescribes for a missing parent.
+struct DavErrors;
+
+impl ServiceErrors for DavErrors {
+    fn detail(&self, body: &[u8]) -> ErrorDetail {
+        match xml::error_message(&String::from_utf8_lossy(body)) {
+            Some(message) => ErrorDetail {
+                message: Some(message),
+                code: None,
+            },
+            None => ErrorDetail::plain(body),
+        }
+    }
+
+    fn classify(
+        &self,
+        status: StatusCode,
+        headers: &reqwest::header::HeaderMap,
+        detail: &ErrorDetail,
+        what: &str,
+    ) -> ProviderError {
+        let message = detail.describe(what, status);
+        match status.as_u16() {
+            409 => ProviderError::NotFound(message),
+            _ => classify_status(status, retry_after(headers), message),
+        }
+    }
 }
 
 pub struct WebdavProvider {
-    client: reqwest::Client,
+    /// Sends requests with the configured credential, retrying as `kit::retry` allows.
+    api: ApiClient,
     /// "scheme://host[:port]".
     origin: String,
     /// The base URL's path, percent-encoded as configured, without trailing slash ("" for
@@ -64,14 +89,12 @@ pub struct WebdavProvider {
     base_path: String,
     /// The same, decoded, for matching hrefs.
     base_segments: Vec<String>,
-    auth: Auth,
     /// The URL has Nextcloud's `remote.php/dav/files/USER` shape.
     nextcloud: bool,
     chunking: Option<chunked::Target>,
     /// Set once the server refused a sync-collection REPORT: it has no RFC 6578 support,
     /// and changes are found by listing instead.
     no_sync_collection: std::sync::atomic::AtomicBool,
-    retry: RetryPolicy,
     /// Simple uploads go through a temporary name in `TMP_DIR` (see `put_atomic`).
     atomic_uploads: bool,
     /// `TMP_DIR` is known to exist (it is created on first use).
@@ -103,59 +126,22 @@ impl WebdavProvider {
         if url.query().is_some() || url.fragment().is_some() {
             return Err(config_error("url must not have a query or fragment".into()));
         }
-        // Credentials written into the URL are moved to the Authorization header so that
-        // they never show up in logged URLs.
-        let url_user = (!url.username().is_empty()).then(|| {
-            percent_encoding::percent_decode_str(url.username())
-                .decode_utf8_lossy()
-                .into_owned()
-        });
-        let url_password = url.password().map(|p| {
-            percent_encoding::percent_decode_str(p)
-                .decode_utf8_lossy()
-                .into_owned()
-        });
-        let _ = url.set_username("");
-        let _ = url.set_password(None);
-
-        let auth = match (cfg.bearer_token, cfg.user.or(url_user)) {
-            (Some(token), _) => Auth::Bearer(token),
-            (None, Some(user)) => Auth::Basic {
-                user,
-                password: cfg.password.or(url_password),
-            },
-            (None, None) => Auth::None,
-        };
+        let credential = credential(&mut url, cfg.bearer_token, cfg.user, cfg.password);
 
         let origin = url.origin().ascii_serialization();
         let base_path = url.path().trim_end_matches('/').to_owned();
         let base_segments = href_segments(&base_path)
             .ok_or_else(|| config_error("url path is not UTF-8 once decoded".into()))?;
 
-        let timeout = Duration::from_secs(cfg.timeout_secs.max(1));
-        let mut builder = reqwest::Client::builder()
-            .user_agent(concat!("cloudmount/", env!("CARGO_PKG_VERSION")))
-            // A whole-request timeout would cut long transfers; bound each wait instead.
-            .connect_timeout(timeout)
-            .read_timeout(timeout)
+        let http = HttpSettings {
+            timeout: Duration::from_secs(cfg.timeout_secs.max(1)),
+            extra_ca_file: cfg.extra_ca_file.clone(),
             // reqwest would turn a redirected PROPFIND/MOVE into a GET; better to fail
             // loudly and let the user fix the URL.
-            .redirect(reqwest::redirect::Policy::none());
-        if let Some(ca) = &cfg.extra_ca_file {
-            let pem = std::fs::read(ca)
-                .map_err(|e| config_error(format!("cannot read {}: {e}", ca.display())))?;
-            let certs = reqwest::Certificate::from_pem_bundle(&pem)
-                .map_err(|e| config_error(format!("bad PEM in {}: {e}", ca.display())))?;
-            if certs.is_empty() {
-                return Err(config_error(format!("no certificate in {}", ca.display())));
-            }
-            for cert in certs {
-                builder = builder.add_root_certificate(cert);
-            }
+            follow_redirects: false,
         }
-        let client = builder
-            .build()
-            .map_err(|e| config_error(format!("HTTP client: {e}")))?;
+        .build()
+        .map_err(config_error)?;
 
         let nextcloud_target = chunked::Target::detect(&origin, &base_segments);
         let chunking = match cfg.chunked_upload {
@@ -187,17 +173,23 @@ impl WebdavProvider {
             budget: Duration::from_secs(cfg.retry_budget_secs),
         };
 
+        let api = ApiClient::new(
+            http,
+            Arc::new(FixedAuth(credential)),
+            Arc::new(DavErrors),
+            retry,
+            0.0,
+        );
+
         debug!(base = %format_args!("{origin}{base_path}/"), chunked = chunking.is_some(), atomic_uploads, "webdav provider ready");
         Ok(WebdavProvider {
-            client,
+            api,
             origin,
             base_path,
             base_segments,
-            auth,
             nextcloud: nextcloud_target.is_some(),
             chunking,
             no_sync_collection: std::sync::atomic::AtomicBool::new(false),
-            retry,
             atomic_uploads,
             tmp_dir_ready: std::sync::atomic::AtomicBool::new(false),
             leftover_temps: std::sync::Mutex::new(Vec::new()),
@@ -214,14 +206,9 @@ impl WebdavProvider {
         }
     }
 
+    /// A request to `url`; the credential is added when it is sent.
     fn request(&self, method: Method, url: &str) -> RequestBuilder {
-        let rb = self.client.request(method, url);
-        // reqwest marks these headers sensitive, which keeps them out of its Debug output.
-        match &self.auth {
-            Auth::None => rb,
-            Auth::Basic { user, password } => rb.basic_auth(user, password.as_deref()),
-            Auth::Bearer(token) => rb.bearer_auth(token),
-        }
+        self.api.http().request(method, url)
     }
 
     /// Sends a request, retrying it as `kit::retry` allows (what may be repeated follows from
@@ -231,19 +218,8 @@ impl WebdavProvider {
     async fn send(&self, rb: RequestBuilder, what: &str) -> ProviderResult<Response> {
         let req = rb
             .build()
-            .map_err(|e| ProviderError::Protocol(format!("{what}: {e}")))?;
-        if req.try_clone().is_none() {
-            return match self.attempt(req, what).await {
-                Attempt::Done(result) => result,
-                Attempt::Failed(failure) => failure.outcome,
-            };
-        }
-        let idempotency = idempotency_of(&req);
-        retry::run(&self.retry, idempotency, what, || {
-            let req = req.try_clone().expect("checked above");
-            self.attempt(req, what)
-        })
-        .await
+            .map_err(|e| ProviderError::Protocol(format!("{what}: {}", e.without_url())))?;
+        self.api.send_raw_request(Call::new(what), req).await
     }
 
     /// `send` for requests built afresh for every attempt by `build` (uploads, whose body
@@ -258,80 +234,23 @@ impl WebdavProvider {
         F: Fn() -> Fut,
         Fut: std::future::Future<Output = ProviderResult<RequestBuilder>>,
     {
-        let build_req = || async {
-            build()
-                .await?
-                .build()
-                .map_err(|e| ProviderError::Protocol(format!("{what}: {e}")))
+        let call = Call {
+            idempotency,
+            ..Call::new(what)
         };
-        let first = build_req().await?;
-        let idempotency = idempotency.unwrap_or_else(|| idempotency_of(&first));
-        let first = std::sync::Mutex::new(Some(first));
-        retry::run(&self.retry, idempotency, what, || async {
-            let ready = first.lock().unwrap().take();
-            let req = match ready {
-                Some(req) => req,
-                None => match build_req().await {
-                    Ok(req) => req,
-                    Err(e) => return Attempt::Done(Err(e)),
-                },
-            };
-            self.attempt(req, what).await
-        })
-        .await
-    }
-
-    /// One attempt: a reply whose status retrying may fix (429, 5xx...) or a transport
-    /// failure is a `Failure`; the reply itself is what the caller gets if it is not retried.
-    async fn attempt(&self, req: reqwest::Request, what: &str) -> Attempt<Response> {
-        let method = req.method().clone();
-        let url = req.url().to_string();
-        match self.client.execute(req).await {
-            Ok(resp) => {
-                let status = resp.status();
-                debug!(%method, %url, status = status.as_u16(), "webdav");
-                match Effect::of_status(status) {
-                    Some(effect) => Attempt::Failed(Failure {
-                        effect,
-                        retry_after: retry_after(resp.headers()),
-                        reason: format!("{what}: {status}"),
-                        outcome: Ok(resp),
-                    }),
-                    None => Attempt::Done(Ok(resp)),
-                }
-            }
-            Err(e) => {
-                debug!(%method, %url, error = %e, "webdav request failed");
-                let effect = Effect::of_transport(&e);
-                let err =
-                    ProviderError::Transient(format!("{what}: {}", error_chain(&e.without_url())));
-                Attempt::Failed(Failure {
-                    effect,
-                    retry_after: None,
-                    reason: err.to_string(),
-                    outcome: Err(err),
-                })
-            }
-        }
+        self.api
+            .send_raw(call, || async {
+                build()
+                    .await?
+                    .build()
+                    .map_err(|e| ProviderError::Protocol(format!("{what}: {}", e.without_url())))
+            })
+            .await
     }
 
     /// Turns a non-2xx reply into the matching error, with the server's message if any.
     async fn fail(&self, resp: Response, what: &str) -> ProviderError {
-        let status = resp.status();
-        let retry_after = retry_after(resp.headers());
-        if status.is_redirection() {
-            let to = resp
-                .headers()
-                .get(reqwest::header::LOCATION)
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or("?")
-                .to_owned();
-            return ProviderError::Protocol(format!(
-                "{what}: server redirected ({status}) to {to}; check the configured url"
-            ));
-        }
-        let body = resp.text().await.unwrap_or_default();
-        status_error(status, retry_after, &body, what)
+        self.api.error_of(resp, what).await
     }
 
     /// One RFC 6578 sync-collection REPORT on the root. A server without it is remembered,
@@ -353,10 +272,7 @@ impl WebdavProvider {
         let resp = self.send(rb, &what).await?;
         let status = resp.status();
         if status == StatusCode::MULTI_STATUS {
-            let text = resp
-                .text()
-                .await
-                .map_err(|e| ProviderError::Transient(format!("{what}: {}", error_chain(&e))))?;
+            let text = resp.text().await.map_err(|e| transport_error(&e, &what))?;
             return sync::parse_report(&text)
                 .map_err(|e| ProviderError::Protocol(format!("{what}: {e}")));
         }
@@ -433,12 +349,12 @@ impl WebdavProvider {
                 // The reply was cut in its body (`send` retries only up to the headers).
                 // A PROPFIND changes nothing: ask again, within the same retry policy.
                 Err(e) => {
-                    let err = ProviderError::Transient(format!("{what}: {}", error_chain(&e)));
+                    let err = transport_error(&e, &what);
                     cut_replies += 1;
-                    if cut_replies >= self.retry.max_attempts {
+                    if cut_replies >= self.api.retry_policy().max_attempts {
                         return Err(err);
                     }
-                    let wait = self.retry.wait_after(cut_replies - 1, &err);
+                    let wait = self.api.retry_policy().wait_after(cut_replies - 1, &err);
                     warn!(%what, error = %err, ?wait, "reply cut mid-body; asking again");
                     tokio::time::sleep(wait).await;
                 }
@@ -932,28 +848,6 @@ impl Precondition {
     }
 }
 
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut msg = e.to_string();
-    let mut src = e.source();
-    while let Some(s) = src {
-        msg.push_str(": ");
-        msg.push_str(&s.to_string());
-        src = s.source();
-    }
-    msg
-}
-
-/// What `kit::retry` may assume about repeating `req`: a conditional request can fail the
-/// second time because the first one worked, whatever its method.
-fn idempotency_of(req: &reqwest::Request) -> Idempotency {
-    let h = req.headers();
-    if h.contains_key(reqwest::header::IF_MATCH) || h.contains_key(reqwest::header::IF_NONE_MATCH) {
-        Idempotency::NotIdempotent
-    } else {
-        Idempotency::of_method(req.method())
-    }
-}
-
 /// Maps a non-2xx status to an error; the message carries the server's own words when it
 /// sent some (sabre/dav `<s:message>`, or a short plain-text body).
 fn status_error(
@@ -962,30 +856,39 @@ fn status_error(
     body: &str,
     what: &str,
 ) -> ProviderError {
-    let detail = xml::error_message(body).or_else(|| {
-        let t = body.trim();
-        (!t.is_empty() && t.len() <= 200 && !t.starts_with('<')).then(|| t.to_owned())
-    });
-    let msg = match detail {
-        Some(d) => format!("{what}: {status}: {d}"),
-        None => format!("{what}: {status}"),
+    let mut headers = reqwest::header::HeaderMap::new();
+    if let Some(wait) = retry_after {
+        headers.insert(reqwest::header::RETRY_AFTER, wait.as_secs().into());
+    }
+    let detail = DavErrors.detail(body.as_bytes());
+    DavErrors.classify(status, &headers, &detail, what)
+}
+
+/// The credential to send: an explicit bearer token, else a user (configured, or written
+/// into the URL) with a password. Credentials written into the URL are moved out of it, so
+/// that they never show up in logged URLs.
+fn credential(
+    url: &mut reqwest::Url,
+    bearer_token: Option<String>,
+    user: Option<String>,
+    password: Option<String>,
+) -> Credential {
+    let decode = |s: &str| {
+        percent_encoding::percent_decode_str(s)
+            .decode_utf8_lossy()
+            .into_owned()
     };
-    match status.as_u16() {
-        401 => ProviderError::Auth(msg),
-        403 => ProviderError::PermissionDenied(msg),
-        // 409 Conflict is what RFC 4918 prescribes for a missing parent collection.
-        404 | 409 | 410 => ProviderError::NotFound(msg),
-        412 => ProviderError::PreconditionFailed(msg),
-        423 | 408 => ProviderError::Transient(msg),
-        // A 503 that says when to come back is pacing, like a 429.
-        429 | 503 if retry_after.is_some() || status.as_u16() == 429 => {
-            ProviderError::RateLimited { retry_after }
-        }
-        507 => ProviderError::InsufficientStorage,
-        // The server does not do this at all: asking again cannot help.
-        501 | 505 => ProviderError::Unsupported(msg),
-        s if s >= 500 => ProviderError::Transient(msg),
-        _ => ProviderError::Protocol(msg),
+    let url_user = (!url.username().is_empty()).then(|| decode(url.username()));
+    let url_password = url.password().map(decode);
+    let _ = url.set_username("");
+    let _ = url.set_password(None);
+    match (bearer_token, user.or(url_user)) {
+        (Some(token), _) => Credential::Bearer(Secret::new(token)),
+        (None, Some(user)) => Credential::Basic {
+            user,
+            password: password.or(url_password).map(Secret::new),
+        },
+        (None, None) => Credential::None,
     }
 }
 
@@ -1214,7 +1117,7 @@ impl Provider for WebdavProvider {
         let what2 = what.clone();
         let body = resp
             .bytes_stream()
-            .map_err(move |e| ProviderError::Transient(format!("{what2}: {}", error_chain(&e))));
+            .map_err(move |e| transport_error(&e, &what2));
         Ok(window(body, skip, len))
     }
 
@@ -1510,6 +1413,8 @@ mod tests {
     fn urls_and_hrefs() {
         let p =
             WebdavProvider::new(WebdavConfig::new("http://u:pw@127.0.0.1:9/dav%20root/")).unwrap();
+        let mut url = reqwest::Url::parse("http://u:pw@127.0.0.1:9/dav%20root/").unwrap();
+        let auth = credential(&mut url, None, None, None);
         assert_eq!(p.url("/"), "http://127.0.0.1:9/dav%20root/");
         assert_eq!(
             p.url("/a b/c#d"),
@@ -1517,8 +1422,9 @@ mod tests {
         );
         assert_eq!(p.base_segments, vec!["dav root".to_owned()]);
         assert!(
-            matches!(p.auth, Auth::Basic { ref user, ref password } if user == "u" && password.as_deref() == Some("pw"))
+            matches!(auth, Credential::Basic { ref user, ref password } if user == "u" && password.as_ref().map(Secret::expose) == Some("pw"))
         );
+        assert_eq!(url.as_str(), "http://127.0.0.1:9/dav%20root/");
         assert!(!format!("{p:?}").contains("pw"));
     }
 }
