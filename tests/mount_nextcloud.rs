@@ -4,6 +4,8 @@
 //! so this runs against the emulation in tests/support (verified only there).
 
 mod common;
+#[path = "support/emu/mod.rs"]
+mod emu;
 #[path = "support/nextcloud_emulator.rs"]
 mod nextcloud_emulator;
 

@@ -12,6 +12,8 @@
 mod drive_emulator;
 #[path = "support/drive_harness.rs"]
 mod drive_harness;
+#[path = "support/emu/mod.rs"]
+mod emu;
 #[path = "support/nextcloud_emulator.rs"]
 mod nextcloud_emulator;
 #[path = "support/webdav_servers.rs"]

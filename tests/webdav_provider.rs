@@ -3,6 +3,8 @@
 //! here don't show (ignored Range headers, error statuses, Nextcloud properties, injected
 //! 503s and lost replies, a connection cut in the middle of an upload).
 
+#[path = "support/emu/mod.rs"]
+mod emu;
 #[path = "support/fault_proxy.rs"]
 mod fault_proxy;
 #[path = "support/nextcloud_emulator.rs"]
@@ -637,23 +639,10 @@ async fn rclone_basic_auth() {
 }
 
 // ---------------------------------------------------------------------------------------
-// A scripted HTTP/1.1 server: one request per connection, answered by a closure.
+// A scripted HTTP/1.1 server (the emulator kit's): one request per connection, answered by
+// a closure.
 
-#[derive(Debug, Clone)]
-struct Req {
-    method: String,
-    path: String,
-    headers: Vec<(String, String)>,
-}
-
-impl Req {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
-    }
-}
+type Req = emu::server::Request;
 
 struct Reply {
     status: u16,
@@ -674,72 +663,29 @@ fn reply(status: u16, body: impl Into<Vec<u8>>) -> Reply {
 struct Scripted {
     base: String,
     requests: Arc<Mutex<Vec<Req>>>,
+    _server: emu::server::Server,
 }
 
 fn scripted(handler: impl Fn(&Req) -> Reply + Send + Sync + 'static) -> Scripted {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
     let requests = Arc::new(Mutex::new(Vec::new()));
     let log = requests.clone();
-    let handler = Arc::new(handler);
-    std::thread::spawn(move || {
-        for conn in listener.incoming() {
-            let Ok(conn) = conn else { continue };
-            let handler = handler.clone();
-            let log = log.clone();
-            std::thread::spawn(move || serve_one(conn, &*handler, &log));
+    let server = emu::server::Server::start(move |req| {
+        log.lock().unwrap().push(req.clone());
+        let r = handler(req);
+        let mut resp = emu::server::Response::new(r.status, r.body).header("Connection", "close");
+        for (k, v) in r.headers {
+            resp = resp.header(k, v);
+        }
+        match r.delay.is_zero() {
+            true => resp.into(),
+            false => emu::server::Reply::After(r.delay, Box::new(resp.into())),
         }
     });
-    Scripted { base, requests }
-}
-
-fn serve_one(conn: TcpStream, handler: &dyn Fn(&Req) -> Reply, log: &Mutex<Vec<Req>>) {
-    let mut reader = BufReader::new(conn.try_clone().unwrap());
-    let mut line = String::new();
-    if reader.read_line(&mut line).unwrap_or(0) == 0 {
-        return;
+    Scripted {
+        base: server.base.clone(),
+        requests,
+        _server: server,
     }
-    let mut parts = line.split_whitespace();
-    let method = parts.next().unwrap_or("").to_owned();
-    let path = parts.next().unwrap_or("").to_owned();
-    let mut headers = Vec::new();
-    loop {
-        let mut h = String::new();
-        reader.read_line(&mut h).unwrap();
-        let h = h.trim_end();
-        if h.is_empty() {
-            break;
-        }
-        if let Some((k, v)) = h.split_once(':') {
-            headers.push((k.trim().to_owned(), v.trim().to_owned()));
-        }
-    }
-    let req = Req {
-        method,
-        path,
-        headers,
-    };
-    let len: usize = req
-        .header("content-length")
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0);
-    let mut body = vec![0u8; len];
-    reader.read_exact(&mut body).unwrap();
-    log.lock().unwrap().push(req.clone());
-    let r = handler(&req);
-    std::thread::sleep(r.delay);
-    let mut out = conn;
-    let mut head = format!(
-        "HTTP/1.1 {} X\r\nContent-Length: {}\r\nConnection: close\r\n",
-        r.status,
-        r.body.len()
-    );
-    for (k, v) in &r.headers {
-        head.push_str(&format!("{k}: {v}\r\n"));
-    }
-    head.push_str("\r\n");
-    let _ = out.write_all(head.as_bytes());
-    let _ = out.write_all(&r.body);
 }
 
 fn scripted_provider(s: &Scripted, prefix: &str) -> WebdavProvider {

@@ -17,16 +17,21 @@
 //! Faults are injected on demand (`inject`): the next requests can be answered 503 (with or
 //! without `Retry-After`) without being processed, or processed with their reply cut off,
 //! as when a connection drops after the server acted.
+//!
+//! Serving, the request log and the fault queue are the emulator kit's (`tests/support/emu`);
+//! this file holds only Nextcloud's semantics.
 
 #![allow(dead_code)]
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs;
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::UNIX_EPOCH;
+
+use crate::emu::faults::FaultQueue;
+pub use crate::emu::server::LoggedRequest;
+use crate::emu::server::{Reply, Request, Response, Server};
 
 const MIN_CHUNK: u64 = 5 * 1024 * 1024;
 const MAX_CHUNK: u64 = 5 * 1024 * 1024 * 1024;
@@ -39,24 +44,6 @@ pub enum Fault {
     /// The next request with this method is processed, then the connection is closed
     /// without a reply.
     CutReply { method: &'static str },
-}
-
-#[derive(Debug, Clone)]
-pub struct LoggedRequest {
-    pub method: String,
-    /// Raw (percent-encoded) request path.
-    pub path: String,
-    pub headers: Vec<(String, String)>,
-    pub body_len: usize,
-}
-
-impl LoggedRequest {
-    pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
-    }
 }
 
 struct Upload {
@@ -77,14 +64,10 @@ struct State {
     /// What a client declared with `OC-Checksum`, or what a test seeded.
     checksums: HashMap<String, String>,
     uploads: HashMap<String, Upload>,
-    log: Vec<LoggedRequest>,
     /// RFC 6578: what the tree looked like (path -> ETag) when each sync token was issued.
     sync_snapshots: Vec<HashMap<String, String>>,
     /// Answer sync-collection REPORTs (Nextcloud does on its DAV endpoints).
     sync_collection: bool,
-    /// Served in order; see `Fault`.
-    faults: std::collections::VecDeque<Fault>,
-    faults_served: usize,
 }
 
 pub struct NextcloudEmulator {
@@ -92,6 +75,9 @@ pub struct NextcloudEmulator {
     pub files_url: String,
     pub base: String,
     state: Arc<Mutex<State>>,
+    /// Served in order; see `Fault`.
+    faults: Arc<FaultQueue<Fault>>,
+    server: Server,
     _dir: tempfile::TempDir,
 }
 
@@ -102,8 +88,6 @@ impl NextcloudEmulator {
         let uploads_root = dir.path().join("uploads");
         fs::create_dir_all(&files_root).unwrap();
         fs::create_dir_all(&uploads_root).unwrap();
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
-        let base = format!("http://{}", listener.local_addr().unwrap());
         let state = Arc::new(Mutex::new(State {
             files_root,
             uploads_root,
@@ -114,23 +98,19 @@ impl NextcloudEmulator {
             next_id: 100,
             checksums: HashMap::new(),
             uploads: HashMap::new(),
-            log: Vec::new(),
             sync_snapshots: Vec::new(),
             sync_collection: true,
-            faults: Default::default(),
-            faults_served: 0,
         }));
-        let st = state.clone();
-        std::thread::spawn(move || {
-            for conn in listener.incoming().flatten() {
-                let st = st.clone();
-                std::thread::spawn(move || handle_connection(conn, &st));
-            }
-        });
+        let faults: Arc<FaultQueue<Fault>> = Arc::default();
+        let (st, f) = (state.clone(), faults.clone());
+        let server = Server::start(move |req| handle(&st, &f, req));
+        let base = server.base.clone();
         NextcloudEmulator {
             files_url: format!("{base}/remote.php/dav/files/{}/", encode(user)),
             base,
             state,
+            faults,
+            server,
             _dir: dir,
         }
     }
@@ -158,23 +138,20 @@ impl NextcloudEmulator {
     }
 
     pub fn requests(&self) -> Vec<LoggedRequest> {
-        self.state.lock().unwrap().log.clone()
+        self.server.requests()
     }
 
     /// Serves `fault` `times` times, after any faults injected before.
     pub fn inject(&self, fault: Fault, times: usize) {
-        let mut st = self.state.lock().unwrap();
-        for _ in 0..times {
-            st.faults.push_back(fault.clone());
-        }
+        self.faults.inject(fault, times);
     }
 
     pub fn pending_faults(&self) -> usize {
-        self.state.lock().unwrap().faults.len()
+        self.faults.pending()
     }
 
     pub fn faults_served(&self) -> usize {
-        self.state.lock().unwrap().faults_served
+        self.faults.served()
     }
 
     /// Upload folders not yet assembled or deleted.
@@ -186,18 +163,8 @@ impl NextcloudEmulator {
     }
 }
 
-struct Response {
-    status: u16,
-    headers: Vec<(String, String)>,
-    body: Vec<u8>,
-}
-
 fn resp(status: u16, body: impl Into<Vec<u8>>) -> Response {
-    Response {
-        status,
-        headers: Vec::new(),
-        body: body.into(),
-    }
+    Response::new(status, body)
 }
 
 fn sabre_error(status: u16, exception: &str, message: &str) -> Response {
@@ -215,104 +182,34 @@ fn sabre_error(status: u16, exception: &str, message: &str) -> Response {
     r
 }
 
-fn handle_connection(conn: TcpStream, state: &Mutex<State>) {
-    let mut reader = BufReader::new(conn.try_clone().expect("clone"));
-    let mut out = conn;
-    // Connections are kept alive like a real server's, since clients pool them.
-    loop {
-        let mut line = String::new();
-        match reader.read_line(&mut line) {
-            Ok(0) | Err(_) => return,
-            Ok(_) => {}
-        }
-        let mut parts = line.split_whitespace();
-        let method = parts.next().unwrap_or("").to_owned();
-        let path = parts.next().unwrap_or("").to_owned();
-        let mut headers = Vec::new();
-        loop {
-            let mut h = String::new();
-            if reader.read_line(&mut h).unwrap_or(0) == 0 {
-                return;
-            }
-            let h = h.trim_end();
-            if h.is_empty() {
-                break;
-            }
-            if let Some((k, v)) = h.split_once(':') {
-                headers.push((k.trim().to_owned(), v.trim().to_owned()));
-            }
-        }
-        let mut req = LoggedRequest {
-            method,
-            path,
-            headers,
-            body_len: 0,
-        };
-        let response = if req.header("transfer-encoding").is_some() {
-            // Cannot frame the rest of the connection reliably: answer and close.
-            let r = resp(411, "Length Required");
-            write_response(&mut out, &req, r);
-            return;
-        } else {
-            let len: usize = req
-                .header("content-length")
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(0);
-            let mut body = vec![0u8; len];
-            if reader.read_exact(&mut body).is_err() {
-                return;
-            }
-            req.body_len = len;
-            let mut st = state.lock().unwrap();
-            st.log.push(req.clone());
-            match take_fault(&mut st, &req) {
-                Some(Fault::Unavailable { retry_after }) => {
-                    let mut r =
-                        sabre_error(503, "ServiceUnavailable", "System in maintenance mode.");
-                    if let Some(secs) = retry_after {
-                        r.headers.push(("Retry-After".into(), secs.to_string()));
-                    }
-                    r
-                }
-                Some(Fault::CutReply { .. }) => {
-                    route(&mut st, &req, body);
-                    // Dropping the connection is all the client sees.
-                    return;
-                }
-                None => route(&mut st, &req, body),
-            }
-        };
-        if !write_response(&mut out, &req, response) {
-            return;
-        }
+/// One request: a transfer-encoded body is refused, then an injected fault or the route.
+fn handle(state: &Mutex<State>, faults: &FaultQueue<Fault>, req: &Request) -> Reply {
+    if req.header("transfer-encoding").is_some() {
+        return resp(411, "Length Required").into();
     }
-}
-
-/// The fault this request gets, if any: the first pending one that applies to it.
-fn take_fault(st: &mut State, req: &LoggedRequest) -> Option<Fault> {
-    let i = st.faults.iter().position(|f| match f {
+    let mut st = state.lock().unwrap();
+    let fault = faults.take(|f| match f {
         Fault::Unavailable { .. } => true,
         Fault::CutReply { method } => *method == req.method,
-    })?;
-    st.faults_served += 1;
-    st.faults.remove(i)
-}
-
-fn write_response(out: &mut TcpStream, req: &LoggedRequest, r: Response) -> bool {
-    let mut head = format!(
-        "HTTP/1.1 {} X\r\nContent-Length: {}\r\n",
-        r.status,
-        r.body.len()
-    );
-    for (k, v) in &r.headers {
-        head.push_str(&format!("{k}: {v}\r\n"));
+    });
+    match fault {
+        Some(Fault::Unavailable { retry_after }) => {
+            let mut r = sabre_error(503, "ServiceUnavailable", "System in maintenance mode.");
+            if let Some(secs) = retry_after {
+                r.headers.push(("Retry-After".into(), secs.to_string()));
+            }
+            r.into()
+        }
+        Some(Fault::CutReply { .. }) => {
+            route(&mut st, req, req.body.to_vec());
+            // Dropping the connection is all the client sees.
+            Reply::Drop
+        }
+        None => route(&mut st, req, req.body.to_vec()).into(),
     }
-    head.push_str("\r\n");
-    let body: &[u8] = if req.method == "HEAD" { &[] } else { &r.body };
-    out.write_all(head.as_bytes()).is_ok() && out.write_all(body).is_ok()
 }
 
-fn authorized(st: &State, req: &LoggedRequest) -> bool {
+fn authorized(st: &State, req: &Request) -> bool {
     let want = format!("{}:{}", st.user, st.password);
     req.header("authorization")
         .and_then(|v| v.strip_prefix("Basic "))
@@ -320,7 +217,7 @@ fn authorized(st: &State, req: &LoggedRequest) -> bool {
         .is_some_and(|got| got == want.as_bytes())
 }
 
-fn route(st: &mut State, req: &LoggedRequest, body: Vec<u8>) -> Response {
+fn route(st: &mut State, req: &Request, body: Vec<u8>) -> Response {
     if !authorized(st, req) {
         let mut r = sabre_error(
             401,
@@ -356,7 +253,7 @@ fn route(st: &mut State, req: &LoggedRequest, body: Vec<u8>) -> Response {
 }
 
 /// The remote path a `Destination` header designates in this user's files.
-fn destination_rel(st: &State, req: &LoggedRequest) -> Result<String, Response> {
+fn destination_rel(st: &State, req: &Request) -> Result<String, Response> {
     let dest = req
         .header("destination")
         .ok_or_else(|| sabre_error(400, "BadRequest", "Destination header is missing"))?;
@@ -411,7 +308,7 @@ fn file_id(st: &mut State, rel: &str) -> u64 {
     id
 }
 
-fn files_request(st: &mut State, req: &LoggedRequest, rel: &str, body: Vec<u8>) -> Response {
+fn files_request(st: &mut State, req: &Request, rel: &str, body: Vec<u8>) -> Response {
     let path = disk(st, rel);
     match req.method.as_str() {
         "PROPFIND" => propfind(st, req, rel),
@@ -498,7 +395,7 @@ fn files_request(st: &mut State, req: &LoggedRequest, rel: &str, body: Vec<u8>) 
 
 /// RFC 4918 MOVE within the user's files: 201 for a new name, 204 when replacing,
 /// 412 with `Overwrite: F` onto an existing name, 409 without the destination's folder.
-fn move_file(st: &mut State, req: &LoggedRequest, rel: &str) -> Response {
+fn move_file(st: &mut State, req: &Request, rel: &str) -> Response {
     let from = disk(st, rel);
     if !from.exists() {
         return sabre_error(404, "NotFound", &format!("File {rel} not found"));
@@ -535,7 +432,7 @@ fn move_file(st: &mut State, req: &LoggedRequest, rel: &str) -> Response {
 /// RFC 4918 COPY within the user's files (Nextcloud's Sabre server has it): the same
 /// statuses as MOVE; a folder is copied with everything below it (Depth: infinity). The
 /// copy gets new file ids, as on Nextcloud.
-fn copy_file(st: &mut State, req: &LoggedRequest, rel: &str) -> Response {
+fn copy_file(st: &mut State, req: &Request, rel: &str) -> Response {
     fn copy_tree(from: &Path, to: &Path) {
         if from.is_dir() {
             fs::create_dir(to).unwrap();
@@ -604,7 +501,7 @@ fn tree_etags(st: &State, rel: &str) -> HashMap<String, String> {
 /// members changed (200) or removed (404) since the token; always a new token. Depth must
 /// be 0 and sync-level 1 or infinite, as the RFC requires; an unknown token is refused
 /// with the DAV:valid-sync-token precondition.
-fn sync_collection(st: &mut State, req: &LoggedRequest, rel: &str, body: &[u8]) -> Response {
+fn sync_collection(st: &mut State, req: &Request, rel: &str, body: &[u8]) -> Response {
     let text = String::from_utf8_lossy(body);
     if !text.contains("sync-collection") {
         return sabre_error(
@@ -709,7 +606,7 @@ fn etag(path: &Path) -> String {
     format!("\"{:x}{:x}{:x}\"", acc.0, acc.1, acc.2)
 }
 
-fn propfind(st: &mut State, req: &LoggedRequest, rel: &str) -> Response {
+fn propfind(st: &mut State, req: &Request, rel: &str) -> Response {
     let path = disk(st, rel);
     if !path.exists() {
         return sabre_error(
@@ -801,12 +698,7 @@ fn propfind(st: &mut State, req: &LoggedRequest, rel: &str) -> Response {
     r
 }
 
-fn uploads_request(
-    st: &mut State,
-    req: &LoggedRequest,
-    rest: &[String],
-    body: Vec<u8>,
-) -> Response {
+fn uploads_request(st: &mut State, req: &Request, rest: &[String], body: Vec<u8>) -> Response {
     let dest = match destination_rel(st, req) {
         Ok(d) => d,
         Err(r) if req.method != "DELETE" => return r,
@@ -1011,30 +903,8 @@ fn http_date(t: std::time::SystemTime) -> String {
 }
 
 fn base64_decode(s: &str) -> Option<Vec<u8>> {
-    let val = |c: u8| -> Option<u32> {
-        Some(match c {
-            b'A'..=b'Z' => c - b'A',
-            b'a'..=b'z' => c - b'a' + 26,
-            b'0'..=b'9' => c - b'0' + 52,
-            b'+' => 62,
-            b'/' => 63,
-            _ => return None,
-        } as u32)
-    };
-    let s = s.trim().trim_end_matches('=').as_bytes();
-    let mut out = Vec::new();
-    for chunk in s.chunks(4) {
-        let mut acc = 0u32;
-        for (i, &c) in chunk.iter().enumerate() {
-            acc |= val(c)? << (18 - 6 * i);
-        }
-        let n = match chunk.len() {
-            4 => 3,
-            3 => 2,
-            2 => 1,
-            _ => return None,
-        };
-        out.extend_from_slice(&acc.to_be_bytes()[1..1 + n]);
-    }
-    Some(out)
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD
+        .decode(s.trim())
+        .ok()
 }

@@ -1,0 +1,18 @@
+//! The emulator kit: what every service emulator in `tests/` needs, written once, so that
+//! an emulator file holds only its service's semantics.
+//!
+//! - [`server`]: an HTTP/1.1 server on loopback (hyper) that hands each request, body
+//!   read, to the emulator's handler, keeps a request log for assertions, and delivers
+//!   the handler's [`server::Reply`]: a response, or a fault at the transport level (the
+//!   connection closed without a reply, a reply cut after part of its body, a stall);
+//! - [`faults`]: a queue of faults a test injects and the emulator serves in order to the
+//!   requests they apply to;
+//! - [`range`]: the `Range` request header as servers read it (RFC 9110 §14).
+//!
+//! Include with `#[path = "support/emu/mod.rs"] mod emu;` at the crate root of a test
+//! file that uses an emulator built on it.
+#![allow(dead_code)]
+
+pub mod faults;
+pub mod range;
+pub mod server;
