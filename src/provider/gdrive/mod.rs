@@ -63,7 +63,6 @@
 //!   change is reported under `/Shared drives/...` once its parent folder has been listed.
 
 mod api;
-pub mod names;
 mod upload;
 
 use std::collections::{BTreeMap, HashMap};
@@ -77,6 +76,8 @@ use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 use tracing::debug;
 
+use super::kit::idcache::{self, IdCache, Identified};
+use super::kit::names;
 use super::{
     is_same_or_below, join_path, split_path, ByteStream, Capabilities, Change, ChangeBatch,
     EntryKind, ListStream, NativeVersion, Provider, ProviderError, ProviderResult, Quota,
@@ -332,55 +333,23 @@ struct FileList {
     files: Vec<DriveFile>,
 }
 
-/// One cached folder listing, with local names assigned.
-struct Listing {
-    path: String,
-    children: Vec<(String, DriveFile)>,
-}
-
-impl Listing {
-    fn find(&self, local: &str) -> Option<&DriveFile> {
-        self.children
-            .iter()
-            .find(|(n, _)| n == local)
-            .map(|(_, f)| f)
+impl Identified for DriveFile {
+    fn id(&self) -> &str {
+        &self.id
     }
 }
+
+type Listing = idcache::Listing<DriveFile>;
 
 #[derive(Default)]
 struct Cache {
     root_id: Option<String>,
-    /// Folder id → listing.
-    listings: HashMap<String, Arc<Listing>>,
-    /// Id → local path, for everything seen in a listing (used by the change feed).
-    paths: HashMap<String, String>,
-    /// Where items forgotten since the last change poll were (a delete or move made
-    /// through this provider): the change feed still reports where they went from.
-    forgotten: HashMap<String, String>,
+    /// Folder listings and where each item is (see `kit::idcache`).
+    ids: IdCache<DriveFile>,
     /// Folder id → id of the shared drive holding it (drive roots map to themselves).
     folder_drive: HashMap<String, String>,
     /// Exported native documents: (id, version) → bytes.
     exports: Vec<((String, String), Bytes)>,
-}
-
-impl Cache {
-    /// Forget everything at or below `path`.
-    fn forget_below(&mut self, path: &str) {
-        self.listings
-            .retain(|_, l| !is_same_or_below(&l.path, path));
-        let forgotten = &mut self.forgotten;
-        self.paths.retain(|id, p| {
-            let keep = !is_same_or_below(p, path);
-            if !keep {
-                forgotten.insert(id.clone(), p.clone());
-            }
-            keep
-        });
-        // Bounded: a mount that is never polled must not grow this forever.
-        if self.forgotten.len() > 100_000 {
-            self.forgotten.clear();
-        }
-    }
 }
 
 pub struct GdriveProvider {
@@ -536,7 +505,7 @@ impl GdriveProvider {
         }
         let mut cache = self.cache.lock().unwrap();
         cache.root_id = Some(f.id.clone());
-        cache.paths.insert(f.id.clone(), "/".into());
+        cache.ids.set_path(&f.id, "/");
         Ok(f.id)
     }
 
@@ -593,13 +562,15 @@ impl GdriveProvider {
             })
             .collect();
         let local = names::assign_unique(&pairs);
-        let listing = Arc::new(Listing {
-            path: dir_path.to_owned(),
-            children: local.into_iter().zip(all).collect(),
-        });
         let mut cache = self.cache.lock().unwrap();
-        for (name, f) in &listing.children {
-            cache.paths.insert(f.id.clone(), join_path(dir_path, name));
+        let listing = cache.ids.store(
+            dir_id,
+            Listing {
+                path: dir_path.to_owned(),
+                children: local.into_iter().zip(all).collect(),
+            },
+        );
+        for (_, f) in &listing.children {
             if f.is_folder() {
                 match &f.drive_id {
                     Some(d) => cache.folder_drive.insert(f.id.clone(), d.clone()),
@@ -607,7 +578,6 @@ impl GdriveProvider {
                 };
             }
         }
-        cache.listings.insert(dir_id.to_owned(), listing.clone());
         listing
     }
 
@@ -703,16 +673,14 @@ impl GdriveProvider {
     }
 
     async fn listing(&self, dir_id: &str, dir_path: &str) -> ProviderResult<Arc<Listing>> {
-        if let Some(l) = self.cache.lock().unwrap().listings.get(dir_id) {
-            if l.path == dir_path {
-                return Ok(l.clone());
-            }
+        if let Some(l) = self.cache.lock().unwrap().ids.listing(dir_id, dir_path) {
+            return Ok(l);
         }
         self.fetch_listing(dir_id, dir_path).await
     }
 
     fn invalidate(&self, dir_id: &str) {
-        self.cache.lock().unwrap().listings.remove(dir_id);
+        self.cache.lock().unwrap().ids.invalidate(dir_id);
     }
 
     /// The folder id of a directory path.
@@ -1161,29 +1129,7 @@ impl Provider for GdriveProvider {
         match existing {
             Some(_) => {
                 // Same id and name: update the cached listing in place.
-                {
-                    let mut cache = self.cache.lock().unwrap();
-                    if let Some(l) = cache.listings.get(&parent_id).cloned() {
-                        let children = l
-                            .children
-                            .iter()
-                            .map(|(n, f)| {
-                                if f.id == file.id {
-                                    (n.clone(), file.clone())
-                                } else {
-                                    (n.clone(), f.clone())
-                                }
-                            })
-                            .collect();
-                        cache.listings.insert(
-                            parent_id.clone(),
-                            Arc::new(Listing {
-                                path: l.path.clone(),
-                                children,
-                            }),
-                        );
-                    }
-                }
+                self.cache.lock().unwrap().ids.replace(&parent_id, &file);
                 Ok(self.entry(local_name, &file))
             }
             None => self.local_entry(&parent_id, path, &file.id).await,
@@ -1257,12 +1203,12 @@ impl Provider for GdriveProvider {
         {
             // Whatever the outcome (a lost reply may hide a move that happened), the
             // cached view of both folders is no longer to be trusted.
-            let mut cache = self.cache.lock().unwrap();
-            cache.forget_below(from);
-            cache.listings.remove(&old_parent);
+            let ids = &mut self.cache.lock().unwrap().ids;
+            ids.forget_below(from);
+            ids.invalidate(&old_parent);
             if moved.is_err() {
-                cache.forget_below(to);
-                cache.listings.remove(&new_parent);
+                ids.forget_below(to);
+                ids.invalidate(&new_parent);
             }
         }
         moved?;
@@ -1276,9 +1222,9 @@ impl Provider for GdriveProvider {
             return Err(ProviderError::DirectoryNotEmpty(path.to_owned()));
         }
         let removed = self.remove_item(&f.id).await;
-        let mut cache = self.cache.lock().unwrap();
-        cache.forget_below(path);
-        cache.listings.remove(&parent);
+        let ids = &mut self.cache.lock().unwrap().ids;
+        ids.forget_below(path);
+        ids.invalidate(&parent);
         removed
     }
 
@@ -1413,30 +1359,19 @@ impl Provider for GdriveProvider {
         // they are now. Old paths must be read before any refetch overwrites them.
         let mut old_paths: HashMap<String, String> = HashMap::new();
         {
-            let mut cache = self.cache.lock().unwrap();
+            let ids = &mut self.cache.lock().unwrap().ids;
             for ch in &latest {
                 let id = ch.file_id.as_deref().unwrap_or_default();
-                if let Some(p) = cache.forgotten.get(id).or_else(|| cache.paths.get(id)) {
-                    old_paths.insert(id.to_owned(), p.clone());
+                if let Some(p) = ids.last_path(id) {
+                    old_paths.insert(id.to_owned(), p.to_owned());
                 }
             }
             for ch in &latest {
                 let id = ch.file_id.as_deref().unwrap_or_default();
-                cache.forgotten.remove(id);
-            }
-            for ch in &latest {
-                let id = ch.file_id.as_deref().unwrap_or_default();
-                let old_parent = cache.listings.iter().find_map(|(pid, l)| {
-                    l.children
-                        .iter()
-                        .any(|(_, f)| f.id == id)
-                        .then(|| pid.clone())
-                });
-                if let Some(p) = old_parent {
-                    cache.listings.remove(&p);
-                }
+                ids.reported(id);
+                ids.invalidate_holder_of(id);
                 if let Some(p) = ch.file.as_ref().and_then(|f| f.parents.first()) {
-                    cache.listings.remove(p);
+                    ids.invalidate(p);
                 }
             }
         }
@@ -1454,7 +1389,7 @@ impl Provider for GdriveProvider {
                 Some(f) if !ch.removed && self.visible(&f) => f,
                 _ => {
                     if let Some(p) = old_path {
-                        self.cache.lock().unwrap().forget_below(&p);
+                        self.cache.lock().unwrap().ids.forget_below(&p);
                         changes.push(Change::Removed { path: p });
                     }
                     continue;
@@ -1463,11 +1398,11 @@ impl Provider for GdriveProvider {
             let parent_path = file
                 .parents
                 .first()
-                .and_then(|p| self.cache.lock().unwrap().paths.get(p).cloned());
+                .and_then(|p| self.cache.lock().unwrap().ids.path(p).map(str::to_owned));
             let Some(parent_path) = parent_path else {
                 // Moved somewhere we have never listed (or outside the mount).
                 if let Some(p) = old_path {
-                    self.cache.lock().unwrap().forget_below(&p);
+                    self.cache.lock().unwrap().ids.forget_below(&p);
                     changes.push(Change::Removed { path: p });
                 }
                 continue;
@@ -1479,13 +1414,9 @@ impl Provider for GdriveProvider {
             };
             let path = join_path(&parent_path, name);
             if let Some(old) = old_path.filter(|o| *o != path) {
-                self.cache.lock().unwrap().forget_below(&old);
+                self.cache.lock().unwrap().ids.forget_below(&old);
                 changes.push(Change::Removed { path: old });
-                self.cache
-                    .lock()
-                    .unwrap()
-                    .paths
-                    .insert(id.clone(), path.clone());
+                self.cache.lock().unwrap().ids.set_path(&id, &path);
             }
             changes.push(Change::Upserted {
                 entry: self.entry(name, f),

@@ -10,12 +10,16 @@
 //! - `errors`: status + headers + the service's error body → `ProviderError`;
 //! - `retry`: which outcomes are certain, backoff with `Retry-After`, per-request retries;
 //! - `ranged`: the `Range` header, reading 206/200/416 replies, cutting the byte window;
+//! - `idcache`: paths <-> ids for id-addressed services (listings, moves, the change feed);
+//! - `names`: reversible local names (escaping, numbering of duplicate names);
 //! - `paging`: the list loop over next-page markers (token, next link, cursor);
 //! - `upload_session`: the loop through a resumable upload session (resume, restart).
 
 pub mod auth;
 pub mod client;
 pub mod errors;
+pub mod idcache;
+pub mod names;
 pub mod paging;
 pub mod ranged;
 pub mod retry;

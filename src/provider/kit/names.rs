@@ -1,4 +1,14 @@
-//! Local names for Drive items. See the module docs of [`super`] for the scheme.
+//! Local names for remote items, reversible: services whose names a path cannot hold
+//! as they are (Drive allows `/`, `.` and `..` in names) or whose folders may hold several
+//! items of one name (Drive, Jira attachments) get local names that are unique in their
+//! folder and map back to exactly one item.
+//!
+//! - [`encode`] / [`decode`]: `/` becomes `∕` (U+2215); a literal `∕` or `‛` (U+201B) is
+//!   escaped with `‛`; `.`, `..` and the empty name become `‛.`, `‛..` and `‛`. A local name
+//!   encoding could never produce is refused, so every accepted name shows up unchanged in
+//!   the next listing.
+//! - [`assign_unique`]: equal names in one folder are told apart by id order — the smallest
+//!   id keeps the name, the others become `name (2).ext`, `name (3).ext`, ...
 
 use std::collections::{HashMap, HashSet};
 
