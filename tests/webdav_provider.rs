@@ -1395,11 +1395,18 @@ async fn put_cut_mid_body_leaves_nothing_under_the_real_name() {
         ProviderError::Transient(_)
     );
     relay.wait_settled();
-    let kept = std::fs::metadata(root.path().join("direct.bin")).map(|m| m.len());
+    // What rclone 1.60 does with a cut PUT is a race inside it: usually the part that
+    // arrived stays as the whole file, sometimes (when it notices the client left before
+    // it closes the file) it removes the file. Either way the real name never holds the
+    // right content, which is what the temporary name is for.
+    let direct_bin = root.path().join("direct.bin");
+    let kept = std::fs::metadata(&direct_bin).map(|m| m.len());
     assert!(
-        matches!(kept, Ok(n) if n < data.len() as u64),
+        matches!(kept, Ok(n) if n < data.len() as u64)
+            || matches!(&kept, Err(e) if e.kind() == std::io::ErrorKind::NotFound),
         "a cut direct PUT left {kept:?}"
     );
+    let _ = std::fs::remove_file(&direct_bin);
 
     // The default for a plain WebDAV server: atomic.
     let p = WebdavProvider::new(quick_retries(WebdavConfig::new(url))).unwrap();
@@ -1428,14 +1435,33 @@ async fn put_cut_mid_body_leaves_nothing_under_the_real_name() {
     let e = p.upload("/file.bin", &src, &opts).await.unwrap();
     assert_eq!(e.size, data.len() as u64);
     assert_eq!(std::fs::read(root.path().join("file.bin")).unwrap(), data);
-    assert_eq!(leftovers(), 0, "no partial temporary file left over");
+    // rclone may finish a cut PUT (write or remove its file) after it closed the
+    // connection, so a DELETE can come too early (404, 423) and the partial temporary file
+    // appear afterwards. The provider remembers it and removes it around later uploads;
+    // uploads go on until it is gone, within the provider's 10 s grace.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while leftovers() > 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "partial temporary files left over: {:?}",
+            std::fs::read_dir(&tmp_dir)
+                .unwrap()
+                .map(|e| e.unwrap().file_name())
+                .collect::<Vec<_>>()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        p.upload("/file.bin", &src, &UploadOptions::default())
+            .await
+            .unwrap();
+    }
+    let e = p.stat("/file.bin").await.unwrap();
     assert!(
         tmp_dir.is_dir(),
         "the temporary folder stays for the next upload"
     );
     // ...but is not listed.
     let names: Vec<_> = list(&p, "/").await.into_iter().map(|e| e.name).collect();
-    assert_eq!(names, ["direct.bin", "file.bin"]);
+    assert_eq!(names, ["file.bin"]);
 
     // The precondition is checked before the MOVE: nothing replaced, nothing left over.
     let other = scratch.path().join("other");
