@@ -30,6 +30,7 @@ use std::sync::{Arc, Mutex};
 use std::time::UNIX_EPOCH;
 
 use crate::emu::faults::FaultQueue;
+use crate::emu::range::{self, Wanted};
 pub use crate::emu::server::LoggedRequest;
 use crate::emu::server::{Reply, Request, Response, Server};
 
@@ -316,23 +317,15 @@ fn files_request(st: &mut State, req: &Request, rel: &str, body: Vec<u8>) -> Res
             let Ok(data) = fs::read(&path) else {
                 return sabre_error(404, "NotFound", &format!("File {rel} not found"));
             };
-            let range = req
-                .header("range")
-                .and_then(|v| v.strip_prefix("bytes="))
-                .and_then(|v| v.split_once('-'))
-                .and_then(|(a, b)| Some((a.parse::<usize>().ok()?, b.parse::<usize>().ok()?)));
-            let mut r = match range {
-                Some((a, _)) if a >= data.len() => resp(416, ""),
-                Some((a, b)) => {
-                    let end = b.min(data.len() - 1);
-                    let mut r = resp(206, data[a..=end].to_vec());
-                    r.headers.push((
-                        "Content-Range".into(),
-                        format!("bytes {a}-{end}/{}", data.len()),
-                    ));
-                    r
+            let mut r = match range::wanted(req.header("range"), data.len()) {
+                Wanted::Unsatisfiable => {
+                    resp(416, "").header("Content-Range", format!("bytes */{}", data.len()))
                 }
-                None => resp(200, data),
+                Wanted::Part { start, end } => resp(206, data[start..=end].to_vec()).header(
+                    "Content-Range",
+                    format!("bytes {start}-{end}/{}", data.len()),
+                ),
+                Wanted::Whole => resp(200, data),
             };
             r.headers.push(("ETag".into(), etag(&path)));
             r
