@@ -144,7 +144,8 @@ pub struct Invalidator {
 }
 
 enum Invalidation {
-    Inode(u64),
+    /// An inode, and whom to tell once the kernel processed it.
+    Inode(u64, Option<tokio::sync::oneshot::Sender<()>>),
     Entry(u64, String),
 }
 
@@ -154,10 +155,16 @@ fn start_invalidator(notifier: fuser::Notifier) -> mpsc::Sender<Invalidation> {
         .name("cloudmount-inval".into())
         .spawn(move || {
             for msg in rx {
-                let res = match &msg {
-                    Invalidation::Inode(ino) => notifier.inval_inode(INodeNo(*ino), 0, 0),
+                let res = match msg {
+                    Invalidation::Inode(ino, done) => {
+                        let res = notifier.inval_inode(INodeNo(ino), 0, 0);
+                        if let Some(done) = done {
+                            let _ = done.send(());
+                        }
+                        res
+                    }
                     Invalidation::Entry(parent, name) => {
-                        notifier.inval_entry(INodeNo(*parent), OsStr::new(name))
+                        notifier.inval_entry(INodeNo(parent), OsStr::new(&name))
                     }
                 };
                 // ENOENT: the kernel did not have it cached, which is fine.
@@ -187,7 +194,16 @@ impl KernelNotifier for Invalidator {
     fn inval_inode(&self, ino: Ino) {
         let (c, _) = CloudFs::slot_vfs(&self.root, self.slot);
         let g = self.root.global(c, ino);
-        let _ = self.tx.lock().unwrap().send(Invalidation::Inode(g));
+        let _ = self.tx.lock().unwrap().send(Invalidation::Inode(g, None));
+    }
+    fn inval_inode_then(&self, ino: Ino, done: tokio::sync::oneshot::Sender<()>) {
+        let (c, _) = CloudFs::slot_vfs(&self.root, self.slot);
+        let g = self.root.global(c, ino);
+        let _ = self
+            .tx
+            .lock()
+            .unwrap()
+            .send(Invalidation::Inode(g, Some(done)));
     }
     fn inval_entry(&self, parent: Ino, name: &str) {
         let (c, _) = CloudFs::slot_vfs(&self.root, self.slot);

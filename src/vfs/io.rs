@@ -243,7 +243,9 @@ impl Vfs {
             i.mtime = now();
             i.generation += 1;
         })?;
-        self.notify_inode(ino);
+        // Called from the CLI, which may read the file right after: the kernel must have
+        // dropped the old size first.
+        self.notify_inode_and_wait(ino).await;
         self.commit_if_dirty(ino).await
     }
 }

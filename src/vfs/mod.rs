@@ -94,6 +94,14 @@ pub enum TimeSpec {
 pub trait KernelNotifier: Send + Sync {
     fn inval_inode(&self, ino: Ino);
     fn inval_entry(&self, parent: Ino, name: &str);
+    /// `inval_inode`, then `done` once the kernel has dropped its attributes and pages of
+    /// the inode. For changes made outside a FUSE request (the CLI), whose caller may read
+    /// the file at once: until the kernel processed the invalidation it may still use the
+    /// old size, and a read would return the new bytes padded with zeros to it.
+    fn inval_inode_then(&self, ino: Ino, done: tokio::sync::oneshot::Sender<()>) {
+        self.inval_inode(ino);
+        let _ = done.send(());
+    }
 }
 
 pub use crate::provider::instrumented::ConnectionState;
@@ -266,6 +274,19 @@ impl Vfs {
     fn notify_inode(&self, ino: Ino) {
         if let Some(n) = self.notifier.lock().unwrap().clone() {
             n.inval_inode(ino);
+        }
+    }
+
+    /// `notify_inode`, returning once the kernel processed it (see
+    /// [`KernelNotifier::inval_inode_then`]). Never from inside a FUSE request on `ino`:
+    /// the kernel may wait for that request before it takes the invalidation.
+    async fn notify_inode_and_wait(&self, ino: Ino) {
+        let notifier = self.notifier.lock().unwrap().clone();
+        if let Some(n) = notifier {
+            let (done, processed) = tokio::sync::oneshot::channel();
+            n.inval_inode_then(ino, done);
+            // Bounded: a kernel that does not take it (unmounting) must not hang the caller.
+            let _ = tokio::time::timeout(Duration::from_secs(5), processed).await;
         }
     }
 
