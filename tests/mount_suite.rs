@@ -88,6 +88,9 @@ impl Mounted for Memory {
             })
             .collect()
     }
+    fn remote_mode(&self, rel: &str) -> Option<u32> {
+        self.provider.mode_remote(rel)
+    }
 }
 
 /// The real daemon binary serving a local folder.

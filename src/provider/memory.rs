@@ -293,6 +293,11 @@ impl MemoryProvider {
         self.nodes.lock().unwrap().contains_key(path)
     }
 
+    /// The permission bits the remote keeps for `path`.
+    pub fn mode_remote(&self, path: &str) -> Option<u32> {
+        self.nodes.lock().unwrap().get(path).map(|n| n.mode)
+    }
+
     /// The target of the symbolic link at `path`, if that is one.
     pub fn link_remote(&self, path: &str) -> Option<String> {
         self.nodes

@@ -56,6 +56,7 @@ impl JobExecutor for VfsExecutor {
             JobKind::Symlink { target } => vfs.run_symlink(job, target).await,
             JobKind::Rename { from, overwrite } => vfs.run_rename(job, from, *overwrite).await,
             JobKind::Delete => vfs.run_delete(job).await,
+            JobKind::SetMode => vfs.run_set_mode(job).await,
         };
         match result {
             Ok(()) => JobOutcome::Done,
@@ -687,6 +688,19 @@ impl Vfs {
             let _ = self.invalidate_listing(dir);
         }
         Ok(())
+    }
+
+    async fn run_set_mode(&self, job: &Job) -> JobResult {
+        // The bits as they are now: later chmods since the job was queued are included.
+        let Some(inode) = self.store.get(job.ino).map_err(store_err)? else {
+            return Ok(());
+        };
+        match self.provider.set_mode(&job.path, inode.perm as u32).await {
+            // Gone from the remote: deleted (here, by a later job, or by someone else),
+            // and there is no object left to give a mode.
+            Ok(()) | Err(ProviderError::NotFound(_)) => Ok(()),
+            Err(e) => Err(e),
+        }
     }
 
     async fn run_delete(&self, job: &Job) -> JobResult {

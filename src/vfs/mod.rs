@@ -1060,6 +1060,15 @@ impl Vfs {
             }
             i.ctime = t;
         })?;
+        let remote_mode = inode.kind != EntryKind::Symlink && ino != ROOT_LOCAL_INO;
+        if set.mode.is_some() && remote_mode && self.provider.capabilities().unix_attrs {
+            // The path is read and the job queued under the namespace lock, as for a
+            // truncate: a rename cannot slip in between and leave the job at the old name.
+            let _ns = self.ns_lock.lock().await;
+            if let Some(path) = self.path_of(ino)? {
+                self.queue.enqueue_set_mode(ino, &path);
+            }
+        }
         Ok(self.attr_of(&inode))
     }
 

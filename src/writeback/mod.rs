@@ -32,6 +32,22 @@ pub enum JobKind {
         overwrite: bool,
     },
     Delete,
+    /// Give the remote object the inode's permission bits (a chmod). The bits are read
+    /// from the inode when the job runs, so a burst of chmods needs one request, and the
+    /// job runs after every earlier job on its path (the upload that creates the file).
+    /// Queued only for providers that store Unix modes.
+    SetMode,
+}
+
+impl JobKind {
+    /// Jobs that act on the inode where it is, and follow it when it is renamed before
+    /// anything of it reached the remote: creations, and attribute changes.
+    fn follows_inode(&self) -> bool {
+        matches!(
+            self,
+            JobKind::Upload | JobKind::Mkdir | JobKind::Symlink { .. } | JobKind::SetMode
+        )
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -331,6 +347,12 @@ impl WriteBackQueue {
         t.commit_logged();
     }
 
+    pub fn enqueue_set_mode(&self, ino: Ino, path: &str) {
+        let mut t = self.begin(Batch::default());
+        t.enqueue_set_mode(ino, path);
+        t.commit_logged();
+    }
+
     pub fn enqueue_symlink(&self, ino: Ino, path: &str, target: &str) {
         let mut t = self.begin(Batch::default());
         t.enqueue_symlink(ino, path, target);
@@ -468,14 +490,7 @@ impl WriteBackQueue {
         let doomed: Vec<u64> = st
             .jobs
             .iter()
-            .filter(|(seq, j)| {
-                j.ino == ino
-                    && !st.running.contains(seq)
-                    && matches!(
-                        j.kind,
-                        JobKind::Upload | JobKind::Mkdir | JobKind::Symlink { .. }
-                    )
-            })
+            .filter(|(seq, j)| j.ino == ino && !st.running.contains(seq) && j.kind.follows_inode())
             .map(|(s, _)| *s)
             .collect();
         for seq in doomed {
@@ -591,6 +606,7 @@ impl WriteBackQueue {
                     JobKind::Symlink { .. } => "symlink",
                     JobKind::Rename { .. } => "rename",
                     JobKind::Delete => "delete",
+                    JobKind::SetMode => "chmod",
                 }
                 .to_string(),
                 path: j.path.clone(),
@@ -867,10 +883,7 @@ impl<'a> QueueTxn<'a> {
                     && (st.running.contains(seq)
                         || j.attempts > 0
                         || !j.sent.is_empty()
-                        || !matches!(
-                            j.kind,
-                            JobKind::Upload | JobKind::Mkdir | JobKind::Symlink { .. }
-                        )
+                        || !j.kind.follows_inode()
                         || !j.paths().all(|p| is_same_or_below(p, from)))
             });
         }
@@ -941,6 +954,23 @@ impl<'a> QueueTxn<'a> {
         let (q, st) = self.parts();
         let job = q.new_job(ino, JobKind::Mkdir, path, Duration::ZERO, 0);
         q.push(st, job);
+    }
+
+    /// Queue a chmod of the remote object (see `JobKind::SetMode`), unless one that has
+    /// not started is queued for the inode at that path already. (A waiting upload does
+    /// not stand in for it: an upload that finds its content already there sends nothing.)
+    pub fn enqueue_set_mode(&mut self, ino: Ino, path: &str) {
+        let (q, st) = self.parts();
+        let covered = st.jobs.iter().any(|(seq, j)| {
+            j.ino == ino
+                && j.path == path
+                && !st.running.contains(seq)
+                && j.kind == JobKind::SetMode
+        });
+        if !covered {
+            let job = q.new_job(ino, JobKind::SetMode, path, Duration::ZERO, 0);
+            q.push(st, job);
+        }
     }
 
     pub fn enqueue_symlink(&mut self, ino: Ino, path: &str, target: &str) {

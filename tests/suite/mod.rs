@@ -352,10 +352,9 @@ pub fn timestamps_explicit_now_and_omit(m: &dyn Mounted) {
     assert!(SystemTime::now().duration_since(mtime).unwrap() < Duration::from_secs(60));
 }
 
-/// The mode a file is created with goes up with its content; a later chmod is kept by the
-/// mount. (A chmod after the upload has started does not reach a remote that stores
-/// modes today: only uploads carry the mode, and nothing queues a mode change on its own.
-/// Known gap, see the closing note of issue 8; the remote is not asserted for it here.)
+/// The mode a file is created with goes up with its content, and a chmod reaches a remote
+/// that stores modes however it falls against the upload: right after the close (the
+/// upload waiting or running), and long after (the file clean). Folders likewise.
 pub fn mode_is_kept_and_files_belong_to_the_mounting_user(m: &dyn Mounted) {
     use std::os::unix::fs::OpenOptionsExt;
     let f = m.mnt().join("file.bin");
@@ -377,8 +376,42 @@ pub fn mode_is_kept_and_files_belong_to_the_mounting_user(m: &dyn Mounted) {
     if let Some(mode) = m.remote_mode("/file.bin") {
         assert_eq!(mode & 0o777, 0o600, "mode on the remote");
     }
+    // Long after the upload: nothing but the chmod is queued.
     fs::set_permissions(&f, fs::Permissions::from_mode(0o640)).unwrap();
     assert_eq!(fs::metadata(&f).unwrap().mode() & 0o777, 0o640);
+    m.drain();
+    if let Some(mode) = m.remote_mode("/file.bin") {
+        assert_eq!(mode & 0o777, 0o640, "mode on the remote after a chmod");
+    }
+    // Right after a write: the chmod falls before or during the upload.
+    fs::write(&f, b"mode, changed").unwrap();
+    fs::set_permissions(&f, fs::Permissions::from_mode(0o604)).unwrap();
+    let d = m.mnt().join("dir");
+    fs::create_dir(&d).unwrap();
+    fs::set_permissions(&d, fs::Permissions::from_mode(0o750)).unwrap();
+    assert_eq!(fs::metadata(&d).unwrap().mode() & 0o777, 0o750);
+    m.drain();
+    if let Some(mode) = m.remote_mode("/file.bin") {
+        assert_eq!(
+            mode & 0o777,
+            0o604,
+            "mode on the remote after a chmod during the upload"
+        );
+    }
+    if let Some(mode) = m.remote_mode("/dir") {
+        assert_eq!(mode & 0o777, 0o750, "a folder's mode on the remote");
+    }
+    // Renamed before the chmod reached the remote: the mode follows the file.
+    fs::set_permissions(&f, fs::Permissions::from_mode(0o644)).unwrap();
+    fs::rename(&f, d.join("moved.bin")).unwrap();
+    m.drain();
+    if let Some(mode) = m.remote_mode("/dir/moved.bin") {
+        assert_eq!(
+            mode & 0o777,
+            0o644,
+            "mode on the remote after chmod then rename"
+        );
+    }
 }
 
 pub fn directories_and_their_errors(m: &dyn Mounted) {
