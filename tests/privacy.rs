@@ -783,3 +783,151 @@ fn mount_helper_run_by_root_for_a_user_creates_everything_as_that_user() {
     ok(c.output().unwrap(), "unmount as nobody");
     assert!(!is_mounted(&dirs.mnt));
 }
+
+/// The command lines of `systemd/cloudmount-system@.service` (ExecStart, ExecStop) for
+/// instance `name`, with the config folder `etc` standing in for /etc/cloudmount.
+fn system_unit_commands(name: &str, etc: &Path) -> (Vec<String>, Vec<String>) {
+    let unit = fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("systemd/cloudmount-system@.service"),
+    )
+    .unwrap();
+    let bin_dir = Path::new(BIN).parent().unwrap().display().to_string();
+    let command = |key: &str| -> Vec<String> {
+        let line = unit
+            .lines()
+            .find_map(|l| l.strip_prefix(key))
+            .unwrap_or_else(|| panic!("{key} in the system unit"));
+        line.replace("@BINDIR@", &bin_dir)
+            .replace("/etc/cloudmount/", &format!("{}/", etc.display()))
+            .replace("%i", name)
+            .split_whitespace()
+            .map(str::to_string)
+            .collect()
+    };
+    (command("ExecStart="), command("ExecStop="))
+}
+
+/// The system-wide unit started by root for one user (`run_as` in the config), run with
+/// its own ExecStart and ExecStop lines and a stand-in for systemd's notify socket: the
+/// daemon becomes the user before it creates anything, so its folders, files, log,
+/// control socket and the mount are the user's, private, and not root's; READY comes once
+/// the mount works; root's ExecStop unmounts it after the queue drained.
+#[test]
+fn system_unit_with_run_as_creates_everything_as_that_user() {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("skipped: needs root to act for another user");
+        return;
+    }
+    let _dev_fuse = DevFuseOpenToAll::ensure();
+    let dirs = TestDirs::new();
+    fs::set_permissions(dirs.tmp.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    let own = dirs.tmp.path().join("nobody");
+    mkdir_as(&own, NOBODY, 0o755);
+    for d in [&dirs.cloud, &dirs.mnt] {
+        chown_to(d, NOBODY);
+    }
+    fs::write(dirs.cloud.join("hello.txt"), b"hello").unwrap();
+    chown_to(&dirs.cloud.join("hello.txt"), NOBODY);
+    let (state, cache) = (own.join("state"), own.join("cache"));
+    let etc = dirs.tmp.path().join("etc");
+    fs::create_dir(&etc).unwrap();
+    fs::write(
+        etc.join("alice.toml"),
+        format!(
+            "mount_point = {:?}\nstate_dir = {:?}\ncache_dir = {:?}\nrun_as = \"nobody\"\n\
+             upload_delay_secs = 0.05\n\n[[connection]]\nname = \"files\"\ntype = \"local\"\n\
+             path = {:?}\n",
+            dirs.mnt, state, cache, dirs.cloud
+        ),
+    )
+    .unwrap();
+    let (start, stop) = system_unit_commands("alice", &etc);
+
+    // systemd's notify socket is writable by every service, whoever it runs as.
+    let notify_path = dirs.tmp.path().join("notify.sock");
+    let notify = std::os::unix::net::UnixDatagram::bind(&notify_path).unwrap();
+    fs::set_permissions(&notify_path, fs::Permissions::from_mode(0o777)).unwrap();
+    notify
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let mut daemon = Command::new(&start[0])
+        .args(&start[1..])
+        .env("NOTIFY_SOCKET", &notify_path)
+        .env("HOME", "/root")
+        .env_remove("XDG_RUNTIME_DIR")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let _guard = UnmountOnDrop(dirs.mnt.clone());
+    let mut buf = [0u8; 256];
+    let n = match notify.recv(&mut buf) {
+        Ok(n) => n,
+        Err(e) => {
+            let _ = daemon.kill();
+            let out = daemon.wait_with_output().unwrap();
+            panic!("no READY ({e}): {}", text_of(&out));
+        }
+    };
+    assert_eq!(&buf[..n], b"READY=1");
+    let info = fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let line = info
+        .lines()
+        .find(|l| l.split(' ').nth(4) == Some(dirs.mnt.to_str().unwrap()))
+        .expect("mounted");
+    assert!(line.contains(&format!("user_id={NOBODY}")), "{line}");
+    let status = fs::read_to_string(format!("/proc/{}/status", daemon.id())).unwrap();
+    let uids = status.lines().find(|l| l.starts_with("Uid:")).unwrap();
+    assert!(
+        uids.split_whitespace()
+            .skip(1)
+            .all(|u| u == NOBODY.to_string()),
+        "the daemon runs as the user: {uids}"
+    );
+
+    let file = dirs.mnt.join("files/mine.txt");
+    let mut c = as_user(NOBODY);
+    c.args([
+        "sh",
+        "-c",
+        "cat \"$1\" && echo ' by nobody' > \"$2\" && cat \"$2\"",
+        "sh",
+    ])
+    .arg(dirs.mnt.join("files/hello.txt"))
+    .arg(&file);
+    assert_eq!(
+        ok(c.output().unwrap(), "read and write as nobody"),
+        "hello by nobody\n"
+    );
+    let mut c = as_user(NOBODY);
+    c.arg(BIN).args(["sync", "--wait", "30"]).arg(&dirs.mnt);
+    ok(c.output().unwrap(), "sync as nobody");
+    assert_eq!(
+        fs::read(dirs.cloud.join("mine.txt")).unwrap(),
+        b" by nobody\n"
+    );
+
+    for root in [&state, &cache] {
+        assert!(assert_private_tree(root, NOBODY) > 1, "{}", root.display());
+    }
+    let runtime = PathBuf::from(format!("/tmp/cloudmount-{NOBODY}"));
+    let socket = runtime.join(format!("{}.sock", cloudmount::control::mount_id(&dirs.mnt)));
+    for p in [&runtime, &socket] {
+        let m = fs::symlink_metadata(p).unwrap();
+        assert_eq!(m.uid(), NOBODY, "{} is the user's", p.display());
+    }
+    assert_eq!(
+        fs::symlink_metadata(&socket).unwrap().mode() & 0o7777,
+        0o600
+    );
+
+    // ExecStop, run by root as systemd does.
+    ok(
+        Command::new(&stop[0]).args(&stop[1..]).output().unwrap(),
+        "ExecStop",
+    );
+    let out = daemon.wait_with_output().unwrap();
+    assert!(out.status.success(), "daemon exit: {}", text_of(&out));
+    assert!(!is_mounted(&dirs.mnt));
+}
