@@ -10,7 +10,7 @@ use serde::Deserialize;
 
 use crate::accounts::BearerTokens;
 use crate::provider::kit::auth::OAuthBearer;
-use crate::provider::kit::client::{transport_error, ApiClient, Call};
+use crate::provider::kit::client::{ApiClient, Call};
 use crate::provider::kit::errors::{classify_status, ErrorDetail, ServiceErrors};
 use crate::provider::kit::retry::{retry_after, Idempotency, RetryPolicy};
 use crate::provider::{ProviderError, ProviderResult};
@@ -163,9 +163,20 @@ impl Api {
         T: serde::de::DeserializeOwned,
         F: Fn(&reqwest::Client) -> RequestBuilder,
     {
-        let resp = self.send(what, build).await?;
-        let body = resp.bytes().await.map_err(|e| transport_error(&e, what))?;
-        serde_json::from_slice(&body)
-            .map_err(|e| ProviderError::Protocol(format!("{what}: unexpected reply: {e}")))
+        let probe = build(self.client.http())
+            .build()
+            .map_err(|e| ProviderError::Protocol(format!("{what}: {}", e.without_url())))?;
+        let call = Call::new(what)
+            .idempotency(drive_idempotency(probe.method()))
+            .accept(ACCEPTED);
+        // The kit reads the body within the attempt: a reply cut halfway is asked again.
+        self.client
+            .json(call, || {
+                let req = build(self.client.http()).build();
+                async move {
+                    req.map_err(|e| ProviderError::Protocol(format!("{what}: {}", e.without_url())))
+                }
+            })
+            .await
     }
 }

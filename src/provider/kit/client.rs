@@ -292,7 +292,7 @@ impl ApiClient {
             .await
     }
 
-    /// `send` and decode a JSON reply.
+    /// `send` and decode a JSON reply (read whole, as [`ApiClient::send_whole`] does).
     pub async fn json<T, F, Fut>(&self, call: Call<'_>, build: F) -> ProviderResult<T>
     where
         T: serde::de::DeserializeOwned,
@@ -300,18 +300,69 @@ impl ApiClient {
         Fut: Future<Output = ProviderResult<Request>>,
     {
         let what = call.what;
-        let resp = self.send(call, build).await?;
-        let body = resp.bytes().await.map_err(|e| transport_error(&e, what))?;
-        serde_json::from_slice(&body)
+        let reply = self.send_whole(call, build).await?;
+        serde_json::from_slice(&reply.body)
             .map_err(|e| ProviderError::Protocol(format!("{what}: unexpected reply: {e}")))
+    }
+
+    /// `send`, with the body read as part of each attempt. A reply cut in its body leaves
+    /// the outcome as uncertain as a connection cut before the headers: it is asked for
+    /// again when the request may be repeated, under the same retry policy, instead of
+    /// failing the caller (a listing or a ranged read during a flaky network).
+    pub async fn send_whole<F, Fut>(&self, call: Call<'_>, build: F) -> ProviderResult<WholeReply>
+    where
+        F: Fn() -> Fut,
+        Fut: Future<Output = ProviderResult<Request>>,
+    {
+        let what = call.what;
+        self.attempts(&self.retry, call, Mode::Checked, build, |a| {
+            read_whole(a, what)
+        })
+        .await
+    }
+
+    /// `send_raw` with the body read as part of each attempt (see `send_whole`): any
+    /// status retrying did not improve on is returned, with its body.
+    pub async fn send_raw_whole<F, Fut>(
+        &self,
+        call: Call<'_>,
+        build: F,
+    ) -> ProviderResult<WholeReply>
+    where
+        F: Fn() -> Fut,
+        Fut: Future<Output = ProviderResult<Request>>,
+    {
+        let what = call.what;
+        self.attempts(&self.retry, call, Mode::Raw, build, |a| read_whole(a, what))
+            .await
     }
 
     /// The error a non-2xx reply stands for, read with the service's error parser.
     pub async fn error_of(&self, resp: Response, what: &str) -> ProviderError {
         let status = resp.status();
+        let headers = resp.headers().clone();
+        let body = if status.is_redirection() {
+            Bytes::new()
+        } else {
+            read_error_body(resp).await
+        };
+        self.error_from(status, &headers, &body, what)
+    }
+
+    /// [`ApiClient::error_of`] for a reply read whole.
+    pub fn error_of_whole(&self, reply: &WholeReply, what: &str) -> ProviderError {
+        self.error_from(reply.status, &reply.headers, &reply.body, what)
+    }
+
+    fn error_from(
+        &self,
+        status: StatusCode,
+        headers: &reqwest::header::HeaderMap,
+        body: &[u8],
+        what: &str,
+    ) -> ProviderError {
         if status.is_redirection() {
-            let to = resp
-                .headers()
+            let to = headers
                 .get(reqwest::header::LOCATION)
                 .and_then(|v| v.to_str().ok())
                 .map(|l| l.split('?').next().unwrap_or(l).to_owned())
@@ -320,9 +371,7 @@ impl ApiClient {
                 "{what}: server redirected ({status}) to {to}; check the configured url"
             ));
         }
-        let headers = resp.headers().clone();
-        let body = read_error_body(resp).await;
-        self.classify(status, &headers, &body, what)
+        self.classify(status, headers, body, what)
     }
 
     /// Status, headers and body → error, by the service's rules.
@@ -355,6 +404,26 @@ impl ApiClient {
     where
         F: Fn() -> Fut,
         Fut: Future<Output = ProviderResult<Request>>,
+    {
+        self.attempts(policy, call, mode, build, |attempt| async { attempt })
+            .await
+    }
+
+    /// The retry loop. `finish` completes each attempt that got a reply: as it is, or
+    /// with its body read (see [`ApiClient::send_whole`]).
+    async fn attempts<T, F, Fut, G, GFut>(
+        &self,
+        policy: &RetryPolicy,
+        call: Call<'_>,
+        mode: Mode,
+        build: F,
+        finish: G,
+    ) -> ProviderResult<T>
+    where
+        F: Fn() -> Fut,
+        Fut: Future<Output = ProviderResult<Request>>,
+        G: Fn(Attempt<Response>) -> GFut,
+        GFut: Future<Output = Attempt<T>>,
     {
         let what = call.what;
         // The credential, and whether it was refreshed already, carry over between attempts:
@@ -425,7 +494,7 @@ impl ApiClient {
                         Err(e) => return Attempt::Done(Err(e)),
                     }
                 }
-                return self.judge(resp, &call, mode).await;
+                return finish(self.judge(resp, &call, mode).await).await;
             }
         })
         .await
@@ -472,6 +541,53 @@ impl ApiClient {
                 }
             }
         }
+    }
+}
+
+/// A reply read to its end.
+#[derive(Debug)]
+pub struct WholeReply {
+    pub status: StatusCode,
+    pub headers: reqwest::header::HeaderMap,
+    pub body: Bytes,
+}
+
+/// Completes an attempt by reading its reply's body; a body that stops short is a failed
+/// attempt whose effect is unknown (the server may have acted before the cut).
+async fn read_whole(attempt: Attempt<Response>, what: &str) -> Attempt<WholeReply> {
+    async fn read(resp: Response, what: &str) -> ProviderResult<WholeReply> {
+        let status = resp.status();
+        let headers = resp.headers().clone();
+        let body = resp.bytes().await.map_err(|e| transport_error(&e, what))?;
+        Ok(WholeReply {
+            status,
+            headers,
+            body,
+        })
+    }
+    match attempt {
+        Attempt::Done(Ok(resp)) => match read(resp, what).await {
+            Ok(reply) => Attempt::Done(Ok(reply)),
+            Err(err) => {
+                debug!(what, error = %err, "reply cut in its body");
+                Attempt::Failed(Failure {
+                    effect: Effect::Uncertain,
+                    retry_after: None,
+                    reason: err.to_string(),
+                    outcome: Err(err),
+                })
+            }
+        },
+        Attempt::Done(Err(e)) => Attempt::Done(Err(e)),
+        Attempt::Failed(f) => Attempt::Failed(Failure {
+            effect: f.effect,
+            retry_after: f.retry_after,
+            reason: f.reason,
+            outcome: match f.outcome {
+                Ok(resp) => read(resp, what).await,
+                Err(e) => Err(e),
+            },
+        }),
     }
 }
 
@@ -648,5 +764,58 @@ mod tests {
             !msg.contains("secret-path") && !msg.contains("sig=abc"),
             "{msg}"
         );
+    }
+
+    /// Headers promising 10 bytes, then 3 and the connection closed.
+    const CUT_BODY: &str = "HTTP/1.1 200 OK\r\ncontent-length: 10\r\nconnection: close\r\n\r\n{\"a";
+    const JSON: &str =
+        "HTTP/1.1 200 OK\r\ncontent-length: 8\r\nconnection: close\r\n\r\n{\"a\": 1}";
+
+    #[derive(serde::Deserialize, Debug, PartialEq)]
+    struct A {
+        a: u32,
+    }
+
+    #[tokio::test]
+    async fn a_body_cut_halfway_is_asked_again_only_when_that_is_safe() {
+        let c = client(Arc::new(crate::provider::kit::auth::NoAuth));
+        // A GET whose reply stops short is sent again, and the second reply is read.
+        let (url, seen) = server(vec![CUT_BODY, JSON]).await;
+        let a: A = c.json(Call::new("get"), || get(&c, &url)).await.unwrap();
+        assert_eq!(a, A { a: 1 });
+        assert_eq!(seen.lock().unwrap().len(), 2);
+
+        // Raw mode too (WebDAV's PROPFIND), with the body in the reply.
+        let (url, seen) = server(vec![CUT_BODY, MISSING]).await;
+        let reply = c
+            .send_raw_whole(Call::new("get"), || get(&c, &url))
+            .await
+            .unwrap();
+        assert_eq!(
+            (reply.status.as_u16(), &reply.body[..]),
+            (404, &b"no such"[..])
+        );
+        assert_eq!(seen.lock().unwrap().len(), 2);
+
+        // A POST may have acted before the cut: not repeated, the caller learns why.
+        let (url, seen) = server(vec![CUT_BODY, JSON]).await;
+        let err = c
+            .json::<A, _, _>(Call::new("create"), || {
+                let req = c.http().post(&url).build();
+                async move { req.map_err(|e| ProviderError::Protocol(e.to_string())) }
+            })
+            .await
+            .unwrap_err();
+        assert!(matches!(err, ProviderError::Transient(_)), "{err:?}");
+        assert_eq!(seen.lock().unwrap().len(), 1);
+
+        // Cut every time: the retry policy's attempts, then the error.
+        let (url, seen) = server(vec![CUT_BODY, CUT_BODY, CUT_BODY]).await;
+        let err = c
+            .json::<A, _, _>(Call::new("get"), || get(&c, &url))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, ProviderError::Transient(_)), "{err:?}");
+        assert_eq!(seen.lock().unwrap().len(), 3);
     }
 }

@@ -261,22 +261,26 @@ impl WebdavProvider {
             return Err(ProviderError::Unsupported("sync-collection".into()));
         }
         let what = "REPORT sync-collection /".to_string();
-        let rb = self
-            .request(
-                Method::from_bytes(b"REPORT").expect("valid method"),
-                &self.url("/"),
-            )
-            .header("Depth", "0")
-            .header(CONTENT_TYPE, "application/xml; charset=utf-8")
-            .body(sync::request_body(token));
-        let resp = self.send(rb, &what).await?;
-        let status = resp.status();
+        let reply = self
+            .api
+            .send_raw_whole(Call::new(&what), || async {
+                self.request(
+                    Method::from_bytes(b"REPORT").expect("valid method"),
+                    &self.url("/"),
+                )
+                .header("Depth", "0")
+                .header(CONTENT_TYPE, "application/xml; charset=utf-8")
+                .body(sync::request_body(token))
+                .build()
+                .map_err(|e| ProviderError::Protocol(format!("{what}: {}", e.without_url())))
+            })
+            .await?;
+        let status = reply.status;
+        let body = String::from_utf8_lossy(&reply.body);
         if status == StatusCode::MULTI_STATUS {
-            let text = resp.text().await.map_err(|e| transport_error(&e, &what))?;
-            return sync::parse_report(&text)
+            return sync::parse_report(&body)
                 .map_err(|e| ProviderError::Protocol(format!("{what}: {e}")));
         }
-        let body = resp.text().await.unwrap_or_default();
         if status == StatusCode::FORBIDDEN && body.contains("valid-sync-token") {
             return Err(ProviderError::PreconditionFailed(
                 "sync token no longer valid".into(),
@@ -329,37 +333,26 @@ impl WebdavProvider {
         body: &'static str,
     ) -> ProviderResult<Result<Vec<DavResponse>, (StatusCode, ProviderError)>> {
         let what = format!("PROPFIND {path}");
-        let mut cut_replies = 0;
-        let bytes = loop {
-            let rb = self
-                .request(
+        // Read whole within the retry policy: a listing cut in its body is asked again.
+        let reply = self
+            .api
+            .send_raw_whole(Call::new(&what), || async {
+                self.request(
                     Method::from_bytes(b"PROPFIND").expect("valid method"),
                     &self.url(path),
                 )
                 .header("Depth", depth)
                 .header(CONTENT_TYPE, "application/xml; charset=utf-8")
-                .body(body);
-            let resp = self.send(rb, &what).await?;
-            let status = resp.status();
-            if status != StatusCode::MULTI_STATUS && status != StatusCode::OK {
-                return Ok(Err((status, self.fail(resp, &what).await)));
-            }
-            match resp.bytes().await {
-                Ok(b) => break b,
-                // The reply was cut in its body (`send` retries only up to the headers).
-                // A PROPFIND changes nothing: ask again, within the same retry policy.
-                Err(e) => {
-                    let err = transport_error(&e, &what);
-                    cut_replies += 1;
-                    if cut_replies >= self.api.retry_policy().max_attempts {
-                        return Err(err);
-                    }
-                    let wait = self.api.retry_policy().wait_after(cut_replies - 1, &err);
-                    warn!(%what, error = %err, ?wait, "reply cut mid-body; asking again");
-                    tokio::time::sleep(wait).await;
-                }
-            }
-        };
+                .body(body)
+                .build()
+                .map_err(|e| ProviderError::Protocol(format!("{what}: {}", e.without_url())))
+            })
+            .await?;
+        let status = reply.status;
+        if status != StatusCode::MULTI_STATUS && status != StatusCode::OK {
+            return Ok(Err((status, self.api.error_of_whole(&reply, &what))));
+        }
+        let bytes = reply.body;
         let text = String::from_utf8_lossy(&bytes);
         xml::parse_multistatus(&text)
             .map(Ok)
