@@ -12,7 +12,8 @@
 //! - `ranged`: the `Range` header, reading 206/200/416 replies, cutting the byte window;
 //! - `idcache`: paths <-> ids for id-addressed services (listings, moves, the change feed);
 //! - `names`: reversible local names (escaping, numbering of duplicate names);
-//! - `paging`: the list loop over next-page markers (token, next link, cursor);
+//! - `paging`: the list loop over next-page markers (token, next link, cursor, `Link`
+//!   header, offset with a total);
 //! - `upload_session`: the loop through a resumable upload session (resume, restart).
 
 pub mod auth;
