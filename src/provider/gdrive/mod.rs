@@ -86,6 +86,7 @@ use super::{
 use crate::accounts::BearerTokens;
 use crate::provider::kit::paging::{self, Page};
 use crate::provider::kit::ranged::{self, Ranged};
+use crate::provider::kit::client::HttpSettings;
 use crate::provider::kit::retry::RetryPolicy;
 use api::Api;
 
@@ -386,13 +387,10 @@ impl GdriveProvider {
         for base in [&cfg.api_base, &cfg.upload_base] {
             reqwest::Url::parse(base).map_err(|e| bad(format!("bad URL {base:?}: {e}")))?;
         }
-        let timeout = Duration::from_secs(cfg.timeout_secs.max(1));
-        let http = reqwest::Client::builder()
-            .user_agent(concat!("cloudmount/", env!("CARGO_PKG_VERSION")))
-            .connect_timeout(timeout)
-            .read_timeout(timeout)
+        // Redirects are followed: download links of exported documents redirect.
+        let http = HttpSettings::new(Duration::from_secs(cfg.timeout_secs))
             .build()
-            .map_err(|e| bad(e.to_string()))?;
+            .map_err(bad)?;
         let retry = RetryPolicy {
             max_attempts: cfg.max_retries.saturating_add(1),
             base_delay: Duration::from_millis(cfg.retry_base_delay_ms),
