@@ -5,6 +5,8 @@
 mod drive_emulator;
 #[path = "support/drive_harness.rs"]
 mod drive_harness;
+#[path = "support/emu/mod.rs"]
+mod emu;
 
 use std::os::unix::fs::PermissionsExt;
 use std::sync::Arc;

@@ -4,6 +4,8 @@
 mod drive_emulator;
 #[path = "support/drive_harness.rs"]
 mod drive_harness;
+#[path = "support/emu/mod.rs"]
+mod emu;
 
 use std::collections::BTreeSet;
 use std::io::Write;

@@ -7,6 +7,8 @@ mod common;
 mod drive_emulator;
 #[path = "support/drive_harness.rs"]
 mod drive_harness;
+#[path = "support/emu/mod.rs"]
+mod emu;
 
 use std::fs;
 use std::io::{BufRead, BufReader, Write};

@@ -11,6 +11,8 @@ mod suite;
 mod drive_emulator;
 #[path = "support/drive_harness.rs"]
 mod drive_harness;
+#[path = "support/emu/mod.rs"]
+mod emu;
 #[path = "support/webdav_servers.rs"]
 mod webdav_servers;
 

@@ -15,6 +15,8 @@ mod common;
 mod drive_emulator;
 #[path = "support/drive_harness.rs"]
 mod drive_harness;
+#[path = "support/emu/mod.rs"]
+mod emu;
 #[path = "support/webdav_servers.rs"]
 mod webdav_servers;
 #[path = "support/workload.rs"]

@@ -17,6 +17,8 @@ mod common;
 mod drive_emulator;
 #[path = "support/drive_harness.rs"]
 mod drive_harness;
+#[path = "support/emu/mod.rs"]
+mod emu;
 #[path = "support/fault_proxy.rs"]
 mod fault_proxy;
 #[path = "support/webdav_servers.rs"]

@@ -6,16 +6,19 @@
 //!
 //! Fault injection (rate limits, 5xx, dropped upload connections, expired tokens, revoked
 //! refresh tokens, expired upload sessions) is driven from the test through [`DriveEmulator`].
+//! Google's OAuth endpoints are the emulator kit's OAuth server (`emu/oauth.rs`) set up as
+//! Google behaves (`oauth_settings`).
 #![allow(dead_code)]
 // Handlers return ready-made error responses as their `Err`; boxing them buys nothing here.
 #![allow(clippy::result_large_err)]
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
+
+use crate::emu::oauth::{OAuthReply, OAuthServer, OAuthSettings, TokenPrefixes};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
-use base64::Engine;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
@@ -23,7 +26,6 @@ use hyper::header::HeaderValue;
 use hyper::{Method, Request, Response, StatusCode};
 use md5::{Digest, Md5};
 use serde_json::{json, Map, Value};
-use sha2::Sha256;
 
 pub const FOLDER_MIME: &str = "application/vnd.google-apps.folder";
 pub const DOC_MIME: &str = "application/vnd.google-apps.document";
@@ -135,18 +137,6 @@ impl FileRec {
     }
 }
 
-struct CodeGrant {
-    client_id: String,
-    redirect_uri: String,
-    challenge: String,
-    scope: String,
-}
-
-struct AccessGrant {
-    expires: Instant,
-    refresh: Option<String>,
-}
-
 struct Session {
     file_id: Option<String>,
     metadata: Value,
@@ -156,32 +146,19 @@ struct Session {
     fields: Option<String>,
 }
 
-struct DeviceGrant {
-    user_code: String,
-    scope: String,
-    approved: bool,
-}
-
 struct State {
     cfg: EmulatorConfig,
     base: String,
     root_id: String,
     files: BTreeMap<String, FileRec>,
     next_id: u64,
-    codes: HashMap<String, CodeGrant>,
-    access: HashMap<String, AccessGrant>,
-    /// refresh token → (scope, revoked)
-    refresh: HashMap<String, (String, bool)>,
-    device: HashMap<String, DeviceGrant>,
+    oauth: OAuthServer,
     /// (change number, file id)
     changes: Vec<(u64, String)>,
     next_change: u64,
     sessions: HashMap<String, Session>,
     faults: VecDeque<Fault>,
     stats: Stats,
-    /// Every secret that went over the wire, for no-secrets-in-logs checks.
-    secrets: Vec<String>,
-    next_token: u64,
     /// Shared drives (id, name), in creation order.
     drives: Vec<(String, String)>,
     /// Whether the request being served passed `supportsAllDrives=true`.
@@ -193,13 +170,6 @@ impl State {
         self.next_id += 1;
         // Ids sort in creation order, and look vaguely like Drive's.
         format!("1Dx{:08}q{}", self.next_id, random_suffix(8))
-    }
-
-    fn new_secret(&mut self, prefix: &str) -> String {
-        self.next_token += 1;
-        let s = format!("{prefix}{}{}", self.next_token, random_suffix(24));
-        self.secrets.push(s.clone());
-        s
     }
 
     fn record_change(&mut self, id: &str) {
@@ -288,27 +258,22 @@ impl DriveEmulator {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let now = SystemTime::now();
+        let oauth = OAuthServer::new(oauth_settings(&cfg));
         let mut st = State {
+            oauth,
             cfg,
             base: format!("http://{addr}"),
             root_id: String::new(),
             files: BTreeMap::new(),
             next_id: 0,
-            codes: HashMap::new(),
-            access: HashMap::new(),
-            refresh: HashMap::new(),
-            device: HashMap::new(),
             changes: Vec::new(),
             next_change: 100,
             sessions: HashMap::new(),
             faults: VecDeque::new(),
             stats: Stats::default(),
-            secrets: Vec::new(),
-            next_token: 0,
             drives: Vec::new(),
             all_drives: false,
         };
-        st.secrets.push(st.cfg.client_secret.clone());
         let root = st.new_id();
         st.root_id = root.clone();
         st.files.insert(
@@ -377,7 +342,9 @@ impl DriveEmulator {
         self.st().cfg.clone()
     }
     pub fn set_access_token_lifetime(&self, d: Duration) {
-        self.st().cfg.access_token_lifetime = d;
+        let mut st = self.st();
+        st.cfg.access_token_lifetime = d;
+        st.oauth.settings.access_token_lifetime = d;
     }
     pub fn set_max_page_size(&self, n: usize) {
         self.st().cfg.max_page_size = n;
@@ -392,7 +359,9 @@ impl DriveEmulator {
         self.st().cfg.storage_limit = n;
     }
     pub fn set_rotate_refresh_tokens(&self, on: bool) {
-        self.st().cfg.rotate_refresh_tokens = on;
+        let mut st = self.st();
+        st.cfg.rotate_refresh_tokens = on;
+        st.oauth.settings.rotate_refresh_tokens = on;
     }
 
     pub fn root_id(&self) -> String {
@@ -400,53 +369,41 @@ impl DriveEmulator {
     }
 
     pub fn stats(&self) -> Stats {
-        self.st().stats.clone()
+        let st = self.st();
+        let oauth = &st.oauth.stats;
+        Stats {
+            unauthorized: oauth.unauthorized,
+            token_grants: oauth.token_grants,
+            refresh_grants: oauth.refresh_grants,
+            revocations: oauth.revocations,
+            ..st.stats.clone()
+        }
     }
 
     /// Every token, code, verifier and client secret seen or issued.
     pub fn secrets(&self) -> Vec<String> {
-        self.st().secrets.clone()
+        self.st().oauth.secrets().to_vec()
     }
 
     /// Tokens for a session that skipped the browser: (access, refresh).
     pub fn issue_tokens(&self) -> (String, String) {
-        let mut st = self.st();
-        let refresh = st.new_secret("1//0e-refresh-");
-        st.refresh.insert(
-            refresh.clone(),
-            ("https://www.googleapis.com/auth/drive".into(), false),
-        );
-        let access = st.new_secret("ya29.a0-access-");
-        let expires = Instant::now() + st.cfg.access_token_lifetime;
-        st.access.insert(
-            access.clone(),
-            AccessGrant {
-                expires,
-                refresh: Some(refresh.clone()),
-            },
-        );
-        (access, refresh)
+        self.st()
+            .oauth
+            .issue_tokens("https://www.googleapis.com/auth/drive")
     }
 
     /// Every access token issued so far stops working (as if they all reached their hour).
     pub fn expire_all_access_tokens(&self) {
-        let past = Instant::now() - Duration::from_secs(1);
-        for g in self.st().access.values_mut() {
-            g.expires = past;
-        }
+        self.st().oauth.expire_all_access_tokens();
     }
 
     /// The user revoked the app: refresh tokens and their access tokens die.
     pub fn revoke_all_refresh_tokens(&self) {
-        let mut st = self.st();
-        for v in st.refresh.values_mut() {
-            v.1 = true;
-        }
-        st.access.clear();
+        self.st().oauth.revoke_all_refresh_tokens();
     }
 
     pub fn refresh_token_valid(&self, token: &str) -> bool {
-        matches!(self.st().refresh.get(token), Some((_, false)))
+        self.st().oauth.refresh_token_valid(token)
     }
 
     pub fn inject(&self, fault: Fault, times: usize) {
@@ -467,11 +424,7 @@ impl DriveEmulator {
     }
 
     pub fn approve_device(&self, user_code: &str) {
-        for g in self.st().device.values_mut() {
-            if g.user_code == user_code {
-                g.approved = true;
-            }
-        }
+        self.st().oauth.approve_device(user_code);
     }
 
     fn insert(
@@ -720,11 +673,40 @@ fn not_found(id: &str) -> Resp {
     )
 }
 
-fn oauth_error(status: u16, error: &str, description: &str) -> Resp {
-    json_resp(
-        StatusCode::from_u16(status).unwrap(),
-        json!({"error": error, "error_description": description}),
-    )
+/// Google's authorization server, as the emulator kit's OAuth server is told to be.
+fn oauth_settings(cfg: &EmulatorConfig) -> OAuthSettings {
+    OAuthSettings {
+        client_id: cfg.client_id.clone(),
+        client_secret: cfg.client_secret.clone(),
+        access_token_lifetime: cfg.access_token_lifetime,
+        rotate_refresh_tokens: cfg.rotate_refresh_tokens,
+        device_scopes: Some(cfg.device_scopes.clone()),
+        prefixes: TokenPrefixes {
+            code: "4/0Ab-code-",
+            access: "ya29.a0-access-",
+            refresh: "1//0e-refresh-",
+            device: "AH-device-",
+        },
+        // Google's device endpoint says `verification_url`, and 428 while pending.
+        verification_field: "verification_url",
+        verification_url: "https://www.google.com/device".into(),
+        pending_status: 428,
+    }
+}
+
+fn oauth_resp(reply: OAuthReply) -> Resp {
+    match reply {
+        OAuthReply::Json(status, v) => json_resp(StatusCode::from_u16(status).unwrap(), v),
+        OAuthReply::Page(status, text) => {
+            respond(StatusCode::from_u16(status).unwrap(), text, "text/html")
+        }
+        OAuthReply::Redirect(to) => {
+            let mut r = respond(StatusCode::FOUND, "", "text/html");
+            r.headers_mut()
+                .insert("location", HeaderValue::from_str(&to).unwrap());
+            r
+        }
+    }
 }
 
 fn query_map(req_query: Option<&str>) -> HashMap<String, String> {
@@ -756,10 +738,13 @@ async fn handle(state: Arc<Mutex<State>>, req: Request<Incoming>) -> Result<Resp
 
     let mut st = state.lock().unwrap();
     let resp = match (method.clone(), path.as_str()) {
-        (Method::GET, "/o/oauth2/v2/auth") => authorize(&mut st, &query),
-        (Method::POST, "/token") => token(&mut st, &headers, &body),
-        (Method::POST, "/revoke") => revoke(&mut st, &query, &body),
-        (Method::POST, "/device/code") => device_code(&mut st, &body),
+        (Method::GET, "/o/oauth2/v2/auth") => oauth_resp(st.oauth.authorize(&query)),
+        (Method::POST, "/token") => {
+            let authorization = header(&headers, "authorization");
+            oauth_resp(st.oauth.token(authorization, &body))
+        }
+        (Method::POST, "/revoke") => oauth_resp(st.oauth.revoke(&query, &body)),
+        (Method::POST, "/device/code") => oauth_resp(st.oauth.device_code(&body)),
         _ if path.starts_with("/drive/v3/") || path.starts_with("/upload/drive/v3/") => {
             api(&mut st, &method, &path, &query, &headers, &body)
         }
@@ -773,287 +758,12 @@ fn form(body: &[u8]) -> HashMap<String, String> {
 }
 
 // ---------------------------------------------------------------------------------------
-// OAuth
-
-fn authorize(st: &mut State, q: &HashMap<String, String>) -> Resp {
-    // Google shows an error page (no redirect) for client and redirect problems.
-    if q.get("client_id") != Some(&st.cfg.client_id) {
-        return respond(
-            StatusCode::UNAUTHORIZED,
-            "Error 401: invalid_client",
-            "text/html",
-        );
-    }
-    let Some(redirect) = q.get("redirect_uri") else {
-        return respond(
-            StatusCode::BAD_REQUEST,
-            "Error 400: invalid_request (redirect_uri)",
-            "text/html",
-        );
-    };
-    let loopback =
-        redirect.starts_with("http://127.0.0.1:") || redirect.starts_with("http://[::1]:");
-    if !loopback {
-        return respond(
-            StatusCode::BAD_REQUEST,
-            "Error 400: redirect_uri_mismatch",
-            "text/html",
-        );
-    }
-    let redirect_err = |err: &str| {
-        let mut u = url::Url::parse(redirect).unwrap();
-        u.query_pairs_mut().append_pair("error", err);
-        if let Some(s) = q.get("state") {
-            u.query_pairs_mut().append_pair("state", s);
-        }
-        let mut r = respond(StatusCode::FOUND, "", "text/html");
-        r.headers_mut()
-            .insert("location", HeaderValue::from_str(u.as_str()).unwrap());
-        r
-    };
-    if q.get("response_type").map(String::as_str) != Some("code") {
-        return redirect_err("unsupported_response_type");
-    }
-    if q.get("code_challenge_method").map(String::as_str) != Some("S256")
-        || q.get("code_challenge").is_none_or(|c| c.len() < 43)
-    {
-        return redirect_err("invalid_request");
-    }
-    let Some(scope) = q.get("scope") else {
-        return redirect_err("invalid_scope");
-    };
-    let code = st.new_secret("4/0Ab-code-");
-    st.codes.insert(
-        code.clone(),
-        CodeGrant {
-            client_id: st.cfg.client_id.clone(),
-            redirect_uri: redirect.clone(),
-            challenge: q["code_challenge"].clone(),
-            scope: scope.clone(),
-        },
-    );
-    let mut u = url::Url::parse(redirect).unwrap();
-    if let Some(s) = q.get("state") {
-        u.query_pairs_mut().append_pair("state", s);
-    }
-    u.query_pairs_mut()
-        .append_pair("code", &code)
-        .append_pair("scope", scope);
-    let mut r = respond(StatusCode::FOUND, "", "text/html");
-    r.headers_mut()
-        .insert("location", HeaderValue::from_str(u.as_str()).unwrap());
-    r
-}
-
-fn client_credentials(
-    headers: &hyper::HeaderMap,
-    f: &HashMap<String, String>,
-) -> (Option<String>, Option<String>) {
-    if let Some(basic) = headers
-        .get("authorization")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Basic "))
-    {
-        if let Ok(dec) = base64::engine::general_purpose::STANDARD.decode(basic) {
-            let s = String::from_utf8_lossy(&dec).into_owned();
-            if let Some((id, secret)) = s.split_once(':') {
-                let d = |x: &str| {
-                    url::form_urlencoded::parse(format!("x={x}").as_bytes())
-                        .next()
-                        .unwrap()
-                        .1
-                        .into_owned()
-                };
-                return (Some(d(id)), Some(d(secret)));
-            }
-        }
-    }
-    (f.get("client_id").cloned(), f.get("client_secret").cloned())
-}
-
-fn issue(st: &mut State, scope: &str, refresh: Option<String>, new_refresh: bool) -> Value {
-    let access = st.new_secret("ya29.a0-access-");
-    let refresh = if new_refresh {
-        let r = st.new_secret("1//0e-refresh-");
-        st.refresh.insert(r.clone(), (scope.to_owned(), false));
-        Some(r)
-    } else {
-        refresh
-    };
-    let lifetime = st.cfg.access_token_lifetime;
-    st.access.insert(
-        access.clone(),
-        AccessGrant {
-            expires: Instant::now() + lifetime,
-            refresh: refresh.clone(),
-        },
-    );
-    let mut v = json!({
-        "access_token": access,
-        "expires_in": lifetime.as_secs().max(1),
-        "scope": scope,
-        "token_type": "Bearer",
-    });
-    if new_refresh {
-        v["refresh_token"] = json!(refresh);
-    }
-    v
-}
-
-fn token(st: &mut State, headers: &hyper::HeaderMap, body: &[u8]) -> Resp {
-    let f = form(body);
-    let (cid, secret) = client_credentials(headers, &f);
-    if cid.as_deref() != Some(st.cfg.client_id.as_str()) {
-        return oauth_error(401, "invalid_client", "The OAuth client was not found.");
-    }
-    if secret.as_deref() != Some(st.cfg.client_secret.as_str()) {
-        return oauth_error(401, "invalid_client", "Unauthorized");
-    }
-    match f.get("grant_type").map(String::as_str) {
-        Some("authorization_code") => {
-            let Some(code) = f.get("code") else {
-                return oauth_error(400, "invalid_request", "Missing required parameter: code");
-            };
-            // Codes are single use: removed whatever happens next.
-            let Some(grant) = st.codes.remove(code) else {
-                return oauth_error(400, "invalid_grant", "Malformed auth code.");
-            };
-            if f.get("redirect_uri") != Some(&grant.redirect_uri)
-                || grant.client_id != st.cfg.client_id
-            {
-                return oauth_error(400, "redirect_uri_mismatch", "Bad Request");
-            }
-            let Some(verifier) = f.get("code_verifier") else {
-                return oauth_error(400, "invalid_grant", "Missing code verifier.");
-            };
-            st.secrets.push(verifier.clone());
-            let computed = base64::engine::general_purpose::URL_SAFE_NO_PAD
-                .encode(Sha256::digest(verifier.as_bytes()));
-            if computed != grant.challenge {
-                return oauth_error(400, "invalid_grant", "Invalid code verifier.");
-            }
-            st.stats.token_grants += 1;
-            let v = issue(st, &grant.scope, None, true);
-            json_resp(StatusCode::OK, v)
-        }
-        Some("refresh_token") => {
-            let Some(rt) = f.get("refresh_token").cloned() else {
-                return oauth_error(
-                    400,
-                    "invalid_request",
-                    "Missing required parameter: refresh_token",
-                );
-            };
-            let scope = match st.refresh.get(&rt) {
-                Some((scope, false)) => scope.clone(),
-                _ => {
-                    return oauth_error(400, "invalid_grant", "Token has been expired or revoked.")
-                }
-            };
-            st.stats.refresh_grants += 1;
-            let rotate = st.cfg.rotate_refresh_tokens;
-            if rotate {
-                st.refresh.insert(rt.clone(), (scope.clone(), true));
-            }
-            let v = issue(st, &scope, Some(rt), rotate);
-            json_resp(StatusCode::OK, v)
-        }
-        Some("urn:ietf:params:oauth:grant-type:device_code") => {
-            let Some(dc) = f.get("device_code") else {
-                return oauth_error(
-                    400,
-                    "invalid_request",
-                    "Missing required parameter: device_code",
-                );
-            };
-            let Some(g) = st.device.get(dc) else {
-                return oauth_error(400, "invalid_grant", "Malformed device code.");
-            };
-            if !g.approved {
-                return oauth_error(428, "authorization_pending", "Precondition Required");
-            }
-            let scope = g.scope.clone();
-            st.device.remove(dc);
-            st.stats.token_grants += 1;
-            let v = issue(st, &scope, None, true);
-            json_resp(StatusCode::OK, v)
-        }
-        _ => oauth_error(400, "unsupported_grant_type", "Invalid grant_type"),
-    }
-}
-
-fn revoke(st: &mut State, q: &HashMap<String, String>, body: &[u8]) -> Resp {
-    let f = form(body);
-    let Some(tok) = f.get("token").or(q.get("token")).cloned() else {
-        return oauth_error(400, "invalid_request", "Missing required parameter: token");
-    };
-    st.stats.revocations += 1;
-    if let Some(e) = st.refresh.get_mut(&tok) {
-        if e.1 {
-            return oauth_error(400, "invalid_token", "Token expired or revoked");
-        }
-        e.1 = true;
-        st.access
-            .retain(|_, g| g.refresh.as_deref() != Some(tok.as_str()));
-        return json_resp(StatusCode::OK, json!({}));
-    }
-    if st.access.remove(&tok).is_some() {
-        return json_resp(StatusCode::OK, json!({}));
-    }
-    oauth_error(400, "invalid_token", "Token expired or revoked")
-}
-
-fn device_code(st: &mut State, body: &[u8]) -> Resp {
-    let f = form(body);
-    if f.get("client_id") != Some(&st.cfg.client_id) {
-        return oauth_error(401, "invalid_client", "The OAuth client was not found.");
-    }
-    let scope = f.get("scope").cloned().unwrap_or_default();
-    if scope.is_empty()
-        || !scope
-            .split(' ')
-            .all(|s| st.cfg.device_scopes.iter().any(|a| a == s))
-    {
-        return oauth_error(400, "invalid_scope", "Some requested scopes were invalid.");
-    }
-    let dc = st.new_secret("AH-device-");
-    let user_code = format!(
-        "{}-{}",
-        &random_suffix(3).to_uppercase(),
-        &random_suffix(3).to_uppercase()
-    );
-    st.device.insert(
-        dc.clone(),
-        DeviceGrant {
-            user_code: user_code.clone(),
-            scope,
-            approved: false,
-        },
-    );
-    json_resp(
-        StatusCode::OK,
-        json!({"device_code": dc, "user_code": user_code,
-               "verification_url": "https://www.google.com/device",
-               "expires_in": 1800, "interval": 1}),
-    )
-}
-
-// ---------------------------------------------------------------------------------------
 // API
 
 fn check_bearer(st: &mut State, headers: &hyper::HeaderMap) -> Option<Resp> {
-    let tok = headers
-        .get("authorization")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
-    let ok = match tok.and_then(|t| st.access.get(t)) {
-        Some(g) => g.expires > Instant::now(),
-        None => false,
-    };
-    if ok {
+    if st.oauth.bearer_ok(header(headers, "authorization")) {
         return None;
     }
-    st.stats.unauthorized += 1;
     let mut r = api_error(
         401,
         "global",

@@ -84,9 +84,9 @@ use super::{
     RemoteEntry, UploadOptions,
 };
 use crate::accounts::BearerTokens;
+use crate::provider::kit::client::HttpSettings;
 use crate::provider::kit::paging::{self, Page};
 use crate::provider::kit::ranged::{self, Ranged};
-use crate::provider::kit::client::HttpSettings;
 use crate::provider::kit::retry::RetryPolicy;
 use api::Api;
 

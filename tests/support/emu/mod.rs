@@ -7,12 +7,16 @@
 //!   connection closed without a reply, a reply cut after part of its body, a stall);
 //! - [`faults`]: a queue of faults a test injects and the emulator serves in order to the
 //!   requests they apply to;
-//! - [`range`]: the `Range` request header as servers read it (RFC 9110 §14).
+//! - [`range`]: the `Range` request header as servers read it (RFC 9110 §14);
+//! - [`oauth`]: an OAuth 2.0 authorization server (code + PKCE, refresh with optional
+//!   rotation, device flow, revocation, expiring bearer tokens) with each service's
+//!   differences as settings (the Drive emulator's OAuth endpoints are this server).
 //!
 //! Include with `#[path = "support/emu/mod.rs"] mod emu;` at the crate root of a test
-//! file that uses an emulator built on it.
+//! file that uses an emulator built on it (the Drive emulator included).
 #![allow(dead_code)]
 
 pub mod faults;
+pub mod oauth;
 pub mod range;
 pub mod server;
