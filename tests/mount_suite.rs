@@ -93,6 +93,9 @@ impl Mounted for Memory {
     fn remote_mode(&self, rel: &str) -> Option<u32> {
         self.provider.mode_remote(rel)
     }
+    fn remote_put(&self, rel: &str, data: &[u8]) {
+        self.provider.put_remote(rel, data);
+    }
 }
 
 /// The real daemon binary serving a local folder.
@@ -126,6 +129,9 @@ impl Mounted for Local {
     fn remote_mode(&self, rel: &str) -> Option<u32> {
         let p = self.dirs.cloud.join(rel.trim_start_matches('/'));
         Some(std::fs::symlink_metadata(p).unwrap().mode())
+    }
+    fn remote_put(&self, rel: &str, data: &[u8]) {
+        std::fs::write(self.dirs.cloud.join(rel.trim_start_matches('/')), data).unwrap();
     }
 }
 
@@ -178,6 +184,10 @@ impl Mounted for Webdav {
     }
     fn remote_tree(&self) -> Tree {
         tree_of(&self.srv.root)
+    }
+    fn remote_put(&self, rel: &str, data: &[u8]) {
+        std::fs::write(self.srv.root.join(rel.trim_start_matches('/')), data).unwrap();
+        self.srv.fix_ownership();
     }
 }
 
@@ -251,6 +261,24 @@ impl Mounted for Drive {
         let mut out = Tree::new();
         walk(&self.emu, &self.emu.root_id(), "", &mut out);
         out
+    }
+    fn remote_put(&self, rel: &str, data: &[u8]) {
+        let mut parent = self.emu.root_id();
+        let mut names: Vec<&str> = rel.trim_start_matches('/').split('/').collect();
+        let name = names.pop().unwrap();
+        for dir in names {
+            parent = self
+                .emu
+                .find(&parent, dir)
+                .pop()
+                .expect("folder on the remote");
+        }
+        match self.emu.find(&parent, name).pop() {
+            Some(id) => self.emu.set_content(&id, data),
+            None => {
+                self.emu.add_file(&parent, name, data);
+            }
+        }
     }
 }
 

@@ -150,23 +150,6 @@ fn set_mtime(path: &Path, t: SystemTime) {
     assert_eq!(r, 0, "utimensat {}", path.display());
 }
 
-/// The `user.cloudmount.state` attribute of a file.
-fn state_xattr(path: &Path) -> String {
-    let name = std::ffi::CString::new("user.cloudmount.state").unwrap();
-    let mut buf = [0u8; 256];
-    // SAFETY: valid C strings and a buffer of the given length.
-    let n = unsafe {
-        libc::getxattr(
-            cpath(path).as_ptr(),
-            name.as_ptr(),
-            buf.as_mut_ptr() as *mut libc::c_void,
-            buf.len(),
-        )
-    };
-    assert!(n >= 0, "getxattr: {}", std::io::Error::last_os_error());
-    String::from_utf8_lossy(&buf[..n as usize]).into_owned()
-}
-
 /// Runs a test body once per server, as separate `#[test]`s.
 macro_rules! over_both_servers {
     ($($name:ident),* $(,)?) => {
@@ -182,7 +165,6 @@ macro_rules! over_both_servers {
 over_both_servers!(
     concurrent_writers_and_readers,
     server_unreachable_then_back,
-    conflict_with_an_edit_on_the_server,
     versions_list_and_restore,
     names_that_need_encoding,
     server_side_changes_show_after_the_listing_ttl,
@@ -321,48 +303,6 @@ fn server_unreachable_then_back(server: Server) {
     want.insert("/dir-moved".into(), None);
     assert_same_tree(&f.disk_tree(), &want, "server disk after the outage");
     assert_eq!(vfs.connection_state().0, ConnectionState::Online);
-}
-
-/// A local edit is queued while someone changes the same file on the server: the server's
-/// version keeps the name, the local edit lands beside it as a conflict copy.
-fn conflict_with_an_edit_on_the_server(server: Server) {
-    // A long upload delay keeps the local edit queued until the test drains it.
-    let f = Fixture::new(server, |c| c.upload_delay_secs = 3600.0);
-    f.put_disk("/doc.txt", b"base version");
-    assert_eq!(fs::read(f.path("doc.txt")).unwrap(), b"base version");
-
-    fs::write(f.path("doc.txt"), b"local edit").unwrap();
-    assert_eq!(f.vfs().queue.status().len(), 1, "the edit is queued");
-    let on_disk = f.disk("doc.txt");
-    fs::write(&on_disk, b"edited on the server meanwhile").unwrap();
-    set_mtime(&on_disk, SystemTime::now() + Duration::from_secs(5));
-    f.srv.fix_ownership();
-    f.drain();
-
-    let disk = f.disk_tree();
-    assert_eq!(
-        disk["/doc.txt"].as_deref(),
-        Some(&b"edited on the server meanwhile"[..])
-    );
-    let copies: Vec<&String> = disk
-        .keys()
-        .filter(|p| p.starts_with("/doc (conflict ") && p.ends_with(").txt"))
-        .collect();
-    assert_eq!(
-        copies.len(),
-        1,
-        "conflict copies on disk: {:?}",
-        disk.keys()
-    );
-    assert_eq!(disk[copies[0]].as_deref(), Some(&b"local edit"[..]));
-    assert_eq!(disk.len(), 2, "{:?}", disk.keys());
-    // The mount shows the same two files with the same contents.
-    assert_same_tree(&f.mount_tree(), &disk, "mount after the conflict");
-    assert_eq!(state_xattr(&f.path("doc.txt")), "conflict");
-    let conflicts = f.vfs().conflicts();
-    assert_eq!(conflicts.len(), 1);
-    assert_eq!(conflicts[0].path, "/doc.txt");
-    assert_eq!(conflicts[0].conflict_copy, copies[0].as_str());
 }
 
 /// Each upload leaves a copy in the hidden versions folder on the server; versions are
@@ -606,6 +546,9 @@ fn daemon_with_config_file_and_password() {
         }
         fn remote_tree(&self) -> Tree {
             tree_of(self.disk)
+        }
+        fn remote_put(&self, rel: &str, data: &[u8]) {
+            fs::write(self.disk.join(rel.trim_start_matches('/')), data).unwrap();
         }
     }
     suite::run_all_in_turn(&Daemon {

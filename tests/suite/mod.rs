@@ -22,7 +22,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use cloudmount::provider::Capabilities;
 
-use crate::common::errno_of;
+use crate::common::{errno_of, pattern};
 
 /// What the backend under the mount can hold, as far as the suite's expectations go.
 #[derive(Debug, Clone, Copy)]
@@ -62,6 +62,8 @@ pub trait Mounted {
     fn remote_mode(&self, _rel: &str) -> Option<u32> {
         None
     }
+    /// Someone else writes `data` to the file `rel` on the remote (its folder exists there).
+    fn remote_put(&self, rel: &str, data: &[u8]);
 }
 
 /// Path ("/a/b") → file content, or `None` for a directory. A symbolic link appears as its
@@ -212,6 +214,14 @@ pub const CASES: &[(&str, Case)] = &[
         state_xattr_is_readable_and_read_only,
     ),
     ("fsync_after_writes", fsync_after_writes),
+    (
+        "concurrent_writers_and_readers",
+        concurrent_writers_and_readers,
+    ),
+    (
+        "an_edit_on_the_remote_during_a_local_edit_is_a_conflict",
+        an_edit_on_the_remote_during_a_local_edit_is_a_conflict,
+    ),
 ];
 
 /// The remote once the queue drained.
@@ -244,6 +254,8 @@ macro_rules! mount_suite {
                 statfs_reports_a_size,
                 state_xattr_is_readable_and_read_only,
                 fsync_after_writes,
+                concurrent_writers_and_readers,
+                an_edit_on_the_remote_during_a_local_edit_is_a_conflict,
             );
         }
     };
@@ -699,4 +711,102 @@ pub fn fsync_after_writes(m: &dyn Mounted) {
     h.sync_all().unwrap();
     drop(h);
     assert_eq!(settled(m)["/b.txt"].as_deref(), Some(&b"synced bytes"[..]));
+}
+
+/// 8 threads at once through one mount: files of many sizes in private folders, names
+/// made in one shared folder, a rename, a delete and a shorter overwrite each, and reads
+/// of one large file at scattered offsets while the others write. Every byte read back is
+/// checked, and the remote ends up as the mount says ([`run`]).
+pub fn concurrent_writers_and_readers(m: &dyn Mounted) {
+    const THREADS: usize = 8;
+    let root = m.mnt();
+    let big = pattern(3 << 20, 99);
+    fs::write(root.join("big.bin"), &big).unwrap();
+    fs::create_dir(root.join("shared")).unwrap();
+    let sizes = [0usize, 1, 4095, 4096, 65_537, (1 << 20) + 3, 300_000];
+    std::thread::scope(|s| {
+        for t in 0..THREADS {
+            let (big, sizes) = (&big, &sizes);
+            s.spawn(move || {
+                let dir = root.join(format!("t{t}"));
+                fs::create_dir(&dir).unwrap();
+                for (i, &n) in sizes.iter().enumerate() {
+                    let data = pattern(n, (t * 100 + i) as u64);
+                    let f = dir.join(format!("f{i}.bin"));
+                    fs::write(&f, &data).unwrap();
+                    assert_eq!(fs::read(&f).unwrap(), data, "{}", f.display());
+                }
+                fs::rename(dir.join("f1.bin"), dir.join("r1.bin")).unwrap();
+                fs::remove_file(dir.join("f2.bin")).unwrap();
+                let short = format!("overwritten by {t}");
+                fs::write(dir.join("f5.bin"), &short).unwrap();
+                assert_eq!(fs::read(dir.join("f5.bin")).unwrap(), short.as_bytes());
+                for i in 0..4 {
+                    let f = root.join(format!("shared/t{t}-{i}.txt"));
+                    fs::write(&f, format!("thread {t} file {i}")).unwrap();
+                }
+                let mut h = File::open(root.join("big.bin")).unwrap();
+                for k in 0..8 {
+                    let off = ((t * 7 + k * 13) % 40) * 65_536 + t * 17;
+                    let mut buf = vec![0u8; 70_000];
+                    h.seek(SeekFrom::Start(off as u64)).unwrap();
+                    h.read_exact(&mut buf).unwrap();
+                    assert!(buf == big[off..off + buf.len()], "big.bin at {off}");
+                }
+            });
+        }
+    });
+    assert_eq!(
+        fs::read_dir(root.join("shared")).unwrap().count(),
+        THREADS * 4
+    );
+    for t in 0..THREADS {
+        let mut names: Vec<String> = fs::read_dir(root.join(format!("t{t}")))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        assert_eq!(
+            names,
+            ["f0.bin", "f3.bin", "f4.bin", "f5.bin", "f6.bin", "r1.bin"],
+            "t{t}/"
+        );
+    }
+    assert!(fs::read(root.join("big.bin")).unwrap() == big);
+}
+
+/// Someone else changes a file on the remote while it is being edited here: the remote's
+/// version keeps the name, the local edit is kept beside it as a conflict copy
+/// (`NAME (conflict …).EXT`), nothing is overwritten, and the mount shows both. The local
+/// edit is open (so its upload cannot start) when the remote changes, which makes the
+/// order certain on every backend.
+pub fn an_edit_on_the_remote_during_a_local_edit_is_a_conflict(m: &dyn Mounted) {
+    let f = m.mnt().join("notes.txt");
+    fs::write(&f, b"base version").unwrap();
+    m.drain();
+    {
+        let mut h = OpenOptions::new().write(true).open(&f).unwrap();
+        h.write_all(b"local edit, longer than the base").unwrap();
+        m.remote_put("/notes.txt", b"edited elsewhere meanwhile");
+    }
+    let remote = settled(m);
+    assert_eq!(
+        remote["/notes.txt"].as_deref(),
+        Some(&b"edited elsewhere meanwhile"[..]),
+        "the other edit keeps the name"
+    );
+    let copies: Vec<&String> = remote
+        .keys()
+        .filter(|p| p.starts_with("/notes (conflict ") && p.ends_with(").txt"))
+        .collect();
+    assert_eq!(copies.len(), 1, "conflict copies: {:?}", remote.keys());
+    assert_eq!(
+        remote[copies[0]].as_deref(),
+        Some(&b"local edit, longer than the base"[..])
+    );
+    assert_eq!(remote.len(), 2, "{:?}", remote.keys());
+    assert_eq!(
+        crate::common::xattr(&f, "user.cloudmount.state").unwrap(),
+        "conflict"
+    );
 }
