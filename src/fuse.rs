@@ -190,29 +190,26 @@ pub fn connect_invalidators(root: &Arc<MountRoot>, notifier: fuser::Notifier) {
     }
 }
 
+impl Invalidator {
+    /// Queues an invalidation for the thread that talks to the kernel; `what` is given
+    /// the mount-wide inode number of this connection's `ino`. A send fails only when
+    /// the mount is going away, when nothing is left to invalidate.
+    fn queue(&self, ino: Ino, what: impl FnOnce(u64) -> Invalidation) {
+        let (c, _) = CloudFs::slot_vfs(&self.root, self.slot);
+        let global = self.root.global(c, ino);
+        let _ = self.tx.lock().unwrap().send(what(global));
+    }
+}
+
 impl KernelNotifier for Invalidator {
     fn inval_inode(&self, ino: Ino) {
-        let (c, _) = CloudFs::slot_vfs(&self.root, self.slot);
-        let g = self.root.global(c, ino);
-        let _ = self.tx.lock().unwrap().send(Invalidation::Inode(g, None));
+        self.queue(ino, |g| Invalidation::Inode(g, None));
     }
     fn inval_inode_then(&self, ino: Ino, done: tokio::sync::oneshot::Sender<()>) {
-        let (c, _) = CloudFs::slot_vfs(&self.root, self.slot);
-        let g = self.root.global(c, ino);
-        let _ = self
-            .tx
-            .lock()
-            .unwrap()
-            .send(Invalidation::Inode(g, Some(done)));
+        self.queue(ino, |g| Invalidation::Inode(g, Some(done)));
     }
     fn inval_entry(&self, parent: Ino, name: &str) {
-        let (c, _) = CloudFs::slot_vfs(&self.root, self.slot);
-        let g = self.root.global(c, parent);
-        let _ = self
-            .tx
-            .lock()
-            .unwrap()
-            .send(Invalidation::Entry(g, name.to_string()));
+        self.queue(parent, |g| Invalidation::Entry(g, name.to_string()));
     }
 }
 

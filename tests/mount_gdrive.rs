@@ -21,17 +21,9 @@ use cloudmount::provider::Provider;
 use common::*;
 use drive_emulator::{DriveEmulator, EmulatorConfig, Fault, DOC_MIME};
 
-fn emulator_runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
-}
-
 #[test]
 fn drive_specifics_through_the_mount() {
-    let rt = emulator_runtime();
+    let rt = drive_harness::runtime();
     let h = rt.block_on(drive_harness::harness(EmulatorConfig::default(), |_| {}));
     let root = h.emu.root_id();
     h.emu.add_file(&root, "twin.txt", b"first");
@@ -133,7 +125,7 @@ fn drive_specifics_through_the_mount() {
 /// renamed within the drive and deleted from; `Shared drives` and the drive folders stay.
 #[test]
 fn shared_drives_through_the_mount() {
-    let rt = emulator_runtime();
+    let rt = drive_harness::runtime();
     let h = rt.block_on(drive_harness::harness(EmulatorConfig::default(), |_| {}));
     let team = h.emu.add_shared_drive("Team");
     let empty = h.emu.add_shared_drive("Empty");
@@ -239,7 +231,7 @@ fn shared_drives_through_the_mount() {
 /// `connections`, a mount by the daemon, `logout` revoking the token.
 #[test]
 fn login_mount_logout_through_the_cli() {
-    let rt = emulator_runtime();
+    let rt = drive_harness::runtime();
     let emu: DriveEmulator = rt.block_on(DriveEmulator::start(EmulatorConfig::default()));
     let root_id = emu.root_id();
     emu.add_file(&root_id, "hello.txt", b"hello from Drive");
@@ -418,7 +410,7 @@ settings = {{ client_id = "{client_id}", client_secret_file = "{secret}", auth_u
 /// cached files still read, changes wait in the queue, and go up after a new login.
 #[test]
 fn revoked_login_keeps_serving_and_queues_until_login() {
-    let rt = emulator_runtime();
+    let rt = drive_harness::runtime();
     let h = rt.block_on(drive_harness::harness(EmulatorConfig::default(), |_| {}));
     let root = h.emu.root_id();
     h.emu.add_file(&root, "cached.txt", b"read me offline");

@@ -202,11 +202,7 @@ struct Drive {
 
 impl Drive {
     fn new() -> Self {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .unwrap();
+        let rt = drive_harness::runtime();
         let h = rt.block_on(drive_harness::harness(
             drive_emulator::EmulatorConfig::default(),
             |_| {},

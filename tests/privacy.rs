@@ -493,11 +493,7 @@ fn named_folders_are_warned_about_and_their_contents_are_private() {
 /// runtime folders, nor in anything the commands print.
 #[test]
 fn oauth_secrets_stay_out_of_files_logs_and_status() {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = drive_harness::runtime();
     let emu = rt.block_on(DriveEmulator::start(EmulatorConfig::default()));
     let root_id = emu.root_id();
     emu.add_file(&root_id, "hello.txt", b"hello from Drive");

@@ -240,11 +240,7 @@ impl Fixture {
                 served = Some(root);
             }
             Backend::Drive => {
-                let rt = tokio::runtime::Builder::new_multi_thread()
-                    .worker_threads(2)
-                    .enable_all()
-                    .build()
-                    .unwrap();
+                let rt = drive_harness::runtime();
                 let h = rt.block_on(drive_harness::harness(EmulatorConfig::default(), |_| {}));
                 let emu = &h.emu;
                 let secret = dirs.tmp.path().join("client-secret");

@@ -363,11 +363,7 @@ fn drive_tree(rt: &tokio::runtime::Runtime, emu: &drive_emulator::DriveEmulator)
 fn drive_emulator_under_faults() {
     let k = knobs(0x8_0003);
     let name = "writeback_faults_drive".to_string();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = drive_harness::runtime();
     let h = rt.block_on(drive_harness::harness(EmulatorConfig::default(), |_| {}));
     let emu = &h.emu;
     let root_id = emu.root_id();

@@ -13,6 +13,16 @@ use cloudmount::provider::gdrive::{GdriveConfig, GdriveProvider};
 
 use crate::drive_emulator::{DriveEmulator, EmulatorConfig};
 
+/// The runtime a synchronous (mounting) test keeps for the emulator and the provider: they
+/// live as long as it does.
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
 pub fn oauth_config(emu: &DriveEmulator) -> OAuthClientConfig {
     let cfg = emu.config();
     let mut o = OAuthClientConfig::google(cfg.client_id, Some(cfg.client_secret));

@@ -289,7 +289,7 @@ impl WebdavProvider {
         if (status.is_server_error() && status != StatusCode::NOT_IMPLEMENTED)
             || status == StatusCode::TOO_MANY_REQUESTS
         {
-            return Err(status_error(status, None, &body, &what));
+            return Err(self.api.error_of_whole(&reply, &what));
         }
         // 400, 403, 404, 405, 415, 501...: no RFC 6578 here.
         debug!(%status, "server has no sync-collection; changes are found by listing");
@@ -841,22 +841,6 @@ impl Precondition {
     }
 }
 
-/// Maps a non-2xx status to an error; the message carries the server's own words when it
-/// sent some (sabre/dav `<s:message>`, or a short plain-text body).
-fn status_error(
-    status: StatusCode,
-    retry_after: Option<Duration>,
-    body: &str,
-    what: &str,
-) -> ProviderError {
-    let mut headers = reqwest::header::HeaderMap::new();
-    if let Some(wait) = retry_after {
-        headers.insert(reqwest::header::RETRY_AFTER, wait.as_secs().into());
-    }
-    let detail = DavErrors.detail(body.as_bytes());
-    DavErrors.classify(status, &headers, &detail, what)
-}
-
 /// The credential to send: an explicit bearer token, else a user (configured, or written
 /// into the URL) with a password. Credentials written into the URL are moved out of it, so
 /// that they never show up in logged URLs.
@@ -1349,6 +1333,20 @@ mod tests {
         let c = vec!["ADLER32:084b021f MD5:B1946AC9".to_owned()];
         assert_eq!(hash_from_checksums(&c).as_deref(), Some("md5:b1946ac9"));
         assert_eq!(hash_from_checksums(&[]), None);
+    }
+
+    /// A reply's error by WebDAV's rules (what `ApiClient::error_of` does with `DavErrors`).
+    fn status_error(
+        status: StatusCode,
+        retry_after: Option<Duration>,
+        body: &str,
+        what: &str,
+    ) -> ProviderError {
+        let mut headers = reqwest::header::HeaderMap::new();
+        if let Some(wait) = retry_after {
+            headers.insert(reqwest::header::RETRY_AFTER, wait.as_secs().into());
+        }
+        DavErrors.classify(status, &headers, &DavErrors.detail(body.as_bytes()), what)
     }
 
     #[test]
