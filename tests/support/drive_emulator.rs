@@ -15,15 +15,14 @@
 use std::collections::{BTreeMap, HashMap, VecDeque};
 
 use crate::emu::oauth::{OAuthReply, OAuthServer, OAuthSettings, TokenPrefixes};
+use crate::emu::server::{Reply, Request, Response as KitResponse, Server};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
-use hyper::body::Incoming;
 use hyper::header::HeaderValue;
-use hyper::{Method, Request, Response, StatusCode};
+use hyper::{Method, Response, StatusCode};
 use md5::{Digest, Md5};
 use serde_json::{json, Map, Value};
 
@@ -229,40 +228,33 @@ fn md5_hex(data: &[u8]) -> String {
 }
 
 /// A running emulator; stops when dropped.
+/// The emulator on the emulator kit's server (its own runtime thread: it serves sync and
+/// async tests alike, and stops when dropped).
 pub struct DriveEmulator {
     addr: SocketAddr,
     state: Arc<Mutex<State>>,
-    task: tokio::task::JoinHandle<()>,
+    server: Server,
 }
 
-impl Drop for DriveEmulator {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
+/// A response as the handlers build it; the server sends it as a [`emu::server::Response`].
+type Resp = Response<Bytes>;
 
-type Resp = Response<Full<Bytes>>;
-
-/// Returned by a handler to make hyper drop the connection without an answer.
-#[derive(Debug)]
+/// The connection closed without an answer (the server kit's [`Reply::Drop`]).
 struct DropConnection;
-impl std::fmt::Display for DropConnection {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("connection dropped on purpose")
-    }
-}
-impl std::error::Error for DropConnection {}
 
 impl DriveEmulator {
+    /// Starts the emulator (async only for the callers' convenience: nothing is awaited).
     pub async fn start(cfg: EmulatorConfig) -> Self {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
+        Self::start_now(cfg)
+    }
+
+    pub fn start_now(cfg: EmulatorConfig) -> Self {
         let now = SystemTime::now();
         let oauth = OAuthServer::new(oauth_settings(&cfg));
         let mut st = State {
             oauth,
             cfg,
-            base: format!("http://{addr}"),
+            base: String::new(),
             root_id: String::new(),
             files: BTreeMap::new(),
             next_id: 0,
@@ -294,22 +286,18 @@ impl DriveEmulator {
             },
         );
         let state = Arc::new(Mutex::new(st));
-        let st2 = state.clone();
-        let task = tokio::spawn(async move {
-            loop {
-                let Ok((stream, _)) = listener.accept().await else {
-                    continue;
-                };
-                let st = st2.clone();
-                tokio::spawn(async move {
-                    let svc = hyper::service::service_fn(move |req| handle(st.clone(), req));
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
-                        .await;
-                });
-            }
+        let served = state.clone();
+        let server = Server::start(move |req| match handle(&served, req) {
+            Ok(resp) => Reply::Send(to_kit_response(resp)),
+            Err(DropConnection) => Reply::Drop,
         });
-        DriveEmulator { addr, state, task }
+        let addr = server.addr;
+        state.lock().unwrap().base = server.base.clone();
+        DriveEmulator {
+            addr,
+            state,
+            server,
+        }
     }
 
     pub fn base_url(&self) -> String {
@@ -622,8 +610,16 @@ fn delete_tree(st: &mut State, id: &str) {
 // ---------------------------------------------------------------------------------------
 // HTTP plumbing
 
+fn to_kit_response(resp: Resp) -> KitResponse {
+    let mut out = KitResponse::new(resp.status().as_u16(), resp.body().to_vec());
+    for (name, value) in resp.headers() {
+        out = out.header(name.as_str(), String::from_utf8_lossy(value.as_bytes()));
+    }
+    out
+}
+
 fn respond(status: StatusCode, body: impl Into<Bytes>, ctype: &str) -> Resp {
-    let mut r = Response::new(Full::new(body.into()));
+    let mut r = Response::new(body.into());
     *r.status_mut() = status;
     r.headers_mut()
         .insert("content-type", HeaderValue::from_str(ctype).unwrap());
@@ -719,22 +715,27 @@ fn query_map(req_query: Option<&str>) -> HashMap<String, String> {
         .unwrap_or_default()
 }
 
-async fn handle(state: Arc<Mutex<State>>, req: Request<Incoming>) -> Result<Resp, DropConnection> {
-    let method = req.method().clone();
-    let path = req.uri().path().to_owned();
-    let query = query_map(req.uri().query());
-    let headers = req.headers().clone();
+fn handle(state: &Mutex<State>, req: &Request) -> Result<Resp, DropConnection> {
+    let Ok(method) = Method::from_bytes(req.method.as_bytes()) else {
+        return Ok(respond(StatusCode::METHOD_NOT_ALLOWED, "", "text/plain"));
+    };
+    let path = req.path_only().to_owned();
+    let query = query_map(req.path.split_once('?').map(|(_, q)| q));
+    let mut headers = hyper::HeaderMap::new();
+    for (name, value) in &req.headers {
+        if let (Ok(n), Ok(v)) = (
+            hyper::header::HeaderName::from_bytes(name.as_bytes()),
+            HeaderValue::from_str(value),
+        ) {
+            headers.append(n, v);
+        }
+    }
+    let body = req.body.clone();
 
-    // Resumable chunk uploads need the body streamed (to drop part way), everything else
-    // reads it whole.
     let is_session = path == "/upload/drive/v3/files" && query.contains_key("upload_id");
     if is_session && (method == Method::PUT || method == Method::POST) {
-        return handle_chunk(state, req, query).await;
+        return handle_chunk(state, &headers, body, query);
     }
-    let body = match req.into_body().collect().await {
-        Ok(b) => b.to_bytes(),
-        Err(_) => return Err(DropConnection),
-    };
 
     let mut st = state.lock().unwrap();
     let resp = match (method.clone(), path.as_str()) {
@@ -1999,13 +2000,14 @@ fn incomplete(received: usize) -> Resp {
     r
 }
 
-async fn handle_chunk(
-    state: Arc<Mutex<State>>,
-    req: Request<Incoming>,
+fn handle_chunk(
+    state: &Mutex<State>,
+    headers: &hyper::HeaderMap,
+    data: Bytes,
     q: HashMap<String, String>,
 ) -> Result<Resp, DropConnection> {
     let sid = q.get("upload_id").cloned().unwrap_or_default();
-    let crange = header(req.headers(), "content-range").map(str::to_owned);
+    let crange = header(headers, "content-range").map(str::to_owned);
     // Decide on a fault before reading the body.
     let drop_after = {
         let mut st = state.lock().unwrap();
@@ -2041,36 +2043,21 @@ async fn handle_chunk(
             }
         }
     };
-    let mut body = req.into_body();
     if let Some(n) = drop_after {
-        let mut got = Vec::new();
-        while got.len() < n {
-            match body.frame().await {
-                Some(Ok(fr)) => {
-                    if let Some(d) = fr.data_ref() {
-                        got.extend_from_slice(d);
-                    }
-                }
-                _ => break,
-            }
-        }
-        got.truncate(n);
+        // The connection breaks after `n` bytes of the chunk reached the server: Drive
+        // keeps them, and the client, which gets no reply, must ask before resuming.
+        let got = &data[..n.min(data.len())];
         let mut st = state.lock().unwrap();
         if let (Some(s), Some(ChunkRange::Bytes { first, .. })) = (
             st.sessions.get_mut(&sid),
             crange.as_deref().and_then(parse_content_range),
         ) {
-            // Keep what arrived, as Drive does; the client must ask before resuming.
             if first as usize == s.data.len() {
-                s.data.extend_from_slice(&got);
+                s.data.extend_from_slice(got);
             }
         }
         return Err(DropConnection);
     }
-    let data = match body.collect().await {
-        Ok(b) => b.to_bytes(),
-        Err(_) => return Err(DropConnection),
-    };
     let mut st = state.lock().unwrap();
     st.stats.chunk_puts += 1;
     let Some(sess) = st.sessions.get(&sid) else {

@@ -10,7 +10,9 @@
 //! - [`range`]: the `Range` request header as servers read it (RFC 9110 §14);
 //! - [`oauth`]: an OAuth 2.0 authorization server (code + PKCE, refresh with optional
 //!   rotation, device flow, revocation, expiring bearer tokens) with each service's
-//!   differences as settings (the Drive emulator's OAuth endpoints are this server).
+//!   differences as settings.
+//!
+//! The Drive emulator and the Nextcloud emulation run on it.
 //!
 //! Include with `#[path = "support/emu/mod.rs"] mod emu;` at the crate root of a test
 //! file that uses an emulator built on it (the Drive emulator included).
