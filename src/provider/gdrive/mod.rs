@@ -391,12 +391,12 @@ impl GdriveProvider {
         let http = HttpSettings::new(Duration::from_secs(cfg.timeout_secs))
             .build()
             .map_err(bad)?;
-        let retry = RetryPolicy {
-            max_attempts: cfg.max_retries.saturating_add(1),
-            base_delay: Duration::from_millis(cfg.retry_base_delay_ms),
-            max_delay: Duration::from_secs(60),
-            budget: Duration::from_secs(cfg.retry_budget_secs),
-        };
+        let retry = RetryPolicy::from_settings(
+            cfg.max_retries,
+            cfg.retry_base_delay_ms,
+            cfg.retry_budget_secs,
+            Duration::from_secs(60),
+        );
         let api = Api::new(http, tokens, cfg.max_requests_per_second, retry);
         Ok(GdriveProvider {
             cfg,

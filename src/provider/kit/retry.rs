@@ -63,6 +63,23 @@ impl Default for RetryPolicy {
 }
 
 impl RetryPolicy {
+    /// The policy from the retry settings every HTTP connection's config spells the same
+    /// way (`max_retries`, `retry_base_delay_ms`, `retry_budget_secs`; defaults are each
+    /// provider's), with the provider's cap on one wait.
+    pub fn from_settings(
+        max_retries: u32,
+        retry_base_delay_ms: u64,
+        retry_budget_secs: u64,
+        max_delay: Duration,
+    ) -> Self {
+        RetryPolicy {
+            max_attempts: max_retries.saturating_add(1),
+            base_delay: Duration::from_millis(retry_base_delay_ms),
+            max_delay,
+            budget: Duration::from_secs(retry_budget_secs),
+        }
+    }
+
     /// The longest wait before retry number `retry` (0 = the first retry).
     pub fn ceiling(&self, retry: u32) -> Duration {
         // 2^20 times any sensible base is far beyond any cap; stop doubling there.

@@ -166,12 +166,12 @@ impl WebdavProvider {
             AtomicUploads::Off => false,
             AtomicUploads::Auto => !oc_like,
         };
-        let retry = RetryPolicy {
-            max_attempts: cfg.max_retries.saturating_add(1),
-            base_delay: Duration::from_millis(cfg.retry_base_delay_ms),
-            max_delay: Duration::from_secs(8),
-            budget: Duration::from_secs(cfg.retry_budget_secs),
-        };
+        let retry = RetryPolicy::from_settings(
+            cfg.max_retries,
+            cfg.retry_base_delay_ms,
+            cfg.retry_budget_secs,
+            Duration::from_secs(8),
+        );
 
         let api = ApiClient::new(
             http,
