@@ -517,3 +517,76 @@ fn mkdir_then_replace_the_folder_by_a_file() {
         );
     }
 }
+
+// -------------------------------------------------------------------------------------
+// A chmod falls against the file's first upload.
+
+fn hold_point(moment: Moment) -> HoldPoint {
+    match moment {
+        Moment::BeforeIt => HoldPoint::Before,
+        Moment::AfterIt | Moment::AfterItReplyLost => HoldPoint::Applied,
+    }
+}
+
+fn release(hold: &cloudmount::provider::memory::Hold, moment: Moment) {
+    match moment {
+        Moment::AfterItReplyLost => hold.release_losing_reply(),
+        _ => hold.release(),
+    }
+}
+
+/// chmod and then rename while the new file's upload is held (before it, or landed with
+/// its reply delivered or lost): the remote ends with the file under the new name, with
+/// the new mode, and nothing else.
+#[test]
+fn upload_then_chmod_and_rename() {
+    use std::os::unix::fs::PermissionsExt;
+    for moment in MOMENTS {
+        let provider = memory_provider();
+        with_dir(&provider);
+        let m = InProcessMount::new(provider.clone(), test_config(|_| {}));
+        let hold = provider.hold("upload", hold_point(moment));
+        write_new_a(&m);
+        assert!(hold.wait_reached(Duration::from_secs(20)), "{moment:?}");
+        fs::set_permissions(m.path("d/a"), fs::Permissions::from_mode(0o600)).unwrap();
+        fs::rename(m.path("d/a"), m.path("d/b")).unwrap();
+        release(&hold, moment);
+        assert!(m.drain(Duration::from_secs(30)), "{moment:?}: no drain");
+        let want = tree(&[("/d", None), ("/d/b", Some(a()))]);
+        assert_eq!(shape(&remote_tree(&provider)), shape(&want), "{moment:?}");
+        assert_eq!(provider.mode_remote("/d/b"), Some(0o600), "{moment:?}");
+        let local = fs::metadata(m.path("d/b")).unwrap().permissions().mode() & 0o7777;
+        assert_eq!(local, 0o600, "{moment:?}");
+    }
+}
+
+/// `fchmod` on a file still open after `O_CREAT` (what `cp -p` does), a rename of it, and a
+/// folder made, chmod'ed and renamed, all before anything reached the remote: the modes
+/// arrive with the first upload and after the mkdir, under the final names.
+#[test]
+fn chmod_before_anything_is_uploaded_then_rename() {
+    use std::io::Write;
+    use std::os::unix::fs::PermissionsExt;
+    let provider = memory_provider();
+    with_dir(&provider);
+    let m = InProcessMount::new(provider.clone(), test_config(|_| {}));
+    {
+        let mut f = fs::File::create(m.path("d/new")).unwrap();
+        f.write_all(b"copied").unwrap();
+        f.set_permissions(fs::Permissions::from_mode(0o640))
+            .unwrap();
+        fs::rename(m.path("d/new"), m.path("d/kept")).unwrap();
+    }
+    fs::create_dir(m.path("d/sub")).unwrap();
+    fs::set_permissions(m.path("d/sub"), fs::Permissions::from_mode(0o700)).unwrap();
+    fs::rename(m.path("d/sub"), m.path("d/moved")).unwrap();
+    assert!(m.drain(Duration::from_secs(30)), "no drain");
+    let want = tree(&[
+        ("/d", None),
+        ("/d/kept", Some(b"copied".to_vec())),
+        ("/d/moved", None),
+    ]);
+    assert_eq!(shape(&remote_tree(&provider)), shape(&want));
+    assert_eq!(provider.mode_remote("/d/kept"), Some(0o640));
+    assert_eq!(provider.mode_remote("/d/moved"), Some(0o700));
+}

@@ -699,7 +699,16 @@ impl Vfs {
             // Gone from the remote: deleted (here, by a later job, or by someone else),
             // and there is no object left to give a mode.
             Ok(()) | Err(ProviderError::NotFound(_)) => Ok(()),
-            Err(e) => Err(e),
+            Err(e) if e.is_retryable() || matches!(e, ProviderError::Auth(_)) => Err(e),
+            Err(e) => {
+                // Refused for good (not the owner of the folder's file, say): a mode is
+                // not worth holding up the path's later uploads behind a parked job.
+                // The mount keeps the mode; `status` says the remote did not take it.
+                tracing::warn!(path = %job.path, error = %e, "the remote refused a chmod");
+                self.queue
+                    .note_error(format!("{}: chmod refused: {e}", job.path));
+                Ok(())
+            }
         }
     }
 

@@ -1061,7 +1061,18 @@ impl Vfs {
             i.ctime = t;
         })?;
         let remote_mode = inode.kind != EntryKind::Symlink && ino != ROOT_LOCAL_INO;
-        if set.mode.is_some() && remote_mode && self.provider.capabilities().unix_attrs {
+        // A file not on the remote yet gets its mode with its first upload, which reads
+        // the bits when it runs. A folder's creation carries no mode, so it always needs
+        // the chmod (queued after the mkdir, on the same path, so it runs after it).
+        // Asked in this order, with the record read afresh: an upload that finished since
+        // the update above has set `remote` before it stopped running.
+        let mode_travels_with_upload =
+            !inode.is_dir() && !self.queue.is_running(ino) && self.get(ino)?.remote.is_none();
+        if set.mode.is_some()
+            && remote_mode
+            && !mode_travels_with_upload
+            && self.provider.capabilities().unix_attrs
+        {
             // The path is read and the job queued under the namespace lock, as for a
             // truncate: a rename cannot slip in between and leave the job at the old name.
             let _ns = self.ns_lock.lock().await;

@@ -412,10 +412,7 @@ impl WriteBackQueue {
 
     /// Whether a job for this inode is running now (so it may be on the remote soon).
     pub fn is_running(&self, ino: Ino) -> bool {
-        let st = self.state.lock().unwrap();
-        st.running
-            .iter()
-            .any(|s| st.jobs.get(s).map(|j| j.ino) == Some(ino))
+        Self::running_for(&self.state.lock().unwrap(), ino)
     }
 
     pub fn on_rename(
@@ -480,10 +477,16 @@ impl WriteBackQueue {
         })
     }
 
+    /// Whether a job that tells the inode is (or is about to be) on the remote is running:
+    /// its creation, a move or a delete. A running chmod says nothing: it may run before
+    /// the file's first upload was even queued (`fchmod` on a file still open after
+    /// `O_CREAT`), and finds nothing there.
     fn running_for(st: &State, ino: Ino) -> bool {
-        st.running
-            .iter()
-            .any(|s| st.jobs.get(s).map(|j| j.ino) == Some(ino))
+        st.running.iter().any(|s| {
+            st.jobs
+                .get(s)
+                .is_some_and(|j| j.ino == ino && j.kind != JobKind::SetMode)
+        })
     }
 
     fn drop_content_jobs(&self, st: &mut State, ino: Ino) {
@@ -961,13 +964,25 @@ impl<'a> QueueTxn<'a> {
     /// not stand in for it: an upload that finds its content already there sends nothing.)
     pub fn enqueue_set_mode(&mut self, ino: Ino, path: &str) {
         let (q, st) = self.parts();
-        let covered = st.jobs.iter().any(|(seq, j)| {
-            j.ino == ino
-                && j.path == path
-                && !st.running.contains(seq)
-                && j.kind == JobKind::SetMode
-        });
-        if !covered {
+        let waiting = st
+            .jobs
+            .iter()
+            .find(|(seq, j)| {
+                j.ino == ino
+                    && j.path == path
+                    && !st.running.contains(seq)
+                    && j.kind == JobKind::SetMode
+            })
+            .map(|(s, _)| *s);
+        if let Some(seq) = waiting {
+            // It reads the bits when it runs; it runs now, not after an old backoff.
+            let job = st.jobs.get_mut(&seq).expect("found above");
+            job.failed = None;
+            job.attempts = 0;
+            job.not_before_ms = 0;
+            let job = job.clone();
+            q.persist(st, seq, &job);
+        } else {
             let job = q.new_job(ino, JobKind::SetMode, path, Duration::ZERO, 0);
             q.push(st, job);
         }

@@ -424,6 +424,31 @@ pub fn mode_is_kept_and_files_belong_to_the_mounting_user(m: &dyn Mounted) {
             "mode on the remote after chmod then rename"
         );
     }
+    // A new file and a new folder, chmod'ed and renamed before anything of them was
+    // uploaded: the modes arrive under the final names.
+    let fresh = m.mnt().join("fresh.bin");
+    fs::write(&fresh, b"fresh").unwrap();
+    fs::set_permissions(&fresh, fs::Permissions::from_mode(0o600)).unwrap();
+    fs::rename(&fresh, m.mnt().join("renamed.bin")).unwrap();
+    let sub = m.mnt().join("sub");
+    fs::create_dir(&sub).unwrap();
+    fs::set_permissions(&sub, fs::Permissions::from_mode(0o700)).unwrap();
+    fs::rename(&sub, m.mnt().join("sub-renamed")).unwrap();
+    m.drain();
+    if let Some(mode) = m.remote_mode("/renamed.bin") {
+        assert_eq!(
+            mode & 0o777,
+            0o600,
+            "a new file's mode after chmod and rename"
+        );
+    }
+    if let Some(mode) = m.remote_mode("/sub-renamed") {
+        assert_eq!(
+            mode & 0o777,
+            0o700,
+            "a new folder's mode after chmod and rename"
+        );
+    }
 }
 
 pub fn directories_and_their_errors(m: &dyn Mounted) {

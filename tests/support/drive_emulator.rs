@@ -687,6 +687,11 @@ fn oauth_settings(cfg: &EmulatorConfig) -> OAuthSettings {
         verification_field: "verification_url",
         verification_url: "https://www.google.com/device".into(),
         pending_status: 428,
+        device_interval: Duration::from_secs(1),
+        enforce_interval: false,
+        device_code_lifetime: Duration::from_secs(1800),
+        revoke_unknown_status: 400,
+        aad_errors: false,
     }
 }
 

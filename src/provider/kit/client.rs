@@ -558,7 +558,12 @@ async fn read_whole(attempt: Attempt<Response>, what: &str) -> Attempt<WholeRepl
     async fn read(resp: Response, what: &str) -> ProviderResult<WholeReply> {
         let status = resp.status();
         let headers = resp.headers().clone();
-        let body = resp.bytes().await.map_err(|e| transport_error(&e, what))?;
+        // A failed reply's body is only read for its error message: capped, as `error_of`.
+        let body = if status.is_success() {
+            resp.bytes().await.map_err(|e| transport_error(&e, what))?
+        } else {
+            read_error_body(resp).await
+        };
         Ok(WholeReply {
             status,
             headers,

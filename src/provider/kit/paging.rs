@@ -46,7 +46,7 @@ where
 }
 
 /// The `rel="next"` target of the `Link` headers (RFC 8288 §3), made absolute against
-/// the URL of the request that got them: Confluence sends a path
+/// the URL the reply came from (after redirects: `Response::url`): Confluence sends a path
 /// (`</wiki/api/v2/spaces?cursor=…>; rel="next"`), others a whole URL. `None` when
 /// there is no next page; an unreadable target is an error rather than the end of a
 /// listing that would then look complete.
@@ -68,7 +68,7 @@ pub fn next_from_link_header(
                     "Link header entry without <target>: {link:?}"
                 )));
             };
-            let is_next = params.split(';').any(|param| {
+            let is_next = split_outside_quotes(params, ';').into_iter().any(|param| {
                 let Some((name, value)) = param.split_once('=') else {
                     return false;
                 };
@@ -91,15 +91,31 @@ pub fn next_from_link_header(
     Ok(None)
 }
 
-/// The entries of one `Link` header value: commas inside `<…>` or quotes do not split.
+/// The entries of one `Link` header value: commas inside `<…>` or quoted strings do not
+/// split.
 fn split_links(value: &str) -> Vec<&str> {
-    let (mut out, mut start, mut in_target, mut in_quotes) = (Vec::new(), 0, false, false);
+    split_outside_quotes(value, ',')
+        .into_iter()
+        .filter(|l| !l.trim().is_empty())
+        .collect()
+}
+
+/// `value` split at `sep` where it is outside `<…>` and outside quoted strings (with
+/// their backslash escapes, RFC 9110 §5.6.4).
+fn split_outside_quotes(value: &str, sep: char) -> Vec<&str> {
+    let (mut out, mut start) = (Vec::new(), 0);
+    let (mut in_target, mut in_quotes, mut escaped) = (false, false, false);
     for (i, c) in value.char_indices() {
+        if escaped {
+            escaped = false;
+            continue;
+        }
         match c {
+            '\\' if in_quotes => escaped = true,
             '<' if !in_quotes => in_target = true,
             '>' if !in_quotes => in_target = false,
             '"' if !in_target => in_quotes = !in_quotes,
-            ',' if !in_target && !in_quotes => {
+            c if c == sep && !in_target && !in_quotes => {
                 out.push(&value[start..i]);
                 start = i + 1;
             }
@@ -107,7 +123,7 @@ fn split_links(value: &str) -> Vec<&str> {
         }
     }
     out.push(&value[start..]);
-    out.into_iter().filter(|l| !l.trim().is_empty()).collect()
+    out
 }
 
 /// The marker of the page after an offset-paged one (Jira's `startAt` style), or `None`
@@ -176,6 +192,14 @@ mod tests {
         assert_eq!(next_from_link_header(&links(&[]), &base).unwrap(), None);
         let h = links(&[r#"<https://a/p1>; rel="prev""#]);
         assert_eq!(next_from_link_header(&h, &base).unwrap(), None);
+        // A quoted parameter holding "; rel=next" or an escaped quote is not a rel.
+        let h = links(&[
+            r#"<https://a/p1>; title="x; rel=next", <https://a/p2>; title="a \"q\", b"; rel=next"#,
+        ]);
+        assert_eq!(
+            next_from_link_header(&h, &base).unwrap().as_deref(),
+            Some("https://a/p2")
+        );
         // Garbage is an error, not the end of the listing.
         assert!(next_from_link_header(&links(&["rel=next"]), &base).is_err());
     }

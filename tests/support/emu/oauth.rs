@@ -38,6 +38,18 @@ pub struct OAuthSettings {
     /// The status of `authorization_pending` while the user has not approved: RFC 8628
     /// §3.5 says 400, Google answers 428.
     pub pending_status: u16,
+    /// The polling interval the device endpoint announces; a client polling faster is
+    /// told `slow_down` (RFC 8628 §3.5) when `enforce_interval` is set.
+    pub device_interval: Duration,
+    pub enforce_interval: bool,
+    /// How long a device code lives (Google: 30 min, Microsoft: 15 min).
+    pub device_code_lifetime: Duration,
+    /// What revoking an unknown or already revoked token answers: RFC 7009 §2.2 says 200
+    /// (the client's aim is reached); Google answers 400 `invalid_token`.
+    pub revoke_unknown_status: u16,
+    /// Microsoft's error bodies: `error_description` starting with an AADSTS code, plus
+    /// `error_codes`, `timestamp`, `trace_id` and `correlation_id`.
+    pub aad_errors: bool,
 }
 
 #[derive(Clone, Debug)]
@@ -89,6 +101,8 @@ struct DeviceGrant {
     user_code: String,
     scope: String,
     approved: bool,
+    last_poll: Option<Instant>,
+    expires: Instant,
 }
 
 pub struct OAuthServer {
@@ -107,6 +121,20 @@ fn error(status: u16, error: &str, description: &str) -> OAuthReply {
         status,
         json!({"error": error, "error_description": description}),
     )
+}
+
+/// The AADSTS code Microsoft's token endpoint gives each error (from its error pages).
+fn aad_code(error: &str) -> u32 {
+    match error {
+        "invalid_client" => 7000215,
+        "invalid_grant" => 70000,
+        "authorization_pending" => 70016,
+        "slow_down" => 70016,
+        "expired_token" => 70020,
+        "invalid_scope" => 70011,
+        "unsupported_grant_type" => 70003,
+        _ => 900144,
+    }
 }
 
 fn form(body: &[u8]) -> HashMap<String, String> {
@@ -253,15 +281,40 @@ impl OAuthServer {
         v
     }
 
+    /// An error reply in the service's style.
+    fn styled(&self, reply: OAuthReply) -> OAuthReply {
+        match reply {
+            OAuthReply::Json(status, mut v) if self.settings.aad_errors && status >= 400 => {
+                let error = v["error"].as_str().unwrap_or_default().to_owned();
+                let code = aad_code(&error);
+                let description = v["error_description"].as_str().unwrap_or_default();
+                v["error_description"] = json!(format!("AADSTS{code}: {description}"));
+                v["error_codes"] = json!([code]);
+                v["timestamp"] = json!("2026-01-01 00:00:00Z");
+                v["trace_id"] = json!("0b1c2d3e-0000-4000-8000-000000000001");
+                v["correlation_id"] = json!("0b1c2d3e-0000-4000-8000-000000000002");
+                OAuthReply::Json(status, v)
+            }
+            other => other,
+        }
+    }
+
     /// The token endpoint (POST, form body; client authentication in `authorization`
     /// or the form).
     pub fn token(&mut self, authorization: Option<&str>, body: &[u8]) -> OAuthReply {
+        let reply = self.token_reply(authorization, body);
+        self.styled(reply)
+    }
+
+    fn token_reply(&mut self, authorization: Option<&str>, body: &[u8]) -> OAuthReply {
         let f = form(body);
         let (client, secret) = client_credentials(authorization, &f);
         if client.as_deref() != Some(self.settings.client_id.as_str()) {
             return error(401, "invalid_client", "The OAuth client was not found.");
         }
-        if secret.as_deref() != Some(self.settings.client_secret.as_str()) {
+        // A public client (empty secret in the settings) sends none.
+        let public = self.settings.client_secret.is_empty();
+        if !public && secret.as_deref() != Some(self.settings.client_secret.as_str()) {
             return error(401, "invalid_client", "Unauthorized");
         }
         match f.get("grant_type").map(String::as_str) {
@@ -317,9 +370,19 @@ impl OAuthServer {
                         "Missing required parameter: device_code",
                     );
                 };
-                let Some(g) = self.device.get(dc) else {
+                let interval = self.settings.device_interval;
+                let enforce = self.settings.enforce_interval;
+                let Some(g) = self.device.get_mut(dc) else {
                     return error(400, "invalid_grant", "Malformed device code.");
                 };
+                if g.expires <= Instant::now() {
+                    return error(400, "expired_token", "The device code has expired.");
+                }
+                let too_soon = g.last_poll.is_some_and(|at| at.elapsed() < interval);
+                g.last_poll = Some(Instant::now());
+                if enforce && too_soon {
+                    return error(400, "slow_down", "Polling faster than the interval.");
+                }
                 if !g.approved {
                     return error(
                         self.settings.pending_status,
@@ -344,9 +407,13 @@ impl OAuthServer {
             return error(400, "invalid_request", "Missing required parameter: token");
         };
         self.stats.revocations += 1;
+        let unknown = match self.settings.revoke_unknown_status {
+            200 => OAuthReply::Json(200, json!({})),
+            status => error(status, "invalid_token", "Token expired or revoked"),
+        };
         if let Some(g) = self.refresh.get_mut(&token) {
             if g.revoked {
-                return error(400, "invalid_token", "Token expired or revoked");
+                return unknown;
             }
             g.revoked = true;
             self.access
@@ -356,11 +423,16 @@ impl OAuthServer {
         if self.access.remove(&token).is_some() {
             return OAuthReply::Json(200, json!({}));
         }
-        error(400, "invalid_token", "Token expired or revoked")
+        unknown
     }
 
     /// The device authorization endpoint (RFC 8628 §3.1).
     pub fn device_code(&mut self, body: &[u8]) -> OAuthReply {
+        let reply = self.device_reply(body);
+        self.styled(reply)
+    }
+
+    fn device_reply(&mut self, body: &[u8]) -> OAuthReply {
         let f = form(body);
         if f.get("client_id") != Some(&self.settings.client_id) {
             return error(401, "invalid_client", "The OAuth client was not found.");
@@ -387,10 +459,14 @@ impl OAuthServer {
                 user_code: user_code.clone(),
                 scope,
                 approved: false,
+                last_poll: None,
+                expires: Instant::now() + self.settings.device_code_lifetime,
             },
         );
+        let interval = self.settings.device_interval.as_secs().max(1);
         let mut v = json!({"device_code": device_code, "user_code": user_code,
-                           "expires_in": 1800, "interval": 1});
+                           "expires_in": self.settings.device_code_lifetime.as_secs(),
+                           "interval": interval});
         v[self.settings.verification_field] = json!(self.settings.verification_url);
         OAuthReply::Json(200, v)
     }
