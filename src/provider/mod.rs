@@ -9,6 +9,7 @@ pub mod instrumented;
 pub mod kit;
 pub mod local;
 pub mod memory;
+pub mod onedrive;
 pub mod registry;
 pub mod webdav;
 
