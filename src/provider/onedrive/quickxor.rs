@@ -69,7 +69,10 @@ mod tests {
     #[test]
     fn known_values() {
         // The value several independent implementations publish for "hello world".
-        assert_eq!(quick_xor_base64(b"hello world"), "aCgDG9jwBhDc4Q1yawMZAAAAAAA=");
+        assert_eq!(
+            quick_xor_base64(b"hello world"),
+            "aCgDG9jwBhDc4Q1yawMZAAAAAAA="
+        );
         // Nothing in, nothing but the (zero) length: all zero.
         assert_eq!(quick_xor_base64(b""), "AAAAAAAAAAAAAAAAAAAAAAAAAAA=");
     }
