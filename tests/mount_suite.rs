@@ -13,6 +13,10 @@ mod drive_emulator;
 mod drive_harness;
 #[path = "support/emu/mod.rs"]
 mod emu;
+#[path = "support/graph_emulator.rs"]
+mod graph_emulator;
+#[path = "support/graph_harness.rs"]
+mod graph_harness;
 #[path = "support/webdav_servers.rs"]
 mod webdav_servers;
 
@@ -278,8 +282,82 @@ impl Mounted for Drive {
     }
 }
 
+/// The Graph emulator (OneDrive for Business), with access tokens short-lived enough to be
+/// refreshed (and rotated) during a case.
+struct OneDrive {
+    m: InProcessMount,
+    emu: graph_emulator::GraphEmulator,
+    root: String,
+    caps: cloudmount::provider::Capabilities,
+    _keep: (tempfile::TempDir, Arc<cloudmount::accounts::TokenSource>),
+    _rt: tokio::runtime::Runtime,
+}
+
+impl OneDrive {
+    fn new() -> Self {
+        let rt = drive_harness::runtime();
+        let h = {
+            let _inside = rt.enter();
+            graph_harness::harness(
+                graph_emulator::GraphConfig {
+                    access_token_lifetime: Duration::from_secs(2),
+                    ..Default::default()
+                },
+                |_| {},
+            )
+        };
+        let caps = h.provider.capabilities();
+        let (_, root) = h.emu.my_drive();
+        let provider: Arc<dyn Provider> = Arc::new(h.provider);
+        let m = InProcessMount::new(provider, test_config(|_| {}));
+        OneDrive {
+            m,
+            emu: h.emu,
+            root,
+            caps,
+            _keep: (h.dir, h.tokens),
+            _rt: rt,
+        }
+    }
+}
+
+impl Mounted for OneDrive {
+    fn mnt(&self) -> &Path {
+        self.m.mnt()
+    }
+    fn backend(&self) -> Backend {
+        Backend::from_capabilities(&self.caps)
+    }
+    fn drain(&self) {
+        drain_in_process(&self.m, "the Graph emulator", String::new);
+    }
+    fn remote_tree(&self) -> Tree {
+        self.emu
+            .tree(&self.root)
+            .into_iter()
+            .map(|(p, c)| (format!("/{p}"), c))
+            .filter(|(p, _)| !own_name(p))
+            .collect()
+    }
+    fn remote_put(&self, rel: &str, data: &[u8]) {
+        let mut parent = self.root.clone();
+        let mut names: Vec<&str> = rel.trim_start_matches('/').split('/').collect();
+        let name = names.pop().unwrap();
+        for dir in names {
+            parent = self.emu.child(&parent, dir).expect("folder on the remote");
+        }
+        match self.emu.child(&parent, name) {
+            Some(id) => self.emu.set_content(&id, data),
+            None => {
+                self.emu.add_file(&parent, name, data);
+            }
+        }
+    }
+}
+
 mount_suite!(memory => Memory::new());
 mount_suite!(local => Local::new());
 mount_suite!(rclone => Webdav::new(Dav::Rclone));
 mount_suite!(apache => Webdav::new(Dav::Apache));
 mount_suite!(drive => Drive::new());
+mount_suite!(onedrive => OneDrive::new());

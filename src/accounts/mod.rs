@@ -120,6 +120,12 @@ impl fmt::Debug for OAuthClientConfig {
 
 /// The full-Drive scope a mount needs.
 pub const GOOGLE_DRIVE_SCOPE: &str = "https://www.googleapis.com/auth/drive";
+/// What a OneDrive / SharePoint mount asks Microsoft for: read and write every file the
+/// user can reach, and a refresh token (`offline_access`).
+pub const MICROSOFT_SCOPES: [&str; 2] = ["Files.ReadWrite.All", "offline_access"];
+/// Any work, school or personal Microsoft account; a tenant id or `organizations` /
+/// `consumers` go into `auth_url` / `token_url` / `device_auth_url` of the settings.
+pub const MICROSOFT_AUTHORITY: &str = "https://login.microsoftonline.com/common/oauth2/v2.0";
 
 impl OAuthClientConfig {
     /// Google's endpoints with the full Drive scope. Google does not allow the device grant
@@ -139,6 +145,24 @@ impl OAuthClientConfig {
                 ("access_type".into(), "offline".into()),
                 ("prompt".into(), "consent".into()),
             ],
+        }
+    }
+
+    /// The Microsoft identity platform (OneDrive, SharePoint): a public client (no secret)
+    /// registered as "Mobile and desktop" with a loopback redirect and public client flows
+    /// allowed, so both the browser and the device code flow work. Microsoft has no
+    /// endpoint to revoke a refresh token: `logout` forgets it.
+    pub fn microsoft(client_id: impl Into<String>, client_secret: Option<String>) -> Self {
+        OAuthClientConfig {
+            client_id: client_id.into(),
+            client_secret: client_secret.map(Secret::new),
+            auth_url: format!("{MICROSOFT_AUTHORITY}/authorize"),
+            token_url: format!("{MICROSOFT_AUTHORITY}/token"),
+            revoke_url: None,
+            device_auth_url: Some(format!("{MICROSOFT_AUTHORITY}/devicecode")),
+            scopes: MICROSOFT_SCOPES.iter().map(|s| s.to_string()).collect(),
+            redirect_port: None,
+            extra_auth_params: vec![],
         }
     }
 

@@ -66,6 +66,12 @@ pub const KINDS: &[ProviderKind] = &[
         oauth: Some(OAuthClientConfig::google),
         build: build_gdrive,
     },
+    ProviderKind {
+        kind: "onedrive",
+        aliases: &["sharepoint"],
+        oauth: Some(OAuthClientConfig::microsoft),
+        build: build_onedrive,
+    },
 ];
 
 fn build_local(s: &Setup<'_>) -> Result<Arc<dyn Provider>, SetupError> {
@@ -85,6 +91,14 @@ fn build_webdav(s: &Setup<'_>) -> Result<Arc<dyn Provider>, SetupError> {
 fn build_gdrive(s: &Setup<'_>) -> Result<Arc<dyn Provider>, SetupError> {
     let cfg: super::gdrive::GdriveConfig = s.settings.clone().try_into()?;
     Ok(Arc::new(super::gdrive::GdriveProvider::new(
+        cfg,
+        s.tokens()?,
+    )?))
+}
+
+fn build_onedrive(s: &Setup<'_>) -> Result<Arc<dyn Provider>, SetupError> {
+    let cfg: super::onedrive::OneDriveConfig = s.settings.clone().try_into()?;
+    Ok(Arc::new(super::onedrive::OneDriveProvider::new(
         cfg,
         s.tokens()?,
     )?))
@@ -190,14 +204,19 @@ mod tests {
             ("owncloud", "webdav"),
             ("nextcloud", "webdav"),
             ("gdrive", "gdrive"),
+            ("onedrive", "onedrive"),
+            ("sharepoint", "onedrive"),
         ] {
             assert_eq!(lookup(name).map(|k| k.kind), Some(kind), "{name}");
         }
         assert!(lookup("dropbox").is_none());
-        assert!(uses_oauth("gdrive"));
+        assert!(uses_oauth("gdrive") && uses_oauth("onedrive"));
         assert!(!uses_oauth("nextcloud") && !uses_oauth("local"));
         let names = known_kinds();
-        assert_eq!(names, "local, webdav, owncloud, nextcloud, gdrive");
+        assert_eq!(
+            names,
+            "local, webdav, owncloud, nextcloud, gdrive, onedrive, sharepoint"
+        );
     }
 
     #[test]
@@ -207,7 +226,7 @@ mod tests {
         assert!(matches!(err, RegistryError::UnknownType { .. }), "{err}");
         assert_eq!(
             err.to_string(),
-            "connection \"x\": unknown type \"ftp\" (known: local, webdav, owncloud, nextcloud, gdrive)"
+            "connection \"x\": unknown type \"ftp\" (known: local, webdav, owncloud, nextcloud, gdrive, onedrive, sharepoint)"
         );
     }
 

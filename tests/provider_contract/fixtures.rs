@@ -17,6 +17,7 @@ use futures::StreamExt;
 
 use crate::drive_emulator::EmulatorConfig;
 use crate::drive_harness::{harness, Harness};
+use crate::graph_emulator::GraphConfig;
 use crate::nextcloud_emulator::NextcloudEmulator;
 use crate::webdav_servers::{start_apache_webdav, start_rclone_webdav};
 
@@ -27,6 +28,9 @@ pub const DRIVE_PAGE: usize = 2;
 pub const NEXTCLOUD_QUOTA: u64 = 10_000_000;
 /// The Drive account's storage limit.
 pub const DRIVE_QUOTA: u64 = 50_000_000;
+/// The OneDrive backend's page size (`$top`) and its drive's size.
+pub const ONEDRIVE_PAGE: usize = 2;
+pub const ONEDRIVE_QUOTA: u64 = 40_000_000;
 
 pub struct Fixture {
     pub p: Box<dyn Provider>,
@@ -211,6 +215,29 @@ pub async fn drive() -> Fixture {
             Box::new(tokens),
             Box::new(vault),
             Box::new(dir),
+        ],
+    );
+    fx.list_requests = Some(Box::new(move || counter.stats().list_calls));
+    fx
+}
+
+pub async fn onedrive() -> Fixture {
+    let h = crate::graph_harness::harness(
+        GraphConfig {
+            quota: ONEDRIVE_QUOTA,
+            ..GraphConfig::default()
+        },
+        |c| c.page_size = ONEDRIVE_PAGE as u32,
+    );
+    let emu = Arc::new(h.emu);
+    let counter = emu.clone();
+    let mut fx = Fixture::new(
+        Box::new(h.provider),
+        vec![
+            Box::new(emu),
+            Box::new(h.tokens),
+            Box::new(h.vault),
+            Box::new(h.dir),
         ],
     );
     fx.list_requests = Some(Box::new(move || counter.stats().list_calls));

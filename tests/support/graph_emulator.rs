@@ -75,6 +75,8 @@ pub struct GraphConfig {
     pub repeat_in_delta: bool,
     /// Items per delta page.
     pub delta_page: usize,
+    /// Every drive's size.
+    pub quota: u64,
 }
 
 impl Default for GraphConfig {
@@ -88,6 +90,7 @@ impl Default for GraphConfig {
             ignore_range_every: None,
             repeat_in_delta: false,
             delta_page: 200,
+            quota: 1024 * 1024 * 1024 * 1024,
         }
     }
 }
@@ -116,6 +119,7 @@ pub struct Stats {
     pub simple_uploads: u64,
     pub delta_calls: u64,
     pub throttled: u64,
+    pub list_calls: u64,
 }
 
 #[derive(Clone, Debug)]
@@ -203,6 +207,8 @@ struct State {
     sessions: HashMap<String, Session>,
     links: HashMap<String, Link>,
     copies: HashMap<String, Copy>,
+    /// Every upload-session id handed out (they stay secrets after the session ends).
+    issued_sessions: Vec<String>,
     next_id: u64,
     ranged_reads: u64,
     stats: Stats,
@@ -664,6 +670,7 @@ impl GraphEmulator {
             sessions: HashMap::new(),
             links: HashMap::new(),
             copies: HashMap::new(),
+            issued_sessions: Vec::new(),
             next_id: 0,
             ranged_reads: 0,
             stats: Stats::default(),
@@ -732,8 +739,14 @@ impl GraphEmulator {
     pub fn approve_device(&self, user_code: &str) {
         self.st().oauth.approve_device(user_code);
     }
+    /// Every credential issued or seen: OAuth's, and the tokens in download links and
+    /// upload URLs (each is a credential in itself).
     pub fn secrets(&self) -> Vec<String> {
-        self.st().oauth.secrets().to_vec()
+        let st = self.st();
+        let mut all = st.oauth.secrets().to_vec();
+        all.extend(st.links.keys().cloned());
+        all.extend(st.issued_sessions.iter().cloned());
+        all
     }
 
     // --- the drive's contents, as someone else changes them ------------------------------
@@ -774,6 +787,10 @@ impl GraphEmulator {
     }
     pub fn delete(&self, id: &str) {
         self.st().delete_tree(id);
+    }
+    /// The live child of `parent` named `name` (case-insensitively), as Graph finds it.
+    pub fn child(&self, parent: &str, name: &str) -> Option<String> {
+        self.st().child_named(parent, name)
     }
     pub fn item(&self, id: &str) -> Option<Item> {
         self.st().items.get(id).cloned()
@@ -887,7 +904,7 @@ fn add_drive(st: &mut State, id: &str, name: &str, site: Option<String>) {
             name: name.to_owned(),
             root,
             site,
-            quota_total: 1024 * 1024 * 1024 * 1024,
+            quota_total: st.cfg.quota,
         },
     );
 }
@@ -1212,6 +1229,7 @@ fn check_if_match(st: &State, req: &Request, id: &str) -> Option<Response> {
 }
 
 fn list_children(st: &mut State, parent: &str, q: &HashMap<String, String>) -> Response {
+    st.stats.list_calls += 1;
     if !st.items[parent].folder {
         return error(400, "invalidRequest", "The item is not a folder.");
     }
@@ -1355,6 +1373,14 @@ fn simple_upload(
         .get("@microsoft.graph.conflictBehavior")
         .map(String::as_str)
         .unwrap_or("replace");
+    if new_name.is_some() && req.header("if-match").is_some() {
+        // If-Match names a version of something that is not there.
+        return error(
+            412,
+            "resourceModified",
+            "ETag does not match current item's value",
+        );
+    }
     let (target, created) = match new_name {
         Some(name) => {
             if let Some(why) = bad_name(&name) {
@@ -1374,6 +1400,14 @@ fn simple_upload(
                     (id, true)
                 }
             }
+        }
+        // By path onto an existing item: the conflict behaviour decides.
+        None if addr.by_path && behaviour == "fail" => {
+            return error(
+                409,
+                "nameAlreadyExists",
+                "The specified item name already exists.",
+            );
         }
         None => (addr.item.clone(), false),
     };
@@ -1408,6 +1442,13 @@ fn create_session(
         .as_str()
         .unwrap_or("replace")
         .to_owned();
+    if new_name.is_some() && req.header("if-match").is_some() {
+        return error(
+            412,
+            "resourceModified",
+            "ETag does not match current item's value",
+        );
+    }
     let (parent, name, target) = match new_name {
         Some(name) => {
             if let Some(why) = bad_name(&name) {
@@ -1434,6 +1475,7 @@ fn create_session(
         }
     };
     let sid = random(40);
+    st.issued_sessions.push(sid.clone());
     let expires = Instant::now() + st.cfg.upload_session_lifetime;
     st.sessions.insert(
         sid.clone(),
@@ -1665,11 +1707,19 @@ fn patch(st: &mut State, req: &Request, addr: &Address) -> Response {
     }
     if let Some(other) = st.child_named(&new_parent, &new_name) {
         if other != item.id {
-            return error(
-                409,
-                "nameAlreadyExists",
-                "The specified item name already exists.",
-            );
+            match query_map(&req.path)
+                .get("@microsoft.graph.conflictBehavior")
+                .map(String::as_str)
+            {
+                Some("replace") => st.delete_tree(&other),
+                _ => {
+                    return error(
+                        409,
+                        "nameAlreadyExists",
+                        "The specified item name already exists.",
+                    )
+                }
+            }
         }
     }
     if let Some(t) = body["fileSystemInfo"]["lastModifiedDateTime"].as_str() {

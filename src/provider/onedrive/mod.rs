@@ -1,4 +1,862 @@
-//! OneDrive and SharePoint over Microsoft Graph (in progress: issue 10). So far only the
-//! content hash; the provider follows on the shared kit.
+//! OneDrive (personal and work) and SharePoint document libraries over Microsoft Graph,
+//! on the provider kit. One connection is one drive (the user's, or a library by drive
+//! id). Items are addressed by path (`/drives/{d}/root:/a/b:`), so no id cache is needed
+//! for reads and writes.
+//!
+//! Graph's rules this module follows (provider-apis §2):
+//! - listings follow `@odata.nextLink` verbatim;
+//! - reads go to the item's short-lived `@microsoft.graph.downloadUrl` **without** the
+//!   `Authorization` header, with `Range` there (a 200 with the whole body is accepted), and
+//!   a link that stopped working is fetched again;
+//! - uploads up to 4 MiB are one PUT; larger ones go through an upload session in
+//!   fragments of a multiple of 320 KiB under 60 MiB, in order, without `Authorization`,
+//!   resumed from `nextExpectedRanges`, started over when the session expired;
+//! - a conditional write sends the eTag in `If-Match`; "must not exist" is
+//!   `conflictBehavior=fail`; nothing is ever renamed or overwritten silently;
+//! - copy is asynchronous: 202 and a monitor URL polled without `Authorization`;
+//! - OneNote notebooks (`package`) are not shown; names are case-insensitive, and the
+//!   characters OneDrive forbids are refused up front (`Capabilities::forbidden_chars`).
+//!
+//! Still to come (issue 10): login with the Microsoft identity platform, the SharePoint
+//! and shared-items layout, the delta feed, native versions, reversible name mapping.
 
+pub(crate) mod api;
 pub mod quickxor;
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures::StreamExt;
+use reqwest::{Method, StatusCode};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use self::api::{
+    DriveInfo, DriveItem, GraphErrors, ItemPage, Monitor, SessionStatus, UploadSessionReply,
+    ITEM_SELECT,
+};
+use super::kit::auth::OAuthBearer;
+use super::kit::client::{transport_error, ApiClient, Call, HttpSettings};
+use super::kit::paging::{self, Page};
+use super::kit::ranged::{self, Ranged};
+use super::kit::retry::{Idempotency, RetryPolicy};
+use super::kit::upload_session::{self, ChunkReply, SessionEnd, UploadSession};
+use super::{
+    split_path, ByteStream, Capabilities, ListStream, Provider, ProviderError, ProviderResult,
+    Quota, RemoteEntry, UploadOptions,
+};
+use crate::accounts::BearerTokens;
+
+/// Fragments of upload sessions are multiples of this (but the last).
+pub const FRAGMENT_UNIT: u64 = 320 * 1024;
+/// Each fragment request stays below this.
+const FRAGMENT_MAX: u64 = 60 * 1024 * 1024;
+/// Simple uploads take at most this much.
+pub const SIMPLE_UPLOAD_LIMIT: u64 = 4 * 1024 * 1024;
+
+fn default_api_base() -> String {
+    "https://graph.microsoft.com/v1.0".into()
+}
+fn default_fragment_size() -> u64 {
+    32 * FRAGMENT_UNIT
+}
+fn default_page_size() -> u32 {
+    500
+}
+fn default_rps() -> f64 {
+    10.0
+}
+fn default_max_retries() -> u32 {
+    5
+}
+fn default_retry_base_ms() -> u64 {
+    500
+}
+fn default_retry_budget_secs() -> u64 {
+    60
+}
+fn default_timeout_secs() -> u64 {
+    60
+}
+
+/// One OneDrive / SharePoint connection (the account's tokens come separately).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OneDriveConfig {
+    #[serde(default = "default_api_base")]
+    pub api_base: String,
+    /// The drive: `None` is the user's own (`/me/drive`), else a drive id (a SharePoint
+    /// library, or another user's drive shared whole).
+    #[serde(default)]
+    pub drive_id: Option<String>,
+    /// Upload-session fragment size: a multiple of 320 KiB, under 60 MiB.
+    #[serde(default = "default_fragment_size")]
+    pub fragment_size: u64,
+    /// Items per listing request (`$top`, 1..=1000).
+    #[serde(default = "default_page_size")]
+    pub page_size: u32,
+    #[serde(default = "default_rps")]
+    pub max_requests_per_second: f64,
+    #[serde(default = "default_max_retries")]
+    pub max_retries: u32,
+    #[serde(default = "default_retry_base_ms")]
+    pub retry_base_delay_ms: u64,
+    #[serde(default = "default_retry_budget_secs")]
+    pub retry_budget_secs: u64,
+    #[serde(default = "default_timeout_secs")]
+    pub timeout_secs: u64,
+}
+
+impl Default for OneDriveConfig {
+    fn default() -> Self {
+        OneDriveConfig {
+            api_base: default_api_base(),
+            drive_id: None,
+            fragment_size: default_fragment_size(),
+            page_size: default_page_size(),
+            max_requests_per_second: default_rps(),
+            max_retries: default_max_retries(),
+            retry_base_delay_ms: default_retry_base_ms(),
+            retry_budget_secs: default_retry_budget_secs(),
+            timeout_secs: default_timeout_secs(),
+        }
+    }
+}
+
+/// Characters OneDrive and SharePoint refuse in names (provider-apis §2.4).
+const FORBIDDEN: [char; 8] = ['"', '*', ':', '<', '>', '?', '\\', '|'];
+
+pub struct OneDriveProvider {
+    cfg: OneDriveConfig,
+    api: ApiClient,
+    /// `{api}/me/drive` or `{api}/drives/{id}`.
+    drive: String,
+}
+
+/// A path segment as Graph's path addressing wants it: percent-encoded, `/` kept out.
+fn encode_segment(s: &str) -> String {
+    const SET: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+        .remove(b'-')
+        .remove(b'_')
+        .remove(b'.')
+        .remove(b'~');
+    percent_encoding::utf8_percent_encode(s, SET).to_string()
+}
+
+fn protocol(what: &str, e: impl std::fmt::Display) -> ProviderError {
+    ProviderError::Protocol(format!("{what}: {e}"))
+}
+
+impl OneDriveProvider {
+    pub fn new(cfg: OneDriveConfig, tokens: Arc<dyn BearerTokens>) -> ProviderResult<Self> {
+        let bad = |m: String| ProviderError::Protocol(format!("OneDrive settings: {m}"));
+        if cfg.fragment_size == 0
+            || cfg.fragment_size % FRAGMENT_UNIT != 0
+            || cfg.fragment_size >= FRAGMENT_MAX
+        {
+            return Err(bad(format!(
+                "fragment_size {} must be a multiple of 327680 (320 KiB) below 60 MiB",
+                cfg.fragment_size
+            )));
+        }
+        if !(1..=1000).contains(&cfg.page_size) {
+            return Err(bad("page_size must be within 1..=1000".into()));
+        }
+        reqwest::Url::parse(&cfg.api_base)
+            .map_err(|e| bad(format!("bad URL {:?}: {e}", cfg.api_base)))?;
+        // Redirects are not followed: a download is a 302 to a link that must not get the
+        // Authorization header, and the link is read from the item instead.
+        let http = HttpSettings {
+            follow_redirects: false,
+            ..HttpSettings::new(Duration::from_secs(cfg.timeout_secs))
+        }
+        .build()
+        .map_err(bad)?;
+        let retry = RetryPolicy::from_settings(
+            cfg.max_retries,
+            cfg.retry_base_delay_ms,
+            cfg.retry_budget_secs,
+            Duration::from_secs(120),
+        );
+        let api = ApiClient::new(
+            http,
+            Arc::new(OAuthBearer(tokens)),
+            Arc::new(GraphErrors),
+            retry,
+            cfg.max_requests_per_second,
+        );
+        let base = cfg.api_base.trim_end_matches('/');
+        let drive = match &cfg.drive_id {
+            None => format!("{base}/me/drive"),
+            Some(id) => format!("{base}/drives/{}", encode_segment(id)),
+        };
+        Ok(OneDriveProvider { cfg, api, drive })
+    }
+
+    /// The item at `path` (`/` is the drive's root), with `suffix` (`/children`, ...).
+    fn item_url(&self, path: &str, suffix: &str) -> String {
+        if path == "/" {
+            return format!("{}/root{suffix}", self.drive);
+        }
+        let encoded: Vec<String> = path
+            .trim_start_matches('/')
+            .split('/')
+            .map(encode_segment)
+            .collect();
+        match suffix {
+            "" => format!("{}/root:/{}", self.drive, encoded.join("/")),
+            s => format!("{}/root:/{}:{s}", self.drive, encoded.join("/")),
+        }
+    }
+
+    fn request(&self, method: Method, url: &str) -> reqwest::RequestBuilder {
+        self.api.http().request(method, url)
+    }
+
+    async fn json<T: serde::de::DeserializeOwned>(
+        &self,
+        what: &str,
+        idempotency: Idempotency,
+        build: impl Fn() -> reqwest::RequestBuilder,
+    ) -> ProviderResult<T> {
+        self.api
+            .json(Call::new(what).idempotency(idempotency), || {
+                let r = build().build().map_err(|e| protocol(what, e.without_url()));
+                async move { r }
+            })
+            .await
+    }
+
+    async fn get_item(&self, path: &str, select: &str) -> ProviderResult<DriveItem> {
+        let url = self.item_url(path, "");
+        self.json("get item", Idempotency::Idempotent, || {
+            self.request(Method::GET, &url)
+                .query(&[("$select", select)])
+        })
+        .await
+        .map_err(|e| match e {
+            ProviderError::NotFound(_) => ProviderError::NotFound(path.to_owned()),
+            e => e,
+        })
+    }
+
+    fn entry(item: &DriveItem, path: &str) -> RemoteEntry {
+        let name = if path == "/" { "/" } else { split_path(path).1 };
+        item.entry(name)
+    }
+
+    /// The id of the folder at `path`, for moves and copies (which name the new parent).
+    async fn folder_id(&self, path: &str) -> ProviderResult<String> {
+        let item = self.get_item(path, "id,folder").await?;
+        if !item.is_folder() {
+            return Err(ProviderError::NotADirectory(path.to_owned()));
+        }
+        Ok(item.id)
+    }
+
+    /// Bytes from `offset` of the file behind a pre-authenticated link.
+    async fn read_link(
+        &self,
+        link: &str,
+        offset: u64,
+        len: u64,
+    ) -> ProviderResult<Result<ByteStream, StatusCode>> {
+        let what = "download";
+        let range = ranged::range_header(offset, len);
+        let resp = self
+            .api
+            .send_raw(Call::new(what).unauthenticated(), || {
+                let r = self
+                    .request(Method::GET, link)
+                    .header(reqwest::header::RANGE, &range)
+                    .build()
+                    .map_err(|e| protocol(what, e.without_url()));
+                async move { r }
+            })
+            .await?;
+        let status = resp.status();
+        let skip = match ranged::interpret(status, resp.headers(), offset, what) {
+            Some(Ok(Ranged::PastEnd)) => return Ok(Ok(Box::pin(futures::stream::empty()))),
+            Some(Ok(Ranged::Body { skip, .. })) => skip,
+            Some(Err(e)) => return Err(e),
+            // An expired or refused link: the caller fetches a new one.
+            None if matches!(status.as_u16(), 401 | 403 | 404 | 410) => return Ok(Err(status)),
+            None => return Err(self.api.error_of(resp, what).await),
+        };
+        let body = resp
+            .bytes_stream()
+            .map(move |r| r.map_err(|e| transport_error(&e, what)));
+        Ok(Ok(ranged::window(body, skip, len)))
+    }
+
+    async fn upload_simple(
+        &self,
+        path: &str,
+        source: &Path,
+        options: &UploadOptions,
+    ) -> ProviderResult<DriveItem> {
+        let url = self.item_url(path, "/content");
+        let data = Bytes::from(tokio::fs::read(source).await?);
+        let (if_match, behaviour) = conditions(options);
+        let what = format!("PUT {path}");
+        let item: DriveItem = self
+            .api
+            .json(
+                Call::new(&what).idempotency(if if_match.is_some() || behaviour == "fail" {
+                    Idempotency::NotIdempotent
+                } else {
+                    Idempotency::Idempotent
+                }),
+                || {
+                    let mut r = self
+                        .request(Method::PUT, &url)
+                        .query(&[("@microsoft.graph.conflictBehavior", behaviour)])
+                        .header(reqwest::header::CONTENT_TYPE, "application/octet-stream")
+                        .body(data.clone());
+                    if let Some(tag) = &if_match {
+                        r = r.header(reqwest::header::IF_MATCH, tag);
+                    }
+                    let r = r.build().map_err(|e| protocol(&what, e.without_url()));
+                    async move { r }
+                },
+            )
+            .await
+            .map_err(|e| conflict_as_precondition(e, path))?;
+        match options.mtime {
+            Some(mtime) => self.set_mtime_of(path, mtime).await,
+            None => Ok(item),
+        }
+    }
+
+    async fn set_mtime_of(&self, path: &str, mtime: SystemTime) -> ProviderResult<DriveItem> {
+        let url = self.item_url(path, "");
+        let t = chrono::DateTime::<chrono::Utc>::from(mtime)
+            .to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+        let body = json!({"fileSystemInfo": {"lastModifiedDateTime": t}});
+        self.json("set modification time", Idempotency::Idempotent, || {
+            self.request(Method::PATCH, &url).json(&body)
+        })
+        .await
+    }
+
+    /// Polls a copy's monitor URL (no `Authorization`) until it completes.
+    async fn wait_for_copy(&self, monitor: &str, what: &str) -> ProviderResult<()> {
+        let deadline =
+            tokio::time::Instant::now() + Duration::from_secs(self.cfg.retry_budget_secs.max(30));
+        let mut wait = Duration::from_millis(50);
+        loop {
+            let m: Monitor = self
+                .api
+                .json(
+                    Call::new(what)
+                        .unauthenticated()
+                        .accept(&[StatusCode::ACCEPTED]),
+                    || {
+                        let r = self
+                            .request(Method::GET, monitor)
+                            .build()
+                            .map_err(|e| protocol(what, e.without_url()));
+                        async move { r }
+                    },
+                )
+                .await?;
+            match m.status.as_str() {
+                "completed" => return Ok(()),
+                "failed" | "cancelled" => {
+                    return Err(ProviderError::Protocol(format!(
+                        "{what}: the copy {}",
+                        m.status
+                    )))
+                }
+                _ if tokio::time::Instant::now() >= deadline => {
+                    return Err(ProviderError::Transient(format!(
+                        "{what}: the copy is still running"
+                    )))
+                }
+                _ => {
+                    tokio::time::sleep(wait).await;
+                    wait = (wait * 2).min(Duration::from_secs(2));
+                }
+            }
+        }
+    }
+}
+
+/// What a conditional write sends: the eTag to match, and the conflict behaviour.
+fn conditions(options: &UploadOptions) -> (Option<String>, &'static str) {
+    match &options.expected_revision {
+        Some(Some(tag)) => (Some(tag.clone()), "replace"),
+        Some(None) => (None, "fail"),
+        None => (None, "replace"),
+    }
+}
+
+/// A write refused because the name is taken or the eTag moved on: the remote is not what
+/// the caller expected.
+fn conflict_as_precondition(e: ProviderError, path: &str) -> ProviderError {
+    match e {
+        ProviderError::AlreadyExists(m) | ProviderError::PreconditionFailed(m) => {
+            ProviderError::PreconditionFailed(format!("{path}: {m}"))
+        }
+        e => e,
+    }
+}
+
+/// Graph's upload session for one file.
+struct GraphSession<'a> {
+    p: &'a OneDriveProvider,
+    path: &'a str,
+    if_match: Option<String>,
+    behaviour: &'static str,
+    mtime: Option<SystemTime>,
+}
+
+impl GraphSession<'_> {
+    fn status(reply: SessionStatus, what: &str) -> ChunkReply<DriveItem> {
+        match reply.received() {
+            Some(n) => ChunkReply::Incomplete(n),
+            None => ChunkReply::Retry(ProviderError::Protocol(format!(
+                "{what}: no nextExpectedRanges in the session's status"
+            ))),
+        }
+    }
+
+    /// A reply from the upload URL: the item (done), the status (more wanted), or why not.
+    async fn read(&self, resp: reqwest::Response, what: &str) -> ChunkReply<DriveItem> {
+        let status = resp.status();
+        let body = match resp.bytes().await {
+            Ok(b) => b,
+            Err(e) => return ChunkReply::Retry(transport_error(&e, what)),
+        };
+        match status.as_u16() {
+            200 | 201 => match serde_json::from_slice::<DriveItem>(&body) {
+                Ok(item) => ChunkReply::Done(Box::new(item)),
+                // A 200 to a status query is the status.
+                Err(_) => match serde_json::from_slice::<SessionStatus>(&body) {
+                    Ok(s) => Self::status(s, what),
+                    Err(e) => ChunkReply::Retry(protocol(what, e)),
+                },
+            },
+            202 => match serde_json::from_slice::<SessionStatus>(&body) {
+                Ok(s) => Self::status(s, what),
+                Err(e) => ChunkReply::Retry(protocol(what, e)),
+            },
+            404 => ChunkReply::Expired,
+            // Overlap or out of order: ask where the server stands.
+            416 => ChunkReply::Retry(ProviderError::Transient(format!("{what}: 416"))),
+            s => {
+                let headers = reqwest::header::HeaderMap::new();
+                let err = self.p.api.classify(
+                    StatusCode::from_u16(s).unwrap_or(status),
+                    &headers,
+                    &body,
+                    what,
+                );
+                match err {
+                    ProviderError::AlreadyExists(_) | ProviderError::PreconditionFailed(_) => {
+                        ChunkReply::Fatal(conflict_as_precondition(err, self.path))
+                    }
+                    e if e.is_retryable() => ChunkReply::Retry(e),
+                    e => ChunkReply::Fatal(e),
+                }
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl UploadSession for GraphSession<'_> {
+    type Done = DriveItem;
+
+    async fn start(&self, _size: u64) -> ProviderResult<String> {
+        let url = self.p.item_url(self.path, "/createUploadSession");
+        let mut item = json!({"@microsoft.graph.conflictBehavior": self.behaviour});
+        if let Some(m) = self.mtime {
+            let t = chrono::DateTime::<chrono::Utc>::from(m)
+                .to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+            item["fileSystemInfo"] = json!({"lastModifiedDateTime": t});
+        }
+        let body = json!({ "item": item });
+        let what = format!("createUploadSession {}", self.path);
+        let reply: UploadSessionReply = self
+            .p
+            .api
+            .json(
+                Call::new(&what).idempotency(Idempotency::Idempotent),
+                || {
+                    let mut r = self.p.request(Method::POST, &url).json(&body);
+                    if let Some(tag) = &self.if_match {
+                        r = r.header(reqwest::header::IF_MATCH, tag);
+                    }
+                    let r = r.build().map_err(|e| protocol(&what, e.without_url()));
+                    async move { r }
+                },
+            )
+            .await
+            .map_err(|e| conflict_as_precondition(e, self.path))?;
+        Ok(reply.upload_url)
+    }
+
+    async fn put(
+        &self,
+        session: &str,
+        offset: u64,
+        chunk: Bytes,
+        size: u64,
+    ) -> ChunkReply<DriveItem> {
+        let what = "upload fragment";
+        let end = offset + chunk.len() as u64 - 1;
+        // No Authorization: the upload URL is its own credential (a token there gets 401).
+        let sent = self
+            .p
+            .api
+            .send_raw(
+                Call::new(what)
+                    .unauthenticated()
+                    .idempotency(Idempotency::NotIdempotent),
+                || {
+                    let r = self
+                        .p
+                        .request(Method::PUT, session)
+                        .header(
+                            reqwest::header::CONTENT_RANGE,
+                            format!("bytes {offset}-{end}/{size}"),
+                        )
+                        .body(chunk.clone())
+                        .build()
+                        .map_err(|e| protocol(what, e.without_url()));
+                    async move { r }
+                },
+            )
+            .await;
+        match sent {
+            Ok(resp) => self.read(resp, what).await,
+            Err(e) => ChunkReply::Retry(e),
+        }
+    }
+
+    async fn query(&self, session: &str, _size: u64) -> ChunkReply<DriveItem> {
+        let what = "upload session status";
+        let sent = self
+            .p
+            .api
+            .send_raw(Call::new(what).unauthenticated(), || {
+                let r = self
+                    .p
+                    .request(Method::GET, session)
+                    .build()
+                    .map_err(|e| protocol(what, e.without_url()));
+                async move { r }
+            })
+            .await;
+        match sent {
+            Ok(resp) => self.read(resp, what).await,
+            Err(e) => ChunkReply::Retry(e),
+        }
+    }
+}
+
+#[async_trait]
+impl Provider for OneDriveProvider {
+    fn kind(&self) -> &'static str {
+        "onedrive"
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            case_insensitive: true,
+            max_name_len: 255,
+            // "The entire path … must be fewer than 400 characters" (provider-apis §2.4).
+            max_path_len: 399,
+            forbidden_chars: FORBIDDEN.to_vec(),
+            ..Capabilities::default()
+        }
+    }
+
+    fn list<'a>(&'a self, dir: &'a str) -> ListStream<'a> {
+        Box::pin(futures::stream::once(async move {
+            let first = self.item_url(dir, "/children");
+            let top = self.cfg.page_size.to_string();
+            let what = format!("list {dir}");
+            let items = paging::collect_all(&what, |next: Option<String>| {
+                let (first, top, what) = (first.clone(), top.clone(), what.clone());
+                async move {
+                    let page: ItemPage = match next {
+                        // The next link is opaque: followed as it is.
+                        Some(link) => {
+                            self.json(&what, Idempotency::Idempotent, || {
+                                self.request(Method::GET, &link)
+                            })
+                            .await?
+                        }
+                        None => {
+                            self.json(&what, Idempotency::Idempotent, || {
+                                self.request(Method::GET, &first)
+                                    .query(&[("$top", top.as_str()), ("$select", ITEM_SELECT)])
+                            })
+                            .await?
+                        }
+                    };
+                    Ok(Page {
+                        items: page.value,
+                        next: page.next,
+                    })
+                }
+            })
+            .await
+            .map_err(|e| match e {
+                ProviderError::NotFound(_) => ProviderError::NotFound(dir.to_owned()),
+                // Listing a file: Graph answers 400 invalidRequest.
+                ProviderError::Protocol(m) if m.contains("not a folder") => {
+                    ProviderError::NotADirectory(dir.to_owned())
+                }
+                e => e,
+            })?;
+            Ok(items
+                .iter()
+                .filter(|i| i.package.is_none())
+                .filter_map(|i| i.name.as_deref().map(|n| i.entry(n)))
+                .collect())
+        }))
+    }
+
+    async fn stat(&self, path: &str) -> ProviderResult<RemoteEntry> {
+        let item = self.get_item(path, ITEM_SELECT).await?;
+        if item.package.is_some() {
+            return Err(ProviderError::NotFound(path.to_owned()));
+        }
+        Ok(Self::entry(&item, path))
+    }
+
+    async fn read_range(
+        &self,
+        path: &str,
+        revision: Option<&str>,
+        offset: u64,
+        len: u64,
+    ) -> ProviderResult<ByteStream> {
+        // Two tries: a link can expire between being handed out and being used.
+        for _ in 0..2 {
+            let item = self
+                .get_item(path, "id,eTag,file,folder,@microsoft.graph.downloadUrl")
+                .await?;
+            if item.is_folder() {
+                return Err(ProviderError::IsADirectory(path.to_owned()));
+            }
+            if let Some(rev) = revision {
+                if item.etag.as_deref() != Some(rev) {
+                    return Err(ProviderError::PreconditionFailed(format!(
+                        "{path}: changed since revision {rev}"
+                    )));
+                }
+            }
+            if len == 0 {
+                return Ok(Box::pin(futures::stream::empty()));
+            }
+            let Some(link) = item.download_url else {
+                return Err(ProviderError::Protocol(format!(
+                    "{path}: no download link in the item"
+                )));
+            };
+            match self.read_link(&link, offset, len).await? {
+                Ok(stream) => return Ok(stream),
+                Err(status) => {
+                    tracing::debug!(%path, %status, "download link refused; fetching a new one");
+                }
+            }
+        }
+        Err(ProviderError::Transient(format!(
+            "{path}: the download link was refused twice"
+        )))
+    }
+
+    async fn upload(
+        &self,
+        path: &str,
+        source: &Path,
+        options: &UploadOptions,
+    ) -> ProviderResult<RemoteEntry> {
+        let size = tokio::fs::metadata(source).await?.len();
+        let item = if size <= SIMPLE_UPLOAD_LIMIT {
+            match self.upload_simple(path, source, options).await {
+                Ok(item) => item,
+                // Graph refuses content for a folder with a plain 400: say what it is.
+                Err(ProviderError::Protocol(m)) => {
+                    return match self.get_item(path, "id,folder").await {
+                        Ok(i) if i.is_folder() => Err(ProviderError::IsADirectory(path.to_owned())),
+                        _ => Err(ProviderError::Protocol(m)),
+                    }
+                }
+                Err(e) => return Err(e),
+            }
+        } else {
+            let (if_match, behaviour) = conditions(options);
+            let end = if behaviour == "fail" {
+                SessionEnd::MayHaveCreated
+            } else {
+                SessionEnd::Replaces
+            };
+            let session = GraphSession {
+                p: self,
+                path,
+                if_match,
+                behaviour,
+                mtime: options.mtime,
+            };
+            upload_session::upload(
+                &session,
+                source,
+                size,
+                self.cfg.fragment_size,
+                self.api.retry_policy(),
+                end,
+            )
+            .await?
+        };
+        Ok(Self::entry(&item, path))
+    }
+
+    async fn mkdir(&self, path: &str) -> ProviderResult<RemoteEntry> {
+        let (parent, name) = split_path(path);
+        let url = self.item_url(parent, "/children");
+        let body = json!({"name": name, "folder": {}, "@microsoft.graph.conflictBehavior": "fail"});
+        let item: DriveItem = self
+            .json(&format!("mkdir {path}"), Idempotency::NotIdempotent, || {
+                self.request(Method::POST, &url).json(&body)
+            })
+            .await
+            .map_err(|e| match e {
+                ProviderError::AlreadyExists(_) => ProviderError::AlreadyExists(path.to_owned()),
+                ProviderError::NotFound(_) => ProviderError::NotFound(parent.to_owned()),
+                e => e,
+            })?;
+        Ok(Self::entry(&item, path))
+    }
+
+    async fn rename(&self, from: &str, to: &str, overwrite: bool) -> ProviderResult<RemoteEntry> {
+        let (to_parent, to_name) = split_path(to);
+        let parent_id = self.folder_id(to_parent).await?;
+        let url = self.item_url(from, "");
+        let body = json!({"name": to_name, "parentReference": {"id": parent_id}});
+        let behaviour = if overwrite { "replace" } else { "fail" };
+        let item: DriveItem = self
+            .json(&format!("move {from}"), Idempotency::Idempotent, || {
+                self.request(Method::PATCH, &url)
+                    .query(&[("@microsoft.graph.conflictBehavior", behaviour)])
+                    .json(&body)
+            })
+            .await
+            .map_err(|e| match e {
+                ProviderError::NotFound(_) => ProviderError::NotFound(from.to_owned()),
+                ProviderError::AlreadyExists(_) => ProviderError::AlreadyExists(to.to_owned()),
+                e => e,
+            })?;
+        Ok(Self::entry(&item, to))
+    }
+
+    async fn delete(&self, path: &str) -> ProviderResult<()> {
+        if path == "/" {
+            return Err(ProviderError::PermissionDenied(
+                "the root of a drive".into(),
+            ));
+        }
+        // Graph deletes a folder with everything in it; the trait removes empty ones only
+        // (the queue deletes a tree bottom-up, and a folder that gained a child meanwhile
+        // must stay).
+        let item = self.get_item(path, "id,folder").await?;
+        if item.is_folder() {
+            let url = self.item_url(path, "/children");
+            let page: ItemPage = self
+                .json("list before delete", Idempotency::Idempotent, || {
+                    self.request(Method::GET, &url)
+                        .query(&[("$top", "1"), ("$select", "id")])
+                })
+                .await?;
+            if !page.value.is_empty() {
+                return Err(ProviderError::DirectoryNotEmpty(path.to_owned()));
+            }
+        }
+        let url = self.item_url(path, "");
+        let what = format!("delete {path}");
+        let resp = self
+            .api
+            .send(
+                Call::new(&what).idempotency(Idempotency::Idempotent),
+                || {
+                    let r = self
+                        .request(Method::DELETE, &url)
+                        .build()
+                        .map_err(|e| protocol(&what, e.without_url()));
+                    async move { r }
+                },
+            )
+            .await;
+        match resp {
+            Ok(_) => Ok(()),
+            Err(ProviderError::NotFound(_)) => Err(ProviderError::NotFound(path.to_owned())),
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn copy(&self, from: &str, to: &str) -> ProviderResult<RemoteEntry> {
+        let src = self.get_item(from, "id,folder").await?;
+        if src.is_folder() {
+            return Err(ProviderError::IsADirectory(from.to_owned()));
+        }
+        let (to_parent, to_name) = split_path(to);
+        let parent_id = self.folder_id(to_parent).await?;
+        // Graph's copy refuses a taken name; a copy replaces, like cp.
+        match self.delete(to).await {
+            Ok(()) | Err(ProviderError::NotFound(_)) => {}
+            Err(e) => return Err(e),
+        }
+        let url = self.item_url(from, "/copy");
+        let body = json!({"parentReference": {"id": parent_id}, "name": to_name});
+        let what = format!("copy {from}");
+        let resp = self
+            .api
+            .send(
+                Call::new(&what).idempotency(Idempotency::NotIdempotent),
+                || {
+                    let r = self
+                        .request(Method::POST, &url)
+                        .json(&body)
+                        .build()
+                        .map_err(|e| protocol(&what, e.without_url()));
+                    async move { r }
+                },
+            )
+            .await?;
+        let monitor = resp
+            .headers()
+            .get(reqwest::header::LOCATION)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+            .ok_or_else(|| ProviderError::Protocol(format!("{what}: no monitor URL")))?;
+        self.wait_for_copy(&monitor, &what).await?;
+        self.stat(to).await
+    }
+
+    async fn set_mtime(&self, path: &str, mtime: SystemTime) -> ProviderResult<()> {
+        self.set_mtime_of(path, mtime).await.map(|_| ())
+    }
+
+    async fn quota(&self) -> ProviderResult<Quota> {
+        let info: DriveInfo = self
+            .json("drive", Idempotency::Idempotent, || {
+                self.request(Method::GET, &self.drive)
+            })
+            .await?;
+        let q = info
+            .quota
+            .ok_or_else(|| ProviderError::Protocol("drive: no quota facet".into()))?;
+        Ok(Quota {
+            total: q.total,
+            used: q.used,
+            available: q.remaining,
+        })
+    }
+}

@@ -9,6 +9,9 @@
 
 use base64::Engine;
 
+/// The algorithm's name in `RemoteEntry::hash` ("quickxor:<base64>").
+pub const HASH_NAME: &str = "quickxor";
+
 const WIDTH_BITS: u64 = 160;
 const SHIFT: u64 = 11;
 

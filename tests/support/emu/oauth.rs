@@ -174,7 +174,11 @@ fn client_credentials(
 
 impl OAuthServer {
     pub fn new(settings: OAuthSettings) -> Self {
-        let secrets = vec![settings.client_secret.clone()];
+        // A public client has no secret (an empty one would "appear" in every text).
+        let secrets = [settings.client_secret.clone()]
+            .into_iter()
+            .filter(|s| !s.is_empty())
+            .collect();
         OAuthServer {
             settings,
             stats: OAuthStats::default(),

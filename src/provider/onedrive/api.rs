@@ -1,0 +1,246 @@
+//! Graph's wire types and error body.
+
+use std::time::SystemTime;
+
+use reqwest::header::HeaderMap;
+use reqwest::StatusCode;
+use serde::Deserialize;
+
+use super::quickxor;
+use crate::provider::kit::errors::{classify_status, ErrorDetail, ServiceErrors};
+use crate::provider::kit::retry::retry_after;
+use crate::provider::{EntryKind, ProviderError, RemoteEntry};
+
+/// The properties every item request asks for (`$select`): what a `RemoteEntry` needs.
+pub(crate) const ITEM_SELECT: &str =
+    "id,name,eTag,cTag,size,lastModifiedDateTime,fileSystemInfo,file,folder,package,root";
+
+/// A driveItem, as much of it as we ask for.
+#[derive(Debug, Clone, Deserialize)]
+pub(crate) struct DriveItem {
+    pub id: String,
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(rename = "eTag", default)]
+    pub etag: Option<String>,
+    #[serde(default)]
+    pub size: Option<u64>,
+    #[serde(rename = "lastModifiedDateTime", default)]
+    pub modified: Option<String>,
+    #[serde(rename = "fileSystemInfo", default)]
+    pub fs_info: Option<FileSystemInfo>,
+    #[serde(default)]
+    pub file: Option<FileFacet>,
+    #[serde(default)]
+    pub folder: Option<serde_json::Value>,
+    /// OneNote notebooks: neither file nor folder; not shown (documented).
+    #[serde(default)]
+    pub package: Option<serde_json::Value>,
+    #[serde(rename = "@microsoft.graph.downloadUrl", default)]
+    pub download_url: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub(crate) struct FileSystemInfo {
+    #[serde(rename = "lastModifiedDateTime", default)]
+    pub modified: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub(crate) struct FileFacet {
+    #[serde(default)]
+    pub hashes: Option<Hashes>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub(crate) struct Hashes {
+    #[serde(rename = "quickXorHash", default)]
+    pub quick_xor: Option<String>,
+    #[serde(rename = "sha256Hash", default)]
+    pub sha256: Option<String>,
+}
+
+/// One page of a listing.
+#[derive(Debug, Deserialize)]
+pub(crate) struct ItemPage {
+    pub value: Vec<DriveItem>,
+    #[serde(rename = "@odata.nextLink", default)]
+    pub next: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+pub(crate) struct UploadSessionReply {
+    #[serde(rename = "uploadUrl")]
+    pub upload_url: String,
+}
+
+#[derive(Debug, Deserialize)]
+pub(crate) struct SessionStatus {
+    #[serde(rename = "nextExpectedRanges", default)]
+    pub next_expected: Vec<String>,
+}
+
+impl SessionStatus {
+    /// How many bytes the server holds: where the first expected range starts.
+    pub fn received(&self) -> Option<u64> {
+        let first = self.next_expected.first()?;
+        first.split('-').next()?.trim().parse().ok()
+    }
+}
+
+#[derive(Debug, Deserialize)]
+pub(crate) struct Monitor {
+    #[serde(default)]
+    pub status: String,
+}
+
+#[derive(Debug, Deserialize)]
+pub(crate) struct DriveInfo {
+    #[serde(default)]
+    pub quota: Option<QuotaFacet>,
+}
+
+#[derive(Debug, Deserialize)]
+pub(crate) struct QuotaFacet {
+    pub total: Option<u64>,
+    pub used: Option<u64>,
+    pub remaining: Option<u64>,
+}
+
+fn time(s: &Option<String>) -> Option<SystemTime> {
+    let s = s.as_deref()?;
+    chrono::DateTime::parse_from_rfc3339(s).ok().map(Into::into)
+}
+
+impl DriveItem {
+    pub fn is_folder(&self) -> bool {
+        self.folder.is_some()
+    }
+
+    /// The entry for it, named `name` (the local name). The revision is the eTag, which
+    /// `If-Match` checks; the hash is SHA-256 where Graph gives it (Personal), else the
+    /// QuickXorHash (Business has no other).
+    pub fn entry(&self, name: &str) -> RemoteEntry {
+        let hash = self
+            .file
+            .as_ref()
+            .and_then(|f| f.hashes.as_ref())
+            .and_then(|h| {
+                h.sha256
+                    .as_ref()
+                    .map(|s| format!("sha256:{}", s.to_ascii_lowercase()))
+                    .or_else(|| {
+                        h.quick_xor
+                            .as_ref()
+                            .map(|q| format!("{}:{q}", quickxor::HASH_NAME))
+                    })
+            });
+        RemoteEntry {
+            id: self.id.clone(),
+            name: name.to_owned(),
+            kind: if self.is_folder() {
+                EntryKind::Dir
+            } else {
+                EntryKind::File
+            },
+            size: if self.is_folder() {
+                0
+            } else {
+                self.size.unwrap_or(0)
+            },
+            mtime: time(&self.fs_info.as_ref().and_then(|f| f.modified.clone()))
+                .or_else(|| time(&self.modified))
+                .unwrap_or(SystemTime::UNIX_EPOCH),
+            revision: self.etag.clone().unwrap_or_default(),
+            hash,
+            mode: None,
+            symlink_target: None,
+        }
+    }
+}
+
+/// Graph's error body: `{"error":{"code","message","innerError":{"code",…}}}`, the inner
+/// codes nesting further. The most specific code is the innermost one.
+#[derive(Deserialize)]
+struct ErrorBody {
+    error: ErrorInner,
+}
+
+#[derive(Deserialize)]
+struct ErrorInner {
+    #[serde(default)]
+    code: String,
+    #[serde(default)]
+    message: String,
+    #[serde(rename = "innerError", alias = "innererror", default)]
+    inner: Option<Box<InnerCode>>,
+}
+
+#[derive(Deserialize)]
+struct InnerCode {
+    #[serde(default)]
+    code: Option<String>,
+    #[serde(rename = "innerError", alias = "innererror", default)]
+    inner: Option<Box<InnerCode>>,
+}
+
+pub(crate) struct GraphErrors;
+
+impl GraphErrors {
+    /// The top-level code, which the status table below reads (`detail().code` carries the
+    /// innermost one, for messages and special cases).
+    fn codes(body: &[u8]) -> Option<(String, Option<String>, String)> {
+        let b: ErrorBody = serde_json::from_slice(body).ok()?;
+        let mut innermost = None;
+        let mut cur = b.error.inner.as_deref();
+        while let Some(c) = cur {
+            if let Some(code) = &c.code {
+                innermost = Some(code.clone());
+            }
+            cur = c.inner.as_deref();
+        }
+        Some((b.error.code, innermost, b.error.message))
+    }
+}
+
+impl ServiceErrors for GraphErrors {
+    fn detail(&self, body: &[u8]) -> ErrorDetail {
+        match Self::codes(body) {
+            Some((code, inner, message)) => ErrorDetail {
+                message: (!message.is_empty()).then_some(message),
+                code: Some(match inner {
+                    Some(i) => format!("{code}/{i}"),
+                    None => code,
+                }),
+            },
+            None => ErrorDetail::plain(body),
+        }
+    }
+
+    fn classify(
+        &self,
+        status: StatusCode,
+        headers: &HeaderMap,
+        detail: &ErrorDetail,
+        what: &str,
+    ) -> ProviderError {
+        let message = detail.describe(what, status);
+        let code = detail.code.as_deref().unwrap_or("");
+        match status.as_u16() {
+            // Graph throttles with 429 and 503, with or without Retry-After: wait, never
+            // give up on queued work (provider-apis §2.5).
+            429 | 503 => ProviderError::RateLimited {
+                retry_after: retry_after(headers),
+            },
+            // 509 Bandwidth Limit Exceeded is pacing too.
+            509 => ProviderError::RateLimited {
+                retry_after: retry_after(headers),
+            },
+            400 if code.starts_with("invalidRequest") && message.contains("name") => {
+                ProviderError::InvalidName(message)
+            }
+            403 if code.starts_with("quotaLimitReached") => ProviderError::InsufficientStorage,
+            _ => classify_status(status, retry_after(headers), message),
+        }
+    }
+}

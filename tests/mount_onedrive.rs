@@ -1,0 +1,228 @@
+//! OneDrive (Microsoft Graph) through the kernel: the account lifecycle through the real
+//! CLI (device-code login against the emulator's identity platform, a mount by the
+//! daemon, logout), and Graph's own behaviour on the mounted emulator (the functional
+//! suite runs over it in tests/mount_suite.rs, the provider contract in
+//! tests/provider_contract.rs).
+
+mod common;
+#[path = "support/drive_emulator.rs"]
+mod drive_emulator;
+#[path = "support/drive_harness.rs"]
+mod drive_harness;
+#[path = "support/emu/mod.rs"]
+mod emu;
+#[path = "support/graph_emulator.rs"]
+mod graph_emulator;
+#[path = "support/graph_harness.rs"]
+mod graph_harness;
+
+use std::fs;
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use cloudmount::provider::Provider;
+use common::*;
+use graph_emulator::{Fault, GraphConfig, GraphEmulator};
+
+/// `login onedrive --device` (the test plays the user entering the code), `connections`,
+/// a mount by the daemon that reads and writes, and `logout`; no token in the vault in
+/// clear nor in the trace-level daemon log.
+#[test]
+fn device_login_mount_logout_through_the_cli() {
+    let emu = GraphEmulator::start(GraphConfig::default());
+    let (_, root) = emu.my_drive();
+    emu.add_file(&root, "hello.txt", b"hello from OneDrive");
+    let dirs = TestDirs::new();
+    let authority = emu.authority("organizations");
+    let cfg_path = dirs.tmp.path().join("config.toml");
+    fs::write(
+        &cfg_path,
+        format!(
+            r#"upload_delay_secs = 0.05
+accounts_dir = "{accounts}"
+[[connection]]
+name = "work"
+type = "onedrive"
+settings = {{ client_id = "{client_id}", auth_url = "{authority}/authorize", token_url = "{authority}/token", device_auth_url = "{authority}/devicecode", api_base = "{api}", retry_base_delay_ms = 10 }}
+"#,
+            accounts = dirs.tmp.path().join("accounts").display(),
+            client_id = emu.config().client_id,
+            api = emu.api_base(),
+        ),
+    )
+    .unwrap();
+
+    let mut login = Command::new(BIN)
+        .args([
+            "login", "onedrive", "--name", "work", "--device", "--config",
+        ])
+        .arg(&cfg_path)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = BufReader::new(login.stdout.take().unwrap());
+    let mut line = String::new();
+    let mut code = None;
+    while stdout.read_line(&mut line).unwrap() > 0 {
+        if let Some(rest) = line.split("enter the code ").nth(1) {
+            code = Some(rest.trim().to_owned());
+            break;
+        }
+        line.clear();
+    }
+    let code = code.expect("the login printed a code to enter");
+    assert!(line.contains("https://microsoft.com/devicelogin"), "{line}");
+    emu.approve_device(&code);
+    let status = login.wait().unwrap();
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut stdout, &mut rest).unwrap();
+    assert!(status.success(), "login failed: {rest}");
+    assert!(rest.contains("logged in"), "{rest}");
+
+    let log = dirs.tmp.path().join("daemon.log");
+    let mut daemon = Command::new(BIN)
+        .arg("mount")
+        .arg(&dirs.mnt)
+        .arg("--config")
+        .arg(&cfg_path)
+        .arg("--state-dir")
+        .arg(&dirs.state)
+        .arg("--cache-dir")
+        .arg(&dirs.cache)
+        .args(["--foreground", "--log-file"])
+        .arg(&log)
+        .env("RUST_LOG", "trace")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let _guard = UnmountOnDrop(dirs.mnt.clone());
+    wait_until("mount", Duration::from_secs(20), || is_mounted(&dirs.mnt));
+    assert_eq!(
+        fs::read(dirs.mnt.join("work/hello.txt")).unwrap(),
+        b"hello from OneDrive"
+    );
+    fs::write(
+        dirs.mnt.join("work/from-mount.txt"),
+        b"written through cloudmount",
+    )
+    .unwrap();
+    let out = Command::new(BIN)
+        .arg("sync")
+        .arg(&dirs.mnt)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        emu.tree(&root)["from-mount.txt"].as_deref(),
+        Some(&b"written through cloudmount"[..])
+    );
+    let out = Command::new(BIN)
+        .arg("unmount")
+        .arg(&dirs.mnt)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let _ = daemon.wait();
+    let text = fs::read_to_string(&log).unwrap();
+    let vault_files: Vec<Vec<u8>> = fs::read_dir(dirs.tmp.path().join("accounts"))
+        .unwrap()
+        .map(|e| fs::read(e.unwrap().path()).unwrap())
+        .collect();
+    for s in emu.secrets() {
+        assert!(!text.contains(&s), "the daemon log contains a secret");
+        for f in &vault_files {
+            assert!(
+                !String::from_utf8_lossy(f).contains(&s),
+                "a token in clear in the vault"
+            );
+        }
+    }
+
+    let out = Command::new(BIN)
+        .args(["logout", "work", "--config"])
+        .arg(&cfg_path)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = Command::new(BIN)
+        .args(["connections", "--config"])
+        .arg(&cfg_path)
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&out.stdout).contains("not logged in"));
+}
+
+/// Graph's quirks through the mount: a file of several upload-session fragments (one of
+/// them cut mid-way, so the upload resumes from `nextExpectedRanges`), reads while the
+/// download links expire and while Graph throttles with and without `Retry-After`, a
+/// ranged read answered whole; the remote ends up as the mount says.
+#[test]
+fn large_files_throttling_and_expiring_links_through_the_mount() {
+    let rt = drive_harness::runtime();
+    let h = {
+        let _inside = rt.enter();
+        graph_harness::harness(GraphConfig::default(), |c| {
+            c.fragment_size = 2 * cloudmount::provider::onedrive::FRAGMENT_UNIT
+        })
+    };
+    let (_, root) = h.emu.my_drive();
+    let emu = &h.emu;
+    // On the remote before the mount first lists the root.
+    let file = emu.add_file(&root, "remote.bin", &pattern(3 * 1024 * 1024, 9));
+    let provider: Arc<dyn Provider> = Arc::new(h.provider);
+    let m = InProcessMount::new(provider, test_config(|_| {}));
+
+    // 5 MiB: above the 4 MiB simple-upload limit, so an upload session of 8 fragments.
+    let big = pattern(5 * 1024 * 1024 + 123, 7);
+    emu.inject(Fault::DropFragmentAfter(100_000), 1);
+    fs::write(m.path("big.bin"), &big).unwrap();
+    assert!(
+        m.drain(Duration::from_secs(60)),
+        "{:?}",
+        m.vfs().queue.status()
+    );
+    assert!(
+        emu.tree(&root)["big.bin"].as_deref() == Some(&big[..]),
+        "remote big.bin"
+    );
+    assert!(emu.stats().fragments >= 8);
+    assert_eq!(emu.open_upload_sessions(), 0);
+
+    // Cold reads through expired links, throttling and a range answered whole.
+    emu.expire_download_links();
+    emu.inject(
+        Fault::Throttle {
+            status: 429,
+            retry_after: Some(1),
+        },
+        1,
+    );
+    emu.inject(
+        Fault::Throttle {
+            status: 503,
+            retry_after: None,
+        },
+        1,
+    );
+    emu.set_ignore_range_every(Some(3));
+    let want = emu.item(&file).unwrap().content;
+    assert!(
+        fs::read(m.path("remote.bin")).unwrap() == want,
+        "remote.bin read back"
+    );
+    assert!(emu.stats().throttled >= 2);
+}
