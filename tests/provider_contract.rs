@@ -230,14 +230,14 @@ contract! {
         };
         /// The Graph emulator (OneDrive for Business), listings two entries a page. A copy
         /// onto a file replaces it (the provider deletes the target first: Graph's copy
-        /// refuses a taken name). No change feed yet (delta comes with issue 10).
+        /// refuses a taken name). The change feed is Graph's delta.
         onedrive => Expect {
             paging: Paging::Server { page: fixtures::ONEDRIVE_PAGE },
             replaced_revision_read: ReplacedRevisionRead::PreconditionFailed,
             copy_onto_file: CopyOntoFile::Replaces,
             copy_directory: CopyDirectory::IsADirectory,
             quota: QuotaReport::Account { total: fixtures::ONEDRIVE_QUOTA },
-            feed: Feed::None,
+            feed: Feed::Delta,
         };
     }
 }

@@ -13,7 +13,7 @@ use crate::provider::{EntryKind, ProviderError, RemoteEntry};
 
 /// The properties every item request asks for (`$select`): what a `RemoteEntry` needs.
 pub(crate) const ITEM_SELECT: &str =
-    "id,name,eTag,cTag,size,lastModifiedDateTime,fileSystemInfo,file,folder,package,root";
+    "id,name,eTag,cTag,size,lastModifiedDateTime,fileSystemInfo,file,folder,package,root,parentReference";
 
 /// A driveItem, as much of it as we ask for.
 #[derive(Debug, Clone, Deserialize)]
@@ -38,6 +38,50 @@ pub(crate) struct DriveItem {
     pub package: Option<serde_json::Value>,
     #[serde(rename = "@microsoft.graph.downloadUrl", default)]
     pub download_url: Option<String>,
+    #[serde(rename = "parentReference", default)]
+    pub parent: Option<ParentReference>,
+    /// Set on items the delta feed reports removed.
+    #[serde(default)]
+    pub deleted: Option<serde_json::Value>,
+    /// Set on the drive's root.
+    #[serde(default)]
+    pub root: Option<serde_json::Value>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub(crate) struct ParentReference {
+    #[serde(default)]
+    pub id: Option<String>,
+    /// `/drive/root:/a/b` — never in delta items.
+    #[serde(default)]
+    pub path: Option<String>,
+}
+
+impl ParentReference {
+    /// The parent's path in our form ("/", "/a/b"), from Graph's `/drive/root:/a/b`.
+    pub fn local_path(&self) -> Option<String> {
+        let p = self.path.as_deref()?;
+        let rest = p.split_once("root:")?.1;
+        let decoded = percent_encoding::percent_decode_str(rest)
+            .decode_utf8()
+            .ok()?
+            .into_owned();
+        Some(if decoded.is_empty() {
+            "/".into()
+        } else {
+            decoded
+        })
+    }
+}
+
+/// One page of the delta feed.
+#[derive(Debug, Deserialize)]
+pub(crate) struct DeltaPage {
+    pub value: Vec<DriveItem>,
+    #[serde(rename = "@odata.nextLink", default)]
+    pub next: Option<String>,
+    #[serde(rename = "@odata.deltaLink", default)]
+    pub delta: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -17,14 +17,19 @@
 //! - OneNote notebooks (`package`) are not shown; names are case-insensitive, and the
 //!   characters OneDrive forbids are refused up front (`Capabilities::forbidden_chars`).
 //!
-//! Still to come (issue 10): login with the Microsoft identity platform, the SharePoint
-//! and shared-items layout, the delta feed, native versions, reversible name mapping.
+//! - remote changes come from the drive's delta feed: its items carry no path, so the
+//!   provider keeps where it last saw each item (`Paths`) and places changes by their
+//!   parent's id.
+//!
+//! Still to come (issue 10): the SharePoint and shared-items layout in one connection,
+//! native versions, a reversible mapping of the names OneDrive refuses.
 
 pub(crate) mod api;
 pub mod quickxor;
 
+use std::collections::HashMap;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
@@ -35,8 +40,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use self::api::{
-    DriveInfo, DriveItem, GraphErrors, ItemPage, Monitor, SessionStatus, UploadSessionReply,
-    ITEM_SELECT,
+    DeltaPage, DriveInfo, DriveItem, GraphErrors, ItemPage, Monitor, SessionStatus,
+    UploadSessionReply, ITEM_SELECT,
 };
 use super::kit::auth::OAuthBearer;
 use super::kit::client::{transport_error, ApiClient, Call, HttpSettings};
@@ -45,8 +50,8 @@ use super::kit::ranged::{self, Ranged};
 use super::kit::retry::{Idempotency, RetryPolicy};
 use super::kit::upload_session::{self, ChunkReply, SessionEnd, UploadSession};
 use super::{
-    split_path, ByteStream, Capabilities, ListStream, Provider, ProviderError, ProviderResult,
-    Quota, RemoteEntry, UploadOptions,
+    join_path, split_path, ByteStream, Capabilities, Change, ChangeBatch, ListStream, Provider,
+    ProviderError, ProviderResult, Quota, RemoteEntry, UploadOptions,
 };
 use crate::accounts::BearerTokens;
 
@@ -134,6 +139,45 @@ pub struct OneDriveProvider {
     api: ApiClient,
     /// `{api}/me/drive` or `{api}/drives/{id}`.
     drive: String,
+    paths: Mutex<Paths>,
+}
+
+/// What the delta feed needs to turn ids into paths (its items carry a parent id and a
+/// name, never a path, and deleted ones not even a name on Business).
+#[derive(Default)]
+struct Paths {
+    /// Where each item was when the feed last told us (or when we first saw it): a
+    /// change reports it removed from there. Our own moves do not update it, so that the
+    /// feed still reports where an item went from.
+    reported: HashMap<String, String>,
+    /// Where each folder is now (listings, our own moves, the feed), to place a changed
+    /// item under its parent.
+    folders: HashMap<String, String>,
+    root_id: Option<String>,
+}
+
+impl Paths {
+    fn saw(&mut self, item: &DriveItem, path: &str) {
+        self.reported
+            .entry(item.id.clone())
+            .or_insert_with(|| path.to_owned());
+        if item.is_folder() {
+            self.folders.insert(item.id.clone(), path.to_owned());
+        }
+        if path == "/" {
+            self.root_id = Some(item.id.clone());
+        }
+    }
+
+    /// A folder moved from `from` to `to`: what was known below it moves too.
+    fn moved(map: &mut HashMap<String, String>, from: &str, to: &str) {
+        let prefix = format!("{from}/");
+        for p in map.values_mut() {
+            if let Some(rest) = p.strip_prefix(&prefix) {
+                *p = format!("{to}/{rest}");
+            }
+        }
+    }
 }
 
 /// A path segment as Graph's path addressing wants it: percent-encoded, `/` kept out.
@@ -193,7 +237,12 @@ impl OneDriveProvider {
             None => format!("{base}/me/drive"),
             Some(id) => format!("{base}/drives/{}", encode_segment(id)),
         };
-        Ok(OneDriveProvider { cfg, api, drive })
+        Ok(OneDriveProvider {
+            cfg,
+            api,
+            drive,
+            paths: Mutex::default(),
+        })
     }
 
     /// The item at `path` (`/` is the drive's root), with `suffix` (`/children`, ...).
@@ -243,9 +292,80 @@ impl OneDriveProvider {
         })
     }
 
-    fn entry(item: &DriveItem, path: &str) -> RemoteEntry {
+    fn entry(&self, item: &DriveItem, path: &str) -> RemoteEntry {
+        self.paths.lock().unwrap().saw(item, path);
         let name = if path == "/" { "/" } else { split_path(path).1 };
         item.entry(name)
+    }
+
+    /// The path of the folder with id `id` now: known, or asked for (outside the delta
+    /// feed an item carries its parent's path).
+    async fn folder_path(&self, id: &str) -> ProviderResult<String> {
+        if let Some(p) = self.paths.lock().unwrap().folders.get(id) {
+            return Ok(p.clone());
+        }
+        if self.paths.lock().unwrap().root_id.is_none() {
+            let root = self.get_item("/", "id,folder,root").await?;
+            self.paths.lock().unwrap().saw(&root, "/");
+            if root.id == id {
+                return Ok("/".into());
+            }
+        }
+        let url = format!("{}/items/{}", self.drive, encode_segment(id));
+        let item: DriveItem = self
+            .json("get folder", Idempotency::Idempotent, || {
+                self.request(Method::GET, &url)
+                    .query(&[("$select", "id,name,folder,root,parentReference")])
+            })
+            .await?;
+        let path = if item.root.is_some() {
+            "/".to_owned()
+        } else {
+            let parent = item
+                .parent
+                .as_ref()
+                .and_then(|p| p.local_path())
+                .ok_or_else(|| ProviderError::Protocol(format!("item {id}: no parent path")))?;
+            join_path(&parent, item.name.as_deref().unwrap_or_default())
+        };
+        self.paths
+            .lock()
+            .unwrap()
+            .folders
+            .insert(id.to_owned(), path.clone());
+        Ok(path)
+    }
+
+    /// The delta feed's pages from `link` to the next delta link: the latest state of each
+    /// item that changed (an item may appear more than once; the last one counts).
+    async fn delta_pages(&self, link: &str) -> ProviderResult<(Vec<DriveItem>, String)> {
+        let mut link = link.to_owned();
+        let mut items: Vec<DriveItem> = Vec::new();
+        loop {
+            let page: DeltaPage = self
+                .json("delta", Idempotency::Idempotent, || {
+                    self.request(Method::GET, &link)
+                })
+                .await
+                .map_err(|e| match e {
+                    // 410 Gone: the feed forgot our place; the caller starts over.
+                    ProviderError::NotFound(m) => ProviderError::PreconditionFailed(m),
+                    e => e,
+                })?;
+            for item in page.value {
+                items.retain(|i| i.id != item.id);
+                items.push(item);
+            }
+            match (page.next, page.delta) {
+                (Some(next), _) => link = next,
+                (None, Some(delta)) => return Ok((items, delta)),
+                (None, None) => {
+                    return Err(ProviderError::Protocol(
+                        "delta page without a next or delta link".into(),
+                    ))
+                }
+            }
+        }
     }
 
     /// The id of the folder at `path`, for moves and copies (which name the new parent).
@@ -567,6 +687,7 @@ impl Provider for OneDriveProvider {
 
     fn capabilities(&self) -> Capabilities {
         Capabilities {
+            delta: true,
             case_insensitive: true,
             max_name_len: 255,
             // "The entire path … must be fewer than 400 characters" (provider-apis §2.4).
@@ -618,7 +739,10 @@ impl Provider for OneDriveProvider {
             Ok(items
                 .iter()
                 .filter(|i| i.package.is_none())
-                .filter_map(|i| i.name.as_deref().map(|n| i.entry(n)))
+                .filter_map(|i| {
+                    let name = i.name.as_deref()?;
+                    Some(self.entry(i, &join_path(dir, name)))
+                })
                 .collect())
         }))
     }
@@ -628,7 +752,7 @@ impl Provider for OneDriveProvider {
         if item.package.is_some() {
             return Err(ProviderError::NotFound(path.to_owned()));
         }
-        Ok(Self::entry(&item, path))
+        Ok(self.entry(&item, path))
     }
 
     async fn read_range(
@@ -716,7 +840,7 @@ impl Provider for OneDriveProvider {
             )
             .await?
         };
-        Ok(Self::entry(&item, path))
+        Ok(self.entry(&item, path))
     }
 
     async fn mkdir(&self, path: &str) -> ProviderResult<RemoteEntry> {
@@ -733,7 +857,7 @@ impl Provider for OneDriveProvider {
                 ProviderError::NotFound(_) => ProviderError::NotFound(parent.to_owned()),
                 e => e,
             })?;
-        Ok(Self::entry(&item, path))
+        Ok(self.entry(&item, path))
     }
 
     async fn rename(&self, from: &str, to: &str, overwrite: bool) -> ProviderResult<RemoteEntry> {
@@ -754,7 +878,12 @@ impl Provider for OneDriveProvider {
                 ProviderError::AlreadyExists(_) => ProviderError::AlreadyExists(to.to_owned()),
                 e => e,
             })?;
-        Ok(Self::entry(&item, to))
+        if item.is_folder() {
+            let mut paths = self.paths.lock().unwrap();
+            Paths::moved(&mut paths.folders, from, to);
+            paths.folders.insert(item.id.clone(), to.to_owned());
+        }
+        Ok(self.entry(&item, to))
     }
 
     async fn delete(&self, path: &str) -> ProviderResult<()> {
@@ -842,6 +971,72 @@ impl Provider for OneDriveProvider {
 
     async fn set_mtime(&self, path: &str, mtime: SystemTime) -> ProviderResult<()> {
         self.set_mtime_of(path, mtime).await.map(|_| ())
+    }
+
+    async fn changes_cursor(&self) -> ProviderResult<String> {
+        // `token=latest`: no enumeration of what is there, only what changes from now.
+        let url = format!("{}/root/delta", self.drive);
+        let page: DeltaPage = self
+            .json("delta (latest)", Idempotency::Idempotent, || {
+                self.request(Method::GET, &url)
+                    .query(&[("token", "latest")])
+            })
+            .await?;
+        page.delta.ok_or_else(|| {
+            ProviderError::Protocol("delta?token=latest without a delta link".into())
+        })
+    }
+
+    async fn changes_since(&self, cursor: &str) -> ProviderResult<ChangeBatch> {
+        let (items, next) = self.delta_pages(cursor).await?;
+        let mut changes = Vec::new();
+        for item in items {
+            if item.root.is_some() || item.package.is_some() {
+                continue;
+            }
+            let old = self.paths.lock().unwrap().reported.get(&item.id).cloned();
+            let new = match (
+                &item.deleted,
+                &item.name,
+                item.parent.as_ref().and_then(|p| p.id.as_deref()),
+            ) {
+                (None, Some(name), Some(parent)) => {
+                    Some(join_path(&self.folder_path(parent).await?, name))
+                }
+                _ => None,
+            };
+            if let Some(old) = &old {
+                if new.as_ref() != Some(old) {
+                    changes.push(Change::Removed { path: old.clone() });
+                }
+            }
+            let mut paths = self.paths.lock().unwrap();
+            match &new {
+                Some(new) => {
+                    paths.reported.insert(item.id.clone(), new.clone());
+                    if item.is_folder() {
+                        if let Some(old) = &old {
+                            Paths::moved(&mut paths.reported, old, new);
+                            Paths::moved(&mut paths.folders, old, new);
+                        }
+                        paths.folders.insert(item.id.clone(), new.clone());
+                    }
+                    let name = split_path(new).1;
+                    changes.push(Change::Upserted {
+                        path: new.clone(),
+                        entry: item.entry(name),
+                    });
+                }
+                None => {
+                    paths.reported.remove(&item.id);
+                    paths.folders.remove(&item.id);
+                }
+            }
+        }
+        Ok(ChangeBatch {
+            changes,
+            cursor: next,
+        })
     }
 
     async fn quota(&self) -> ProviderResult<Quota> {
