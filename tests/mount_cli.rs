@@ -402,3 +402,46 @@ fn unprivileged_user_mounts_through_fusermount3_privately() {
     }
     drop(d);
 }
+
+/// `cloudmount mount` returns only once the daemon answers: a `status` right after it
+/// finds the control socket every time (the socket is bound after the kernel mount
+/// appears, and `mount` used to return in between; found by a loaded run of
+/// tests/privacy.rs). Ten rounds, since the gap was a few milliseconds wide: without the
+/// fix, one run in three or so failed.
+#[test]
+fn status_right_after_a_background_mount_finds_the_daemon() {
+    let dirs = TestDirs::new();
+    fs::write(dirs.cloud.join("a.txt"), b"a").unwrap();
+    for round in 0..10 {
+        let out = Command::new(BIN)
+            .arg("mount")
+            .arg(&dirs.mnt)
+            .arg("--local")
+            .arg(&dirs.cloud)
+            .arg("--state-dir")
+            .arg(&dirs.state)
+            .arg("--cache-dir")
+            .arg(&dirs.cache)
+            .output()
+            .unwrap();
+        let _guard = UnmountOnDrop(dirs.mnt.clone());
+        stdout_of(&out, "mount");
+        let out = Command::new(BIN)
+            .arg("status")
+            .arg(&dirs.mnt)
+            .arg("--json")
+            .output()
+            .unwrap();
+        let text = stdout_of(&out, &format!("status right after mount (round {round})"));
+        assert!(text.contains("connections"), "{text}");
+        let out = Command::new(BIN)
+            .arg("unmount")
+            .arg(&dirs.mnt)
+            .output()
+            .unwrap();
+        stdout_of(&out, "unmount");
+        wait_until("unmounted", Duration::from_secs(20), || {
+            !is_mounted(&dirs.mnt)
+        });
+    }
+}
