@@ -1198,6 +1198,10 @@ fn api(
                 let link = st.new_link(&addr.item, Some(i));
                 Response::new(302, "").header("Location", link)
             }
+            None if is_current_version(st, &addr.item, v) => {
+                let link = st.new_link(&addr.item, None);
+                Response::new(302, "").header("Location", link)
+            }
             None => not_found(),
         },
         ("POST", ["versions", v, "restoreVersion"], None) => {
@@ -1922,4 +1926,12 @@ fn version_index(st: &State, id: &str, vid: &str) -> Option<usize> {
     let n: usize = vid.strip_suffix(".0")?.parse().ok()?;
     let item = st.items.get(id)?;
     (n >= 1 && n <= item.versions.len()).then(|| n - 1)
+}
+
+/// Whether version id "N.0" is the item's current version (listed first, readable too).
+fn is_current_version(st: &State, id: &str, vid: &str) -> bool {
+    let n: Option<usize> = vid.strip_suffix(".0").and_then(|n| n.parse().ok());
+    st.items
+        .get(id)
+        .is_some_and(|i| n == Some(i.versions.len() + 1))
 }

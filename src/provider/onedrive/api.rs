@@ -132,6 +132,29 @@ impl SessionStatus {
     }
 }
 
+/// One entry of an item's version history (newest first; the current one included).
+#[derive(Debug, Deserialize)]
+pub(crate) struct Version {
+    pub id: String,
+    #[serde(rename = "lastModifiedDateTime", default)]
+    pub modified: Option<String>,
+    #[serde(default)]
+    pub size: Option<u64>,
+}
+
+impl Version {
+    pub fn mtime(&self) -> SystemTime {
+        time(&self.modified).unwrap_or(SystemTime::UNIX_EPOCH)
+    }
+}
+
+#[derive(Debug, Deserialize)]
+pub(crate) struct VersionList {
+    pub value: Vec<Version>,
+    #[serde(rename = "@odata.nextLink", default)]
+    pub next: Option<String>,
+}
+
 #[derive(Debug, Deserialize)]
 pub(crate) struct Monitor {
     #[serde(default)]
