@@ -1,5 +1,6 @@
 //! The Graph emulator held to the reference (`shared/reference/provider-apis.md` §2,
-//! `readonly-sources.md` §4) and to the verbatim examples in `shared/fixtures/onedrive/`:
+//! `readonly-sources.md` §4) and to Microsoft's published example replies, kept in
+//! `tests/fixtures/onedrive/` (see its SOURCES.md):
 //! each test speaks plain HTTP to it and checks one documented behaviour, so that the
 //! OneDrive provider is later tested against something that behaves like Graph.
 
@@ -15,7 +16,7 @@ use serde_json::Value;
 
 fn fixture(name: &str) -> Value {
     let path = format!(
-        "{}/../shared/fixtures/onedrive/{name}",
+        "{}/tests/fixtures/onedrive/{name}",
         env!("CARGO_MANIFEST_DIR")
     );
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
