@@ -202,8 +202,9 @@ fn large_files_throttling_and_expiring_links_through_the_mount() {
     assert!(emu.stats().fragments >= 8);
     assert_eq!(emu.open_upload_sessions(), 0);
 
-    // Cold reads through expired links, throttling and a range answered whole.
-    emu.expire_download_links();
+    // Cold reads through links that die on first use (the provider fetches new ones),
+    // throttling, and a range answered whole.
+    emu.inject(Fault::ExpireLinkOnUse, 2);
     emu.inject(
         Fault::Throttle {
             status: 429,
@@ -225,6 +226,7 @@ fn large_files_throttling_and_expiring_links_through_the_mount() {
         "remote.bin read back"
     );
     assert!(emu.stats().throttled >= 2);
+    assert_eq!(emu.pending_faults(), 0, "every injected fault was met");
 }
 
 /// Remote changes come through Graph's delta feed, with its quirks: items without paths
@@ -266,9 +268,15 @@ fn remote_changes_arrive_through_delta() {
     assert!(!m.path("doomed.txt").exists(), "the deleted file is gone");
     assert_eq!(fs::read(m.path("new.txt")).unwrap(), b"new");
 
-    // The feed forgets our place (410): the mount starts over and still follows.
+    // The feed forgets our place (410): the mount starts over (new cursor, listings
+    // fetched again) and the feed, not a listing, brings what changes after.
     emu.inject(Fault::ResyncDelta, 1);
     poll();
+    assert_eq!(
+        fs::read_dir(m.mnt()).unwrap().count(),
+        3,
+        "listed again after the 410"
+    );
     emu.add_file(&root, "after-resync.txt", b"after");
     poll();
     assert_eq!(fs::read(m.path("after-resync.txt")).unwrap(), b"after");
@@ -319,5 +327,63 @@ fn versions_come_from_onedrive_itself() {
     assert_eq!(
         m.rt.block_on(vfs.versions.read(&list[3])).unwrap(),
         b"first"
+    );
+}
+
+/// Graph's `replace` would replace a whole folder: a move over an existing entry is
+/// decided by the provider as rename(2) does, and nothing below a folder is ever lost.
+#[tokio::test]
+async fn moves_never_replace_a_folder_with_contents() {
+    let h = graph_harness::harness(GraphConfig::default(), |_| {});
+    let (_, root) = h.emu.my_drive();
+    let p = &h.provider;
+    let full = h.emu.add_folder(&root, "full");
+    h.emu.add_file(&full, "keep.txt", b"keep");
+    h.emu.add_folder(&root, "empty");
+    h.emu.add_folder(&root, "src");
+    h.emu.add_file(&root, "f.txt", b"f");
+    let err = p.rename("/f.txt", "/full", true).await.unwrap_err();
+    assert!(
+        matches!(err, cloudmount::provider::ProviderError::IsADirectory(_)),
+        "{err:?}"
+    );
+    let err = p.rename("/src", "/full", true).await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            cloudmount::provider::ProviderError::DirectoryNotEmpty(_)
+        ),
+        "{err:?}"
+    );
+    let err = p.rename("/src", "/f.txt", true).await.unwrap_err();
+    assert!(
+        matches!(err, cloudmount::provider::ProviderError::NotADirectory(_)),
+        "{err:?}"
+    );
+    let err = p.rename("/src", "/empty", false).await.unwrap_err();
+    assert!(
+        matches!(err, cloudmount::provider::ProviderError::AlreadyExists(_)),
+        "{err:?}"
+    );
+    p.rename("/src", "/empty", true).await.unwrap();
+    let err = p.delete("/full").await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            cloudmount::provider::ProviderError::DirectoryNotEmpty(_)
+        ),
+        "{err:?}"
+    );
+    let err = p.copy("/f.txt", "/F.TXT").await.unwrap_err();
+    assert!(
+        matches!(err, cloudmount::provider::ProviderError::AlreadyExists(_)),
+        "{err:?}"
+    );
+    let tree = h.emu.tree(&root);
+    assert_eq!(tree["full/keep.txt"].as_deref(), Some(&b"keep"[..]));
+    assert_eq!(tree["f.txt"].as_deref(), Some(&b"f"[..]));
+    assert!(
+        tree.contains_key("empty") && !tree.contains_key("src"),
+        "{tree:?}"
     );
 }

@@ -108,6 +108,9 @@ pub enum Fault {
     /// The next upload-session fragment: the connection drops after `n` bytes arrived;
     /// the session keeps them.
     DropFragmentAfter(usize),
+    /// The next download through a link is refused as expired (403), whatever its age:
+    /// links can die between being handed out and being used.
+    ExpireLinkOnUse,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -715,6 +718,9 @@ impl GraphEmulator {
     pub fn inject(&self, fault: Fault, times: usize) {
         self.faults.inject(fault, times);
     }
+    pub fn pending_faults(&self) -> usize {
+        self.faults.pending()
+    }
     pub fn set_ignore_range_every(&self, n: Option<u64>) {
         self.st().cfg.ignore_range_every = n;
     }
@@ -945,6 +951,9 @@ fn handle(state: &Mutex<State>, faults: &FaultQueue<Fault>, req: &Request) -> Re
 
     // Pre-authenticated downloads and upload sessions: no bearer token, and none wanted.
     if segs.len() == 2 && segs[0] == "cdn" {
+        if faults.take(|f| *f == Fault::ExpireLinkOnUse).is_some() {
+            return Response::new(403, "Forbidden: the link has expired").into();
+        }
         return cdn(&mut st, &segs[1], req).into();
     }
     if segs.len() == 2 && segs[0] == "up" {
@@ -1759,12 +1768,20 @@ fn copy(st: &mut State, req: &Request, addr: &Address) -> Response {
         return not_found();
     }
     let name = body["name"].as_str().unwrap_or(&src.name).to_owned();
-    if st.child_named(&parent, &name).is_some() {
-        return error(
-            409,
-            "nameAlreadyExists",
-            "The specified item name already exists.",
-        );
+    if let Some(existing) = st.child_named(&parent, &name) {
+        let behaviour = query_map(&req.path)
+            .get("@microsoft.graph.conflictBehavior")
+            .cloned();
+        match behaviour.as_deref() {
+            Some("replace") if existing != src.id => st.delete_tree(&existing),
+            _ => {
+                return error(
+                    409,
+                    "nameAlreadyExists",
+                    "The specified item name already exists.",
+                )
+            }
+        }
     }
     fn copy_tree(st: &mut State, src: &Item, parent: &str, name: &str) -> String {
         let drive = st.items[parent].drive.clone();

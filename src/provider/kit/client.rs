@@ -362,11 +362,14 @@ impl ApiClient {
         what: &str,
     ) -> ProviderError {
         if status.is_redirection() {
+            // Only the origin: a redirect's path or query may be a credential of its own
+            // (pre-authenticated download links carry their token in the path).
             let to = headers
                 .get(reqwest::header::LOCATION)
                 .and_then(|v| v.to_str().ok())
-                .map(|l| l.split('?').next().unwrap_or(l).to_owned())
-                .unwrap_or_else(|| "?".into());
+                .and_then(|l| reqwest::Url::parse(l).ok())
+                .map(|u| u.origin().ascii_serialization())
+                .unwrap_or_else(|| "elsewhere".into());
             return ProviderError::Protocol(format!(
                 "{what}: server redirected ({status}) to {to}; check the configured url"
             ));

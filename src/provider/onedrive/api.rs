@@ -303,7 +303,14 @@ impl ServiceErrors for GraphErrors {
             509 => ProviderError::RateLimited {
                 retry_after: retry_after(headers),
             },
-            400 if code.starts_with("invalidRequest") && message.contains("name") => {
+            // A name Graph refuses: read from its own message, not ours (which holds the
+            // path, and a path may contain "name").
+            400 if code.starts_with("invalidRequest")
+                && detail
+                    .message
+                    .as_deref()
+                    .is_some_and(|m| m.to_ascii_lowercase().contains("name")) =>
+            {
                 ProviderError::InvalidName(message)
             }
             403 if code.starts_with("quotaLimitReached") => ProviderError::InsufficientStorage,

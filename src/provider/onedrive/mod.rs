@@ -342,7 +342,8 @@ impl OneDriveProvider {
     /// item that changed (an item may appear more than once; the last one counts).
     async fn delta_pages(&self, link: &str) -> ProviderResult<(Vec<DriveItem>, String)> {
         let mut link = link.to_owned();
-        let mut items: Vec<DriveItem> = Vec::new();
+        let mut items: Vec<Option<DriveItem>> = Vec::new();
+        let mut index: HashMap<String, usize> = HashMap::new();
         loop {
             let page: DeltaPage = self
                 .json("delta", Idempotency::Idempotent, || {
@@ -355,12 +356,16 @@ impl OneDriveProvider {
                     e => e,
                 })?;
             for item in page.value {
-                items.retain(|i| i.id != item.id);
-                items.push(item);
+                // The same item may come more than once: the last one counts, in its place.
+                if let Some(i) = index.remove(&item.id) {
+                    items[i] = None;
+                }
+                index.insert(item.id.clone(), items.len());
+                items.push(Some(item));
             }
             match (page.next, page.delta) {
                 (Some(next), _) => link = next,
-                (None, Some(delta)) => return Ok((items, delta)),
+                (None, Some(delta)) => return Ok((items.into_iter().flatten().collect(), delta)),
                 (None, None) => {
                     return Err(ProviderError::Protocol(
                         "delta page without a next or delta link".into(),
@@ -368,6 +373,18 @@ impl OneDriveProvider {
                 }
             }
         }
+    }
+
+    /// Whether the folder at `path` has no children.
+    async fn is_empty_folder(&self, path: &str) -> ProviderResult<bool> {
+        let url = self.item_url(path, "/children");
+        let page: ItemPage = self
+            .json("look into a folder", Idempotency::Idempotent, || {
+                self.request(Method::GET, &url)
+                    .query(&[("$top", "1"), ("$select", "id")])
+            })
+            .await?;
+        Ok(page.value.is_empty())
     }
 
     /// The id of the folder at `path`, for moves and copies (which name the new parent).
@@ -549,6 +566,7 @@ impl GraphSession<'_> {
     /// A reply from the upload URL: the item (done), the status (more wanted), or why not.
     async fn read(&self, resp: reqwest::Response, what: &str) -> ChunkReply<DriveItem> {
         let status = resp.status();
+        let headers = resp.headers().clone();
         let body = match resp.bytes().await {
             Ok(b) => b,
             Err(e) => return ChunkReply::Retry(transport_error(&e, what)),
@@ -570,7 +588,6 @@ impl GraphSession<'_> {
             // Overlap or out of order: ask where the server stands.
             416 => ChunkReply::Retry(ProviderError::Transient(format!("{what}: 416"))),
             s => {
-                let headers = reqwest::header::HeaderMap::new();
                 let err = self.p.api.classify(
                     StatusCode::from_u16(s).unwrap_or(status),
                     &headers,
@@ -867,9 +884,29 @@ impl Provider for OneDriveProvider {
     async fn rename(&self, from: &str, to: &str, overwrite: bool) -> ProviderResult<RemoteEntry> {
         let (to_parent, to_name) = split_path(to);
         let parent_id = self.folder_id(to_parent).await?;
+        let src = self.get_item(from, "id,folder").await?;
+        // Graph's `replace` would replace whatever is there, a folder with all its
+        // contents included: what may be replaced is decided here, as rename(2) does.
+        let mut behaviour = "fail";
+        match self.get_item(to, "id,folder").await {
+            Ok(target) if target.id == src.id => {}
+            Ok(_) if !overwrite => return Err(ProviderError::AlreadyExists(to.to_owned())),
+            Ok(target) => {
+                match (src.is_folder(), target.is_folder()) {
+                    (false, true) => return Err(ProviderError::IsADirectory(to.to_owned())),
+                    (true, false) => return Err(ProviderError::NotADirectory(to.to_owned())),
+                    (true, true) if !self.is_empty_folder(to).await? => {
+                        return Err(ProviderError::DirectoryNotEmpty(to.to_owned()))
+                    }
+                    _ => {}
+                }
+                behaviour = "replace";
+            }
+            Err(ProviderError::NotFound(_)) => {}
+            Err(e) => return Err(e),
+        }
         let url = self.item_url(from, "");
         let body = json!({"name": to_name, "parentReference": {"id": parent_id}});
-        let behaviour = if overwrite { "replace" } else { "fail" };
         let item: DriveItem = self
             .json(&format!("move {from}"), Idempotency::Idempotent, || {
                 self.request(Method::PATCH, &url)
@@ -898,38 +935,32 @@ impl Provider for OneDriveProvider {
         }
         // Graph deletes a folder with everything in it; the trait removes empty ones only
         // (the queue deletes a tree bottom-up, and a folder that gained a child meanwhile
-        // must stay).
-        let item = self.get_item(path, "id,folder").await?;
-        if item.is_folder() {
-            let url = self.item_url(path, "/children");
-            let page: ItemPage = self
-                .json("list before delete", Idempotency::Idempotent, || {
-                    self.request(Method::GET, &url)
-                        .query(&[("$top", "1"), ("$select", "id")])
-                })
-                .await?;
-            if !page.value.is_empty() {
-                return Err(ProviderError::DirectoryNotEmpty(path.to_owned()));
-            }
+        // must stay). The delete names the item by id and eTag, so a retry cannot remove
+        // something else created at the same path since.
+        let item = self.get_item(path, "id,eTag,folder").await?;
+        if item.is_folder() && !self.is_empty_folder(path).await? {
+            return Err(ProviderError::DirectoryNotEmpty(path.to_owned()));
         }
-        let url = self.item_url(path, "");
+        let url = format!("{}/items/{}", self.drive, encode_segment(&item.id));
         let what = format!("delete {path}");
         let resp = self
             .api
-            .send(
-                Call::new(&what).idempotency(Idempotency::Idempotent),
-                || {
-                    let r = self
-                        .request(Method::DELETE, &url)
-                        .build()
-                        .map_err(|e| protocol(&what, e.without_url()));
-                    async move { r }
-                },
-            )
+            .send(Call::new(&what), || {
+                let mut r = self.request(Method::DELETE, &url);
+                if let Some(tag) = &item.etag {
+                    r = r.header(reqwest::header::IF_MATCH, tag);
+                }
+                let r = r.build().map_err(|e| protocol(&what, e.without_url()));
+                async move { r }
+            })
             .await;
         match resp {
             Ok(_) => Ok(()),
             Err(ProviderError::NotFound(_)) => Err(ProviderError::NotFound(path.to_owned())),
+            // Changed since we looked (a child added, content edited): not ours to remove.
+            Err(ProviderError::PreconditionFailed(_)) if item.is_folder() => {
+                Err(ProviderError::DirectoryNotEmpty(path.to_owned()))
+            }
             Err(e) => Err(e),
         }
     }
@@ -939,14 +970,23 @@ impl Provider for OneDriveProvider {
         if src.is_folder() {
             return Err(ProviderError::IsADirectory(from.to_owned()));
         }
+        if from.eq_ignore_ascii_case(to) {
+            // The same item, names being case-insensitive.
+            return Err(ProviderError::AlreadyExists(to.to_owned()));
+        }
         let (to_parent, to_name) = split_path(to);
         let parent_id = self.folder_id(to_parent).await?;
-        // Graph's copy refuses a taken name; a copy replaces, like cp.
-        match self.delete(to).await {
-            Ok(()) | Err(ProviderError::NotFound(_)) => {}
+        match self.get_item(to, "id,folder").await {
+            Ok(t) if t.is_folder() => return Err(ProviderError::IsADirectory(to.to_owned())),
+            Ok(_) | Err(ProviderError::NotFound(_)) => {}
             Err(e) => return Err(e),
         }
-        let url = self.item_url(from, "/copy");
+        // A copy replaces a file of that name, like cp; the old one stays until the copy
+        // is made.
+        let url = format!(
+            "{}?@microsoft.graph.conflictBehavior=replace",
+            self.item_url(from, "/copy")
+        );
         let body = json!({"parentReference": {"id": parent_id}, "name": to_name});
         let what = format!("copy {from}");
         let resp = self
@@ -998,7 +1038,18 @@ impl Provider for OneDriveProvider {
             if item.root.is_some() || item.package.is_some() {
                 continue;
             }
-            let old = self.paths.lock().unwrap().reported.get(&item.id).cloned();
+            let mut old = self.paths.lock().unwrap().reported.get(&item.id).cloned();
+            if old.is_none() && item.deleted.is_some() {
+                // Not seen since the daemon started (the feed's place survives a restart,
+                // this bookkeeping does not): the parent is known by id, and a listing of
+                // it is what the mount needs to drop the entry. Business deletes carry no
+                // name; the id stands in for it (only the parent part is used).
+                if let Some(parent) = item.parent.as_ref().and_then(|p| p.id.as_deref()) {
+                    if let Ok(dir) = self.folder_path(parent).await {
+                        old = Some(join_path(&dir, item.name.as_deref().unwrap_or(&item.id)));
+                    }
+                }
+            }
             let new = match (
                 &item.deleted,
                 &item.name,
@@ -1019,7 +1070,7 @@ impl Provider for OneDriveProvider {
                 Some(new) => {
                     paths.reported.insert(item.id.clone(), new.clone());
                     if item.is_folder() {
-                        if let Some(old) = &old {
+                        if let Some(old) = old.as_ref().filter(|o| *o != new) {
                             Paths::moved(&mut paths.reported, old, new);
                             Paths::moved(&mut paths.folders, old, new);
                         }
@@ -1034,6 +1085,12 @@ impl Provider for OneDriveProvider {
                 None => {
                     paths.reported.remove(&item.id);
                     paths.folders.remove(&item.id);
+                    if let Some(old) = &old {
+                        // Whatever was known below a removed folder went with it.
+                        let below = format!("{old}/");
+                        paths.reported.retain(|_, p| !p.starts_with(&below));
+                        paths.folders.retain(|_, p| !p.starts_with(&below));
+                    }
                 }
             }
         }
@@ -1098,6 +1155,13 @@ impl Provider for OneDriveProvider {
             })
             .await?;
         let status = resp.status();
+        if status == StatusCode::OK {
+            // Served directly rather than through a link: the body is the version.
+            let body = resp
+                .bytes_stream()
+                .map(|r| r.map_err(|e| transport_error(&e, "version content")));
+            return Ok(Box::pin(body));
+        }
         if !status.is_redirection() {
             return Err(match status {
                 StatusCode::NOT_FOUND => {
