@@ -344,7 +344,10 @@ impl ApiClient {
         let body = if status.is_redirection() {
             Bytes::new()
         } else {
-            read_error_body(resp).await
+            match read_error_body(resp, what).await {
+                Ok(b) => b,
+                Err(cut) => return cut,
+            }
         };
         self.error_from(status, &headers, &body, what)
     }
@@ -523,7 +526,17 @@ impl ApiClient {
             },
             Mode::Checked => {
                 let headers = resp.headers().clone();
-                let body = read_error_body(resp).await;
+                let body = match read_error_body(resp, call.what).await {
+                    Ok(b) => b,
+                    Err(cut) => {
+                        return Attempt::Failed(Failure {
+                            effect: Effect::Uncertain,
+                            retry_after: retry_after(&headers),
+                            reason: cut.to_string(),
+                            outcome: Err(cut),
+                        })
+                    }
+                };
                 let err = self.classify(status, &headers, &body, call.what);
                 let effect = match &err {
                     // However the service says "slow down", it did not process the request.
@@ -565,7 +578,7 @@ async fn read_whole(attempt: Attempt<Response>, what: &str) -> Attempt<WholeRepl
         let body = if status.is_success() {
             resp.bytes().await.map_err(|e| transport_error(&e, what))?
         } else {
-            read_error_body(resp).await
+            read_error_body(resp, what).await?
         };
         Ok(WholeReply {
             status,
@@ -599,18 +612,27 @@ async fn read_whole(attempt: Attempt<Response>, what: &str) -> Attempt<WholeRepl
     }
 }
 
-/// At most [`MAX_ERROR_BODY`] bytes of a failed reply's body; a body cut off is what
-/// arrived.
-async fn read_error_body(mut resp: Response) -> Bytes {
+/// At most [`MAX_ERROR_BODY`] bytes of a failed reply's body, or the error saying it was
+/// cut before its end: then what the reply meant is unknown (Drive's 403 is a rate limit
+/// or a refusal depending on its body), so it is an uncertain outcome like a cut
+/// connection, never a classified refusal.
+async fn read_error_body(mut resp: Response, what: &str) -> ProviderResult<Bytes> {
+    let status = resp.status();
     let mut body = Vec::new();
     while body.len() < MAX_ERROR_BODY {
         match resp.chunk().await {
             Ok(Some(chunk)) => body.extend_from_slice(&chunk),
-            _ => break,
+            Ok(None) => break,
+            Err(e) => {
+                return Err(ProviderError::Transient(format!(
+                    "{what}: {status} reply cut before its body ended: {}",
+                    transport_error(&e, "")
+                )))
+            }
         }
     }
     body.truncate(MAX_ERROR_BODY);
-    Bytes::from(body)
+    Ok(Bytes::from(body))
 }
 
 #[cfg(test)]
@@ -825,5 +847,41 @@ mod tests {
             .unwrap_err();
         assert!(matches!(err, ProviderError::Transient(_)), "{err:?}");
         assert_eq!(seen.lock().unwrap().len(), 3);
+    }
+
+    /// A 403 whose body stops short: the reason (rate limit or refusal) never arrived.
+    const CUT_403: &str =
+        "HTTP/1.1 403 Forbidden\r\ncontent-length: 60\r\nconnection: close\r\n\r\n{\"error\": {\"errors\"";
+
+    #[tokio::test]
+    async fn an_error_reply_cut_in_its_body_is_uncertain_not_a_refusal() {
+        let c = client(Arc::new(crate::provider::kit::auth::NoAuth));
+        // Safe to repeat: asked again, and the second answer counts.
+        let (url, seen) = server(vec![CUT_403, OK]).await;
+        let resp = c.send(Call::new("get"), || get(&c, &url)).await.unwrap();
+        assert_eq!(resp.status(), 200);
+        assert_eq!(seen.lock().unwrap().len(), 2);
+        // Not safe to repeat: the caller hears "uncertain", never "permission denied".
+        let (url, seen) = server(vec![CUT_403, OK]).await;
+        let err = c
+            .send(Call::new("create"), || {
+                let req = c.http().post(&url).build();
+                async move { req.map_err(|e| ProviderError::Protocol(e.to_string())) }
+            })
+            .await
+            .unwrap_err();
+        assert!(matches!(err, ProviderError::Transient(_)), "{err:?}");
+        assert_eq!(seen.lock().unwrap().len(), 1);
+        // Raw replies read for their error say the same.
+        let (url, _) = server(vec![CUT_403]).await;
+        let resp = c
+            .send_raw(
+                Call::new("get").idempotency(Idempotency::NotIdempotent),
+                || get(&c, &url),
+            )
+            .await
+            .unwrap();
+        let err = c.error_of(resp, "get").await;
+        assert!(matches!(err, ProviderError::Transient(_)), "{err:?}");
     }
 }
