@@ -83,26 +83,7 @@ settings = {{ client_id = "{client_id}", auth_url = "{authority}/authorize", tok
     assert!(status.success(), "login failed: {rest}");
     assert!(rest.contains("logged in"), "{rest}");
 
-    let log = dirs.tmp.path().join("daemon.log");
-    let mut daemon = Command::new(BIN)
-        .arg("mount")
-        .arg(&dirs.mnt)
-        .arg("--config")
-        .arg(&cfg_path)
-        .arg("--state-dir")
-        .arg(&dirs.state)
-        .arg("--cache-dir")
-        .arg(&dirs.cache)
-        .args(["--foreground", "--log-file"])
-        .arg(&log)
-        .env("RUST_LOG", "trace")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let _guard = UnmountOnDrop(dirs.mnt.clone());
-    wait_until("mount", Duration::from_secs(20), || is_mounted(&dirs.mnt));
+    let daemon = DaemonMount::start_traced(&dirs, &cfg_path);
     assert_eq!(
         fs::read(dirs.mnt.join("work/hello.txt")).unwrap(),
         b"hello from OneDrive"
@@ -112,27 +93,13 @@ settings = {{ client_id = "{client_id}", auth_url = "{authority}/authorize", tok
         b"written through cloudmount",
     )
     .unwrap();
-    let out = Command::new(BIN)
-        .arg("sync")
-        .arg(&dirs.mnt)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    daemon.sync();
     assert_eq!(
         emu.tree(&root)["from-mount.txt"].as_deref(),
         Some(&b"written through cloudmount"[..])
     );
-    let out = Command::new(BIN)
-        .arg("unmount")
-        .arg(&dirs.mnt)
-        .output()
-        .unwrap();
-    assert!(out.status.success());
-    let _ = daemon.wait();
+    let log = daemon.log.clone();
+    assert!(daemon.unmount().status.success());
     let text = fs::read_to_string(&log).unwrap();
     let vault_files: Vec<Vec<u8>> = fs::read_dir(dirs.tmp.path().join("accounts"))
         .unwrap()

@@ -11,6 +11,10 @@ mod suite;
 mod drive_emulator;
 #[path = "support/drive_harness.rs"]
 mod drive_harness;
+#[path = "support/dropbox_emulator.rs"]
+mod dropbox_emulator;
+#[path = "support/dropbox_harness.rs"]
+mod dropbox_harness;
 #[path = "support/emu/mod.rs"]
 mod emu;
 #[path = "support/graph_emulator.rs"]
@@ -355,9 +359,70 @@ impl Mounted for OneDrive {
     }
 }
 
+/// The Dropbox emulator, with access tokens short-lived enough to be refreshed during a
+/// case.
+struct Dropbox {
+    m: InProcessMount,
+    emu: dropbox_emulator::DropboxEmulator,
+    caps: cloudmount::provider::Capabilities,
+    _keep: (tempfile::TempDir, Arc<cloudmount::accounts::TokenSource>),
+    _rt: tokio::runtime::Runtime,
+}
+
+impl Dropbox {
+    fn new() -> Self {
+        let rt = drive_harness::runtime();
+        let h = {
+            let _inside = rt.enter();
+            dropbox_harness::harness(
+                dropbox_emulator::DropboxConfig {
+                    access_token_lifetime: Duration::from_secs(2),
+                    ..Default::default()
+                },
+                |_| {},
+            )
+        };
+        let caps = h.provider.capabilities();
+        let provider: Arc<dyn Provider> = Arc::new(h.provider);
+        let m = InProcessMount::new(provider, test_config(|_| {}));
+        Dropbox {
+            m,
+            emu: h.emu,
+            caps,
+            _keep: (h.dir, h.tokens),
+            _rt: rt,
+        }
+    }
+}
+
+impl Mounted for Dropbox {
+    fn mnt(&self) -> &Path {
+        self.m.mnt()
+    }
+    fn backend(&self) -> Backend {
+        Backend::from_capabilities(&self.caps)
+    }
+    fn drain(&self) {
+        drain_in_process(&self.m, "the Dropbox emulator", String::new);
+    }
+    fn remote_tree(&self) -> Tree {
+        self.emu
+            .tree("")
+            .into_iter()
+            .map(|(p, c)| (format!("/{p}"), c))
+            .filter(|(p, _)| !own_name(p))
+            .collect()
+    }
+    fn remote_put(&self, rel: &str, data: &[u8]) {
+        self.emu
+            .add_file(&format!("/{}", rel.trim_start_matches('/')), data);
+    }
+}
+
 mount_suite!(memory => Memory::new());
 mount_suite!(local => Local::new());
 mount_suite!(rclone => Webdav::new(Dav::Rclone));
 mount_suite!(apache => Webdav::new(Dav::Apache));
 mount_suite!(drive => Drive::new());
 mount_suite!(onedrive => OneDrive::new());
+mount_suite!(dropbox => Dropbox::new());

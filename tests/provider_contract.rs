@@ -12,6 +12,10 @@
 mod drive_emulator;
 #[path = "support/drive_harness.rs"]
 mod drive_harness;
+#[path = "support/dropbox_emulator.rs"]
+mod dropbox_emulator;
+#[path = "support/dropbox_harness.rs"]
+mod dropbox_harness;
 #[path = "support/emu/mod.rs"]
 mod emu;
 #[path = "support/graph_emulator.rs"]
@@ -237,6 +241,17 @@ contract! {
             copy_onto_file: CopyOntoFile::Replaces,
             copy_directory: CopyDirectory::IsADirectory,
             quota: QuotaReport::Account { total: fixtures::ONEDRIVE_QUOTA },
+            feed: Feed::Delta,
+        };
+        /// The Dropbox emulator, listings two entries a page. Reads at a replaced revision
+        /// read that revision (`rev:…`); a copy never replaces (`to/conflict`); the feed is
+        /// a recursive cursor continued with `list_folder/continue`.
+        dropbox => Expect {
+            paging: Paging::Server { page: fixtures::DROPBOX_PAGE },
+            replaced_revision_read: ReplacedRevisionRead::OldContent,
+            copy_onto_file: CopyOntoFile::AlreadyExists,
+            copy_directory: CopyDirectory::IsADirectory,
+            quota: QuotaReport::Account { total: fixtures::DROPBOX_QUOTA },
             feed: Feed::Delta,
         };
     }

@@ -90,6 +90,11 @@ pub struct OAuthClientConfig {
     pub token_url: String,
     #[serde(default)]
     pub revoke_url: Option<String>,
+    /// How `revoke_url` is called: `false` is RFC 7009 (the token in a form), `true` is
+    /// Dropbox's `auth/token/revoke` (a valid access token in `Authorization`, no body;
+    /// it revokes the refresh token behind it too).
+    #[serde(default)]
+    pub revoke_with_bearer: bool,
     /// Set only for providers that allow the device grant for the scopes requested.
     #[serde(default)]
     pub device_auth_url: Option<String>,
@@ -111,6 +116,7 @@ impl fmt::Debug for OAuthClientConfig {
             .field("auth_url", &self.auth_url)
             .field("token_url", &self.token_url)
             .field("revoke_url", &self.revoke_url)
+            .field("revoke_with_bearer", &self.revoke_with_bearer)
             .field("device_auth_url", &self.device_auth_url)
             .field("scopes", &self.scopes)
             .field("redirect_port", &self.redirect_port)
@@ -123,6 +129,17 @@ pub const GOOGLE_DRIVE_SCOPE: &str = "https://www.googleapis.com/auth/drive";
 /// What a OneDrive / SharePoint mount asks Microsoft for: read and write every file the
 /// user can reach, and a refresh token (`offline_access`).
 pub const MICROSOFT_SCOPES: [&str; 2] = ["Files.ReadWrite.All", "offline_access"];
+/// What a Dropbox mount asks for (a scoped app with these permissions ticked).
+pub const DROPBOX_SCOPES: [&str; 5] = [
+    "account_info.read",
+    "files.metadata.read",
+    "files.metadata.write",
+    "files.content.read",
+    "files.content.write",
+];
+/// The loopback port of the redirect URI registered for a Dropbox app
+/// (`http://127.0.0.1:53682/`): Dropbox matches redirect URIs exactly.
+pub const DROPBOX_REDIRECT_PORT: u16 = 53682;
 /// Any work, school or personal Microsoft account; a tenant id or `organizations` /
 /// `consumers` go into `auth_url` / `token_url` / `device_auth_url` of the settings.
 pub const MICROSOFT_AUTHORITY: &str = "https://login.microsoftonline.com/common/oauth2/v2.0";
@@ -138,6 +155,7 @@ impl OAuthClientConfig {
             auth_url: "https://accounts.google.com/o/oauth2/v2/auth".into(),
             token_url: "https://oauth2.googleapis.com/token".into(),
             revoke_url: Some("https://oauth2.googleapis.com/revoke".into()),
+            revoke_with_bearer: false,
             device_auth_url: None,
             scopes: vec![GOOGLE_DRIVE_SCOPE.into()],
             redirect_port: None,
@@ -159,10 +177,31 @@ impl OAuthClientConfig {
             auth_url: format!("{MICROSOFT_AUTHORITY}/authorize"),
             token_url: format!("{MICROSOFT_AUTHORITY}/token"),
             revoke_url: None,
+            revoke_with_bearer: false,
             device_auth_url: Some(format!("{MICROSOFT_AUTHORITY}/devicecode")),
             scopes: MICROSOFT_SCOPES.iter().map(|s| s.to_string()).collect(),
             redirect_port: None,
             extra_auth_params: vec![],
+        }
+    }
+
+    /// Dropbox: the authorization code grant with PKCE and `token_access_type=offline` (a
+    /// refresh token that does not rotate; access tokens live about 4 h). Dropbox has no
+    /// device grant; a machine without a browser uses `login --paste`. Redirect URIs must be
+    /// registered exactly, port included: the app's settings list
+    /// `http://127.0.0.1:53682/`. `logout` revokes through `auth/token/revoke`.
+    pub fn dropbox(client_id: impl Into<String>, client_secret: Option<String>) -> Self {
+        OAuthClientConfig {
+            client_id: client_id.into(),
+            client_secret: client_secret.map(Secret::new),
+            auth_url: "https://www.dropbox.com/oauth2/authorize".into(),
+            token_url: "https://api.dropboxapi.com/oauth2/token".into(),
+            revoke_url: Some("https://api.dropboxapi.com/2/auth/token/revoke".into()),
+            revoke_with_bearer: true,
+            device_auth_url: None,
+            scopes: DROPBOX_SCOPES.iter().map(|s| s.to_string()).collect(),
+            redirect_port: Some(DROPBOX_REDIRECT_PORT),
+            extra_auth_params: vec![("token_access_type".into(), "offline".into())],
         }
     }
 
@@ -264,7 +303,9 @@ pub async fn logout(
 ) -> Result<(), AccountError> {
     let stored = vault.load(account)?;
     let mut result = Ok(());
-    if let (Some(tokens), Some(url)) = (&stored, &oauth.revoke_url) {
+    if let (Some(_), Some(url), true) = (&stored, &oauth.revoke_url, oauth.revoke_with_bearer) {
+        result = revoke_with_bearer(vault, account, oauth, url).await;
+    } else if let (Some(tokens), Some(url)) = (&stored, &oauth.revoke_url) {
         // Revoking the refresh token also invalidates the access tokens minted from it
         // (Google documents this); fall back to the access token when there is no refresh.
         let token = match (&tokens.refresh_token, &tokens.access_token) {
@@ -279,6 +320,43 @@ pub async fn logout(
     vault.delete(account)?;
     tracing::info!(%account, "logged out");
     result
+}
+
+/// Dropbox's revocation: a valid access token (refreshed first if it expired) sent to the
+/// endpoint, which revokes it and the refresh token behind it. A login the provider no
+/// longer honours is revoked already.
+async fn revoke_with_bearer(
+    vault: &TokenVault,
+    account: &AccountId,
+    oauth: &OAuthClientConfig,
+    url: &str,
+) -> Result<(), AccountError> {
+    // The same store opened again: the token source needs one of its own.
+    let own = std::sync::Arc::new(TokenVault::open(vault.dir())?);
+    let source = TokenSource::new(own, account.clone(), oauth)?;
+    let token = match source.access_token().await {
+        Ok(t) => t,
+        Err(AccountError::NeedsLogin { .. }) => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    let resp = oauth_http_client()
+        .post(url)
+        .bearer_auth(token.expose())
+        .send()
+        .await
+        .map_err(|e| AccountError::Network(e.to_string()))?;
+    let status = resp.status();
+    match status.as_u16() {
+        200..=299 => Ok(()),
+        // The token is already dead: the goal is reached.
+        401 => Ok(()),
+        500..=599 => Err(AccountError::Network(format!(
+            "revocation endpoint: HTTP {status}"
+        ))),
+        _ => Err(AccountError::Protocol(format!(
+            "revocation endpoint: HTTP {status}"
+        ))),
+    }
 }
 
 /// RFC 7009 revocation. Written out rather than through `oauth2::Client::revoke_token`,

@@ -327,6 +327,12 @@ impl Provider for InstrumentedProvider {
         measured!(self, "changes", self.inner.changes_since(cursor))
     }
 
+    /// Not measured: a long poll lasts minutes by design, which would drown the latency
+    /// figures of real requests.
+    async fn wait_for_changes(&self, cursor: &str) -> ProviderResult<bool> {
+        self.inner.wait_for_changes(cursor).await
+    }
+
     async fn list_versions(&self, path: &str) -> ProviderResult<Vec<NativeVersion>> {
         measured!(self, "list_versions", self.inner.list_versions(path))
     }

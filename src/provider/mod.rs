@@ -4,6 +4,7 @@
 //! with a trailing slash except the root "/"). They know nothing about FUSE, inodes, caching
 //! or the write-back queue; that is the filesystem layer's business.
 
+pub mod dropbox;
 pub mod gdrive;
 pub mod instrumented;
 pub mod kit;
@@ -313,6 +314,13 @@ pub trait Provider: Send + Sync + 'static {
 
     async fn changes_since(&self, _cursor: &str) -> ProviderResult<ChangeBatch> {
         Err(ProviderError::Unsupported("change feed".into()))
+    }
+
+    /// Waits until the change feed may have something after `cursor` (a long poll), for
+    /// providers whose service can say so; `Ok(false)`: nothing yet, ask again. The
+    /// poller then continues the feed at once instead of at its next tick.
+    async fn wait_for_changes(&self, _cursor: &str) -> ProviderResult<bool> {
+        Err(ProviderError::Unsupported("waiting for changes".into()))
     }
 
     async fn list_versions(&self, _path: &str) -> ProviderResult<Vec<NativeVersion>> {

@@ -72,6 +72,12 @@ pub const KINDS: &[ProviderKind] = &[
         oauth: Some(OAuthClientConfig::microsoft),
         build: build_onedrive,
     },
+    ProviderKind {
+        kind: "dropbox",
+        aliases: &[],
+        oauth: Some(OAuthClientConfig::dropbox),
+        build: build_dropbox,
+    },
 ];
 
 fn build_local(s: &Setup<'_>) -> Result<Arc<dyn Provider>, SetupError> {
@@ -99,6 +105,14 @@ fn build_gdrive(s: &Setup<'_>) -> Result<Arc<dyn Provider>, SetupError> {
 fn build_onedrive(s: &Setup<'_>) -> Result<Arc<dyn Provider>, SetupError> {
     let cfg: super::onedrive::OneDriveConfig = s.settings.clone().try_into()?;
     Ok(Arc::new(super::onedrive::OneDriveProvider::new(
+        cfg,
+        s.tokens()?,
+    )?))
+}
+
+fn build_dropbox(s: &Setup<'_>) -> Result<Arc<dyn Provider>, SetupError> {
+    let cfg: super::dropbox::DropboxConfig = s.settings.clone().try_into()?;
+    Ok(Arc::new(super::dropbox::DropboxProvider::new(
         cfg,
         s.tokens()?,
     )?))
@@ -206,16 +220,17 @@ mod tests {
             ("gdrive", "gdrive"),
             ("onedrive", "onedrive"),
             ("sharepoint", "onedrive"),
+            ("dropbox", "dropbox"),
         ] {
             assert_eq!(lookup(name).map(|k| k.kind), Some(kind), "{name}");
         }
-        assert!(lookup("dropbox").is_none());
-        assert!(uses_oauth("gdrive") && uses_oauth("onedrive"));
+        assert!(lookup("box").is_none());
+        assert!(uses_oauth("gdrive") && uses_oauth("onedrive") && uses_oauth("dropbox"));
         assert!(!uses_oauth("nextcloud") && !uses_oauth("local"));
         let names = known_kinds();
         assert_eq!(
             names,
-            "local, webdav, owncloud, nextcloud, gdrive, onedrive, sharepoint"
+            "local, webdav, owncloud, nextcloud, gdrive, onedrive, sharepoint, dropbox"
         );
     }
 
@@ -226,7 +241,7 @@ mod tests {
         assert!(matches!(err, RegistryError::UnknownType { .. }), "{err}");
         assert_eq!(
             err.to_string(),
-            "connection \"x\": unknown type \"ftp\" (known: local, webdav, owncloud, nextcloud, gdrive, onedrive, sharepoint)"
+            "connection \"x\": unknown type \"ftp\" (known: local, webdav, owncloud, nextcloud, gdrive, onedrive, sharepoint, dropbox)"
         );
     }
 

@@ -13,8 +13,9 @@ const DELTA_CURSOR: &str = "delta_cursor";
 
 impl Vfs {
     pub fn start_poller(self: &Arc<Self>, interval: Duration) -> tokio::task::JoinHandle<()> {
+        let long_poll = self.long_poll(interval);
         let weak = Arc::downgrade(self);
-        tokio::spawn(async move {
+        let ticking = async move {
             let mut tick = tokio::time::interval(interval);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
@@ -24,7 +25,59 @@ impl Vfs {
                     tracing::debug!(connection = %vfs.name, error = %e, "change poll failed");
                 }
             }
+        };
+        // One task: stopping the poller stops the long poll with it.
+        tokio::spawn(async move {
+            futures::join!(ticking, long_poll);
         })
+    }
+
+    /// Beside the ticking poll, for providers that can wait for changes (Dropbox's
+    /// longpoll): wait on the feed's cursor and poll as soon as it says something changed.
+    /// Ends at once for providers that cannot wait, and when the connection goes away (it
+    /// holds only the provider while waiting, not the filesystem).
+    fn long_poll(self: &Arc<Self>, interval: Duration) -> impl std::future::Future<Output = ()> {
+        let weak = Arc::downgrade(self);
+        let provider = self.provider.clone();
+        let delta = self.provider.capabilities().delta;
+        async move {
+            if !delta {
+                return;
+            }
+            // After a failure, as long as the ticking poll waits (bounded both ways).
+            let pause = interval.clamp(Duration::from_secs(1), Duration::from_secs(30));
+            loop {
+                let cursor = {
+                    let Some(vfs) = weak.upgrade() else { return };
+                    vfs.store
+                        .get_meta(DELTA_CURSOR)
+                        .ok()
+                        .flatten()
+                        .map(|c| String::from_utf8_lossy(&c).into_owned())
+                };
+                let Some(cursor) = cursor else {
+                    // The ticking poll starts the feed, on its first tick.
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    continue;
+                };
+                match provider.wait_for_changes(&cursor).await {
+                    Ok(true) => {
+                        let Some(vfs) = weak.upgrade() else { return };
+                        if let Err(e) = vfs.poll_once().await {
+                            tracing::debug!(connection = %vfs.name, error = %e, "change poll failed");
+                        }
+                    }
+                    Ok(false) => {}
+                    Err(ProviderError::Unsupported(_)) => return,
+                    Err(e) => {
+                        // A forgotten cursor or a network failure: the ticking poll deals
+                        // with it; wait before asking again.
+                        tracing::debug!(error = %e, "waiting for remote changes failed");
+                        tokio::time::sleep(pause).await;
+                    }
+                }
+            }
+        }
     }
 
     pub async fn poll_once(&self) -> FsResult<()> {

@@ -101,21 +101,42 @@ pub struct DaemonMount {
 
 impl DaemonMount {
     pub fn start(dirs: &TestDirs, extra: &[&str]) -> Self {
-        Self::start_with_source(dirs, &["--local".as_ref(), dirs.cloud.as_os_str()], extra)
+        Self::start_with_source(
+            dirs,
+            &["--local".as_ref(), dirs.cloud.as_os_str()],
+            extra,
+            false,
+        )
     }
 
     /// The daemon mounting the connections of a config file (e.g. a WebDAV account).
     pub fn start_with_config(dirs: &TestDirs, config: &Path, extra: &[&str]) -> Self {
-        Self::start_with_source(dirs, &["--config".as_ref(), config.as_os_str()], extra)
+        Self::start_with_source(
+            dirs,
+            &["--config".as_ref(), config.as_os_str()],
+            extra,
+            false,
+        )
     }
 
-    fn start_with_source(dirs: &TestDirs, source: &[&std::ffi::OsStr], extra: &[&str]) -> Self {
+    /// `start_with_config` logging at trace level, for tests that look for secrets in
+    /// everything the daemon could ever write.
+    pub fn start_traced(dirs: &TestDirs, config: &Path) -> Self {
+        Self::start_with_source(dirs, &["--config".as_ref(), config.as_os_str()], &[], true)
+    }
+
+    fn start_with_source(
+        dirs: &TestDirs,
+        source: &[&std::ffi::OsStr],
+        extra: &[&str],
+        trace: bool,
+    ) -> Self {
         let log = dirs
             .tmp
             .path()
             .join(format!("daemon-{}.log", rand_suffix()));
-        let child = Command::new(BIN)
-            .arg("mount")
+        let mut cmd = Command::new(BIN);
+        cmd.arg("mount")
             .arg(&dirs.mnt)
             .args(source)
             .arg("--state-dir")
@@ -129,9 +150,11 @@ impl DaemonMount {
             .args(extra)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start cloudmount");
+            .stderr(Stdio::piped());
+        if trace {
+            cmd.env("RUST_LOG", "trace");
+        }
+        let child = cmd.spawn().expect("start cloudmount");
         let mut m = DaemonMount {
             child: Some(child),
             mnt: dirs.mnt.clone(),

@@ -31,6 +31,9 @@ pub const DRIVE_QUOTA: u64 = 50_000_000;
 /// The OneDrive backend's page size (`$top`) and its drive's size.
 pub const ONEDRIVE_PAGE: usize = 2;
 pub const ONEDRIVE_QUOTA: u64 = 40_000_000;
+/// The Dropbox backend's page size (`limit`) and its account's space.
+pub const DROPBOX_PAGE: usize = 2;
+pub const DROPBOX_QUOTA: u64 = 30_000_000;
 
 pub struct Fixture {
     pub p: Box<dyn Provider>,
@@ -228,6 +231,29 @@ pub async fn onedrive() -> Fixture {
             ..GraphConfig::default()
         },
         |c| c.page_size = ONEDRIVE_PAGE as u32,
+    );
+    let emu = Arc::new(h.emu);
+    let counter = emu.clone();
+    let mut fx = Fixture::new(
+        Box::new(h.provider),
+        vec![
+            Box::new(emu),
+            Box::new(h.tokens),
+            Box::new(h.vault),
+            Box::new(h.dir),
+        ],
+    );
+    fx.list_requests = Some(Box::new(move || counter.stats().list_calls));
+    fx
+}
+
+pub async fn dropbox() -> Fixture {
+    let h = crate::dropbox_harness::harness(
+        crate::dropbox_emulator::DropboxConfig {
+            allocated: DROPBOX_QUOTA,
+            ..Default::default()
+        },
+        |c| c.page_size = DROPBOX_PAGE as u32,
     );
     let emu = Arc::new(h.emu);
     let counter = emu.clone();

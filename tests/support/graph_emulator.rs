@@ -43,6 +43,7 @@ use crate::emu::faults::FaultQueue;
 use crate::emu::oauth::{OAuthReply, OAuthServer, OAuthSettings, TokenPrefixes};
 use crate::emu::range::{wanted, Wanted};
 use crate::emu::server::{Reply, Request, Response, Server};
+use crate::emu::text::{json_response, query_map, random_of, UPPER_DIGITS};
 use cloudmount::provider::onedrive::quickxor::quick_xor_base64;
 
 /// Simple uploads take at most this much ("only supports files up to 4MB").
@@ -229,12 +230,7 @@ pub struct GraphEmulator {
 }
 
 fn random(n: usize) -> String {
-    use rand::Rng;
-    const CHARS: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789";
-    let mut rng = rand::rng();
-    (0..n)
-        .map(|_| CHARS[rng.random_range(0..CHARS.len())] as char)
-        .collect()
+    random_of(UPPER_DIGITS, n)
 }
 
 fn rfc3339(t: SystemTime) -> String {
@@ -262,22 +258,11 @@ fn error_with_inner(status: u16, code: &str, message: &str, inner: Option<&str>)
 }
 
 fn json_resp(status: u16, v: Value) -> Response {
-    Response::new(status, v.to_string()).header("Content-Type", "application/json")
+    json_response(status, v)
 }
 
 fn not_found() -> Response {
     error(404, "itemNotFound", "The resource could not be found.")
-}
-
-fn query_map(target: &str) -> HashMap<String, String> {
-    target
-        .split_once('?')
-        .map(|(_, q)| {
-            url::form_urlencoded::parse(q.as_bytes())
-                .into_owned()
-                .collect()
-        })
-        .unwrap_or_default()
 }
 
 fn decode(segment: &str) -> String {

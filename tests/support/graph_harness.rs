@@ -22,6 +22,7 @@ pub fn oauth_config(emu: &GraphEmulator) -> OAuthClientConfig {
         auth_url: format!("{authority}/authorize"),
         token_url: format!("{authority}/token"),
         revoke_url: None,
+        revoke_with_bearer: false,
         device_auth_url: Some(format!("{authority}/devicecode")),
         scopes: vec!["Files.ReadWrite.All".into(), "offline_access".into()],
         redirect_port: None,

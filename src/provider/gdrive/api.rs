@@ -49,6 +49,7 @@ impl ServiceErrors for DriveErrors {
                     .into_iter()
                     .map(|e| e.reason)
                     .find(|r| !r.is_empty()),
+                ..ErrorDetail::default()
             },
             Err(_) => ErrorDetail::default(),
         }

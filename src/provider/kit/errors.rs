@@ -30,6 +30,9 @@ pub struct ErrorDetail {
     pub message: Option<String>,
     /// A machine-readable code (Drive `reason`, Graph `code`, Dropbox `.tag`), for decisions.
     pub code: Option<String>,
+    /// When the body says when to come back (Dropbox's `retry_after`); the `Retry-After`
+    /// header, where there is one, is read separately.
+    pub retry_after: Option<Duration>,
 }
 
 impl ErrorDetail {
@@ -42,6 +45,7 @@ impl ErrorDetail {
         ErrorDetail {
             message,
             code: None,
+            retry_after: None,
         }
     }
 
@@ -175,6 +179,7 @@ mod tests {
         let d = ErrorDetail {
             message: Some("é".repeat(400)),
             code: Some("tooBig".into()),
+            retry_after: None,
         };
         let s = d.describe("files.get", StatusCode::BAD_REQUEST);
         assert!(s.starts_with("files.get: 400 Bad Request: éé"), "{s}");

@@ -279,6 +279,7 @@ impl ServiceErrors for GraphErrors {
                     Some(i) => format!("{code}/{i}"),
                     None => code,
                 }),
+                ..ErrorDetail::default()
             },
             None => ErrorDetail::plain(body),
         }

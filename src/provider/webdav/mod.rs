@@ -58,7 +58,7 @@ impl ServiceErrors for DavErrors {
         match xml::error_message(&String::from_utf8_lossy(body)) {
             Some(message) => ErrorDetail {
                 message: Some(message),
-                code: None,
+                ..ErrorDetail::default()
             },
             None => ErrorDetail::plain(body),
         }

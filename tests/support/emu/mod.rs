@@ -8,6 +8,7 @@
 //! - [`faults`]: a queue of faults a test injects and the emulator serves in order to the
 //!   requests they apply to;
 //! - [`range`]: the `Range` request header as servers read it (RFC 9110 §14);
+//! - [`text`]: random tokens, query maps, JSON responses;
 //! - [`oauth`]: an OAuth 2.0 authorization server (code + PKCE, refresh with optional
 //!   rotation, device flow, revocation, expiring bearer tokens) with each service's
 //!   differences as settings.
@@ -22,3 +23,4 @@ pub mod faults;
 pub mod oauth;
 pub mod range;
 pub mod server;
+pub mod text;

@@ -71,6 +71,15 @@ pub enum OAuthReply {
     Redirect(String),
 }
 
+/// What an `Authorization` header holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BearerState {
+    Missing,
+    Unknown,
+    Expired,
+    Live,
+}
+
 #[derive(Clone, Debug, Default)]
 pub struct OAuthStats {
     /// API calls refused for a missing, unknown or expired access token.
@@ -142,12 +151,7 @@ fn form(body: &[u8]) -> HashMap<String, String> {
 }
 
 fn random_suffix(n: usize) -> String {
-    use rand::Rng;
-    const CHARS: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
-    let mut rng = rand::rng();
-    (0..n)
-        .map(|_| CHARS[rng.random_range(0..CHARS.len())] as char)
-        .collect()
+    super::text::random_of(super::text::ALNUM, n)
 }
 
 /// Client id and secret from HTTP Basic (RFC 6749 §2.3.1, form-encoded inside) or the form.
@@ -486,6 +490,51 @@ impl OAuthServer {
             self.stats.unauthorized += 1;
         }
         ok
+    }
+
+    /// What an API request's `Authorization` header holds, for services whose 401 says
+    /// which (Dropbox: `invalid_access_token` or `expired_access_token`); a refusal is
+    /// counted.
+    pub fn bearer_state(&mut self, authorization: Option<&str>) -> BearerState {
+        let Some(header) = authorization else {
+            self.stats.unauthorized += 1;
+            return BearerState::Missing;
+        };
+        let state = match header
+            .strip_prefix("Bearer ")
+            .and_then(|t| self.access.get(t))
+        {
+            None => BearerState::Unknown,
+            Some(g) if g.expires <= Instant::now() => BearerState::Expired,
+            Some(_) => BearerState::Live,
+        };
+        if state != BearerState::Live {
+            self.stats.unauthorized += 1;
+        }
+        state
+    }
+
+    /// Revocation by the access token in `Authorization` (Dropbox's `auth/token/revoke`):
+    /// the token, the refresh token it came from and every access token from that one
+    /// stop working. False when the header held no live token.
+    pub fn revoke_bearer(&mut self, authorization: Option<&str>) -> bool {
+        if self.bearer_state(authorization) != BearerState::Live {
+            return false;
+        }
+        let token = authorization
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .unwrap_or_default()
+            .to_owned();
+        self.stats.revocations += 1;
+        let refresh = self.access.remove(&token).and_then(|g| g.refresh);
+        if let Some(rt) = refresh {
+            if let Some(g) = self.refresh.get_mut(&rt) {
+                g.revoked = true;
+            }
+            self.access
+                .retain(|_, a| a.refresh.as_deref() != Some(rt.as_str()));
+        }
+        true
     }
 
     /// Tokens for a session that skipped the browser: (access, refresh).
