@@ -301,3 +301,49 @@ fn a_name_dropbox_refuses_stays_local_and_says_why() {
     );
     assert!(!emu.exists("/desktop.ini"));
 }
+
+/// Dropbox keeps revisions itself: `versions` lists them (nothing of ours on the
+/// account), each reads back through `rev:…`, and a restore makes old content current
+/// again as a new revision.
+#[test]
+fn versions_are_dropboxs_revisions() {
+    let rt = drive_harness::runtime();
+    let h = {
+        let _inside = rt.enter();
+        dropbox_harness::harness(DropboxConfig::default(), |_| {})
+    };
+    let emu = &h.emu;
+    let provider: Arc<dyn Provider> = Arc::new(h.provider);
+    let m = InProcessMount::new(provider, test_config(|_| {}));
+    let contents: [&[u8]; 3] = [b"first", b"second version", b"third and last"];
+    for c in contents {
+        fs::write(m.path("doc.txt"), c).unwrap();
+        assert!(m.drain(Duration::from_secs(30)));
+    }
+    assert_eq!(
+        emu.tree("").keys().collect::<Vec<_>>(),
+        ["doc.txt"],
+        "no version copies on the account"
+    );
+    assert_eq!(emu.revision_count("/doc.txt"), 3);
+    let vfs = m.vfs();
+    let list = m.rt.block_on(vfs.versions.list("/doc.txt")).unwrap();
+    let mut sizes: Vec<u64> = list.iter().map(|v| v.size).collect();
+    sizes.sort();
+    assert_eq!(sizes, [5, 14, 14]);
+    let mut read: Vec<Vec<u8>> = list
+        .iter()
+        .map(|v| m.rt.block_on(vfs.versions.read(v)).unwrap())
+        .collect();
+    read.sort();
+    let mut want: Vec<Vec<u8>> = contents.iter().map(|c| c.to_vec()).collect();
+    want.sort();
+    assert_eq!(read, want);
+    let first = list.iter().find(|v| v.size == 5).unwrap().number;
+    m.rt.block_on(vfs.restore_version("/doc.txt", first))
+        .unwrap();
+    assert_eq!(fs::read(m.path("doc.txt")).unwrap(), b"first");
+    assert!(m.drain(Duration::from_secs(30)));
+    assert_eq!(emu.content("/doc.txt").as_deref(), Some(&b"first"[..]));
+    assert_eq!(emu.revision_count("/doc.txt"), 4);
+}
