@@ -446,6 +446,15 @@ impl DropboxProvider {
         }
     }
 
+    /// A folder (by `path_lower`) is gone from where it was, and all below it.
+    fn forget_folder(&self, lower: &str) {
+        let below = format!("{lower}/");
+        self.folders
+            .lock()
+            .unwrap()
+            .retain(|k, _| k != lower && !k.starts_with(&below));
+    }
+
     fn entry(&self, path: &str, m: &Metadata) -> RemoteEntry {
         self.saw_folder(path, m);
         m.entry(if path == "/" { "/" } else { split_path(path).1 })
@@ -1055,9 +1064,7 @@ impl Provider for DropboxProvider {
             })?
         };
         if moved.is_folder() {
-            let mut folders = self.folders.lock().unwrap();
-            let old = format!("{}/", from.to_lowercase());
-            folders.retain(|k, _| !k.starts_with(&old));
+            self.forget_folder(&from.to_lowercase());
         }
         Ok(self.entry(to, &moved))
     }
@@ -1079,7 +1086,7 @@ impl Provider for DropboxProvider {
             e => e,
         })?;
         if let Some(lower) = &m.path_lower {
-            self.folders.lock().unwrap().remove(lower);
+            self.forget_folder(lower);
         }
         Ok(())
     }
@@ -1176,10 +1183,7 @@ impl Provider for DropboxProvider {
                 if m.is_deleted() {
                     // A deleted folder takes everything below it.
                     if let Some(lower) = &m.path_lower {
-                        let below = format!("{lower}/");
-                        let mut folders = self.folders.lock().unwrap();
-                        folders.remove(lower);
-                        folders.retain(|k, _| !k.starts_with(&below));
+                        self.forget_folder(lower);
                     }
                     changes.push(Change::Removed { path });
                 } else if m.is_downloadable {
