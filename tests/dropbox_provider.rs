@@ -81,6 +81,24 @@ async fn a_rename_that_changes_only_the_case_is_two_moves_and_leaves_nothing_beh
         "no temporary name left over"
     );
     assert_eq!(read_all(p, "/Docs/README.txt").await, b"read me");
+
+    // The first move lands but its reply is lost: the rename fails uncertain, with the
+    // file under the provider's own name; the next attempt finishes it.
+    h.emu.inject(Fault::LoseReply("files/move_v2"), 1);
+    let r = p
+        .rename("/Docs/README.txt", "/Docs/ReadMe.txt", false)
+        .await;
+    assert!(r.is_err(), "{r:?}");
+    assert!(!h.emu.exists("/Docs/README.txt"), "moved away already");
+    let e = p
+        .rename("/Docs/README.txt", "/Docs/ReadMe.txt", false)
+        .await
+        .unwrap();
+    assert_eq!(e.name, "ReadMe.txt");
+    assert_eq!(
+        h.emu.tree("").keys().cloned().collect::<Vec<_>>(),
+        ["Docs", "Docs/ReadMe.txt"]
+    );
 }
 
 #[tokio::test]

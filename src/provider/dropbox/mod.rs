@@ -244,6 +244,19 @@ fn folder_in_the_way(e: &ProviderError) -> bool {
     matches!(e, ProviderError::AlreadyExists(m) if m.contains("conflict/folder"))
 }
 
+/// The name a case-only rename of `from` passes through: beside it, and the same for every
+/// attempt, so a later attempt finds what an interrupted one left.
+fn case_rename_name(from: &str, to: &str) -> String {
+    let lower = from.to_lowercase();
+    join_path(
+        split_path(to).0,
+        &format!(
+            ".cloudmount-case-{}",
+            &hash::content_hash(lower.as_bytes())[..16]
+        ),
+    )
+}
+
 /// What a conditional upload commits with.
 fn write_mode(options: &UploadOptions) -> Value {
     match &options.expected_revision {
@@ -1017,9 +1030,27 @@ impl Provider for DropboxProvider {
         if from == to {
             return self.stat(to).await;
         }
-        let src = self.metadata(from).await?;
-        self.parent_must_exist(to).await?;
         let case_only = from.to_lowercase() == to.to_lowercase();
+        let src = match self.metadata(from).await {
+            Ok(m) => m,
+            Err(ProviderError::NotFound(_)) if case_only => {
+                // An earlier attempt got as far as our own name (a lost reply, a crash
+                // between the two moves): finish it.
+                let tmp = case_rename_name(from, to);
+                return match self.metadata(&tmp).await {
+                    Ok(_) => {
+                        let moved = self.move_item(&tmp, to).await?;
+                        Ok(self.entry(to, &moved))
+                    }
+                    Err(ProviderError::NotFound(_)) => {
+                        Err(ProviderError::NotFound(from.to_owned()))
+                    }
+                    Err(e) => Err(e),
+                };
+            }
+            Err(e) => return Err(e),
+        };
+        self.parent_must_exist(to).await?;
         if !case_only {
             // Dropbox never replaces on a move: what may be replaced is decided here, as
             // rename(2) does, and the target removed first.
@@ -1045,15 +1076,7 @@ impl Provider for DropboxProvider {
         }
         let moved = if case_only {
             // Dropbox sees the same path: move away under a name of ours, then back.
-            let (parent, _) = split_path(to);
-            let lower = from.to_lowercase();
-            let tmp = join_path(
-                parent,
-                &format!(
-                    ".cloudmount-case-{}",
-                    &hash::content_hash(lower.as_bytes())[..16]
-                ),
-            );
+            let tmp = case_rename_name(from, to);
             self.move_item(from, &tmp).await?;
             self.move_item(&tmp, to).await?
         } else {
