@@ -332,26 +332,7 @@ settings = {{ client_id = "{client_id}", client_secret_file = "{secret}", auth_u
         }
     }
 
-    let log = dirs.tmp.path().join("daemon.log");
-    let mut daemon = Command::new(BIN)
-        .arg("mount")
-        .arg(&dirs.mnt)
-        .arg("--config")
-        .arg(&cfg_path)
-        .arg("--state-dir")
-        .arg(&dirs.state)
-        .arg("--cache-dir")
-        .arg(&dirs.cache)
-        .args(["--foreground", "--log-file"])
-        .arg(&log)
-        .env("RUST_LOG", "trace")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let _guard = UnmountOnDrop(dirs.mnt.clone());
-    wait_until("mount", Duration::from_secs(20), || is_mounted(&dirs.mnt));
+    let daemon = DaemonMount::start_traced(&dirs, &cfg_path);
     assert_eq!(
         fs::read(dirs.mnt.join("drive/hello.txt")).unwrap(),
         b"hello from Drive"
@@ -361,28 +342,14 @@ settings = {{ client_id = "{client_id}", client_secret_file = "{secret}", auth_u
         b"written through cloudmount",
     )
     .unwrap();
-    let out = Command::new(BIN)
-        .arg("sync")
-        .arg(&dirs.mnt)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    daemon.sync();
     let ids = emu.find(&root_id, "from-mount.txt");
     assert_eq!(
         emu.file(&ids[0]).unwrap().content,
         b"written through cloudmount"
     );
-    let out = Command::new(BIN)
-        .arg("unmount")
-        .arg(&dirs.mnt)
-        .output()
-        .unwrap();
-    assert!(out.status.success());
-    let _ = daemon.wait();
+    let log = daemon.log.clone();
+    assert!(daemon.unmount().status.success());
     let text = fs::read_to_string(&log).unwrap();
     for s in emu.secrets() {
         assert!(!text.contains(&s), "the daemon log contains a secret");
