@@ -688,7 +688,7 @@ async fn a_batch_commits_closed_sessions_each_on_its_own() {
 #[tokio::test]
 async fn a_busy_namespace_refuses_commits_beyond_its_rate() {
     let api = Api::new(DropboxConfig {
-        write_ops_per_second: Some(3),
+        write_limit: Some((3, Duration::from_secs(60))),
         ..DropboxConfig::default()
     });
     let mut refused = 0;

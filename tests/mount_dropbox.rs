@@ -347,3 +347,44 @@ fn versions_are_dropboxs_revisions() {
     assert_eq!(emu.content("/doc.txt").as_deref(), Some(&b"first"[..]));
     assert_eq!(emu.revision_count("/doc.txt"), 4);
 }
+
+/// A rename that changes only the case, through the mount, while Dropbox loses the reply to
+/// the first of its two moves: the remote ends with the new name only, nothing under the
+/// provider's own in-between name.
+#[test]
+fn a_case_only_rename_survives_a_lost_reply() {
+    let rt = drive_harness::runtime();
+    let h = {
+        let _inside = rt.enter();
+        dropbox_harness::harness(DropboxConfig::default(), |_| {})
+    };
+    let emu = &h.emu;
+    emu.add_file("/report.txt", b"the report");
+    emu.add_file("/Photos/a.jpg", b"jpg");
+    let provider: Arc<dyn Provider> = Arc::new(h.provider);
+    let m = InProcessMount::new(provider, test_config(|_| {}));
+    assert_eq!(fs::read(m.path("report.txt")).unwrap(), b"the report");
+    assert!(m.path("Photos/a.jpg").exists());
+    emu.inject(Fault::LoseReply("files/move_v2"), 1);
+    fs::rename(m.path("report.txt"), m.path("Report.txt")).unwrap();
+    assert!(
+        m.drain(Duration::from_secs(60)),
+        "{:?}",
+        m.vfs().queue.status()
+    );
+    emu.inject(Fault::LoseReply("files/move_v2"), 1);
+    fs::rename(m.path("Photos"), m.path("photos")).unwrap();
+    assert!(
+        m.drain(Duration::from_secs(60)),
+        "{:?}",
+        m.vfs().queue.status()
+    );
+    assert_eq!(emu.pending_faults(), 0);
+    let tree = emu.tree("");
+    assert_eq!(
+        tree.keys().cloned().collect::<Vec<_>>(),
+        ["Report.txt", "photos", "photos/a.jpg"],
+        "{tree:?}"
+    );
+    assert_eq!(tree["Report.txt"].as_deref(), Some(&b"the report"[..]));
+}

@@ -339,16 +339,28 @@ async fn revoke_with_bearer(
         Err(AccountError::NeedsLogin { .. }) => return Ok(()),
         Err(e) => return Err(e),
     };
-    let resp = oauth_http_client()
-        .post(url)
-        .bearer_auth(token.expose())
-        .send()
-        .await
-        .map_err(|e| AccountError::Network(e.to_string()))?;
+    let send = |token: Secret| async move {
+        oauth_http_client()
+            .post(url)
+            .bearer_auth(token.expose())
+            .send()
+            .await
+            .map_err(|e| AccountError::Network(e.to_string()))
+    };
+    let mut resp = send(token.clone()).await?;
+    if resp.status().as_u16() == 401 {
+        // Expired after all (a stored expiry can be wrong): with a fresh token, once. A
+        // refresh the provider refuses means the login is revoked already.
+        match source.token_rejected(&token).await {
+            Ok(fresh) => resp = send(fresh).await?,
+            Err(AccountError::NeedsLogin { .. }) => return Ok(()),
+            Err(e) => return Err(e),
+        }
+    }
     let status = resp.status();
     match status.as_u16() {
         200..=299 => Ok(()),
-        // The token is already dead: the goal is reached.
+        // Refused with a token just issued: the login behind it is gone, which is the goal.
         401 => Ok(()),
         500..=599 => Err(AccountError::Network(format!(
             "revocation endpoint: HTTP {status}"

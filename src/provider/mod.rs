@@ -154,6 +154,8 @@ pub struct Quota {
 pub struct Capabilities {
     /// `changes_since` is implemented.
     pub delta: bool,
+    /// `wait_for_changes` is implemented (a long poll on the change feed).
+    pub long_poll: bool,
     /// `list_versions` / `read_version` / `restore_version` are implemented.
     pub native_versions: bool,
     pub case_insensitive: bool,
@@ -179,6 +181,7 @@ impl Default for Capabilities {
     fn default() -> Self {
         Capabilities {
             delta: false,
+            long_poll: false,
             native_versions: false,
             case_insensitive: false,
             max_name_len: 255,

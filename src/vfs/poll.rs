@@ -13,7 +13,10 @@ const DELTA_CURSOR: &str = "delta_cursor";
 
 impl Vfs {
     pub fn start_poller(self: &Arc<Self>, interval: Duration) -> tokio::task::JoinHandle<()> {
-        let long_poll = self.long_poll(interval);
+        // The tick and the long poll never continue the feed at the same time (both would
+        // apply the same changes, and the slower could store the older cursor).
+        let one_at_a_time = Arc::new(tokio::sync::Mutex::new(()));
+        let long_poll = self.long_poll(interval, one_at_a_time.clone());
         let weak = Arc::downgrade(self);
         let ticking = async move {
             let mut tick = tokio::time::interval(interval);
@@ -21,6 +24,7 @@ impl Vfs {
             loop {
                 tick.tick().await;
                 let Some(vfs) = weak.upgrade() else { return };
+                let _turn = one_at_a_time.lock().await;
                 if let Err(e) = vfs.poll_once().await {
                     tracing::debug!(connection = %vfs.name, error = %e, "change poll failed");
                 }
@@ -34,17 +38,22 @@ impl Vfs {
 
     /// Beside the ticking poll, for providers that can wait for changes (Dropbox's
     /// longpoll): wait on the feed's cursor and poll as soon as it says something changed.
-    /// Ends at once for providers that cannot wait, and when the connection goes away (it
-    /// holds only the provider while waiting, not the filesystem).
-    fn long_poll(self: &Arc<Self>, interval: Duration) -> impl std::future::Future<Output = ()> {
+    /// Holds only the provider while waiting, not the filesystem, and ends when the
+    /// connection goes away.
+    fn long_poll(
+        self: &Arc<Self>,
+        interval: Duration,
+        one_at_a_time: Arc<tokio::sync::Mutex<()>>,
+    ) -> impl std::future::Future<Output = ()> {
         let weak = Arc::downgrade(self);
         let provider = self.provider.clone();
-        let delta = self.provider.capabilities().delta;
+        let caps = self.provider.capabilities();
         async move {
-            if !delta {
+            if !(caps.delta && caps.long_poll) {
                 return;
             }
-            // After a failure, as long as the ticking poll waits (bounded both ways).
+            // After a failure, as long as the ticking poll waits (bounded both ways): a
+            // feed that keeps failing must not turn the long poll into a busy loop.
             let pause = interval.clamp(Duration::from_secs(1), Duration::from_secs(30));
             loop {
                 let cursor = {
@@ -63,8 +72,16 @@ impl Vfs {
                 match provider.wait_for_changes(&cursor).await {
                     Ok(true) => {
                         let Some(vfs) = weak.upgrade() else { return };
-                        if let Err(e) = vfs.poll_once().await {
+                        let failed = {
+                            let _turn = one_at_a_time.lock().await;
+                            vfs.poll_once().await.err()
+                        };
+                        if let Some(e) = failed {
+                            // The cursor did not move: asking again at once would be told
+                            // "changes" at once.
                             tracing::debug!(connection = %vfs.name, error = %e, "change poll failed");
+                            drop(vfs);
+                            tokio::time::sleep(pause).await;
                         }
                     }
                     Ok(false) => {}

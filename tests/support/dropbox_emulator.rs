@@ -71,8 +71,9 @@ pub struct DropboxConfig {
     /// The account's (or the member's) space.
     pub allocated: u64,
     /// Commits (uploads, finishes, batches, folder changes, moves, deletes) the namespace
-    /// takes per second before answering 429 `too_many_write_operations`; `None`: any.
-    pub write_ops_per_second: Option<usize>,
+    /// takes within a window before answering 429 `too_many_write_operations`, with a
+    /// `retry_after` of when a slot frees up; `None`: any.
+    pub write_limit: Option<(usize, Duration)>,
 }
 
 impl Default for DropboxConfig {
@@ -85,7 +86,7 @@ impl Default for DropboxConfig {
             request_cap: REQUEST_CAP,
             longpoll_hold: None,
             allocated: 2 * 1024 * 1024 * 1024,
-            write_ops_per_second: None,
+            write_limit: None,
         }
     }
 }
@@ -101,8 +102,10 @@ pub enum Fault {
     },
     /// This status (500, 503) with a plain body, on the next RPC or content call.
     ServerError(u16),
-    /// The next `list_folder/continue` or longpoll: 409 `reset`.
+    /// The next `list_folder/continue`: 409 `reset`.
     ResetCursor,
+    /// The next longpoll: 409 `reset`.
+    ResetLongpoll,
     /// The next longpoll answers at once with `backoff` seconds.
     LongpollBackoff(u64),
     /// The next call to `route` does its work, then the connection drops (lost reply).
@@ -208,7 +211,7 @@ struct State {
     home_ns: String,
     next_id: u64,
     backoff_until: Option<Instant>,
-    /// When the recent writes happened, for `write_ops_per_second`.
+    /// When the recent writes happened, for `write_limit`.
     recent_writes: std::collections::VecDeque<Instant>,
     stats: Stats,
 }
@@ -308,7 +311,7 @@ fn disallowed(name: &str) -> bool {
     matches!(
         lower.as_str(),
         "desktop.ini" | "thumbs.db" | ".dropbox" | ".dropbox.attr" | "icon\r"
-    )
+    ) || name.starts_with("~$")
 }
 
 /// Why a path component is malformed, if it is.
@@ -1184,22 +1187,27 @@ fn handle(state: &Mutex<State>, faults: &FaultQueue<Fault>, req: &Request) -> Re
         .is_some();
     let mut st = state.lock().unwrap();
     if WRITES.contains(&route.as_str()) {
-        if let Some(limit) = st.cfg.write_ops_per_second {
+        if let Some((limit, window)) = st.cfg.write_limit {
             let now = Instant::now();
             while st
                 .recent_writes
                 .front()
-                .is_some_and(|t| now.duration_since(*t) >= Duration::from_secs(1))
+                .is_some_and(|t| now.duration_since(*t) >= window)
             {
                 st.recent_writes.pop_front();
             }
             if st.recent_writes.len() >= limit {
                 st.stats.write_limited += 1;
+                let oldest = *st.recent_writes.front().expect("a limit above zero");
+                let wait = (window.saturating_sub(now.duration_since(oldest)))
+                    .as_secs_f64()
+                    .ceil()
+                    .max(1.0) as u64;
                 return json_resp(
                     429,
-                    json!({"error_summary": "too_many_write_operations/...", "error": {"reason": {".tag": "too_many_write_operations"}, "retry_after": 1}}),
+                    json!({"error_summary": "too_many_write_operations/...", "error": {"reason": {".tag": "too_many_write_operations"}, "retry_after": wait}}),
                 )
-                .header("Retry-After", "1")
+                .header("Retry-After", wait.to_string())
                 .into();
             }
             st.recent_writes.push_back(now);
@@ -1327,6 +1335,9 @@ fn route_call(
             if req.body.len() > st.cfg.request_cap {
                 return endpoint_error(json!({".tag": "payload_too_large"})).into();
             }
+            if str_arg(arg, "content_hash").is_some_and(|h| h != content_hash(&req.body)) {
+                return endpoint_error(json!({".tag": "content_hash_mismatch"})).into();
+            }
             let id = format!("pid_upload_session:{}", random(48));
             st.issued_sessions.push(id.clone());
             st.sessions.insert(
@@ -1341,6 +1352,9 @@ fn route_call(
         "files/upload_session/append_v2" => {
             st.stats.session_appends += 1;
             let close = bool_arg(arg, "close", false);
+            if str_arg(arg, "content_hash").is_some_and(|h| h != content_hash(&req.body)) {
+                return endpoint_error(json!({".tag": "content_hash_mismatch"})).into();
+            }
             match session_at(st, arg.get("cursor"), req.body.len(), true) {
                 Err(e) => endpoint_error(e).into(),
                 Ok(id) => {
@@ -1360,13 +1374,12 @@ fn route_call(
                 }
                 Ok(id) => id,
             };
+            // `content_hash` covers the bytes sent in this call.
+            if str_arg(arg, "content_hash").is_some_and(|h| h != content_hash(&req.body)) {
+                return endpoint_error(json!({".tag": "content_hash_mismatch"})).into();
+            }
             let mut data = st.sessions[&id].data.clone();
             data.extend_from_slice(&req.body);
-            if let Some(h) = str_arg(arg, "content_hash") {
-                if h != content_hash(&data) {
-                    return endpoint_error(json!({".tag": "content_hash_mismatch"})).into();
-                }
-            }
             let Some(commit_arg) = arg.get("commit") else {
                 return bad_input(route, "request body: missing field 'commit'").into();
             };
@@ -1412,7 +1425,8 @@ fn finish_batch(st: &mut State, route: &str, arg: &Value, base: &str) -> Respons
             continue;
         }
         let data = st.sessions[&id].data.clone();
-        if str_arg(e, "content_hash").is_some_and(|h| h != content_hash(&data)) {
+        // A batch sends no bytes: a hash there can only be of nothing.
+        if str_arg(e, "content_hash").is_some_and(|h| h != content_hash(b"")) {
             results.push(failure(json!({".tag": "content_hash_mismatch"})));
             continue;
         }
@@ -1697,7 +1711,18 @@ fn restore(st: &mut State, route: &str, arg: &Value, base: &str) -> Response {
         Ok(r) => r,
         Err(r) => return r,
     };
-    let Some(r) = st.revisions.get(rev).cloned() else {
+    let known = st
+        .nodes
+        .get(&lower)
+        .map(|n| n.id.clone())
+        .or_else(|| st.last_id_at.get(&lower).cloned());
+    // Unknown, or a revision of another file.
+    let Some(r) = st
+        .revisions
+        .get(rev)
+        .filter(|r| Some(&r.id) == known.as_ref())
+        .cloned()
+    else {
         return endpoint_error(json!({".tag": "invalid_revision"}));
     };
     let node = match st.nodes.get(&lower) {
@@ -1880,6 +1905,15 @@ fn longpoll(state: &Mutex<State>, faults: &FaultQueue<Fault>, req: &Request) -> 
             "This endpoint does not take an \"Authorization\" header.",
         );
     }
+    if !req
+        .header("content-type")
+        .is_some_and(|c| c.starts_with("application/json"))
+    {
+        return bad_input(
+            route,
+            "Bad HTTP \"Content-Type\" header: expecting \"application/json\".",
+        );
+    }
     let arg: Value = match serde_json::from_slice(&req.body) {
         Ok(v) => v,
         Err(_) => return bad_input(route, "request body: could not decode input as JSON"),
@@ -1904,7 +1938,7 @@ fn longpoll(state: &Mutex<State>, faults: &FaultQueue<Fault>, req: &Request) -> 
         if st.backoff_until.is_some_and(|t| Instant::now() < t) {
             st.stats.backoff_violations += 1;
         }
-        if faults.take(|f| *f == Fault::ResetCursor).is_some() {
+        if faults.take(|f| *f == Fault::ResetLongpoll).is_some() {
             return endpoint_error(json!({".tag": "reset"}));
         }
         if let Some(Fault::LongpollBackoff(secs)) =

@@ -263,9 +263,13 @@ impl ServiceErrors for DropboxErrors {
         match status.as_u16() {
             429 => ProviderError::RateLimited { retry_after: wait },
             // Endpoint errors: what happened is in the tags.
-            409 if has("too_many_write_operations") || has("too_many_files") => {
+            409 if has("too_many_write_operations") => {
                 ProviderError::RateLimited { retry_after: wait }
             }
+            // "Too many files in one request": asking again cannot help.
+            409 if has("too_many_files") => ProviderError::Unsupported(message),
+            // "Verify … and if not, try again": the outcome is not known.
+            409 if has("internal_error") => ProviderError::Transient(message),
             409 if has("not_found") => ProviderError::NotFound(message),
             409 if has("not_folder") => ProviderError::NotADirectory(message),
             409 if has("not_file") => ProviderError::IsADirectory(message),

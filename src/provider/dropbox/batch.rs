@@ -60,22 +60,21 @@ impl Batcher {
         }
     }
 
-    /// Commits the closed session `session_id` of `size` bytes with `commit` (Dropbox
-    /// checks the bytes against `content_hash`); the new file's metadata, or why the
-    /// commit failed.
+    /// Commits the closed session `session_id` of `size` bytes with `commit`; the new
+    /// file's metadata, or why the commit failed.
     pub async fn commit(
         &self,
         session_id: &str,
         size: u64,
         commit: Value,
-        content_hash: &str,
         root: Option<HeaderValue>,
     ) -> ProviderResult<Metadata> {
         let (tx, rx) = oneshot::channel();
+        // No `content_hash`: it covers the bytes sent in the same call, and a batch sends
+        // none (the session's `start` carried them, with their hash).
         let entry = json!({
             "cursor": {"session_id": session_id, "offset": size},
             "commit": commit,
-            "content_hash": content_hash,
         });
         let first = {
             let mut q = self.queue.lock().unwrap();

@@ -530,15 +530,61 @@ impl DropboxProvider {
         Ok(r.metadata)
     }
 
-    async fn delete_item(&self, path: &str) -> ProviderResult<()> {
+    /// Deletes `path`; a file only if it is still at `rev` (a file someone changed since
+    /// we looked is not ours to remove).
+    async fn delete_item(&self, path: &str, rev: Option<&str>) -> ProviderResult<()> {
+        let mut arg = json!({ "path": path });
+        if let Some(rev) = rev {
+            arg["parent_rev"] = json!(rev);
+        }
         let _: MetadataResult = self
-            .rpc(
-                "files/delete_v2",
-                &json!({"path": path}),
-                Idempotency::NotIdempotent,
-            )
-            .await?;
+            .rpc("files/delete_v2", &arg, Idempotency::NotIdempotent)
+            .await
+            .map_err(|e| match e {
+                // The rev moved on: the remote is not what the caller saw.
+                ProviderError::AlreadyExists(m) if rev.is_some() => {
+                    ProviderError::PreconditionFailed(m)
+                }
+                e => e,
+            })?;
         Ok(())
+    }
+
+    /// A rename that changes only the case: Dropbox sees one path, so the entry moves away
+    /// under a name of ours and back. It is never left under that name: a failed second
+    /// move is looked into and tried again, and in the end the entry goes back where it
+    /// was.
+    async fn rename_case_only(&self, from: &str, to: &str) -> ProviderResult<Metadata> {
+        let tmp = case_rename_name(from, to);
+        if let Err(e) = self.move_item(from, &tmp).await {
+            // A lost reply: did it get there?
+            match self.metadata(&tmp).await {
+                Ok(_) => {}
+                Err(ProviderError::NotFound(_)) => return Err(e),
+                Err(look) => return Err(look),
+            }
+        }
+        let mut last = None;
+        for _ in 0..3 {
+            match self.move_item(&tmp, to).await {
+                Ok(m) => return Ok(m),
+                Err(e) => {
+                    if let Ok(m) = self.metadata(to).await {
+                        if m.name == split_path(to).1 {
+                            return Ok(m);
+                        }
+                    }
+                    last = Some(e);
+                }
+            }
+        }
+        match self.move_item(&tmp, from).await {
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "a case-only rename could not be undone; the next attempt finishes it")
+            }
+        }
+        Err(last.expect("three attempts failed"))
     }
 
     /// The display path of the folder whose `path_lower` is `lower`: known, or asked for
@@ -594,13 +640,7 @@ impl DropboxProvider {
                 .await?;
             let root = self.path_root().await?;
             return batcher
-                .commit(
-                    &started.session_id,
-                    size,
-                    commit_info(path, options),
-                    content_hash,
-                    root,
-                )
+                .commit(&started.session_id, size, commit_info(path, options), root)
                 .await;
         }
         let mut arg = commit_info(path, options);
@@ -650,7 +690,6 @@ struct DropboxSession<'a> {
     p: &'a DropboxProvider,
     path: &'a str,
     options: &'a UploadOptions,
-    content_hash: &'a str,
 }
 
 impl DropboxSession<'_> {
@@ -707,10 +746,12 @@ impl DropboxSession<'_> {
 
     /// `finish` with the last `chunk` at `offset`.
     async fn finish(&self, session: &str, offset: u64, chunk: Bytes) -> ChunkReply<Metadata> {
+        // `content_hash` covers the bytes of this call only (the whole file is checked
+        // against the commit's reply).
         let arg = json!({
             "cursor": {"session_id": session, "offset": offset},
             "commit": commit_info(self.path, self.options),
-            "content_hash": self.content_hash,
+            "content_hash": hash::content_hash(&chunk),
         });
         match self.send("files/upload_session/finish", &arg, chunk).await {
             Ok(body) => match serde_json::from_slice::<Metadata>(&body) {
@@ -751,7 +792,11 @@ impl UploadSession for DropboxSession<'_> {
         if end == size {
             return self.finish(session, offset, chunk).await;
         }
-        let arg = json!({"cursor": {"session_id": session, "offset": offset}, "close": false});
+        let arg = json!({
+            "cursor": {"session_id": session, "offset": offset},
+            "close": false,
+            "content_hash": hash::content_hash(&chunk),
+        });
         match self
             .send("files/upload_session/append_v2", &arg, chunk)
             .await
@@ -819,6 +864,7 @@ impl Provider for DropboxProvider {
     fn capabilities(&self) -> Capabilities {
         Capabilities {
             delta: true,
+            long_poll: true,
             native_versions: true,
             case_insensitive: true,
             max_name_len: 255,
@@ -974,16 +1020,16 @@ impl Provider for DropboxProvider {
                 .map_err(|e| upload_error(e, path))?
         } else {
             let end = match options.expected_revision {
-                // `add` after a session that completed unseen would be refused, not
-                // doubled, but the caller must look to know it was ours.
-                Some(None) => SessionEnd::MayHaveCreated,
-                _ => SessionEnd::Replaces,
+                // A conditional commit that completed unseen: a second session would only be
+                // refused as a conflict after sending the whole file again; the caller
+                // looks first instead.
+                Some(_) => SessionEnd::MayHaveCreated,
+                None => SessionEnd::Replaces,
             };
             let session = DropboxSession {
                 p: self,
                 path,
                 options,
-                content_hash: &content_hash,
             };
             upload_session::upload(
                 &session,
@@ -1040,6 +1086,9 @@ impl Provider for DropboxProvider {
                 return match self.metadata(&tmp).await {
                     Ok(_) => {
                         let moved = self.move_item(&tmp, to).await?;
+                        if moved.is_folder() {
+                            self.forget_folder(&from.to_lowercase());
+                        }
                         Ok(self.entry(to, &moved))
                     }
                     Err(ProviderError::NotFound(_)) => {
@@ -1065,7 +1114,8 @@ impl Provider for DropboxProvider {
                         }
                         _ => {}
                     }
-                    match self.delete_item(to).await {
+                    let rev = target.rev.as_deref().filter(|_| !target.is_folder());
+                    match self.delete_item(to, rev).await {
                         Ok(()) | Err(ProviderError::NotFound(_)) => {}
                         Err(e) => return Err(e),
                     }
@@ -1075,10 +1125,7 @@ impl Provider for DropboxProvider {
             }
         }
         let moved = if case_only {
-            // Dropbox sees the same path: move away under a name of ours, then back.
-            let tmp = case_rename_name(from, to);
-            self.move_item(from, &tmp).await?;
-            self.move_item(&tmp, to).await?
+            self.rename_case_only(from, to).await?
         } else {
             self.move_item(from, to).await.map_err(|e| match e {
                 ProviderError::NotFound(_) => ProviderError::NotFound(from.to_owned()),
@@ -1104,7 +1151,10 @@ impl Provider for DropboxProvider {
         if m.is_folder() && !self.is_empty_folder(path).await? {
             return Err(ProviderError::DirectoryNotEmpty(path.to_owned()));
         }
-        self.delete_item(path).await.map_err(|e| match e {
+        // A file only at the revision just seen: a retry cannot remove a newer one made
+        // there since.
+        let rev = m.rev.as_deref().filter(|_| !m.is_folder());
+        self.delete_item(path, rev).await.map_err(|e| match e {
             ProviderError::NotFound(_) => ProviderError::NotFound(path.to_owned()),
             e => e,
         })?;
