@@ -26,6 +26,17 @@ use cloudmount::provider::Provider;
 use common::*;
 use graph_emulator::{Fault, GraphConfig, GraphEmulator};
 
+/// A runtime and a Graph emulator with a provider logged in, made inside it (the
+/// provider's HTTP client belongs to that runtime).
+fn harness_in_runtime() -> (tokio::runtime::Runtime, graph_harness::Harness) {
+    let rt = drive_harness::runtime();
+    let h = {
+        let _inside = rt.enter();
+        graph_harness::harness(GraphConfig::default(), |_| {})
+    };
+    (rt, h)
+}
+
 /// `login onedrive --device` (the test plays the user entering the code), `connections`,
 /// a mount by the daemon that reads and writes, and `logout`; no token in the vault in
 /// clear nor in the trace-level daemon log.
@@ -203,11 +214,8 @@ fn large_files_throttling_and_expiring_links_through_the_mount() {
 /// test polls by hand (what the daemon's poller does every `poll_interval_secs`).
 #[test]
 fn remote_changes_arrive_through_delta() {
-    let rt = drive_harness::runtime();
-    let h = {
-        let _inside = rt.enter();
-        graph_harness::harness(GraphConfig::default(), |_| {})
-    };
+    // The runtime lives as long as the test: the provider's connections belong to it.
+    let (_rt, h) = harness_in_runtime();
     let (_, root) = h.emu.my_drive();
     let emu = &h.emu;
     let dir = emu.add_folder(&root, "dir");
@@ -255,11 +263,8 @@ fn remote_changes_arrive_through_delta() {
 /// old content current again (a new version, as Graph's restore does).
 #[test]
 fn versions_come_from_onedrive_itself() {
-    let rt = drive_harness::runtime();
-    let h = {
-        let _inside = rt.enter();
-        graph_harness::harness(GraphConfig::default(), |_| {})
-    };
+    // The runtime lives as long as the test: the provider's connections belong to it.
+    let (_rt, h) = harness_in_runtime();
     let (_, root) = h.emu.my_drive();
     let emu = &h.emu;
     let provider: Arc<dyn Provider> = Arc::new(h.provider);

@@ -725,6 +725,12 @@ mod tests {
         async move { req.map_err(|e| ProviderError::Protocol(e.to_string())) }
     }
 
+    /// A POST: not safe to repeat after an uncertain outcome.
+    fn post(c: &ApiClient, url: &str) -> impl Future<Output = ProviderResult<Request>> {
+        let req = c.http().post(url).build();
+        async move { req.map_err(|e| ProviderError::Protocol(e.to_string())) }
+    }
+
     #[tokio::test]
     async fn a_401_gets_one_fresh_credential_and_then_stands() {
         let (url, seen) = server(vec![UNAUTHORIZED, OK]).await;
@@ -830,10 +836,7 @@ mod tests {
         // A POST may have acted before the cut: not repeated, the caller learns why.
         let (url, seen) = server(vec![CUT_BODY, JSON]).await;
         let err = c
-            .json::<A, _, _>(Call::new("create"), || {
-                let req = c.http().post(&url).build();
-                async move { req.map_err(|e| ProviderError::Protocol(e.to_string())) }
-            })
+            .json::<A, _, _>(Call::new("create"), || post(&c, &url))
             .await
             .unwrap_err();
         assert!(matches!(err, ProviderError::Transient(_)), "{err:?}");
@@ -864,10 +867,7 @@ mod tests {
         // Not safe to repeat: the caller hears "uncertain", never "permission denied".
         let (url, seen) = server(vec![CUT_403, OK]).await;
         let err = c
-            .send(Call::new("create"), || {
-                let req = c.http().post(&url).build();
-                async move { req.map_err(|e| ProviderError::Protocol(e.to_string())) }
-            })
+            .send(Call::new("create"), || post(&c, &url))
             .await
             .unwrap_err();
         assert!(matches!(err, ProviderError::Transient(_)), "{err:?}");
