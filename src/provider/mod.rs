@@ -6,6 +6,7 @@
 
 pub mod dropbox;
 pub mod gdrive;
+pub mod imap;
 pub mod instrumented;
 pub mod kit;
 pub mod local;
