@@ -2,6 +2,7 @@
 //! folders, messages as files named by date, subject and UID, byte-exact reads (whole and
 //! ranged), and nothing changed on the server by reading (`\Seen` stays unset).
 
+mod common;
 #[path = "support/dovecot.rs"]
 mod dovecot;
 
@@ -95,4 +96,45 @@ async fn mailboxes_are_folders_and_messages_read_back_byte_exact_without_being_s
         p.mkdir("/INBOX/x").await,
         Err(ProviderError::PermissionDenied(_))
     ));
+}
+
+/// Through the kernel: the account mounted read-only, `ls`, `cat`, `grep -r` over the
+/// mount, and EROFS for every change.
+#[test]
+fn mail_through_the_mount_is_read_only() {
+    let d = Dovecot::start();
+    let tmp = tempfile::tempdir().unwrap();
+    d.append("INBOX", PLAIN);
+    d.append("INBOX", b"Subject: invoice\r\n\r\nPlease pay 42 EUR.\r\n");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let p: std::sync::Arc<dyn Provider> = {
+        let _inside = rt.enter();
+        std::sync::Arc::new(provider(&d, &tmp))
+    };
+    let m = common::InProcessMount::new(p, common::test_config(|_| {}));
+    let inbox: Vec<String> = std::fs::read_dir(m.path("INBOX"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert_eq!(inbox.len(), 2, "{inbox:?}");
+    let invoice = inbox.iter().find(|n| n.contains("invoice")).unwrap();
+    assert_eq!(
+        std::fs::read(m.path(&format!("INBOX/{invoice}"))).unwrap(),
+        b"Subject: invoice\r\n\r\nPlease pay 42 EUR.\r\n"
+    );
+    let out = std::process::Command::new("grep")
+        .args(["-rl", "42 EUR"])
+        .arg(m.mnt())
+        .output()
+        .unwrap();
+    let hits = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(hits.lines().count(), 1, "{hits}");
+    assert!(hits.contains("invoice"));
+    for r in [
+        std::fs::write(m.path("INBOX/new.eml"), b"x"),
+        std::fs::create_dir(m.path("INBOX/sub")),
+        std::fs::remove_file(m.path(&format!("INBOX/{invoice}"))),
+    ] {
+        assert_eq!(r.unwrap_err().raw_os_error(), Some(libc::EROFS));
+    }
 }

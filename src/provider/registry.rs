@@ -78,6 +78,12 @@ pub const KINDS: &[ProviderKind] = &[
         oauth: Some(OAuthClientConfig::dropbox),
         build: build_dropbox,
     },
+    ProviderKind {
+        kind: "imap",
+        aliases: &[],
+        oauth: None,
+        build: build_imap,
+    },
 ];
 
 fn build_local(s: &Setup<'_>) -> Result<Arc<dyn Provider>, SetupError> {
@@ -116,6 +122,11 @@ fn build_dropbox(s: &Setup<'_>) -> Result<Arc<dyn Provider>, SetupError> {
         cfg,
         s.tokens()?,
     )?))
+}
+
+fn build_imap(s: &Setup<'_>) -> Result<Arc<dyn Provider>, SetupError> {
+    let cfg: super::imap::ImapConfig = s.settings.clone().try_into()?;
+    Ok(Arc::new(super::imap::ImapProvider::new(cfg)?))
 }
 
 /// Why a connection could not be turned into a provider.
@@ -221,6 +232,7 @@ mod tests {
             ("onedrive", "onedrive"),
             ("sharepoint", "onedrive"),
             ("dropbox", "dropbox"),
+            ("imap", "imap"),
         ] {
             assert_eq!(lookup(name).map(|k| k.kind), Some(kind), "{name}");
         }
@@ -230,7 +242,7 @@ mod tests {
         let names = known_kinds();
         assert_eq!(
             names,
-            "local, webdav, owncloud, nextcloud, gdrive, onedrive, sharepoint, dropbox"
+            "local, webdav, owncloud, nextcloud, gdrive, onedrive, sharepoint, dropbox, imap"
         );
     }
 
@@ -241,7 +253,7 @@ mod tests {
         assert!(matches!(err, RegistryError::UnknownType { .. }), "{err}");
         assert_eq!(
             err.to_string(),
-            "connection \"x\": unknown type \"ftp\" (known: local, webdav, owncloud, nextcloud, gdrive, onedrive, sharepoint, dropbox)"
+            "connection \"x\": unknown type \"ftp\" (known: local, webdav, owncloud, nextcloud, gdrive, onedrive, sharepoint, dropbox, imap)"
         );
     }
 
