@@ -3,11 +3,12 @@
 #   fuse3            fusermount3 and /etc/fuse.conf (the mount itself)
 #   rclone, apache2  real WebDAV servers the tests run against; rclone mount for benchmarks
 #   dovecot-imapd    real IMAP server the tests run against (each test starts its own)
+#   openssl          makes the test CA and certificate for IMAP over TLS
 #   systemd          systemd-analyze, to check the unit files
 #   util-linux/mount mount(8) and umount(8) for the fstab helper test
 #   attr, sqlite3, rsync, git  ordinary programs run against the mount
 set -eu
-PACKAGES="fuse3 rclone apache2 dovecot-imapd systemd mount attr sqlite3 rsync git python3 ca-certificates"
+PACKAGES="fuse3 rclone apache2 dovecot-imapd openssl systemd mount attr sqlite3 rsync git python3 ca-certificates"
 
 missing=""
 for p in $PACKAGES; do

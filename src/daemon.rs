@@ -119,7 +119,7 @@ pub fn build_connections(spec: &MountSpec, db: &sled::Db) -> DynResult<Vec<Conne
     let cfg = &spec.config;
     let mut out = Vec::new();
     for c in &cfg.connections {
-        let provider = crate::provider::registry::build(cfg, c)?;
+        let provider = crate::provider::registry::build(cfg, c, &spec.state_dir)?;
         out.push(build_connection(spec, db, c, provider)?);
     }
     Ok(out)

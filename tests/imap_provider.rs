@@ -8,22 +8,21 @@ mod dovecot;
 
 use std::os::unix::fs::PermissionsExt;
 
-use cloudmount::provider::imap::{ImapConfig, ImapProvider};
+use cloudmount::provider::imap::{ImapConfig, ImapProvider, TlsMode};
 use cloudmount::provider::{collect_stream, EntryKind, Provider, ProviderError};
 use dovecot::Dovecot;
 use futures::StreamExt;
 
-fn provider(d: &Dovecot, dir: &tempfile::TempDir) -> ImapProvider {
+fn password_file(d: &Dovecot, dir: &tempfile::TempDir) -> std::path::PathBuf {
     let pw = dir.path().join("password");
     std::fs::write(&pw, &d.password).unwrap();
     std::fs::set_permissions(&pw, std::fs::Permissions::from_mode(0o600)).unwrap();
-    ImapProvider::new(ImapConfig {
-        host: "127.0.0.1".into(),
-        port: d.port,
-        user: d.user.clone(),
-        password_file: pw,
-    })
-    .unwrap()
+    pw
+}
+
+fn provider(d: &Dovecot, dir: &tempfile::TempDir) -> ImapProvider {
+    let cfg = ImapConfig::loopback(d.port, &d.user, password_file(d, dir));
+    ImapProvider::new(cfg, Some(dir.path().join("index"))).unwrap()
 }
 
 async fn names(p: &ImapProvider, dir: &str) -> Vec<(String, EntryKind, u64)> {
@@ -137,4 +136,309 @@ fn mail_through_the_mount_is_read_only() {
     ] {
         assert_eq!(r.unwrap_err().raw_os_error(), Some(libc::EROFS));
     }
+}
+
+/// `data` in base64, 76 characters a line, as mailers write it.
+fn base64_lines(data: &[u8]) -> String {
+    use base64::Engine;
+    let b = base64::engine::general_purpose::STANDARD.encode(data);
+    b.as_bytes()
+        .chunks(76)
+        .map(|l| format!("{}\r\n", std::str::from_utf8(l).unwrap()))
+        .collect()
+}
+
+/// Bytes that are not text, different for each seed.
+fn binary(len: usize, seed: u8) -> Vec<u8> {
+    (0..len)
+        .map(|i| (i as u32).wrapping_mul(2_654_435_761).to_be_bytes()[0] ^ seed)
+        .collect()
+}
+
+/// A message with a text body and five attachments: two called the same, one with an
+/// RFC 2231 UTF-8 name (quoted-printable), an inline image with an RFC 2047 name, and an
+/// attached message. Returns the message and the attachments' expected (name, content).
+/// (The line break before a boundary belongs to the boundary, RFC 2046 §5.1.1: a part
+/// that ends in one has a second.)
+fn with_attachments() -> (Vec<u8>, Vec<(String, Vec<u8>)>) {
+    let pdf1 = binary(3000, 1);
+    let pdf2 = binary(1234, 2);
+    let png = binary(500, 3);
+    let inner = b"From: x@example.com\r\nSubject: inner\r\n\r\nforwarded body\r\n".to_vec();
+    let text = "Grüße aus Köln\r\nzweite Zeile = ok\r\n";
+    let qp = "Gr=C3=BC=C3=9Fe aus K=C3=B6ln\r\nzweite Zeile =3D ok\r\n";
+    let b = "XyZboundary";
+    let msg = format!(
+        "From: Ann <ann@example.com>\r\nSubject: documents\r\nMIME-Version: 1.0\r\n\
+         Content-Type: multipart/mixed; boundary=\"{b}\"\r\n\r\n\
+         --{b}\r\nContent-Type: text/plain; charset=utf-8\r\n\r\nSee attached.\r\n\
+         --{b}\r\nContent-Type: application/pdf; name=\"report.pdf\"\r\n\
+         Content-Transfer-Encoding: base64\r\n\
+         Content-Disposition: attachment; filename=\"report.pdf\"\r\n\r\n{}\
+         --{b}\r\nContent-Type: application/pdf\r\nContent-Transfer-Encoding: base64\r\n\
+         Content-Disposition: attachment; filename=\"report.pdf\"\r\n\r\n{}\
+         --{b}\r\nContent-Type: text/plain; charset=utf-8\r\n\
+         Content-Transfer-Encoding: quoted-printable\r\n\
+         Content-Disposition: attachment; filename*=utf-8''Gr%C3%BC%C3%9Fe.txt\r\n\r\n{qp}\r\n\
+         --{b}\r\nContent-Type: image/png; name=\"=?UTF-8?B?w6TDtsO8LnBuZw==?=\"\r\n\
+         Content-Transfer-Encoding: base64\r\nContent-Disposition: inline\r\n\r\n{}\
+         --{b}\r\nContent-Type: message/rfc822\r\n\r\n{}\r\n\
+         --{b}--\r\n",
+        base64_lines(&pdf1),
+        base64_lines(&pdf2),
+        base64_lines(&png),
+        String::from_utf8(inner.clone()).unwrap(),
+    );
+    (
+        msg.into_bytes(),
+        vec![
+            ("report.pdf".into(), pdf1),
+            ("report (2).pdf".into(), pdf2),
+            ("Grüße.txt".into(), text.as_bytes().to_vec()),
+            ("äöü.png".into(), png),
+            ("message 6.eml".into(), inner),
+        ],
+    )
+}
+
+async fn read_all(p: &ImapProvider, path: &str) -> Vec<u8> {
+    collect_stream(p.read_range(path, None, 0, u64::MAX).await.unwrap())
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn attachments_are_files_beside_their_message_read_byte_exact() {
+    let d = Dovecot::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let (msg, expected) = with_attachments();
+    let with = d.append("INBOX", &msg);
+    let plain = d.append("INBOX", PLAIN);
+    let p = provider(&d, &tmp);
+
+    let inbox = names(&p, "/INBOX").await;
+    let dirs: Vec<&String> = inbox
+        .iter()
+        .filter(|(_, k, _)| *k == EntryKind::Dir)
+        .map(|(n, _, _)| n)
+        .collect();
+    // Only the message with attachments has a folder.
+    assert_eq!(dirs.len(), 1, "{inbox:?}");
+    assert!(dirs[0].ends_with(&format!("documents [u{}].d", with.uid)));
+    assert!(!inbox
+        .iter()
+        .any(|(n, _, _)| n.ends_with(&format!("[u{}].d", plain.uid))));
+
+    let folder = format!("/INBOX/{}", dirs[0]);
+    let listed = names(&p, &folder).await;
+    let mut want: Vec<&str> = expected.iter().map(|(n, _)| n.as_str()).collect();
+    want.sort();
+    assert_eq!(
+        listed
+            .iter()
+            .map(|(n, _, _)| n.as_str())
+            .collect::<Vec<_>>(),
+        want
+    );
+    for (name, content) in &expected {
+        let path = format!("{folder}/{name}");
+        // Encoded parts list as size 0 (not known yet); stat, asked on open, knows.
+        let entry = p.stat(&path).await.unwrap();
+        assert_eq!(entry.size, content.len() as u64, "{name}");
+        assert_eq!(&read_all(&p, &path).await, content, "{name}");
+        let part = collect_stream(p.read_range(&path, None, 7, 100).await.unwrap())
+            .await
+            .unwrap();
+        let end = content.len().min(107);
+        assert_eq!(part, &content[7.min(end)..end], "{name} from 7");
+    }
+    assert!(!d.is_seen("INBOX", with.uid), "reading must not set \\Seen");
+    assert!(matches!(
+        p.stat(&format!("{folder}/nope.pdf")).await,
+        Err(ProviderError::NotFound(_))
+    ));
+}
+
+/// The second listing asks only for what is new: the index on disk is used (a name
+/// changed in it shows through), new mail is added, expunged mail removed, and a new
+/// UIDVALIDITY throws the index away.
+#[tokio::test]
+async fn listings_come_from_the_index_and_follow_new_expunged_and_renumbered_mail() {
+    let d = Dovecot::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let a = d.append("INBOX", b"Subject: first\r\n\r\none\r\n");
+    let b = d.append("INBOX", b"Subject: second\r\n\r\ntwo\r\n");
+    {
+        let p = provider(&d, &tmp);
+        assert_eq!(names(&p, "/INBOX").await.len(), 2);
+    }
+    // The index is what names the messages now: prove it is read, not fetched again.
+    let index_dir = tmp.path().join("index");
+    let file = std::fs::read_dir(&index_dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|x| x == "json"))
+        .unwrap();
+    let text = std::fs::read_to_string(&file).unwrap();
+    std::fs::write(&file, text.replace("first", "from the index")).unwrap();
+
+    let p = provider(&d, &tmp);
+    let cursor = p.changes_cursor().await.unwrap();
+    let listed = names(&p, "/INBOX").await;
+    assert!(
+        listed.iter().any(|(n, _, _)| n.contains("from the index")),
+        "{listed:?}"
+    );
+
+    d.delete_message("INBOX", b.uid);
+    let c = d.append("INBOX", b"Subject: third\r\n\r\nthree\r\n");
+    let batch = p.changes_since(&cursor).await.unwrap();
+    assert_eq!(batch.changes.len(), 1, "{:?}", batch.changes);
+    let listed: Vec<String> = names(&p, "/INBOX").await.into_iter().map(|e| e.0).collect();
+    assert_eq!(listed.len(), 2, "{listed:?}");
+    assert!(listed
+        .iter()
+        .any(|n| n.ends_with(&format!("[u{}].eml", a.uid))));
+    assert!(listed
+        .iter()
+        .any(|n| n.contains("third") && n.ends_with(&format!("[u{}].eml", c.uid))));
+    // Nothing changed since: nothing reported.
+    assert!(p
+        .changes_since(&batch.cursor)
+        .await
+        .unwrap()
+        .changes
+        .is_empty());
+
+    let old_path = format!(
+        "/INBOX/{}",
+        listed.iter().find(|n| n.contains("third")).unwrap()
+    );
+    let old_revision = p.stat(&old_path).await.unwrap().revision;
+    d.force_uidvalidity_change("INBOX");
+    let batch2 = p.changes_since(&batch.cursor).await.unwrap();
+    assert_eq!(batch2.changes.len(), 1);
+    let relisted: Vec<String> = names(&p, "/INBOX").await.into_iter().map(|e| e.0).collect();
+    assert_eq!(relisted.len(), 2);
+    assert!(
+        !relisted.iter().any(|n| n.contains("from the index")),
+        "a new UIDVALIDITY must drop the index: {relisted:?}"
+    );
+    // The old name's revision belongs to the old UIDVALIDITY.
+    assert!(p
+        .read_range(&old_path, Some(&old_revision), 0, 10)
+        .await
+        .is_err());
+}
+
+#[tokio::test]
+async fn new_mailboxes_and_idle_wake_the_poller() {
+    let d = Dovecot::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let p = provider(&d, &tmp);
+    let cursor = p.changes_cursor().await.unwrap();
+    d.create_mailbox("Projects/2025");
+    let batch = p.changes_since(&cursor).await.unwrap();
+    let paths: Vec<String> = batch
+        .changes
+        .iter()
+        .map(|c| match c {
+            cloudmount::provider::Change::Upserted { path, .. } => path.clone(),
+            cloudmount::provider::Change::Removed { path } => path.clone(),
+        })
+        .collect();
+    assert!(paths.contains(&"/Projects/2025".to_owned()), "{paths:?}");
+    assert!(paths.contains(&"/Projects".to_owned()), "{paths:?}");
+
+    // A stale cursor: told at once.
+    d.append("INBOX", b"Subject: x\r\n\r\nx\r\n");
+    let started = std::time::Instant::now();
+    assert!(p.wait_for_changes(&batch.cursor).await.unwrap());
+    assert!(started.elapsed() < std::time::Duration::from_secs(5));
+
+    // Up to date: IDLE waits until mail arrives.
+    let fresh = p.changes_cursor().await.unwrap();
+    let port = d.port;
+    let (user, pass) = (d.user.clone(), d.password.clone());
+    let sender = std::thread::spawn(move || {
+        std::thread::sleep(std::time::Duration::from_millis(800));
+        let mut c = dovecot::Imap::connect(port);
+        c.login(&user, &pass);
+        c.append("INBOX", &[], None, b"Subject: y\r\n\r\ny\r\n");
+    });
+    let started = std::time::Instant::now();
+    let woke = tokio::time::timeout(
+        std::time::Duration::from_secs(30),
+        p.wait_for_changes(&fresh),
+    )
+    .await
+    .expect("IDLE must wake when mail arrives")
+    .unwrap();
+    sender.join().unwrap();
+    assert!(woke);
+    assert!(started.elapsed() >= std::time::Duration::from_millis(700));
+}
+
+#[tokio::test]
+async fn tls_implicit_and_starttls_with_the_servers_ca_and_never_clear_text_off_loopback() {
+    let d = Dovecot::start_with(dovecot::DovecotOptions {
+        tls: true,
+        ..Default::default()
+    });
+    let tmp = tempfile::tempdir().unwrap();
+    d.append("INBOX", PLAIN);
+    for (tls, port) in [
+        (TlsMode::Implicit, d.imaps_port),
+        (TlsMode::Starttls, d.port),
+    ] {
+        let mut cfg = ImapConfig::loopback(port, &d.user, password_file(&d, &tmp));
+        cfg.host = "localhost".into();
+        cfg.tls = tls;
+        cfg.ca_file = d.ca_file.clone();
+        let p = ImapProvider::new(cfg.clone(), None).unwrap();
+        let inbox = names(&p, "/INBOX").await;
+        assert_eq!(inbox.len(), 1, "{tls:?}");
+        assert_eq!(read_all(&p, &format!("/INBOX/{}", inbox[0].0)).await, PLAIN);
+        // Without the CA the server is not trusted: no login, no listing.
+        cfg.ca_file = None;
+        let untrusted = ImapProvider::new(cfg, None).unwrap();
+        let mut s = untrusted.list("/INBOX");
+        let err = s.next().await.unwrap().unwrap_err();
+        assert!(matches!(err, ProviderError::Auth(_)), "{tls:?}: {err:?}");
+    }
+    let mut clear = ImapConfig::loopback(143, "u", tmp.path().join("password"));
+    clear.host = "mail.example.com".into();
+    assert!(matches!(
+        ImapProvider::new(clear, None),
+        Err(ProviderError::Unsupported(_))
+    ));
+}
+
+/// A 20 MiB message reads back byte-exact, whole and from the middle.
+#[tokio::test]
+async fn a_20_mib_message_reads_back_byte_exact() {
+    let d = Dovecot::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let mut big = b"Subject: big\r\nContent-Type: application/octet-stream\r\nContent-Transfer-Encoding: base64\r\n\r\n".to_vec();
+    big.extend_from_slice(base64_lines(&binary(15 << 20, 9)).as_bytes());
+    assert!(big.len() > 20 << 20);
+    d.append("INBOX", &big);
+    let p = provider(&d, &tmp);
+    let inbox = names(&p, "/INBOX").await;
+    assert_eq!(inbox[0].2, big.len() as u64);
+    let path = format!("/INBOX/{}", inbox[0].0);
+    let mut got = Vec::new();
+    let chunk = 4 << 20;
+    while got.len() < big.len() {
+        let piece = collect_stream(
+            p.read_range(&path, None, got.len() as u64, chunk)
+                .await
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+        assert!(!piece.is_empty());
+        got.extend_from_slice(&piece);
+    }
+    assert!(got == big, "the 20 MiB message differs");
 }

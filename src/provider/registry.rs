@@ -23,6 +23,9 @@ pub struct Setup<'a> {
     pub settings: toml::Table,
     /// For OAuth kinds: the logged-in account's access tokens.
     pub tokens: Option<Arc<dyn BearerTokens>>,
+    /// A private folder of this connection's own, for what its provider keeps across
+    /// restarts (IMAP's mailbox indexes); created by the provider when it needs it.
+    pub state_dir: std::path::PathBuf,
 }
 
 impl Setup<'_> {
@@ -126,7 +129,10 @@ fn build_dropbox(s: &Setup<'_>) -> Result<Arc<dyn Provider>, SetupError> {
 
 fn build_imap(s: &Setup<'_>) -> Result<Arc<dyn Provider>, SetupError> {
     let cfg: super::imap::ImapConfig = s.settings.clone().try_into()?;
-    Ok(Arc::new(super::imap::ImapProvider::new(cfg)?))
+    Ok(Arc::new(super::imap::ImapProvider::new(
+        cfg,
+        Some(s.state_dir.join("imap")),
+    )?))
 }
 
 /// Why a connection could not be turned into a provider.
@@ -184,11 +190,18 @@ pub fn oauth_client(
 
 /// The provider of a connection, not yet wrapped in the instrumentation every connection
 /// gets (`daemon::build_connection` does that).
-pub fn build(cfg: &Config, c: &ConnectionConfig) -> Result<Arc<dyn Provider>, RegistryError> {
+/// `state_dir` is the daemon's; the connection's own folder is made inside it.
+pub fn build(
+    cfg: &Config,
+    c: &ConnectionConfig,
+    state_dir: &std::path::Path,
+) -> Result<Arc<dyn Provider>, RegistryError> {
     let kind = lookup(&c.kind).ok_or_else(|| RegistryError::UnknownType {
         name: c.name.clone(),
         kind: c.kind.clone(),
     })?;
+    // Connection names are folder names under the mount root: never '/' or "..".
+    let own_dir = state_dir.join("providers").join(&c.name);
     let setup_error = |source: SetupError| RegistryError::Setup {
         name: c.name.clone(),
         source,
@@ -198,6 +211,7 @@ pub fn build(cfg: &Config, c: &ConnectionConfig) -> Result<Arc<dyn Provider>, Re
             connection: c,
             settings: c.settings.clone(),
             tokens: None,
+            state_dir: own_dir,
         },
         Some(defaults) => {
             let (oauth, settings) = connection::split_settings(c, defaults)
@@ -207,6 +221,7 @@ pub fn build(cfg: &Config, c: &ConnectionConfig) -> Result<Arc<dyn Provider>, Re
                 connection: c,
                 settings,
                 tokens: Some(oauth),
+                state_dir: own_dir,
             }
         }
     };
@@ -249,7 +264,9 @@ mod tests {
     #[test]
     fn an_unknown_type_lists_the_known_ones() {
         let c = connection("name = \"x\"\ntype = \"ftp\"");
-        let err = build(&Config::default(), &c).err().unwrap();
+        let err = build(&Config::default(), &c, std::path::Path::new("/nonexistent"))
+            .err()
+            .unwrap();
         assert!(matches!(err, RegistryError::UnknownType { .. }), "{err}");
         assert_eq!(
             err.to_string(),
@@ -260,7 +277,9 @@ mod tests {
     #[test]
     fn a_failing_constructor_names_the_connection_and_keeps_the_cause() {
         let c = connection("name = \"box\"\ntype = \"local\"");
-        let err = build(&Config::default(), &c).err().unwrap();
+        let err = build(&Config::default(), &c, std::path::Path::new("/nonexistent"))
+            .err()
+            .unwrap();
         assert_eq!(
             err.to_string(),
             "connection \"box\": type \"local\" needs `path`"
@@ -273,7 +292,12 @@ mod tests {
         let c = connection(
             "name = \"oc\"\ntype = \"owncloud\"\nsettings = { url = \"http://127.0.0.1:9/dav/\" }",
         );
-        assert_eq!(build(&Config::default(), &c).unwrap().kind(), "webdav");
+        assert_eq!(
+            build(&Config::default(), &c, std::path::Path::new("/nonexistent"))
+                .unwrap()
+                .kind(),
+            "webdav"
+        );
     }
 
     #[test]

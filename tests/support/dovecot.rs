@@ -64,14 +64,15 @@ service imap-login {
   inet_listener imap {
     port = @PORT@
   }
-  # No imaps: port 993 needs root and would clash with a system Dovecot.
+  # imaps on a free port of its own when TLS is on (0: none).
   inet_listener imaps {
-    port = 0
+    port = @IMAPS_PORT@
   }
 }
 
-# Loopback only: no TLS, passwords in clear, a failed login answered at once.
-ssl = no
+# Loopback: passwords allowed in clear, a failed login answered at once. TLS only when
+# the test asks for it (a certificate made for the test, signed by a test CA).
+@SSL@
 disable_plaintext_auth = no
 auth_failure_delay = 0
 auth_mechanisms = @AUTH_MECHANISMS@
@@ -120,6 +121,9 @@ pub struct DovecotOptions {
     /// `token=<access token>&client_id=&client_secret=` (form-encoded) to this URL and wants
     /// JSON back; the token is good when `"active": true` and `"username"` is the user.
     pub xoauth2_introspection_url: Option<String>,
+    /// TLS: STARTTLS on `port` and implicit TLS on `imaps_port`, with a certificate for
+    /// `localhost` and 127.0.0.1 signed by a CA made for the test (`ca_file`).
+    pub tls: bool,
 }
 
 impl Default for DovecotOptions {
@@ -128,6 +132,7 @@ impl Default for DovecotOptions {
             user: "alice".into(),
             password: "imap-test-password".into(),
             xoauth2_introspection_url: None,
+            tls: false,
         }
     }
 }
@@ -135,6 +140,10 @@ impl Default for DovecotOptions {
 pub struct Dovecot {
     /// The loopback port of the IMAP listener (kept across `stop`/`restart`).
     pub port: u16,
+    /// The implicit-TLS listener's port (0 unless `DovecotOptions::tls`).
+    pub imaps_port: u16,
+    /// The test CA that signed the server's certificate (with `DovecotOptions::tls`).
+    pub ca_file: Option<PathBuf>,
     pub user: String,
     pub password: String,
     /// The user's Maildir, created at the first login: INBOX is this directory itself and
@@ -229,8 +238,11 @@ impl Dovecot {
             );
             fs::write(dir.path().join("oauth2.conf.ext"), oauth2).expect("write oauth2.conf.ext");
         }
+        let ca_file = opts.tls.then(|| make_certificates(dir.path()));
         let mut dovecot = Dovecot {
             port: 0,
+            imaps_port: 0,
+            ca_file,
             user: opts.user,
             password: opts.password,
             maildir: home.join("Maildir"),
@@ -438,6 +450,15 @@ impl Dovecot {
             .replace("@RUN_USER@", &self.account.user)
             .replace("@RUN_GROUP@", &self.account.group)
             .replace("@AUTH_MECHANISMS@", mechanisms)
+            .replace("@IMAPS_PORT@", &self.imaps_port.to_string())
+            .replace(
+                "@SSL@",
+                &if self.ca_file.is_some() {
+                    format!("ssl = yes\nssl_cert = <{dir}/cert.pem\nssl_key = <{dir}/key.pem\n")
+                } else {
+                    "ssl = no\n".to_owned()
+                },
+            )
             .replace("@OAUTH2_PASSDB@", &oauth2_passdb);
         fs::write(&self.conf, conf).expect("write dovecot.conf");
         self.fix_ownership();
@@ -473,6 +494,9 @@ impl Dovecot {
         let mut why = String::new();
         for _ in 0..3 {
             let port = free_port();
+            if self.ca_file.is_some() {
+                self.imaps_port = free_port();
+            }
             self.write_config(port);
             let mut child = self.spawn();
             match wait_ready(&mut child, port) {
@@ -561,6 +585,70 @@ fn chown_tree(path: &Path, uid: u32, gid: u32) {
             chown_tree(&entry.expect("dir entry").path(), uid, gid);
         }
     }
+}
+
+/// A CA and a server certificate for `localhost` / 127.0.0.1 signed by it (openssl CLI,
+/// P-256 keys): `cert.pem` and `key.pem` for Dovecot; returns the CA's `ca.pem`.
+fn make_certificates(dir: &Path) -> PathBuf {
+    let run = |args: &[&str]| {
+        let out = Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap_or_else(|e| panic!("run openssl (install it: scripts/install-deps.sh): {e}"));
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
+    let mut ca = vec![
+        "req",
+        "-x509",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=cloudmount test CA",
+    ];
+    ca.extend(ec);
+    ca.extend(["-keyout", "ca.key", "-out", "ca.pem"]);
+    run(&ca);
+    let mut csr = vec!["req", "-subj", "/CN=localhost"];
+    csr.extend(ec);
+    csr.extend(["-keyout", "key.pem", "-out", "server.csr"]);
+    run(&csr);
+    fs::write(
+        dir.join("server.ext"),
+        "subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\n\
+         extendedKeyUsage=serverAuth\n",
+    )
+    .expect("write server.ext");
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-days",
+        "2",
+        "-extfile",
+        "server.ext",
+        "-out",
+        "cert.pem",
+    ]);
+    dir.join("ca.pem")
 }
 
 fn free_port() -> u16 {

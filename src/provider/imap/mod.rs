@@ -1,251 +1,820 @@
-//! IMAP mail as read-only folders (issue 12) — a first version. One connection is one
-//! account; each selectable mailbox is a folder (the server's hierarchy delimiter gives
-//! the tree), each message a file named by [`names::message_file_name`].
+//! IMAP mail as read-only folders (issue 12). One connection is one account; each
+//! selectable mailbox is a folder (the server's hierarchy delimiter gives the tree, a
+//! `\Noselect` mailbox is a plain folder), each message a file named by
+//! [`names::message_file_name`], and, beside a message with attachments, a folder
+//! `<same name>.d/` holding them ([`parts`]).
 //!
 //! Nothing here changes the mailbox: mailboxes are opened with `EXAMINE` (never
 //! `SELECT`), bodies fetched with `BODY.PEEK` (so `\Seen` stays as it was), and every
 //! write operation is refused (`Capabilities::writable` is false, so the mount is
-//! read-only).
+//! read-only and the core answers EROFS).
 //!
-//! This first version: plain-text connections to loopback only (TLS, STARTTLS and XOAUTH2
-//! next), one connection, listings fetched whole (no persisted UID cache yet), reads
-//! through `BODY.PEEK[]<offset.length>`. Still to come (issue 12): TLS, attachments
-//! folders, CONDSTORE/QRESYNC and IDLE, UIDVALIDITY handling across restarts.
+//! - Connections ([`conn`]): implicit TLS, STARTTLS, or plain text on loopback only;
+//!   LOGIN with a password from a 0600 file or a command.
+//! - Listings never fetch bodies: `EXAMINE`, `UID SEARCH ALL`, and `UID FETCH` of UID,
+//!   INTERNALDATE, RFC822.SIZE, the Subject header and BODYSTRUCTURE for the UIDs not in
+//!   the mailbox's [`index`] yet (kept on disk per UIDVALIDITY), in chunks.
+//! - Reads: `BODY.PEEK[]<offset.length>` for messages, `BODY.PEEK[<part>]` for attachments.
+//! - Changes: the cursor is every mailbox's (UIDVALIDITY, UIDNEXT, MESSAGES) from
+//!   `STATUS`; a mailbox whose triple moved is listed again (new mail appears, expunged
+//!   mail goes, a new UIDVALIDITY replaces the index). Between polls, `IDLE` on INBOX on
+//!   a second connection wakes the poller as soon as mail arrives (re-issued every 25
+//!   minutes, inside RFC 2177's 29).
 
+pub mod conn;
+pub mod index;
 pub mod names;
+pub mod parts;
 
+use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::path::PathBuf;
-use std::time::SystemTime;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use bytes::Bytes;
 use futures::TryStreamExt;
 use serde::{Deserialize, Serialize};
-use tokio::net::TcpStream;
+
+use conn::{io_error, Connector, Session};
+pub use conn::{ImapConfig, TlsMode};
+use index::{Indexes, MailboxIndex, Message};
 
 use super::{
-    ByteStream, Capabilities, EntryKind, ListStream, Provider, ProviderError, ProviderResult,
-    Quota, RemoteEntry,
+    ByteStream, Capabilities, Change, ChangeBatch, EntryKind, ListStream, Provider, ProviderError,
+    ProviderResult, Quota, RemoteEntry,
 };
 
-/// One IMAP account.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ImapConfig {
-    pub host: String,
-    pub port: u16,
-    pub user: String,
-    /// A 0600 file holding the password.
-    pub password_file: PathBuf,
+/// UIDs fetched per `UID FETCH` when listing.
+const FETCH_CHUNK: usize = 500;
+/// How long one IDLE lasts before it is re-issued (RFC 2177: servers may drop an idle
+/// client after 30 minutes).
+const IDLE_FOR: Duration = Duration::from_secs(25 * 60);
+/// Decoded attachments kept in memory between the chunk reads of one file.
+const DECODED_BUDGET: usize = 64 << 20;
+
+/// A mailbox as LIST reports it.
+#[derive(Debug, Clone)]
+struct MailboxInfo {
+    /// Its name as the server writes it.
+    server: String,
+    selectable: bool,
 }
 
-type Session = async_imap::Session<TcpStream>;
-
-pub struct ImapProvider {
-    cfg: ImapConfig,
-    password: crate::secrets::Secret,
-    session: tokio::sync::Mutex<Option<Session>>,
+/// The account's mailboxes, by their path in the mount ("/Archive/2024").
+#[derive(Debug, Default)]
+struct Tree {
+    boxes: BTreeMap<String, MailboxInfo>,
 }
 
-fn io_error(what: &str, e: impl std::fmt::Display) -> ProviderError {
-    ProviderError::Transient(format!("IMAP {what}: {e}"))
+impl Tree {
+    /// Whether `path` is a folder in the mount: a mailbox, or a level of the hierarchy
+    /// the server did not list by itself.
+    fn is_folder(&self, path: &str) -> bool {
+        path == "/"
+            || self.boxes.contains_key(path)
+            || self
+                .boxes
+                .range(format!("{path}/")..)
+                .next()
+                .is_some_and(|(p, _)| p.starts_with(&format!("{path}/")))
+    }
+
+    /// The folders directly inside `dir`.
+    fn children(&self, dir: &str) -> Vec<String> {
+        let prefix = if dir == "/" {
+            "/".to_owned()
+        } else {
+            format!("{dir}/")
+        };
+        let mut out: Vec<String> = self
+            .boxes
+            .keys()
+            .filter_map(|p| p.strip_prefix(&prefix))
+            .map(|rest| rest.split('/').next().unwrap_or(rest).to_owned())
+            .filter(|n| !n.is_empty())
+            .collect();
+        out.dedup();
+        out
+    }
 }
 
-/// A mailbox path ("/Archive/2024") as the server names it ("Archive" + delimiter + "2024").
-fn mailbox_name(dir: &str, delimiter: &str) -> String {
-    dir.trim_start_matches('/').replace('/', delimiter)
+/// The mount path of a mailbox named `server` with hierarchy `delimiter`: each level
+/// decoded from modified UTF-7, a `/` inside a level shown as `∕`.
+fn display_path(server: &str, delimiter: Option<&str>) -> String {
+    let levels: Vec<&str> = match delimiter {
+        Some(d) if !d.is_empty() => server.split(d).collect(),
+        _ => vec![server],
+    };
+    let mut out = String::new();
+    for level in levels {
+        let shown = names::decode_mailbox(level).unwrap_or_else(|| level.to_owned());
+        out.push('/');
+        out.push_str(&shown.replace('/', "∕"));
+    }
+    out
 }
 
-/// The UID in a message file's name (`… [u42].eml`).
-fn uid_of(name: &str) -> Option<u32> {
-    let rest = name.strip_suffix("].eml")?;
+/// What a path in the mount is.
+#[derive(Debug)]
+enum Target {
+    /// A folder with no messages of its own (the root, a `\Noselect` mailbox, a level).
+    Folder,
+    Mailbox(MailboxInfo),
+    Message {
+        mailbox: MailboxInfo,
+        uid: u32,
+    },
+    Attachments {
+        mailbox: MailboxInfo,
+        uid: u32,
+    },
+    Attachment {
+        mailbox: MailboxInfo,
+        uid: u32,
+        name: String,
+    },
+}
+
+/// The UID in a message file's name (`… [u42].eml`) or attachments folder's (`… [u42].d`).
+fn uid_of(name: &str, suffix: &str) -> Option<u32> {
+    let rest = name.strip_suffix(suffix)?.strip_suffix(']')?;
     let start = rest.rfind("[u")?;
     rest[start + 2..].parse().ok()
 }
 
-impl ImapProvider {
-    pub fn new(cfg: ImapConfig) -> ProviderResult<Self> {
-        let loopback = matches!(cfg.host.as_str(), "127.0.0.1" | "::1" | "localhost");
-        if !loopback {
-            // Never send a password in clear over a network.
-            return Err(ProviderError::Unsupported(format!(
-                "IMAP to {}: only loopback without TLS in this version",
-                cfg.host
-            )));
+/// The listing/reading connection, and the mailbox it has open.
+struct Conn {
+    session: Session,
+    examined: Option<(String, u32)>,
+}
+
+impl Conn {
+    /// `EXAMINE` `mailbox` (again: that also shows what arrived since) and return
+    /// (UIDVALIDITY, EXISTS).
+    async fn examine(&mut self, mailbox: &str) -> ProviderResult<(u32, u32)> {
+        self.examined = None;
+        let mb = self.session.examine(mailbox).await.map_err(|e| match e {
+            async_imap::error::Error::No(m) => {
+                ProviderError::NotFound(format!("mailbox {mailbox}: {m}"))
+            }
+            e => io_error("EXAMINE", e),
+        })?;
+        let validity = mb.uid_validity.unwrap_or(0);
+        self.examined = Some((mailbox.to_owned(), validity));
+        Ok((validity, mb.exists))
+    }
+
+    /// Open `mailbox` unless it is open; its UIDVALIDITY.
+    async fn ensure_examined(&mut self, mailbox: &str) -> ProviderResult<u32> {
+        match &self.examined {
+            Some((m, v)) if m == mailbox => Ok(*v),
+            _ => Ok(self.examine(mailbox).await?.0),
         }
-        let password = crate::secrets::read_secret_file(&cfg.password_file)
-            .map_err(|e| ProviderError::Auth(e.to_string()))?;
+    }
+}
+
+type ConnFuture<'c, T> =
+    std::pin::Pin<Box<dyn std::future::Future<Output = ProviderResult<T>> + Send + 'c>>;
+
+/// Decoded attachments, newest last, within [`DECODED_BUDGET`] bytes.
+#[derive(Default)]
+struct Decoded {
+    entries: VecDeque<(String, Bytes)>,
+    bytes: usize,
+}
+
+impl Decoded {
+    fn get(&self, key: &str) -> Option<Bytes> {
+        self.entries
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, b)| b.clone())
+    }
+
+    fn put(&mut self, key: String, data: Bytes) {
+        self.bytes += data.len();
+        self.entries.push_back((key, data));
+        while self.bytes > DECODED_BUDGET && self.entries.len() > 1 {
+            if let Some((_, old)) = self.entries.pop_front() {
+                self.bytes -= old.len();
+            }
+        }
+    }
+}
+
+/// The change cursor: each selectable mailbox (by its server name) with its path in the
+/// mount and its (UIDVALIDITY, UIDNEXT, MESSAGES). New mail moves UIDNEXT, an expunge
+/// lowers MESSAGES (or, with mail arriving too, moves UIDNEXT); flags move none of them.
+#[derive(Debug, Default, PartialEq, Serialize, Deserialize)]
+struct Cursor {
+    boxes: BTreeMap<String, (String, (u32, u32, u32))>,
+}
+
+pub struct ImapProvider {
+    connector: Connector,
+    conn: tokio::sync::Mutex<Option<Conn>>,
+    /// The connection that IDLEs on INBOX (taken while it waits).
+    idler: tokio::sync::Mutex<Option<Session>>,
+    tree: std::sync::Mutex<Option<Arc<Tree>>>,
+    indexes: Indexes,
+    decoded: std::sync::Mutex<Decoded>,
+}
+
+fn folder(name: &str, id: &str) -> RemoteEntry {
+    RemoteEntry {
+        id: id.to_owned(),
+        name: name.to_owned(),
+        kind: EntryKind::Dir,
+        size: 0,
+        mtime: SystemTime::UNIX_EPOCH,
+        revision: String::new(),
+        hash: None,
+        mode: Some(0o555),
+        symlink_target: None,
+    }
+}
+
+fn when(m: &Message) -> SystemTime {
+    SystemTime::UNIX_EPOCH + Duration::from_secs(m.date.max(0) as u64)
+}
+
+impl ImapProvider {
+    /// `index_dir`: where mailbox indexes are kept across restarts (`None`: memory only).
+    pub fn new(cfg: ImapConfig, index_dir: Option<PathBuf>) -> ProviderResult<Self> {
         Ok(ImapProvider {
-            cfg,
-            password,
-            session: tokio::sync::Mutex::new(None),
+            connector: Connector::new(cfg)?,
+            conn: tokio::sync::Mutex::new(None),
+            idler: tokio::sync::Mutex::new(None),
+            tree: std::sync::Mutex::new(None),
+            indexes: Indexes::new(index_dir),
+            decoded: std::sync::Mutex::new(Decoded::default()),
         })
     }
 
-    async fn connect(&self) -> ProviderResult<Session> {
-        let stream = TcpStream::connect((self.cfg.host.as_str(), self.cfg.port))
-            .await
-            .map_err(|e| io_error("connect", e))?;
-        let mut client = async_imap::Client::new(stream);
-        client
-            .read_response()
-            .await
-            .map_err(|e| io_error("greeting", e))?;
-        client
-            .login(&self.cfg.user, self.password.expose())
-            .await
-            .map_err(|(e, _)| ProviderError::Auth(format!("IMAP login: {e}")))
+    fn cfg(&self) -> &ImapConfig {
+        self.connector.config()
     }
 
     /// Runs `f` on the connection (made on first use, made again after a failure).
-    async fn with_session<T>(
+    async fn with_conn<T>(
         &self,
-        f: impl for<'s> FnOnce(
-            &'s mut Session,
-        ) -> std::pin::Pin<
-            Box<dyn std::future::Future<Output = ProviderResult<T>> + Send + 's>,
-        >,
+        f: impl for<'c> FnOnce(&'c mut Conn) -> ConnFuture<'c, T>,
     ) -> ProviderResult<T> {
-        let mut guard = self.session.lock().await;
+        let mut guard = self.conn.lock().await;
         if guard.is_none() {
-            *guard = Some(self.connect().await?);
+            *guard = Some(Conn {
+                session: self.connector.connect().await?,
+                examined: None,
+            });
         }
         let result = f(guard.as_mut().expect("just made")).await;
         if matches!(result, Err(ProviderError::Transient(_))) {
-            // The connection may be broken: a new one next time.
+            // The connection may be broken, or out of step after a reply it could not
+            // parse: a new one next time.
             *guard = None;
         }
         result
     }
 
-    /// Every mailbox: (name as the server writes it, delimiter, selectable).
-    async fn mailboxes(&self) -> ProviderResult<Vec<(String, String, bool)>> {
-        self.with_session(|s| {
-            Box::pin(async move {
-                let names: Vec<_> = s
-                    .list(Some(""), Some("*"))
-                    .await
-                    .map_err(|e| io_error("LIST", e))?
-                    .try_collect()
-                    .await
-                    .map_err(|e| io_error("LIST", e))?;
-                Ok(names
-                    .iter()
-                    .map(|n| {
-                        let noselect = n
-                            .attributes()
-                            .iter()
-                            .any(|a| matches!(a, async_imap::types::NameAttribute::NoSelect));
-                        (
-                            n.name().to_owned(),
-                            n.delimiter().unwrap_or("/").to_owned(),
-                            !noselect,
-                        )
-                    })
-                    .collect())
+    /// LIST every mailbox, and remember the tree.
+    async fn list_tree(&self) -> ProviderResult<Arc<Tree>> {
+        let listed = self
+            .with_conn(|c| {
+                Box::pin(async move {
+                    let names: Vec<_> = c
+                        .session
+                        .list(Some(""), Some("*"))
+                        .await
+                        .map_err(|e| io_error("LIST", e))?
+                        .try_collect()
+                        .await
+                        .map_err(|e| io_error("LIST", e))?;
+                    Ok(names
+                        .iter()
+                        .map(|n| {
+                            let selectable = !n.attributes().iter().any(|a| {
+                                // RFC 5258's \NonExistent comes as an extension.
+                                match a {
+                                    async_imap::types::NameAttribute::NoSelect => true,
+                                    async_imap::types::NameAttribute::Extension(x) => {
+                                        x.eq_ignore_ascii_case("\\NonExistent")
+                                    }
+                                    _ => false,
+                                }
+                            });
+                            (
+                                display_path(n.name(), n.delimiter()),
+                                MailboxInfo {
+                                    server: n.name().to_owned(),
+                                    selectable,
+                                },
+                            )
+                        })
+                        .collect::<Vec<_>>())
+                })
             })
-        })
-        .await
+            .await?;
+        let tree = Arc::new(Tree {
+            boxes: listed.into_iter().collect(),
+        });
+        *self.tree.lock().unwrap() = Some(tree.clone());
+        Ok(tree)
     }
 
-    /// The messages of mailbox `name`: (file name, UID, size, INTERNALDATE).
-    async fn messages(&self, name: String) -> ProviderResult<Vec<RemoteEntry>> {
-        self.with_session(move |s| {
-            Box::pin(async move {
-                let mb = s.examine(&name).await.map_err(|e| io_error("EXAMINE", e))?;
-                if mb.exists == 0 {
-                    return Ok(Vec::new());
+    /// The tree as last listed (listed now if never).
+    async fn tree(&self) -> ProviderResult<Arc<Tree>> {
+        let known = self.tree.lock().unwrap().clone();
+        match known {
+            Some(t) => Ok(t),
+            None => self.list_tree().await,
+        }
+    }
+
+    /// What `path` is; the tree is listed again once when it does not know the path.
+    async fn resolve(&self, path: &str) -> ProviderResult<Target> {
+        if let Some(t) = Self::resolve_in(&*self.tree().await?, path) {
+            return Ok(t);
+        }
+        Self::resolve_in(&*self.list_tree().await?, path)
+            .ok_or_else(|| ProviderError::NotFound(path.to_owned()))
+    }
+
+    fn resolve_in(tree: &Tree, path: &str) -> Option<Target> {
+        if let Some(info) = tree.boxes.get(path) {
+            return Some(if info.selectable {
+                Target::Mailbox(info.clone())
+            } else {
+                Target::Folder
+            });
+        }
+        if tree.is_folder(path) {
+            return Some(Target::Folder);
+        }
+        let selectable = |dir: &str| tree.boxes.get(dir).filter(|i| i.selectable).cloned();
+        let (dir, name) = super::split_path(path);
+        if let Some(mailbox) = selectable(dir) {
+            if let Some(uid) = uid_of(name, ".eml") {
+                return Some(Target::Message { mailbox, uid });
+            }
+            if let Some(uid) = uid_of(name, ".d") {
+                return Some(Target::Attachments { mailbox, uid });
+            }
+            return None;
+        }
+        let (mailbox_dir, folder) = super::split_path(dir);
+        let mailbox = selectable(mailbox_dir)?;
+        let uid = uid_of(folder, ".d")?;
+        Some(Target::Attachment {
+            mailbox,
+            uid,
+            name: name.to_owned(),
+        })
+    }
+
+    /// Bring the index of `mailbox` up to date with the server: forget expunged UIDs,
+    /// fetch what is new, start over on a new UIDVALIDITY.
+    async fn refresh(&self, mailbox: &str) -> ProviderResult<MailboxIndex> {
+        let old = self.indexes.get(mailbox);
+        let name = mailbox.to_owned();
+        let attachments = self.cfg().attachments;
+        let (mut ix, new) = self
+            .with_conn(move |c| {
+                Box::pin(async move {
+                    let (validity, exists) = c.examine(&name).await?;
+                    let mut ix = if old.uidvalidity == validity {
+                        old
+                    } else {
+                        // Every UID of the old validity means nothing now.
+                        MailboxIndex {
+                            uidvalidity: validity,
+                            ..Default::default()
+                        }
+                    };
+                    let now: HashSet<u32> = if exists == 0 {
+                        HashSet::new()
+                    } else {
+                        c.session
+                            .uid_search("ALL")
+                            .await
+                            .map_err(|e| io_error("UID SEARCH", e))?
+                    };
+                    let before = ix.messages.len();
+                    ix.messages.retain(|uid, _| now.contains(uid));
+                    let removed = before != ix.messages.len();
+                    let mut new: Vec<u32> = now
+                        .into_iter()
+                        .filter(|u| !ix.messages.contains_key(u))
+                        .collect();
+                    new.sort_unstable();
+                    for chunk in new.chunks(FETCH_CHUNK) {
+                        fetch_metadata(&mut c.session, chunk, &mut ix).await?;
+                    }
+                    Ok((ix, if removed { vec![0] } else { new }))
+                })
+            })
+            .await?;
+        if new.is_empty() {
+            return Ok(ix);
+        }
+        if attachments {
+            let wanted: Vec<u32> = new.into_iter().filter(|u| *u != 0).collect();
+            self.fetch_attachments(mailbox, &wanted, &mut ix).await;
+        }
+        self.indexes.put(mailbox, ix.clone());
+        Ok(ix)
+    }
+
+    /// BODYSTRUCTUREs of `uids`, a chunk at a time; a chunk the parser cannot read is
+    /// asked for message by message, and a message whose structure cannot be read shows
+    /// no attachments (its `.eml` still has them).
+    async fn fetch_attachments(&self, mailbox: &str, uids: &[u32], ix: &mut MailboxIndex) {
+        for chunk in uids.chunks(FETCH_CHUNK) {
+            match self.bodystructures(mailbox, chunk).await {
+                Ok(found) => merge_attachments(ix, found),
+                Err(e) => {
+                    tracing::debug!(mailbox, error = %e, "BODYSTRUCTURE of a chunk; one by one");
+                    for uid in chunk {
+                        match self.bodystructures(mailbox, &[*uid]).await {
+                            Ok(found) => merge_attachments(ix, found),
+                            Err(e) => tracing::warn!(
+                                mailbox, uid, error = %e,
+                                "could not read the message's structure; its attachments are not shown"
+                            ),
+                        }
+                    }
                 }
-                let fetches: Vec<_> = s
-                    .uid_fetch(
-                        "1:*",
-                        "(UID INTERNALDATE RFC822.SIZE BODY.PEEK[HEADER.FIELDS (SUBJECT)])",
-                    )
+            }
+        }
+    }
+
+    async fn bodystructures(
+        &self,
+        mailbox: &str,
+        uids: &[u32],
+    ) -> ProviderResult<Vec<(u32, Vec<parts::Attachment>)>> {
+        let name = mailbox.to_owned();
+        let set = uid_set(uids);
+        self.with_conn(move |c| {
+            Box::pin(async move {
+                c.ensure_examined(&name).await?;
+                let fetches: Vec<_> = c
+                    .session
+                    .uid_fetch(&set, "(UID BODYSTRUCTURE)")
                     .await
-                    .map_err(|e| io_error("UID FETCH", e))?
+                    .map_err(|e| io_error("UID FETCH BODYSTRUCTURE", e))?
                     .try_collect()
                     .await
-                    .map_err(|e| io_error("UID FETCH", e))?;
-                let validity = mb.uid_validity.unwrap_or(0);
+                    .map_err(|e| io_error("UID FETCH BODYSTRUCTURE", e))?;
                 Ok(fetches
                     .iter()
-                    .filter_map(|f| {
-                        let uid = f.uid?;
-                        let when: SystemTime = f
-                            .internal_date()
-                            .map(|d| d.with_timezone(&chrono::Utc).into())
-                            .unwrap_or(SystemTime::UNIX_EPOCH);
-                        let subject = f.header().and_then(|h| {
-                            let text = std::str::from_utf8(h).ok()?;
-                            let (_, v) = text.split_once(':')?;
-                            Some(v.trim().as_bytes().to_vec())
-                        });
-                        let file = names::message_file_name(when, subject.as_deref(), uid);
-                        Some(RemoteEntry {
-                            id: format!("{validity}:{uid}"),
-                            name: file,
-                            kind: EntryKind::File,
-                            size: f.size.unwrap_or(0) as u64,
-                            mtime: when,
-                            // A message never changes under its UID (RFC 3501 §2.3.1.1).
-                            revision: format!("{validity}:{uid}"),
-                            hash: None,
-                            mode: Some(0o444),
-                            symlink_target: None,
-                        })
-                    })
+                    .filter_map(|f| Some((f.uid?, parts::attachments(f.bodystructure()?))))
                     .collect())
             })
         })
         .await
     }
 
-    fn folder(name: &str) -> RemoteEntry {
+    fn message_id(mailbox: &MailboxInfo, validity: u32, uid: u32) -> String {
+        format!("{}\u{0}{validity}:{uid}", mailbox.server)
+    }
+
+    fn message_entry(mailbox: &MailboxInfo, validity: u32, uid: u32, m: &Message) -> RemoteEntry {
         RemoteEntry {
-            id: name.to_owned(),
-            name: name.to_owned(),
-            kind: EntryKind::Dir,
-            size: 0,
-            mtime: SystemTime::UNIX_EPOCH,
-            revision: String::new(),
+            id: Self::message_id(mailbox, validity, uid),
+            name: m.name.clone(),
+            kind: EntryKind::File,
+            size: m.size,
+            mtime: when(m),
+            // A message never changes under its UID (RFC 3501 §2.3.1.1).
+            revision: format!("{validity}:{uid}"),
             hash: None,
-            mode: Some(0o555),
+            mode: Some(0o444),
             symlink_target: None,
         }
     }
 
-    /// What `dir` holds: its child mailboxes, and its messages when it is selectable.
+    fn attachments_entry(
+        mailbox: &MailboxInfo,
+        validity: u32,
+        uid: u32,
+        m: &Message,
+    ) -> RemoteEntry {
+        RemoteEntry {
+            mtime: when(m),
+            ..folder(
+                &names::attachments_dir_name(&m.name),
+                &format!("{}.d", Self::message_id(mailbox, validity, uid)),
+            )
+        }
+    }
+
+    fn attachment_entry(
+        mailbox: &MailboxInfo,
+        validity: u32,
+        uid: u32,
+        m: &Message,
+        a: &parts::Attachment,
+    ) -> RemoteEntry {
+        RemoteEntry {
+            id: format!("{}:{}", Self::message_id(mailbox, validity, uid), a.part),
+            name: a.name.clone(),
+            kind: EntryKind::File,
+            size: a.known_size().unwrap_or(0),
+            mtime: when(m),
+            revision: format!("{validity}:{uid}:{}", a.part),
+            hash: None,
+            mode: Some(0o444),
+            symlink_target: None,
+        }
+    }
+
+    /// The message `uid` of `mailbox` as indexed (the mailbox listed first if it is not).
+    async fn message(&self, mailbox: &MailboxInfo, uid: u32) -> ProviderResult<(u32, Message)> {
+        if let Some(found) = self.indexes.message(&mailbox.server, uid) {
+            return Ok(found);
+        }
+        let ix = self.refresh(&mailbox.server).await?;
+        ix.messages
+            .get(&uid)
+            .map(|m| (ix.uidvalidity, m.clone()))
+            .ok_or_else(|| ProviderError::NotFound(format!("{} UID {uid}", mailbox.server)))
+    }
+
     async fn entries(&self, dir: &str) -> ProviderResult<Vec<RemoteEntry>> {
-        let boxes = self.mailboxes().await?;
-        let delimiter = boxes.first().map(|b| b.1.clone()).unwrap_or("/".into());
-        let me = mailbox_name(dir, &delimiter);
-        let prefix = if me.is_empty() {
-            String::new()
-        } else {
-            format!("{me}{delimiter}")
-        };
-        let mut out = Vec::new();
-        let mut found = me.is_empty();
-        let mut selectable = false;
-        for (name, _, sel) in &boxes {
-            if *name == me {
-                found = true;
-                selectable = *sel;
-            } else if let Some(child) = name.strip_prefix(&prefix) {
-                if !child.contains(delimiter.as_str()) {
-                    let shown = names::decode_mailbox(child).unwrap_or_else(|| child.to_owned());
-                    out.push(Self::folder(&shown));
+        let tree = self.list_tree().await?;
+        let target =
+            Self::resolve_in(&tree, dir).ok_or_else(|| ProviderError::NotFound(dir.to_owned()))?;
+        let mut out: Vec<RemoteEntry> = tree
+            .children(dir)
+            .iter()
+            .map(|n| folder(n, &super::join_path(dir, n)))
+            .collect();
+        match target {
+            Target::Folder => {}
+            Target::Mailbox(mailbox) => {
+                let ix = self.refresh(&mailbox.server).await?;
+                let show = self.cfg().attachments;
+                for (uid, m) in &ix.messages {
+                    out.push(Self::message_entry(&mailbox, ix.uidvalidity, *uid, m));
+                    if show && !m.attachments.is_empty() {
+                        out.push(Self::attachments_entry(&mailbox, ix.uidvalidity, *uid, m));
+                    }
                 }
             }
-        }
-        if !found {
-            return Err(ProviderError::NotFound(dir.to_owned()));
-        }
-        if selectable {
-            out.extend(self.messages(me).await?);
+            Target::Attachments { mailbox, uid } => {
+                let (validity, m) = self.message(&mailbox, uid).await?;
+                if !self.cfg().attachments || m.attachments.is_empty() {
+                    return Err(ProviderError::NotFound(dir.to_owned()));
+                }
+                out.extend(
+                    m.attachments
+                        .iter()
+                        .map(|a| Self::attachment_entry(&mailbox, validity, uid, &m, a)),
+                );
+            }
+            Target::Message { .. } | Target::Attachment { .. } => {
+                return Err(ProviderError::NotADirectory(dir.to_owned()))
+            }
         }
         Ok(out)
     }
+
+    /// An attachment's decoded content: from memory, or its part fetched and decoded.
+    /// The decoded size is remembered in the index, so later listings show it.
+    async fn attachment_bytes(
+        &self,
+        mailbox: &MailboxInfo,
+        uid: u32,
+        name: &str,
+        path: &str,
+    ) -> ProviderResult<(u32, Message, parts::Attachment, Bytes)> {
+        let (validity, m) = self.message(mailbox, uid).await?;
+        let a = m
+            .attachments
+            .iter()
+            .find(|a| a.name == name)
+            .cloned()
+            .ok_or_else(|| ProviderError::NotFound(path.to_owned()))?;
+        let key = format!("{}\u{0}{validity}:{uid}:{}", mailbox.server, a.part);
+        if let Some(data) = self.decoded.lock().unwrap().get(&key) {
+            return Ok((validity, m, a, data));
+        }
+        let server = mailbox.server.clone();
+        let section = a.part.clone();
+        let missing = path.to_owned();
+        let raw = self
+            .with_conn(move |c| {
+                Box::pin(async move {
+                    if c.ensure_examined(&server).await? != validity {
+                        return Err(ProviderError::NotFound(missing));
+                    }
+                    let fetches: Vec<_> = c
+                        .session
+                        .uid_fetch(uid.to_string(), format!("BODY.PEEK[{section}]"))
+                        .await
+                        .map_err(|e| io_error("UID FETCH", e))?
+                        .try_collect()
+                        .await
+                        .map_err(|e| io_error("UID FETCH", e))?;
+                    let path = async_imap::imap_proto::types::SectionPath::Part(
+                        section.split('.').filter_map(|n| n.parse().ok()).collect(),
+                        None,
+                    );
+                    let f = fetches
+                        .iter()
+                        .find(|f| f.uid == Some(uid))
+                        .ok_or(ProviderError::NotFound(missing))?;
+                    Ok(f.section(&path).unwrap_or_default().to_vec())
+                })
+            })
+            .await?;
+        let data = Bytes::from(parts::decode(a.encoding, &raw));
+        self.decoded.lock().unwrap().put(key, data.clone());
+        if a.size != Some(data.len() as u64) {
+            // The true size, for every listing from now on.
+            let size = data.len() as u64;
+            self.indexes.update(&mailbox.server, |ix| {
+                let found = (ix.uidvalidity == validity)
+                    .then(|| ix.messages.get_mut(&uid))
+                    .flatten()
+                    .and_then(|m| m.attachments.iter_mut().find(|x| x.part == a.part));
+                match found {
+                    Some(x) => {
+                        x.size = Some(size);
+                        true
+                    }
+                    None => false,
+                }
+            });
+        }
+        Ok((validity, m, a, data))
+    }
+
+    /// Every selectable mailbox's (UIDVALIDITY, UIDNEXT, MESSAGES).
+    async fn snapshot(&self) -> ProviderResult<(Arc<Tree>, Cursor)> {
+        let tree = self.list_tree().await?;
+        let boxes: Vec<(String, String)> = tree
+            .boxes
+            .iter()
+            .filter(|(_, i)| i.selectable)
+            .map(|(path, i)| (i.server.clone(), path.clone()))
+            .collect();
+        let cursor = self
+            .with_conn(move |c| {
+                Box::pin(async move {
+                    if c.examined.take().is_some() {
+                        // STATUS of the open mailbox answers what this session has seen of
+                        // it, not what is there now (RFC 3501 §6.3.10): close it first.
+                        // CLOSE expunges nothing after EXAMINE (§6.4.2).
+                        c.session.close().await.map_err(|e| io_error("CLOSE", e))?;
+                    }
+                    let mut cursor = Cursor::default();
+                    for (name, path) in boxes {
+                        let st = match c
+                            .session
+                            .status(&name, "(MESSAGES UIDNEXT UIDVALIDITY)")
+                            .await
+                        {
+                            Ok(st) => st,
+                            // Deleted between LIST and STATUS: the next look sees it gone.
+                            Err(async_imap::error::Error::No(_)) => continue,
+                            Err(e) => return Err(io_error("STATUS", e)),
+                        };
+                        let state = (
+                            st.uid_validity.unwrap_or(0),
+                            st.uid_next.unwrap_or(0),
+                            st.exists,
+                        );
+                        cursor.boxes.insert(name, (path, state));
+                    }
+                    Ok(cursor)
+                })
+            })
+            .await?;
+        Ok((tree, cursor))
+    }
+
+    /// One IDLE on INBOX: true when the server reported something (or INBOX already
+    /// differs from `cursor`), false when the IDLE ran its time.
+    async fn idle_once(&self, cursor: &Cursor) -> ProviderResult<bool> {
+        let mut slot = self.idler.lock().await;
+        let mut session = match slot.take() {
+            Some(s) => s,
+            None => {
+                let mut s = self.connector.connect().await?;
+                let caps = s
+                    .capabilities()
+                    .await
+                    .map_err(|e| io_error("CAPABILITY", e))?;
+                if !caps.has_str("IDLE") {
+                    return Err(ProviderError::Unsupported(
+                        "the IMAP server has no IDLE".into(),
+                    ));
+                }
+                s
+            }
+        };
+        let mb = session
+            .examine("INBOX")
+            .await
+            .map_err(|e| io_error("EXAMINE INBOX", e))?;
+        let now = (
+            mb.uid_validity.unwrap_or(0),
+            mb.uid_next.unwrap_or(0),
+            mb.exists,
+        );
+        if cursor.boxes.get("INBOX").map(|(_, s)| s) != Some(&now) {
+            *slot = Some(session);
+            return Ok(true);
+        }
+        let mut handle = session.idle();
+        handle.init().await.map_err(|e| io_error("IDLE", e))?;
+        let (wait, _stop) = handle.wait_with_timeout(IDLE_FOR);
+        let woke = wait.await.map_err(|e| io_error("IDLE", e))?;
+        let changed = matches!(woke, async_imap::extensions::idle::IdleResponse::NewData(_));
+        let session = handle.done().await.map_err(|e| io_error("IDLE DONE", e))?;
+        *slot = Some(session);
+        Ok(changed)
+    }
+}
+
+/// "/a", "/a/b", "/a/b/c" for "/a/b/c".
+fn levels(path: &str) -> impl Iterator<Item = &str> {
+    path.match_indices('/')
+        .skip(1)
+        .map(|(i, _)| &path[..i])
+        .chain(std::iter::once(path))
+}
+
+/// "1:3,7,9:10" for the sorted `uids`.
+fn uid_set(uids: &[u32]) -> String {
+    let mut out = String::new();
+    let mut i = 0;
+    while i < uids.len() {
+        let start = uids[i];
+        let mut end = start;
+        while i + 1 < uids.len() && uids[i + 1] == end + 1 {
+            i += 1;
+            end = uids[i];
+        }
+        if !out.is_empty() {
+            out.push(',');
+        }
+        if start == end {
+            out.push_str(&start.to_string());
+        } else {
+            out.push_str(&format!("{start}:{end}"));
+        }
+        i += 1;
+    }
+    out
+}
+
+fn merge_attachments(ix: &mut MailboxIndex, found: Vec<(u32, Vec<parts::Attachment>)>) {
+    for (uid, attachments) in found {
+        if let Some(m) = ix.messages.get_mut(&uid) {
+            m.attachments = attachments;
+        }
+    }
+}
+
+/// UID, INTERNALDATE, RFC822.SIZE and Subject of `uids` (sorted) into `ix`.
+async fn fetch_metadata(
+    session: &mut Session,
+    uids: &[u32],
+    ix: &mut MailboxIndex,
+) -> ProviderResult<()> {
+    let fetches: Vec<_> = session
+        .uid_fetch(
+            uid_set(uids),
+            "(UID INTERNALDATE RFC822.SIZE BODY.PEEK[HEADER.FIELDS (SUBJECT)])",
+        )
+        .await
+        .map_err(|e| io_error("UID FETCH", e))?
+        .try_collect()
+        .await
+        .map_err(|e| io_error("UID FETCH", e))?;
+    for f in &fetches {
+        let Some(uid) = f.uid else { continue };
+        let date = f.internal_date().map(|d| d.timestamp()).unwrap_or_default();
+        let at = SystemTime::UNIX_EPOCH + Duration::from_secs(date.max(0) as u64);
+        let subject = f.header().and_then(|h| {
+            let text = String::from_utf8_lossy(h);
+            let (_, v) = text.split_once(':')?;
+            Some(v.trim().as_bytes().to_vec())
+        });
+        ix.messages.insert(
+            uid,
+            Message {
+                name: names::message_file_name(at, subject.as_deref(), uid),
+                size: f.size.unwrap_or(0) as u64,
+                date,
+                attachments: Vec::new(),
+            },
+        );
+    }
+    Ok(())
 }
 
 #[async_trait]
@@ -256,6 +825,8 @@ impl Provider for ImapProvider {
 
     fn capabilities(&self) -> Capabilities {
         Capabilities {
+            delta: true,
+            long_poll: self.cfg().idle,
             writable: false,
             ..Capabilities::default()
         }
@@ -268,58 +839,149 @@ impl Provider for ImapProvider {
     }
 
     async fn stat(&self, path: &str) -> ProviderResult<RemoteEntry> {
-        if path == "/" {
-            return Ok(Self::folder("/"));
+        let (_, name) = super::split_path(path);
+        match self.resolve(path).await? {
+            Target::Folder | Target::Mailbox(_) => Ok(folder(name, path)),
+            Target::Message { mailbox, uid } => {
+                let (validity, m) = self.message(&mailbox, uid).await?;
+                if m.name != name {
+                    return Err(ProviderError::NotFound(path.to_owned()));
+                }
+                Ok(Self::message_entry(&mailbox, validity, uid, &m))
+            }
+            Target::Attachments { mailbox, uid } => {
+                let (validity, m) = self.message(&mailbox, uid).await?;
+                if names::attachments_dir_name(&m.name) != name || m.attachments.is_empty() {
+                    return Err(ProviderError::NotFound(path.to_owned()));
+                }
+                Ok(Self::attachments_entry(&mailbox, validity, uid, &m))
+            }
+            Target::Attachment { mailbox, uid, name } => {
+                let (validity, m) = self.message(&mailbox, uid).await?;
+                let a = m
+                    .attachments
+                    .iter()
+                    .find(|a| a.name == name)
+                    .ok_or_else(|| ProviderError::NotFound(path.to_owned()))?;
+                let mut entry = Self::attachment_entry(&mailbox, validity, uid, &m, a);
+                if a.known_size().is_none() {
+                    // Asked when the size matters (the file is opened): decode it now.
+                    let (_, _, _, data) = self.attachment_bytes(&mailbox, uid, &name, path).await?;
+                    entry.size = data.len() as u64;
+                }
+                Ok(entry)
+            }
         }
-        let (dir, name) = super::split_path(path);
-        self.entries(dir)
-            .await?
-            .into_iter()
-            .find(|e| e.name == name)
-            .ok_or_else(|| ProviderError::NotFound(path.to_owned()))
     }
 
     async fn read_range(
         &self,
         path: &str,
-        _revision: Option<&str>,
+        revision: Option<&str>,
         offset: u64,
         len: u64,
     ) -> ProviderResult<ByteStream> {
-        let (dir, name) = super::split_path(path);
-        let uid = uid_of(name).ok_or_else(|| ProviderError::NotFound(path.to_owned()))?;
-        let boxes = self.mailboxes().await?;
-        let delimiter = boxes.first().map(|b| b.1.clone()).unwrap_or("/".into());
-        let mailbox = mailbox_name(dir, &delimiter);
-        // A partial fetch of up to u32::MAX octets: the server answers what there is.
-        let want = len.min(u32::MAX as u64);
-        let missing = path.to_owned();
-        let data = self
-            .with_session(move |s| {
-                Box::pin(async move {
-                    s.examine(&mailbox)
-                        .await
-                        .map_err(|e| io_error("EXAMINE", e))?;
-                    let fetches: Vec<_> = s
-                        .uid_fetch(uid.to_string(), format!("BODY.PEEK[]<{offset}.{want}>"))
-                        .await
-                        .map_err(|e| io_error("UID FETCH", e))?
-                        .try_collect()
-                        .await
-                        .map_err(|e| io_error("UID FETCH", e))?;
-                    let f = fetches
-                        .iter()
-                        .find(|f| f.uid == Some(uid))
-                        .ok_or(ProviderError::NotFound(missing))?;
-                    Ok(Bytes::copy_from_slice(f.body().unwrap_or_default()))
+        let data = match self.resolve(path).await? {
+            Target::Message { mailbox, uid } => {
+                let expected = revision.and_then(|r| r.split(':').next()?.parse::<u32>().ok());
+                // A partial fetch of up to u32::MAX octets: the server answers what there is.
+                let want = len.min(u32::MAX as u64);
+                let missing = path.to_owned();
+                self.with_conn(move |c| {
+                    Box::pin(async move {
+                        let validity = c.ensure_examined(&mailbox.server).await?;
+                        if expected.is_some_and(|v| v != validity) {
+                            // The UIDs were renumbered: this name is not that message any more.
+                            return Err(ProviderError::NotFound(missing));
+                        }
+                        let fetches: Vec<_> = c
+                            .session
+                            .uid_fetch(uid.to_string(), format!("BODY.PEEK[]<{offset}.{want}>"))
+                            .await
+                            .map_err(|e| io_error("UID FETCH", e))?
+                            .try_collect()
+                            .await
+                            .map_err(|e| io_error("UID FETCH", e))?;
+                        let f = fetches
+                            .iter()
+                            .find(|f| f.uid == Some(uid))
+                            .ok_or(ProviderError::NotFound(missing))?;
+                        Ok(Bytes::copy_from_slice(f.body().unwrap_or_default()))
+                    })
                 })
-            })
-            .await?;
+                .await?
+            }
+            Target::Attachment { mailbox, uid, name } => {
+                let (_, _, _, data) = self.attachment_bytes(&mailbox, uid, &name, path).await?;
+                let start = (offset as usize).min(data.len());
+                let end = start.saturating_add(len as usize).min(data.len());
+                data.slice(start..end)
+            }
+            _ => return Err(ProviderError::IsADirectory(path.to_owned())),
+        };
         Ok(Box::pin(futures::stream::once(async move { Ok(data) })))
     }
 
     async fn quota(&self) -> ProviderResult<Quota> {
         Ok(Quota::default())
+    }
+
+    async fn changes_cursor(&self) -> ProviderResult<String> {
+        let (_, cursor) = self.snapshot().await?;
+        Ok(serde_json::to_string(&cursor).expect("a cursor serializes"))
+    }
+
+    /// Which mailboxes changed since `cursor`. The core lists the folder holding each
+    /// reported path again; for a mailbox whose content changed that is the mailbox
+    /// itself (reported as the path of a name inside it), for a mailbox made or deleted
+    /// its parent.
+    async fn changes_since(&self, cursor: &str) -> ProviderResult<ChangeBatch> {
+        let old: Cursor = serde_json::from_str(cursor).map_err(|e| {
+            ProviderError::PreconditionFailed(format!("IMAP change cursor unreadable: {e}"))
+        })?;
+        let (_, new) = self.snapshot().await?;
+        let mut changes = Vec::new();
+        for (server, (path, now)) in &new.boxes {
+            match old.boxes.get(server) {
+                Some((_, then)) if then == now => {}
+                Some(_) => changes.push(Change::Removed {
+                    path: super::join_path(path, "(changed)"),
+                }),
+                // Every level, so that a new level above it is listed where it appears.
+                None => changes.extend(levels(path).map(|level| {
+                    let (_, name) = super::split_path(level);
+                    Change::Upserted {
+                        entry: folder(name, level),
+                        path: level.to_owned(),
+                    }
+                })),
+            }
+        }
+        for (server, (path, _)) in &old.boxes {
+            if !new.boxes.contains_key(server) {
+                changes.extend(levels(path).map(|level| Change::Removed {
+                    path: level.to_owned(),
+                }));
+            }
+        }
+        Ok(ChangeBatch {
+            changes,
+            cursor: serde_json::to_string(&new).expect("a cursor serializes"),
+        })
+    }
+
+    async fn wait_for_changes(&self, cursor: &str) -> ProviderResult<bool> {
+        if !self.cfg().idle {
+            return Err(ProviderError::Unsupported("IDLE is off".into()));
+        }
+        let cursor: Cursor = serde_json::from_str(cursor).map_err(|e| {
+            ProviderError::PreconditionFailed(format!("IMAP change cursor unreadable: {e}"))
+        })?;
+        let result = self.idle_once(&cursor).await;
+        if matches!(result, Err(ProviderError::Transient(_))) {
+            *self.idler.lock().await = None;
+        }
+        result
     }
 }
 
@@ -329,9 +991,49 @@ mod tests {
 
     #[test]
     fn uids_come_back_from_names() {
-        assert_eq!(uid_of("2024-03-05 1407 Report [u42].eml"), Some(42));
-        assert_eq!(uid_of("2024-03-05 1407 [u7] odd [u9].eml"), Some(9));
-        assert_eq!(uid_of("notes.txt"), None);
-        assert_eq!(mailbox_name("/Archive/2024", "."), "Archive.2024");
+        assert_eq!(uid_of("2024-03-05 1407 Report [u42].eml", ".eml"), Some(42));
+        assert_eq!(uid_of("2024-03-05 1407 [u7] odd [u9].eml", ".eml"), Some(9));
+        assert_eq!(uid_of("2024-03-05 1407 Report [u42].d", ".d"), Some(42));
+        assert_eq!(uid_of("notes.txt", ".eml"), None);
+    }
+
+    #[test]
+    fn mailbox_paths_follow_the_delimiter_and_decode_names() {
+        assert_eq!(display_path("Archive.2024", Some(".")), "/Archive/2024");
+        assert_eq!(display_path("Entw&APw-rfe", Some("/")), "/Entwürfe");
+        assert_eq!(display_path("a/b.c", Some(".")), "/a∕b/c");
+        assert_eq!(display_path("INBOX", None), "/INBOX");
+    }
+
+    #[test]
+    fn levels_of_a_path() {
+        assert_eq!(
+            levels("/a/b/c").collect::<Vec<_>>(),
+            ["/a", "/a/b", "/a/b/c"]
+        );
+        assert_eq!(levels("/INBOX").collect::<Vec<_>>(), ["/INBOX"]);
+    }
+
+    #[test]
+    fn uid_sets_are_ranges() {
+        assert_eq!(uid_set(&[1, 2, 3, 7, 9, 10]), "1:3,7,9:10");
+        assert_eq!(uid_set(&[5]), "5");
+    }
+
+    #[test]
+    fn the_tree_knows_levels_nobody_listed() {
+        let mut t = Tree::default();
+        for (p, s) in [("/INBOX", true), ("/a/b/c", true)] {
+            t.boxes.insert(
+                p.into(),
+                MailboxInfo {
+                    server: p.into(),
+                    selectable: s,
+                },
+            );
+        }
+        assert!(t.is_folder("/a") && t.is_folder("/a/b") && !t.is_folder("/ab"));
+        assert_eq!(t.children("/"), ["INBOX", "a"]);
+        assert_eq!(t.children("/a"), ["b"]);
     }
 }

@@ -85,6 +85,33 @@ pub fn attachments_dir_name(message_file: &str) -> String {
     format!("{}.d", message_file.trim_end_matches(".eml"))
 }
 
+/// An attachment's file name as it can stand in the mount: made safe like a subject (`/`
+/// as `∕`, control characters dropped), never `.` or `..`, and cut to 255 bytes keeping
+/// its extension.
+pub fn attachment_file_name(decoded: &str) -> String {
+    let name = clean(decoded);
+    let name = match name.as_str() {
+        "" => return String::new(),
+        "." | ".." => format!("_{name}"),
+        _ => name,
+    };
+    fit_keeping_extension(&name, MAX_NAME)
+}
+
+/// `name` cut to `max` bytes; the extension (up to 16 bytes) is kept.
+pub fn fit_keeping_extension(name: &str, max: usize) -> String {
+    if name.len() <= max {
+        return name.to_owned();
+    }
+    let ext = name
+        .rfind('.')
+        .map(|i| &name[i..])
+        .filter(|e| e.len() <= 16)
+        .unwrap_or("");
+    let stem = truncate(&name[..name.len() - ext.len()], max - ext.len());
+    format!("{stem}{ext}")
+}
+
 /// A mailbox name in IMAP's modified UTF-7 (RFC 3501 §5.1.3) as text; `None` when it is
 /// not valid modified UTF-7 (the caller shows the raw name, escaped).
 pub fn decode_mailbox(name: &str) -> Option<String> {
@@ -176,6 +203,16 @@ mod tests {
         assert!(name.len() <= MAX_NAME, "{}", name.len());
         assert!(name.ends_with(" [u4294967295].eml"));
         assert!(name.starts_with("1970-01-01 0000 éé"));
+    }
+
+    #[test]
+    fn attachment_names_are_safe_and_fit() {
+        assert_eq!(attachment_file_name("a/b.pdf"), "a∕b.pdf");
+        assert_eq!(attachment_file_name(".."), "_..");
+        assert_eq!(attachment_file_name(" \x01 "), "");
+        let long = format!("{}.tar.gz", "ü".repeat(200));
+        let fit = attachment_file_name(&long);
+        assert!(fit.len() <= MAX_NAME && fit.ends_with(".gz") && fit.starts_with("üü"));
     }
 
     #[test]
