@@ -968,7 +968,7 @@ fn connections(config: Option<PathBuf>) -> DynResult<()> {
         .and_then(|d| accounts::TokenVault::open(&d))
         .ok();
     for c in &cfg.connections {
-        let login = if !cloudmount::provider::registry::uses_oauth(&c.kind) {
+        let login = if !cloudmount::provider::registry::uses_oauth(c) {
             "no login needed".to_string()
         } else {
             match (&vault, connection::account_id(c)) {

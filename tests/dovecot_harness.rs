@@ -8,8 +8,6 @@ mod dovecot;
 
 use base64::Engine;
 use dovecot::{mutf7_encode, number_after, Dovecot, DovecotOptions, Imap};
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpListener;
 use std::time::{Duration, Instant};
 
 /// The attachment: bytes 0..=255, base64 in 76-column lines.
@@ -192,63 +190,9 @@ fn dovecot_answers_failed_logins_at_once_and_names_mailboxes_in_modified_utf7() 
     );
 }
 
-/// A one-route RFC 7662-style introspection endpoint: `token=good-token` is alice's.
-fn start_introspection_endpoint() -> String {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind introspection endpoint");
-    let url = format!("http://{}/introspect", listener.local_addr().expect("addr"));
-    std::thread::spawn(move || {
-        for stream in listener.incoming() {
-            let Ok(stream) = stream else { continue };
-            std::thread::spawn(move || {
-                let mut writer = stream.try_clone().expect("clone");
-                let mut reader = BufReader::new(stream);
-                // Dovecot keeps the connection alive between requests.
-                loop {
-                    let mut content_length = 0;
-                    let mut line = String::new();
-                    loop {
-                        line.clear();
-                        if reader.read_line(&mut line).unwrap_or(0) == 0 {
-                            return;
-                        }
-                        if line == "\r\n" {
-                            break;
-                        }
-                        if let Some((k, v)) = line.split_once(':') {
-                            if k.eq_ignore_ascii_case("content-length") {
-                                content_length = v.trim().parse().unwrap_or(0);
-                            }
-                        }
-                    }
-                    let mut body = vec![0; content_length];
-                    if reader.read_exact(&mut body).is_err() {
-                        return;
-                    }
-                    let body = String::from_utf8_lossy(&body);
-                    let good = body.split('&').any(|kv| kv == "token=good-token");
-                    let json = if good {
-                        r#"{"active":true,"username":"alice","scope":"imap"}"#
-                    } else {
-                        r#"{"active":false}"#
-                    };
-                    let reply = format!(
-                        "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n\
-                         Content-Length: {}\r\n\r\n{json}",
-                        json.len()
-                    );
-                    if writer.write_all(reply.as_bytes()).is_err() {
-                        return;
-                    }
-                }
-            });
-        }
-    });
-    url
-}
-
 #[test]
 fn dovecot_checks_xoauth2_tokens_with_the_introspection_endpoint() {
-    let url = start_introspection_endpoint();
+    let url = dovecot::start_introspection_endpoint();
     let dovecot = Dovecot::start_with(DovecotOptions {
         xoauth2_introspection_url: Some(url),
         ..DovecotOptions::default()

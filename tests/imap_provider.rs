@@ -8,8 +8,10 @@ mod dovecot;
 
 use std::os::unix::fs::PermissionsExt;
 
-use cloudmount::provider::imap::{ImapConfig, ImapProvider, TlsMode};
+use cloudmount::accounts::{AccountError, BearerTokens};
+use cloudmount::provider::imap::{AuthMethod, ImapConfig, ImapProvider, TlsMode};
 use cloudmount::provider::{collect_stream, EntryKind, Provider, ProviderError};
+use cloudmount::secrets::Secret;
 use dovecot::Dovecot;
 use futures::StreamExt;
 
@@ -22,7 +24,7 @@ fn password_file(d: &Dovecot, dir: &tempfile::TempDir) -> std::path::PathBuf {
 
 fn provider(d: &Dovecot, dir: &tempfile::TempDir) -> ImapProvider {
     let cfg = ImapConfig::loopback(d.port, &d.user, password_file(d, dir));
-    ImapProvider::new(cfg, Some(dir.path().join("index"))).unwrap()
+    ImapProvider::new(cfg, Some(dir.path().join("index")), None).unwrap()
 }
 
 async fn names(p: &ImapProvider, dir: &str) -> Vec<(String, EntryKind, u64)> {
@@ -395,13 +397,13 @@ async fn tls_implicit_and_starttls_with_the_servers_ca_and_never_clear_text_off_
         cfg.host = "localhost".into();
         cfg.tls = tls;
         cfg.ca_file = d.ca_file.clone();
-        let p = ImapProvider::new(cfg.clone(), None).unwrap();
+        let p = ImapProvider::new(cfg.clone(), None, None).unwrap();
         let inbox = names(&p, "/INBOX").await;
         assert_eq!(inbox.len(), 1, "{tls:?}");
         assert_eq!(read_all(&p, &format!("/INBOX/{}", inbox[0].0)).await, PLAIN);
         // Without the CA the server is not trusted: no login, no listing.
         cfg.ca_file = None;
-        let untrusted = ImapProvider::new(cfg, None).unwrap();
+        let untrusted = ImapProvider::new(cfg, None, None).unwrap();
         let mut s = untrusted.list("/INBOX");
         let err = s.next().await.unwrap().unwrap_err();
         assert!(matches!(err, ProviderError::Auth(_)), "{tls:?}: {err:?}");
@@ -409,7 +411,7 @@ async fn tls_implicit_and_starttls_with_the_servers_ca_and_never_clear_text_off_
     let mut clear = ImapConfig::loopback(143, "u", tmp.path().join("password"));
     clear.host = "mail.example.com".into();
     assert!(matches!(
-        ImapProvider::new(clear, None),
+        ImapProvider::new(clear, None, None),
         Err(ProviderError::Unsupported(_))
     ));
 }
@@ -441,4 +443,64 @@ async fn a_20_mib_message_reads_back_byte_exact() {
         got.extend_from_slice(&piece);
     }
     assert!(got == big, "the 20 MiB message differs");
+}
+
+/// Access tokens for the XOAUTH2 test: hands out `first`, then `fresh` once told the
+/// token was refused; counts the refusals.
+struct Tokens {
+    first: &'static str,
+    fresh: &'static str,
+    refused: std::sync::atomic::AtomicUsize,
+}
+
+#[async_trait::async_trait]
+impl BearerTokens for Tokens {
+    async fn access_token(&self) -> Result<Secret, AccountError> {
+        Ok(Secret::new(self.first))
+    }
+    async fn token_rejected(&self, _rejected: &Secret) -> Result<Secret, AccountError> {
+        self.refused
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Ok(Secret::new(self.fresh))
+    }
+}
+
+/// XOAUTH2 against Dovecot's oauth2 passdb, which asks the test's introspection
+/// endpoint: a refused token is renewed once and the login tried again; a login that
+/// stays refused is an authentication error, not a retry loop.
+#[tokio::test]
+async fn xoauth2_logs_in_with_the_access_token_and_renews_a_refused_one_once() {
+    let d = Dovecot::start_with(dovecot::DovecotOptions {
+        xoauth2_introspection_url: Some(dovecot::start_introspection_endpoint()),
+        ..Default::default()
+    });
+    d.append("INBOX", PLAIN);
+    let mut cfg = ImapConfig::loopback(d.port, &d.user, "/nonexistent".into());
+    cfg.password_file = None;
+    cfg.auth = AuthMethod::Xoauth2;
+    let tokens = std::sync::Arc::new(Tokens {
+        first: "stale-token",
+        fresh: "good-token",
+        refused: 0.into(),
+    });
+    let p = ImapProvider::new(cfg.clone(), None, Some(tokens.clone())).unwrap();
+    let inbox = names(&p, "/INBOX").await;
+    assert_eq!(inbox.len(), 1);
+    assert_eq!(read_all(&p, &format!("/INBOX/{}", inbox[0].0)).await, PLAIN);
+    assert_eq!(tokens.refused.load(std::sync::atomic::Ordering::SeqCst), 1);
+
+    let never = std::sync::Arc::new(Tokens {
+        first: "stale-token",
+        fresh: "still-stale",
+        refused: 0.into(),
+    });
+    let p = ImapProvider::new(cfg.clone(), None, Some(never.clone())).unwrap();
+    let err = p.list("/INBOX").next().await.unwrap().unwrap_err();
+    assert!(matches!(err, ProviderError::Auth(_)), "{err:?}");
+    assert_eq!(never.refused.load(std::sync::atomic::Ordering::SeqCst), 1);
+    // Without a login there is nothing to try.
+    assert!(matches!(
+        ImapProvider::new(cfg, None, None),
+        Err(ProviderError::Auth(_))
+    ));
 }

@@ -220,3 +220,69 @@ fn polling_brings_new_and_expunged_mail() {
         b"Subject: b\r\n\r\nb\r\n"
     );
 }
+
+/// `auth = "xoauth2"` through the config, the token vault and the daemon: the login's
+/// access token (saved in the vault as `cloudmount login imap` would) goes to Dovecot's
+/// oauth2 passdb, and `connections` counts the connection as one that logs in.
+#[test]
+fn xoauth2_login_from_the_token_vault() {
+    use cloudmount::accounts::{AccountId, Secret, StoredTokens, TokenVault};
+    let d = Dovecot::start_with(dovecot::DovecotOptions {
+        xoauth2_introspection_url: Some(dovecot::start_introspection_endpoint()),
+        ..Default::default()
+    });
+    d.append(
+        "INBOX",
+        b"Subject: by oauth\r\n\r\nsigned in with a token\r\n",
+    );
+    let dirs = TestDirs::new();
+    let accounts = dirs.tmp.path().join("accounts");
+    let expires = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + 3600;
+    TokenVault::open(&accounts)
+        .unwrap()
+        .save(
+            &AccountId::new("imap", "mail").unwrap(),
+            &StoredTokens {
+                access_token: Some(Secret::new("good-token")),
+                access_expires_at: Some(expires),
+                refresh_token: Some(Secret::new("a-refresh-token")),
+                scopes: vec!["https://mail.google.com/".into()],
+                needs_login: None,
+            },
+        )
+        .unwrap();
+    let cfg = dirs.tmp.path().join("config.toml");
+    fs::write(
+        &cfg,
+        format!(
+            "accounts_dir = \"{}\"\n[[connection]]\nname = \"mail\"\ntype = \"imap\"\n\
+             settings = {{ host = \"127.0.0.1\", port = {}, tls = \"none\", user = \"{}\", \
+             auth = \"xoauth2\", client_id = \"test-client\", token_url = \"http://127.0.0.1:9/token\" }}\n",
+            accounts.display(),
+            d.port,
+            d.user
+        ),
+    )
+    .unwrap();
+    let m = DaemonMount::start_with_config(&dirs, &cfg, &[]);
+    let inbox = names(&dirs.mnt.join("mail/INBOX"));
+    assert_eq!(inbox.len(), 1, "{inbox:?}");
+    assert_eq!(
+        fs::read(dirs.mnt.join("mail/INBOX").join(&inbox[0])).unwrap(),
+        b"Subject: by oauth\r\n\r\nsigned in with a token\r\n"
+    );
+    let listed = m.cli(&["connections", "--config", cfg.to_str().unwrap()]);
+    let text = String::from_utf8_lossy(&listed.stdout);
+    assert!(
+        text.contains("mail") && text.contains("logged in"),
+        "{text}"
+    );
+    assert!(
+        !m.log_text().contains("good-token"),
+        "the access token must never be logged"
+    );
+}

@@ -129,6 +129,13 @@ pub const GOOGLE_DRIVE_SCOPE: &str = "https://www.googleapis.com/auth/drive";
 /// What a OneDrive / SharePoint mount asks Microsoft for: read and write every file the
 /// user can reach, and a refresh token (`offline_access`).
 pub const MICROSOFT_SCOPES: [&str; 2] = ["Files.ReadWrite.All", "offline_access"];
+/// IMAP with XOAUTH2 at Gmail: the one scope Google has for IMAP (full mail access).
+pub const GOOGLE_MAIL_SCOPE: &str = "https://mail.google.com/";
+/// IMAP with XOAUTH2 at Exchange Online / Outlook.com, and a refresh token.
+pub const MICROSOFT_IMAP_SCOPES: [&str; 2] = [
+    "https://outlook.office.com/IMAP.AccessAsUser.All",
+    "offline_access",
+];
 /// What a Dropbox mount asks for (a scoped app with these permissions ticked).
 pub const DROPBOX_SCOPES: [&str; 5] = [
     "account_info.read",
@@ -163,6 +170,25 @@ impl OAuthClientConfig {
                 ("access_type".into(), "offline".into()),
                 ("prompt".into(), "consent".into()),
             ],
+        }
+    }
+
+    /// Google's endpoints for reading mail over IMAP (XOAUTH2).
+    pub fn google_mail(client_id: impl Into<String>, client_secret: Option<String>) -> Self {
+        OAuthClientConfig {
+            scopes: vec![GOOGLE_MAIL_SCOPE.into()],
+            ..Self::google(client_id, client_secret)
+        }
+    }
+
+    /// Microsoft's endpoints for reading mail over IMAP (XOAUTH2).
+    pub fn microsoft_mail(client_id: impl Into<String>, client_secret: Option<String>) -> Self {
+        OAuthClientConfig {
+            scopes: MICROSOFT_IMAP_SCOPES
+                .iter()
+                .map(|s| s.to_string())
+                .collect(),
+            ..Self::microsoft(client_id, client_secret)
         }
     }
 

@@ -44,9 +44,31 @@ pub struct ProviderKind {
     /// Other names for the same kind. The constructor still sees the name the connection
     /// used (in `Setup::connection.kind`): WebDAV tunes itself to ownCloud and Nextcloud.
     pub aliases: &'static [&'static str],
-    /// Set for kinds that log in with OAuth: their default client endpoints.
-    pub oauth: Option<OAuthDefaults>,
+    /// Whether (and with which default client endpoints) it logs in with OAuth.
+    pub oauth: OAuthUse,
     pub build: fn(&Setup<'_>) -> Result<Arc<dyn Provider>, SetupError>,
+}
+
+/// How a kind of connection logs in.
+#[derive(Clone, Copy)]
+pub enum OAuthUse {
+    /// Never with OAuth (no login, or a password from the settings).
+    Never,
+    /// Always with OAuth, with these default client endpoints.
+    Always(OAuthDefaults),
+    /// As its settings say (IMAP: a password, or XOAUTH2 with Google's or Microsoft's
+    /// endpoints); `None` for a connection that does not use OAuth.
+    BySettings(fn(&toml::Table) -> Option<OAuthDefaults>),
+}
+
+impl OAuthUse {
+    fn defaults(self, settings: &toml::Table) -> Option<OAuthDefaults> {
+        match self {
+            OAuthUse::Never => None,
+            OAuthUse::Always(d) => Some(d),
+            OAuthUse::BySettings(f) => f(settings),
+        }
+    }
 }
 
 /// Every kind of connection. Order is what error messages list.
@@ -54,37 +76,37 @@ pub const KINDS: &[ProviderKind] = &[
     ProviderKind {
         kind: "local",
         aliases: &[],
-        oauth: None,
+        oauth: OAuthUse::Never,
         build: build_local,
     },
     ProviderKind {
         kind: "webdav",
         aliases: &["owncloud", "nextcloud"],
-        oauth: None,
+        oauth: OAuthUse::Never,
         build: build_webdav,
     },
     ProviderKind {
         kind: "gdrive",
         aliases: &[],
-        oauth: Some(OAuthClientConfig::google),
+        oauth: OAuthUse::Always(OAuthClientConfig::google),
         build: build_gdrive,
     },
     ProviderKind {
         kind: "onedrive",
         aliases: &["sharepoint"],
-        oauth: Some(OAuthClientConfig::microsoft),
+        oauth: OAuthUse::Always(OAuthClientConfig::microsoft),
         build: build_onedrive,
     },
     ProviderKind {
         kind: "dropbox",
         aliases: &[],
-        oauth: Some(OAuthClientConfig::dropbox),
+        oauth: OAuthUse::Always(OAuthClientConfig::dropbox),
         build: build_dropbox,
     },
     ProviderKind {
         kind: "imap",
         aliases: &[],
-        oauth: None,
+        oauth: OAuthUse::BySettings(super::imap::oauth_defaults),
         build: build_imap,
     },
 ];
@@ -132,6 +154,7 @@ fn build_imap(s: &Setup<'_>) -> Result<Arc<dyn Provider>, SetupError> {
     Ok(Arc::new(super::imap::ImapProvider::new(
         cfg,
         Some(s.state_dir.join("imap")),
+        s.tokens.clone(),
     )?))
 }
 
@@ -172,9 +195,13 @@ pub fn known_kinds() -> String {
         .join(", ")
 }
 
-/// Whether connections of this type log in with OAuth (`cloudmount login`).
-pub fn uses_oauth(kind: &str) -> bool {
-    lookup(kind).is_some_and(|k| k.oauth.is_some())
+/// Whether this connection logs in with OAuth (`cloudmount login`).
+pub fn uses_oauth(c: &ConnectionConfig) -> bool {
+    oauth_defaults(c).is_some()
+}
+
+fn oauth_defaults(c: &ConnectionConfig) -> Option<OAuthDefaults> {
+    lookup(&c.kind).and_then(|k| k.oauth.defaults(&c.settings))
 }
 
 /// The OAuth client of a connection (its kind's defaults, overridden by its settings) and
@@ -182,9 +209,7 @@ pub fn uses_oauth(kind: &str) -> bool {
 pub fn oauth_client(
     c: &ConnectionConfig,
 ) -> Result<(OAuthClientConfig, toml::Table), RegistryError> {
-    let defaults = lookup(&c.kind)
-        .and_then(|k| k.oauth)
-        .ok_or_else(|| RegistryError::NoOAuth(c.kind.clone()))?;
+    let defaults = oauth_defaults(c).ok_or_else(|| RegistryError::NoOAuth(c.kind.clone()))?;
     Ok(connection::split_settings(c, defaults)?)
 }
 
@@ -206,7 +231,7 @@ pub fn build(
         name: c.name.clone(),
         source,
     };
-    let setup = match kind.oauth {
+    let setup = match kind.oauth.defaults(&c.settings) {
         None => Setup {
             connection: c,
             settings: c.settings.clone(),
@@ -252,8 +277,14 @@ mod tests {
             assert_eq!(lookup(name).map(|k| k.kind), Some(kind), "{name}");
         }
         assert!(lookup("box").is_none());
-        assert!(uses_oauth("gdrive") && uses_oauth("onedrive") && uses_oauth("dropbox"));
-        assert!(!uses_oauth("nextcloud") && !uses_oauth("local"));
+        let uses = |kind: &str, settings: &str| {
+            uses_oauth(&connection(&format!(
+                "name = \"x\"\ntype = \"{kind}\"\nsettings = {{ {settings} }}"
+            )))
+        };
+        assert!(uses("gdrive", "") && uses("onedrive", "") && uses("dropbox", ""));
+        assert!(!uses("nextcloud", "") && !uses("local", ""));
+        assert!(!uses("imap", "user = \"u\"") && uses("imap", "auth = \"xoauth2\""));
         let names = known_kinds();
         assert_eq!(
             names,

@@ -708,6 +708,60 @@ fn stop_group(child: &mut Child) {
     let _ = child.wait();
 }
 
+/// A one-route RFC 7662-style introspection endpoint: `token=good-token` is alice's.
+pub fn start_introspection_endpoint() -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind introspection endpoint");
+    let url = format!("http://{}/introspect", listener.local_addr().expect("addr"));
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(stream) = stream else { continue };
+            std::thread::spawn(move || {
+                let mut writer = stream.try_clone().expect("clone");
+                let mut reader = BufReader::new(stream);
+                // Dovecot keeps the connection alive between requests.
+                loop {
+                    let mut content_length = 0;
+                    let mut line = String::new();
+                    loop {
+                        line.clear();
+                        if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                            return;
+                        }
+                        if line == "\r\n" {
+                            break;
+                        }
+                        if let Some((k, v)) = line.split_once(':') {
+                            if k.eq_ignore_ascii_case("content-length") {
+                                content_length = v.trim().parse().unwrap_or(0);
+                            }
+                        }
+                    }
+                    let mut body = vec![0; content_length];
+                    if reader.read_exact(&mut body).is_err() {
+                        return;
+                    }
+                    let body = String::from_utf8_lossy(&body);
+                    let good = body.split('&').any(|kv| kv == "token=good-token");
+                    let json = if good {
+                        r#"{"active":true,"username":"alice","scope":"imap"}"#
+                    } else {
+                        r#"{"active":false}"#
+                    };
+                    let reply = format!(
+                        "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n\
+                         Content-Length: {}\r\n\r\n{json}",
+                        json.len()
+                    );
+                    if writer.write_all(reply.as_bytes()).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    url
+}
+
 /// A mailbox name in modified UTF-7 (RFC 3501 §5.1.3), as IMAP wants it without UTF8=ACCEPT.
 pub fn mutf7_encode(name: &str) -> String {
     fn flush(pending: &mut Vec<u16>, out: &mut String) {

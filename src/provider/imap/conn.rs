@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 
+use crate::accounts::BearerTokens;
 use crate::provider::{ProviderError, ProviderResult};
 use crate::secrets::Secret;
 
@@ -29,6 +30,18 @@ pub enum TlsMode {
     None,
 }
 
+/// How the account logs in.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AuthMethod {
+    /// LOGIN with the password from `password_file` or `password_command`.
+    #[default]
+    Password,
+    /// SASL XOAUTH2 with an access token of the connection's OAuth login (`cloudmount
+    /// login imap --name …`), from Google or Microsoft (`oauth_provider`).
+    Xoauth2,
+}
+
 /// One IMAP account, as written under `[connections.settings]`.
 #[derive(Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -40,6 +53,12 @@ pub struct ImapConfig {
     #[serde(default)]
     pub tls: TlsMode,
     pub user: String,
+    #[serde(default)]
+    pub auth: AuthMethod,
+    /// With `auth = "xoauth2"`: "google" or "microsoft" (whose endpoints and IMAP scope the
+    /// login uses).
+    #[serde(default)]
+    pub oauth_provider: Option<String>,
     /// A file only its owner may read, holding the password.
     #[serde(default)]
     pub password_file: Option<PathBuf>,
@@ -69,6 +88,8 @@ impl fmt::Debug for ImapConfig {
             .field("port", &self.port())
             .field("tls", &self.tls)
             .field("user", &self.user)
+            .field("auth", &self.auth)
+            .field("oauth_provider", &self.oauth_provider)
             .field("password_file", &self.password_file)
             .field(
                 "password_command",
@@ -89,6 +110,8 @@ impl ImapConfig {
             port: Some(port),
             tls: TlsMode::None,
             user: user.into(),
+            auth: AuthMethod::Password,
+            oauth_provider: None,
             password_file: Some(password_file),
             password_command: None,
             ca_file: None,
@@ -123,6 +146,23 @@ pub type Session = async_imap::Session<Box<dyn Stream>>;
 pub struct Connector {
     cfg: ImapConfig,
     tls: Option<tokio_rustls::TlsConnector>,
+    /// With XOAUTH2: the login's access tokens.
+    tokens: Option<Arc<dyn BearerTokens>>,
+}
+
+/// SASL XOAUTH2 (Google's and Microsoft's IMAP): the first answer is
+/// `user=<user>^Aauth=Bearer <token>^A^A`; a failure comes as a challenge carrying a JSON
+/// error, which is answered with an empty line so the server ends with NO.
+struct Xoauth2 {
+    initial: Option<String>,
+}
+
+impl async_imap::Authenticator for Xoauth2 {
+    type Response = String;
+
+    fn process(&mut self, _challenge: &[u8]) -> String {
+        self.initial.take().unwrap_or_default()
+    }
 }
 
 pub fn io_error(what: &str, e: impl fmt::Display) -> ProviderError {
@@ -130,11 +170,21 @@ pub fn io_error(what: &str, e: impl fmt::Display) -> ProviderError {
 }
 
 impl Connector {
-    pub fn new(cfg: ImapConfig) -> ProviderResult<Self> {
-        if cfg.password_file.is_none() && cfg.password_command.is_none() {
-            return Err(ProviderError::Auth(
-                "IMAP: set password_file or password_command".into(),
-            ));
+    pub fn new(cfg: ImapConfig, tokens: Option<Arc<dyn BearerTokens>>) -> ProviderResult<Self> {
+        match cfg.auth {
+            AuthMethod::Password
+                if cfg.password_file.is_none() && cfg.password_command.is_none() =>
+            {
+                return Err(ProviderError::Auth(
+                    "IMAP: set password_file or password_command (or auth = \"xoauth2\")".into(),
+                ))
+            }
+            AuthMethod::Xoauth2 if tokens.is_none() => {
+                return Err(ProviderError::Auth(
+                    "IMAP with XOAUTH2 needs a login: run `cloudmount login imap --name …`".into(),
+                ))
+            }
+            _ => {}
         }
         let tls = match cfg.tls {
             TlsMode::None if !cfg.is_loopback() => {
@@ -148,7 +198,7 @@ impl Connector {
             TlsMode::None => None,
             TlsMode::Implicit | TlsMode::Starttls => Some(tls_connector(&cfg)?),
         };
-        Ok(Connector { cfg, tls })
+        Ok(Connector { cfg, tls, tokens })
     }
 
     pub fn config(&self) -> &ImapConfig {
@@ -218,16 +268,53 @@ impl Connector {
                 .await
                 .map_err(|e| io_error("greeting", e))?;
         }
-        let password = self.password()?;
+        match self.cfg.auth {
+            AuthMethod::Password => {
+                let password = self.password()?;
+                client
+                    .login(&self.cfg.user, password.expose())
+                    .await
+                    .map_err(|(e, _)| self.login_error(e))
+            }
+            AuthMethod::Xoauth2 => self.xoauth2(client).await,
+        }
+    }
+
+    fn login_error(&self, e: async_imap::error::Error) -> ProviderError {
+        match e {
+            async_imap::error::Error::No(_) | async_imap::error::Error::Bad(_) => {
+                ProviderError::Auth(format!("IMAP login as {}: {e}", self.cfg.user))
+            }
+            e => io_error("login", e),
+        }
+    }
+
+    /// AUTHENTICATE XOAUTH2 with the current access token; refused, once more with a
+    /// fresh one (the token may have expired early or been revoked).
+    async fn xoauth2(
+        &self,
+        client: async_imap::Client<Box<dyn Stream>>,
+    ) -> ProviderResult<Session> {
+        let tokens = self.tokens.as_ref().expect("checked in Connector::new");
+        let auth_error = |e: crate::accounts::AccountError| ProviderError::from(e);
+        let token = tokens.access_token().await.map_err(auth_error)?;
+        let answer = |token: &Secret| Xoauth2 {
+            initial: Some(format!(
+                "user={}\x01auth=Bearer {}\x01\x01",
+                self.cfg.user,
+                token.expose()
+            )),
+        };
+        let client = match client.authenticate("XOAUTH2", answer(&token)).await {
+            Ok(session) => return Ok(session),
+            Err((async_imap::error::Error::No(_), client)) => client,
+            Err((e, _)) => return Err(self.login_error(e)),
+        };
+        let fresh = tokens.token_rejected(&token).await.map_err(auth_error)?;
         client
-            .login(&self.cfg.user, password.expose())
+            .authenticate("XOAUTH2", answer(&fresh))
             .await
-            .map_err(|(e, _)| match e {
-                async_imap::error::Error::No(_) | async_imap::error::Error::Bad(_) => {
-                    ProviderError::Auth(format!("IMAP login as {}: {e}", self.cfg.user))
-                }
-                e => io_error("login", e),
-            })
+            .map_err(|(e, _)| self.login_error(e))
     }
 }
 

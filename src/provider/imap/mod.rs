@@ -37,7 +37,7 @@ use futures::TryStreamExt;
 use serde::{Deserialize, Serialize};
 
 use conn::{io_error, Connector, Session};
-pub use conn::{ImapConfig, TlsMode};
+pub use conn::{AuthMethod, ImapConfig, TlsMode};
 use index::{Indexes, MailboxIndex, Message};
 
 use super::{
@@ -240,10 +240,15 @@ fn when(m: &Message) -> SystemTime {
 }
 
 impl ImapProvider {
-    /// `index_dir`: where mailbox indexes are kept across restarts (`None`: memory only).
-    pub fn new(cfg: ImapConfig, index_dir: Option<PathBuf>) -> ProviderResult<Self> {
+    /// `index_dir`: where mailbox indexes are kept across restarts (`None`: memory only);
+    /// `tokens`: the OAuth login's access tokens, for `auth = "xoauth2"`.
+    pub fn new(
+        cfg: ImapConfig,
+        index_dir: Option<PathBuf>,
+        tokens: Option<Arc<dyn crate::accounts::BearerTokens>>,
+    ) -> ProviderResult<Self> {
         Ok(ImapProvider {
-            connector: Connector::new(cfg)?,
+            connector: Connector::new(cfg, tokens)?,
             conn: tokio::sync::Mutex::new(None),
             idler: tokio::sync::Mutex::new(None),
             tree: std::sync::Mutex::new(None),
@@ -736,6 +741,23 @@ impl ImapProvider {
         let session = handle.done().await.map_err(|e| io_error("IDLE DONE", e))?;
         *slot = Some(session);
         Ok(changed)
+    }
+}
+
+/// Which OAuth client endpoints an IMAP connection's login uses: none with a password;
+/// Google's or Microsoft's (with their IMAP scopes) with `auth = "xoauth2"`.
+pub fn oauth_defaults(
+    settings: &toml::Table,
+) -> Option<crate::accounts::connection::OAuthDefaults> {
+    use crate::accounts::OAuthClientConfig;
+    if settings.get("auth").and_then(|v| v.as_str()) != Some("xoauth2") {
+        return None;
+    }
+    match settings.get("oauth_provider").and_then(|v| v.as_str()) {
+        Some("microsoft") => Some(OAuthClientConfig::microsoft_mail),
+        // Google is the default: its endpoints stand in for any other when every URL is
+        // given in the settings (as the tests do).
+        _ => Some(OAuthClientConfig::google_mail),
     }
 }
 
