@@ -286,3 +286,62 @@ fn xoauth2_login_from_the_token_vault() {
         "the access token must never be logged"
     );
 }
+
+/// Servers whose RFC822.SIZE is wrong (a proxy in front of Dovecot adds to every size,
+/// or takes from it): the listing shows the server's number, and opening a message finds
+/// its true size, which wins — the whole message reads, nothing cut and nothing padded —
+/// and stays for later listings.
+#[test]
+fn a_wrong_rfc822_size_gives_way_to_the_true_size_when_a_message_is_opened() {
+    let d = Dovecot::start();
+    let body: &[u8] = b"Subject: sized wrong\r\n\r\nthe server's size for this is not its size\r\n";
+    let uid = d.append("INBOX", body).uid;
+    for delta in [40i64, -20] {
+        let port = dovecot::start_size_lying_proxy(d.port, delta);
+        let tmp = tempfile::tempdir().unwrap();
+        let pw = tmp.path().join("pw");
+        fs::write(&pw, &d.password).unwrap();
+        fs::set_permissions(&pw, fs::Permissions::from_mode(0o600)).unwrap();
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let provider: std::sync::Arc<dyn cloudmount::provider::Provider> = {
+            let _inside = rt.enter();
+            std::sync::Arc::new(
+                cloudmount::provider::imap::ImapProvider::new(
+                    cloudmount::provider::imap::ImapConfig::loopback(port, &d.user, pw.clone()),
+                    Some(tmp.path().join("index")),
+                    None,
+                )
+                .unwrap(),
+            )
+        };
+        let m = common::InProcessMount::new(provider, common::test_config(|_| {}));
+        let inbox = m.path("INBOX");
+        let name = named(&names(&inbox), uid);
+        let file = inbox.join(&name);
+        let listed = fs::metadata(&file).unwrap().len();
+        assert_eq!(
+            listed as i64,
+            body.len() as i64 + delta,
+            "the server's number first"
+        );
+        assert_eq!(fs::read(&file).unwrap(), body, "delta {delta}");
+        assert_eq!(fs::metadata(&file).unwrap().len(), body.len() as u64);
+        // A second open needs no second look, and reads the same.
+        assert_eq!(fs::read(&file).unwrap(), body);
+        drop(m);
+        // The next listing (here, a restart over the same index) shows the true size.
+        let again = cloudmount::provider::imap::ImapProvider::new(
+            cloudmount::provider::imap::ImapConfig::loopback(port, &d.user, pw),
+            Some(tmp.path().join("index")),
+            None,
+        )
+        .unwrap();
+        let listed = rt.block_on(async {
+            use cloudmount::provider::Provider;
+            use futures::StreamExt;
+            again.list("/INBOX").next().await.unwrap().unwrap()
+        });
+        let entry = listed.iter().find(|e| e.name == name).unwrap();
+        assert_eq!(entry.size, body.len() as u64);
+    }
+}

@@ -176,6 +176,10 @@ pub struct Capabilities {
     /// The provider can change the remote. When false, its connection is mounted
     /// read-only (every change is EROFS) and it need implement only the reading methods.
     pub writable: bool,
+    /// Listed sizes are only hints (IMAP's RFC822.SIZE is wrong on some servers): when a
+    /// file is opened, the size `stat` gives wins, and the kernel is told. `stat` must
+    /// then be cheap once a file's true size is known.
+    pub size_hints: bool,
 }
 
 impl Default for Capabilities {
@@ -193,6 +197,7 @@ impl Default for Capabilities {
             unix_attrs: false,
             propagated_dir_revisions: false,
             writable: true,
+            size_hints: false,
         }
     }
 }

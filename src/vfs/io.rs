@@ -37,8 +37,9 @@ impl Vfs {
                 }
             }
         }
-        if !inode.dirty && inode.size == 0 && inode.kind == EntryKind::File {
-            self.refresh_unknown_size(&inode).await;
+        let size_hints = self.provider.capabilities().size_hints;
+        if !inode.dirty && (inode.size == 0 || size_hints) && inode.kind == EntryKind::File {
+            self.refresh_size(&inode, size_hints).await;
         }
         // Pages the kernel cached stay valid unless the remote content changed meanwhile:
         // local writes went through the kernel and updated them already.
@@ -47,16 +48,21 @@ impl Vfs {
     }
 
     /// Some remote files list as empty until asked (Google Docs, whose size is their
-    /// export's). Ask, and have the kernel read such a file without trusting the size it
-    /// cached (direct I/O) this time.
-    async fn refresh_unknown_size(&self, inode: &Inode) {
+    /// export's), and some providers list sizes that are only hints (`size_hints`: IMAP).
+    /// Ask, and when the size differs, keep the provider's and have the kernel read the
+    /// file without trusting the size it cached (direct I/O) this time.
+    async fn refresh_size(&self, inode: &Inode, size_hints: bool) {
         let Some(remote) = &inode.remote else { return };
         let Ok(entry) = self.provider.stat(&remote.path).await else {
             return;
         };
-        if entry.size > 0 && entry.kind == EntryKind::File {
+        // An empty answer for a file listed as empty tells nothing new.
+        let news = entry.size != inode.size && (entry.size > 0 || size_hints);
+        if news && entry.kind == EntryKind::File {
+            let listed = inode.size;
             let updated = self.update(inode.ino, |i| {
-                if !i.dirty && i.size == 0 {
+                // Unless written or changed meanwhile.
+                if !i.dirty && i.size == listed {
                     i.size = entry.size;
                     if let Some(r) = i.remote.as_mut() {
                         r.revision = entry.revision.clone();

@@ -762,6 +762,76 @@ pub fn start_introspection_endpoint() -> String {
     url
 }
 
+/// A proxy in front of Dovecot that lies about sizes as some servers do (hMailServer, OVH
+/// Hosted Exchange: RFC 3501 RFC822.SIZE not matching the bytes served): every
+/// `RFC822.SIZE n` in the server's replies becomes `n + delta`; everything else, message
+/// bytes included, passes unchanged. Returns the proxy's loopback port.
+pub fn start_size_lying_proxy(upstream: u16, delta: i64) -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind size-lying proxy");
+    let port = listener.local_addr().expect("addr").port();
+    std::thread::spawn(move || {
+        for client in listener.incoming() {
+            let Ok(client) = client else { continue };
+            let Ok(server) = TcpStream::connect(("127.0.0.1", upstream)) else {
+                continue;
+            };
+            let (mut c_read, mut s_write) = (
+                client.try_clone().expect("clone"),
+                server.try_clone().expect("clone"),
+            );
+            std::thread::spawn(move || {
+                let _ = std::io::copy(&mut c_read, &mut s_write);
+                let _ = s_write.shutdown(std::net::Shutdown::Write);
+            });
+            std::thread::spawn(move || {
+                let mut from = BufReader::new(server);
+                let mut to = client;
+                loop {
+                    let mut line = Vec::new();
+                    if from.read_until(b'\n', &mut line).unwrap_or(0) == 0 {
+                        let _ = to.shutdown(std::net::Shutdown::Both);
+                        return;
+                    }
+                    let text = String::from_utf8_lossy(&line).into_owned();
+                    let rewritten = lie_about_sizes(&text, delta);
+                    if to.write_all(rewritten.as_bytes()).is_err() {
+                        return;
+                    }
+                    // A literal follows the line: its bytes pass as they are.
+                    let literal = text
+                        .trim_end()
+                        .strip_suffix('}')
+                        .and_then(|t| t.rsplit_once('{'))
+                        .and_then(|(_, n)| n.trim_end_matches('+').parse::<u64>().ok());
+                    if let Some(n) = literal {
+                        let mut bytes = (&mut from).take(n);
+                        if std::io::copy(&mut bytes, &mut to).is_err() {
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    port
+}
+
+fn lie_about_sizes(line: &str, delta: i64) -> String {
+    let key = "RFC822.SIZE ";
+    let mut out = String::with_capacity(line.len());
+    let mut rest = line;
+    while let Some(at) = rest.find(key) {
+        out.push_str(&rest[..at + key.len()]);
+        rest = &rest[at + key.len()..];
+        let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
+        let n: i64 = rest[..digits].parse().unwrap_or(0);
+        out.push_str(&(n + delta).max(0).to_string());
+        rest = &rest[digits..];
+    }
+    out.push_str(rest);
+    out
+}
+
 /// A mailbox name in modified UTF-7 (RFC 3501 §5.1.3), as IMAP wants it without UTF8=ACCEPT.
 pub fn mutf7_encode(name: &str) -> String {
     fn flush(pending: &mut Vec<u16>, out: &mut String) {

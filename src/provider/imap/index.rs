@@ -19,8 +19,12 @@ use super::parts::Attachment;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Message {
     pub name: String,
-    /// RFC822.SIZE.
+    /// RFC822.SIZE, until `exact`: then the size of the message's bytes.
     pub size: u64,
+    /// `size` was checked against the message's bytes (RFC822.SIZE is wrong on some
+    /// servers).
+    #[serde(default)]
+    pub exact: bool,
     /// INTERNALDATE, seconds since the epoch.
     pub date: i64,
     /// From BODYSTRUCTURE; empty when the message has none (or they are not shown).
@@ -146,6 +150,7 @@ mod tests {
             Message {
                 name: "2024-01-02 1030 hi [u3].eml".into(),
                 size: 10,
+                exact: false,
                 date: 1_704_191_400,
                 attachments: vec![],
             },

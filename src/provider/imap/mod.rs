@@ -656,6 +656,62 @@ impl ImapProvider {
         Ok((validity, m, a, data))
     }
 
+    /// The size of message `uid`'s bytes, checked against `listed` (its RFC822.SIZE) with
+    /// one small fetch of the two bytes around where it should end: one byte back means it
+    /// ends there; none or two, that RFC822.SIZE was wrong, and the whole message is
+    /// fetched once to measure it. Remembered in the index, and listings show it.
+    async fn true_size(
+        &self,
+        mailbox: &MailboxInfo,
+        validity: u32,
+        uid: u32,
+        listed: u64,
+        path: &str,
+    ) -> ProviderResult<u64> {
+        let server = mailbox.server.clone();
+        let missing = path.to_owned();
+        let size = self
+            .with_conn(move |c| {
+                Box::pin(async move {
+                    if c.ensure_examined(&server).await? != validity {
+                        return Err(ProviderError::NotFound(missing));
+                    }
+                    let (from, want) = if listed == 0 { (0, 1) } else { (listed - 1, 2) };
+                    let got = body_len(&mut c.session, uid, &format!("BODY.PEEK[]<{from}.{want}>"))
+                        .await?
+                        .ok_or_else(|| ProviderError::NotFound(missing.clone()))?;
+                    if listed > 0 && got == 1 {
+                        return Ok(listed);
+                    }
+                    if listed == 0 && got == 0 {
+                        return Ok(0);
+                    }
+                    tracing::info!(
+                        mailbox = %server, uid, listed,
+                        "the server's RFC822.SIZE is wrong; measuring the message"
+                    );
+                    body_len(&mut c.session, uid, "BODY.PEEK[]")
+                        .await?
+                        .ok_or(ProviderError::NotFound(missing))
+                })
+            })
+            .await?;
+        self.indexes.update(&mailbox.server, |ix| {
+            match (ix.uidvalidity == validity)
+                .then(|| ix.messages.get_mut(&uid))
+                .flatten()
+            {
+                Some(m) => {
+                    m.size = size;
+                    m.exact = true;
+                    true
+                }
+                None => false,
+            }
+        });
+        Ok(size)
+    }
+
     /// Every selectable mailbox's (UIDVALIDITY, UIDNEXT, MESSAGES).
     async fn snapshot(&self) -> ProviderResult<(Arc<Tree>, Cursor)> {
         let tree = self.list_tree().await?;
@@ -793,6 +849,21 @@ fn uid_set(uids: &[u32]) -> String {
     out
 }
 
+/// How many bytes `UID FETCH <uid> (<section>)` brings (`None`: no such message).
+async fn body_len(session: &mut Session, uid: u32, section: &str) -> ProviderResult<Option<u64>> {
+    let fetches: Vec<_> = session
+        .uid_fetch(uid.to_string(), section)
+        .await
+        .map_err(|e| io_error("UID FETCH", e))?
+        .try_collect()
+        .await
+        .map_err(|e| io_error("UID FETCH", e))?;
+    Ok(fetches
+        .iter()
+        .find(|f| f.uid == Some(uid))
+        .map(|f| f.body().map_or(0, |b| b.len() as u64)))
+}
+
 fn merge_attachments(ix: &mut MailboxIndex, found: Vec<(u32, Vec<parts::Attachment>)>) {
     for (uid, attachments) in found {
         if let Some(m) = ix.messages.get_mut(&uid) {
@@ -831,6 +902,7 @@ async fn fetch_metadata(
             Message {
                 name: names::message_file_name(at, subject.as_deref(), uid),
                 size: f.size.unwrap_or(0) as u64,
+                exact: false,
                 date,
                 attachments: Vec::new(),
             },
@@ -850,6 +922,7 @@ impl Provider for ImapProvider {
             delta: true,
             long_poll: self.cfg().idle,
             writable: false,
+            size_hints: true,
             ..Capabilities::default()
         }
     }
@@ -865,9 +938,15 @@ impl Provider for ImapProvider {
         match self.resolve(path).await? {
             Target::Folder | Target::Mailbox(_) => Ok(folder(name, path)),
             Target::Message { mailbox, uid } => {
-                let (validity, m) = self.message(&mailbox, uid).await?;
+                let (validity, mut m) = self.message(&mailbox, uid).await?;
                 if m.name != name {
                     return Err(ProviderError::NotFound(path.to_owned()));
+                }
+                if !m.exact {
+                    // Asked when the file is opened (`size_hints`): check the size now.
+                    m.size = self
+                        .true_size(&mailbox, validity, uid, m.size, path)
+                        .await?;
                 }
                 Ok(Self::message_entry(&mailbox, validity, uid, &m))
             }
