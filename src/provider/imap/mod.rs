@@ -31,6 +31,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use async_imap::types::Fetch;
 use async_trait::async_trait;
 use bytes::Bytes;
 use futures::TryStreamExt;
@@ -463,14 +464,7 @@ impl ImapProvider {
         self.with_conn(move |c| {
             Box::pin(async move {
                 c.ensure_examined(&name).await?;
-                let fetches: Vec<_> = c
-                    .session
-                    .uid_fetch(&set, "(UID BODYSTRUCTURE)")
-                    .await
-                    .map_err(|e| io_error("UID FETCH BODYSTRUCTURE", e))?
-                    .try_collect()
-                    .await
-                    .map_err(|e| io_error("UID FETCH BODYSTRUCTURE", e))?;
+                let fetches = uid_fetch(&mut c.session, &set, "(UID BODYSTRUCTURE)").await?;
                 Ok(fetches
                     .iter()
                     .filter_map(|f| Some((f.uid?, parts::attachments(f.bodystructure()?))))
@@ -614,22 +608,13 @@ impl ImapProvider {
                     if c.ensure_examined(&server).await? != validity {
                         return Err(ProviderError::NotFound(missing));
                     }
-                    let fetches: Vec<_> = c
-                        .session
-                        .uid_fetch(uid.to_string(), format!("BODY.PEEK[{section}]"))
-                        .await
-                        .map_err(|e| io_error("UID FETCH", e))?
-                        .try_collect()
-                        .await
-                        .map_err(|e| io_error("UID FETCH", e))?;
+                    let f = uid_fetch_one(&mut c.session, uid, &format!("BODY.PEEK[{section}]"))
+                        .await?
+                        .ok_or(ProviderError::NotFound(missing))?;
                     let path = async_imap::imap_proto::types::SectionPath::Part(
                         section.split('.').filter_map(|n| n.parse().ok()).collect(),
                         None,
                     );
-                    let f = fetches
-                        .iter()
-                        .find(|f| f.uid == Some(uid))
-                        .ok_or(ProviderError::NotFound(missing))?;
                     Ok(f.section(&path).unwrap_or_default().to_vec())
                 })
             })
@@ -849,18 +834,31 @@ fn uid_set(uids: &[u32]) -> String {
     out
 }
 
-/// How many bytes `UID FETCH <uid> (<section>)` brings (`None`: no such message).
-async fn body_len(session: &mut Session, uid: u32, section: &str) -> ProviderResult<Option<u64>> {
-    let fetches: Vec<_> = session
-        .uid_fetch(uid.to_string(), section)
+/// `UID FETCH <set> <items>`: every reply.
+async fn uid_fetch(session: &mut Session, set: &str, items: &str) -> ProviderResult<Vec<Fetch>> {
+    session
+        .uid_fetch(set, items)
         .await
         .map_err(|e| io_error("UID FETCH", e))?
         .try_collect()
         .await
-        .map_err(|e| io_error("UID FETCH", e))?;
-    Ok(fetches
-        .iter()
-        .find(|f| f.uid == Some(uid))
+        .map_err(|e| io_error("UID FETCH", e))
+}
+
+/// The reply about `uid` alone (`None`: there is no such message).
+async fn uid_fetch_one(
+    session: &mut Session,
+    uid: u32,
+    items: &str,
+) -> ProviderResult<Option<Fetch>> {
+    let fetches = uid_fetch(session, &uid.to_string(), items).await?;
+    Ok(fetches.into_iter().find(|f| f.uid == Some(uid)))
+}
+
+/// How many bytes `UID FETCH <uid> (<section>)` brings (`None`: no such message).
+async fn body_len(session: &mut Session, uid: u32, section: &str) -> ProviderResult<Option<u64>> {
+    Ok(uid_fetch_one(session, uid, section)
+        .await?
         .map(|f| f.body().map_or(0, |b| b.len() as u64)))
 }
 
@@ -878,16 +876,12 @@ async fn fetch_metadata(
     uids: &[u32],
     ix: &mut MailboxIndex,
 ) -> ProviderResult<()> {
-    let fetches: Vec<_> = session
-        .uid_fetch(
-            uid_set(uids),
-            "(UID INTERNALDATE RFC822.SIZE BODY.PEEK[HEADER.FIELDS (SUBJECT)])",
-        )
-        .await
-        .map_err(|e| io_error("UID FETCH", e))?
-        .try_collect()
-        .await
-        .map_err(|e| io_error("UID FETCH", e))?;
+    let fetches = uid_fetch(
+        session,
+        &uid_set(uids),
+        "(UID INTERNALDATE RFC822.SIZE BODY.PEEK[HEADER.FIELDS (SUBJECT)])",
+    )
+    .await?;
     for f in &fetches {
         let Some(uid) = f.uid else { continue };
         let date = f.internal_date().map(|d| d.timestamp()).unwrap_or_default();
@@ -995,17 +989,9 @@ impl Provider for ImapProvider {
                             // The UIDs were renumbered: this name is not that message any more.
                             return Err(ProviderError::NotFound(missing));
                         }
-                        let fetches: Vec<_> = c
-                            .session
-                            .uid_fetch(uid.to_string(), format!("BODY.PEEK[]<{offset}.{want}>"))
-                            .await
-                            .map_err(|e| io_error("UID FETCH", e))?
-                            .try_collect()
-                            .await
-                            .map_err(|e| io_error("UID FETCH", e))?;
-                        let f = fetches
-                            .iter()
-                            .find(|f| f.uid == Some(uid))
+                        let section = format!("BODY.PEEK[]<{offset}.{want}>");
+                        let f = uid_fetch_one(&mut c.session, uid, &section)
+                            .await?
                             .ok_or(ProviderError::NotFound(missing))?;
                         Ok(Bytes::copy_from_slice(f.body().unwrap_or_default()))
                     })
