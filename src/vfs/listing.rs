@@ -212,10 +212,16 @@ impl Vfs {
             remote.insert(e.name.clone(), e);
         }
         let busy = self.queue.busy_inodes();
+        // Applied in parts, each entry's changes whole within one (a large folder in one
+        // batch costs sled far too much memory). A merge cut short between parts leaves
+        // some entries merged and the folder not marked listed: it is listed again.
         let mut batch = Batch::default();
         let mut changed_inodes = Vec::new();
         let mut changed_entries = Vec::new();
         for (name, ino) in self.store.children(dir)? {
+            if batch.is_full() {
+                self.store.apply(std::mem::take(&mut batch))?;
+            }
             let Some(mut child) = self.store.get(ino)? else {
                 batch.unlink(dir, &name);
                 continue;
@@ -253,6 +259,9 @@ impl Vfs {
             }
         }
         for (name, e) in remote {
+            if batch.is_full() {
+                self.store.apply(std::mem::take(&mut batch))?;
+            }
             let path = join_path(remote_dir, &name);
             if self.queue.touches(&path) {
                 continue; // a queued delete or rename will change this name

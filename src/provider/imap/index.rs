@@ -9,7 +9,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
 
@@ -39,10 +39,11 @@ pub struct MailboxIndex {
     pub messages: BTreeMap<u32, Message>,
 }
 
-/// Every mailbox's index, loaded from disk when first needed.
+/// Every mailbox's index, loaded from disk when first needed. Handed out shared: a large
+/// mailbox's index is copied only when it changes while someone holds it.
 pub struct Indexes {
     dir: Option<PathBuf>,
-    loaded: Mutex<HashMap<String, MailboxIndex>>,
+    loaded: Mutex<HashMap<String, Arc<MailboxIndex>>>,
 }
 
 impl Indexes {
@@ -63,55 +64,54 @@ impl Indexes {
     }
 
     /// The index of `mailbox` (empty when never listed).
-    pub fn get(&self, mailbox: &str) -> MailboxIndex {
+    pub fn get(&self, mailbox: &str) -> Arc<MailboxIndex> {
         let mut loaded = self.loaded.lock().unwrap();
-        if let Some(ix) = loaded.get(mailbox) {
-            return ix.clone();
-        }
-        let ix: MailboxIndex = self
-            .file(mailbox)
-            .and_then(|f| std::fs::read(&f).ok().map(|bytes| (f, bytes)))
-            .and_then(|(f, bytes)| match serde_json::from_slice::<MailboxIndex>(&bytes) {
+        Self::loaded_entry(&mut loaded, self.file(mailbox), mailbox).clone()
+    }
+
+    fn loaded_entry<'m>(
+        loaded: &'m mut HashMap<String, Arc<MailboxIndex>>,
+        file: Option<PathBuf>,
+        mailbox: &str,
+    ) -> &'m mut Arc<MailboxIndex> {
+        loaded.entry(mailbox.to_owned()).or_insert_with(|| {
+            let read = file.and_then(|f| std::fs::read(&f).ok().map(|bytes| (f, bytes)));
+            let ix = read.and_then(|(f, bytes)| match serde_json::from_slice(&bytes) {
                 Ok(ix) => Some(ix),
                 Err(e) => {
                     // Only a cache: listing again rebuilds it.
                     tracing::warn!(file = %f.display(), error = %e, "unreadable IMAP index; listing again");
                     None
                 }
-            })
-            .unwrap_or_default();
-        loaded.insert(mailbox.to_owned(), ix.clone());
-        ix
-    }
-
-    /// Just the one message, without copying the whole index.
-    pub fn message(&self, mailbox: &str, uid: u32) -> Option<(u32, Message)> {
-        if !self.loaded.lock().unwrap().contains_key(mailbox) {
-            self.get(mailbox);
-        }
-        let loaded = self.loaded.lock().unwrap();
-        let ix = loaded.get(mailbox)?;
-        ix.messages.get(&uid).map(|m| (ix.uidvalidity, m.clone()))
+            });
+            Arc::new(ix.unwrap_or_default())
+        })
     }
 
     /// Change the index of `mailbox` in place; kept on disk when `change` says it changed
     /// something.
     pub fn update(&self, mailbox: &str, change: impl FnOnce(&mut MailboxIndex) -> bool) {
-        let mut ix = self.get(mailbox);
-        if change(&mut ix) {
-            self.put(mailbox, ix);
+        let file = self.file(mailbox);
+        let mut loaded = self.loaded.lock().unwrap();
+        let ix = Self::loaded_entry(&mut loaded, file.clone(), mailbox);
+        if change(Arc::make_mut(ix)) {
+            Self::save(file, ix);
         }
     }
 
     /// Replace the index of `mailbox`, on disk too (written whole, then renamed over the
     /// old file, so a crash leaves the old or the new one).
-    pub fn put(&self, mailbox: &str, ix: MailboxIndex) {
-        if let Some(f) = self.file(mailbox) {
-            if let Err(e) = write_private(&f, &ix) {
+    pub fn put(&self, mailbox: &str, ix: Arc<MailboxIndex>) {
+        Self::save(self.file(mailbox), &ix);
+        self.loaded.lock().unwrap().insert(mailbox.to_owned(), ix);
+    }
+
+    fn save(file: Option<PathBuf>, ix: &MailboxIndex) {
+        if let Some(f) = file {
+            if let Err(e) = write_private(&f, ix) {
                 tracing::warn!(file = %f.display(), error = %e, "could not keep the IMAP index");
             }
         }
-        self.loaded.lock().unwrap().insert(mailbox.to_owned(), ix);
     }
 }
 
@@ -122,14 +122,16 @@ fn write_private(file: &std::path::Path, ix: &MailboxIndex) -> std::io::Result<(
         crate::private_fs::create_private_dir(dir)?;
     }
     let tmp = file.with_extension("json.tmp");
-    let mut out = std::fs::OpenOptions::new()
+    let out = std::fs::OpenOptions::new()
         .write(true)
         .create(true)
         .truncate(true)
         .mode(0o600)
         .open(&tmp)?;
-    out.write_all(&serde_json::to_vec(ix)?)?;
-    out.sync_all()?;
+    let mut out = std::io::BufWriter::new(out);
+    serde_json::to_writer(&mut out, ix)?;
+    out.flush()?;
+    out.get_ref().sync_all()?;
     std::fs::rename(&tmp, file)
 }
 
@@ -155,11 +157,11 @@ mod tests {
                 attachments: vec![],
             },
         );
-        Indexes::new(Some(dir.path().join("imap"))).put("Archive/ß", ix);
+        Indexes::new(Some(dir.path().join("imap"))).put("Archive/ß", Arc::new(ix));
         let again = Indexes::new(Some(dir.path().join("imap")));
-        let (validity, m) = again.message("Archive/ß", 3).unwrap();
-        assert_eq!((validity, m.size), (7, 10));
-        assert!(again.message("Archive/ß", 4).is_none());
+        let ix = again.get("Archive/ß");
+        assert_eq!((ix.uidvalidity, ix.messages[&3].size), (7, 10));
+        assert!(!ix.messages.contains_key(&4));
         assert_eq!(again.get("INBOX").messages.len(), 0);
         for entry in std::fs::read_dir(dir.path().join("imap")).unwrap() {
             let mode = entry.unwrap().metadata().unwrap().permissions().mode();

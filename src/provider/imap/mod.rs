@@ -380,22 +380,22 @@ impl ImapProvider {
 
     /// Bring the index of `mailbox` up to date with the server: forget expunged UIDs,
     /// fetch what is new, start over on a new UIDVALIDITY.
-    async fn refresh(&self, mailbox: &str) -> ProviderResult<MailboxIndex> {
+    async fn refresh(&self, mailbox: &str) -> ProviderResult<Arc<MailboxIndex>> {
         let old = self.indexes.get(mailbox);
         let name = mailbox.to_owned();
-        let attachments = self.cfg().attachments;
-        let (mut ix, new) = self
+        let (mut ix, new, changed) = self
             .with_conn(move |c| {
                 Box::pin(async move {
                     let (validity, exists) = c.examine(&name).await?;
-                    let mut ix = if old.uidvalidity == validity {
-                        old
-                    } else {
+                    let renumbered = old.uidvalidity != validity;
+                    let mut ix = if renumbered {
                         // Every UID of the old validity means nothing now.
-                        MailboxIndex {
+                        Arc::new(MailboxIndex {
                             uidvalidity: validity,
                             ..Default::default()
-                        }
+                        })
+                    } else {
+                        old
                     };
                     let now: HashSet<u32> = if exists == 0 {
                         HashSet::new()
@@ -405,27 +405,31 @@ impl ImapProvider {
                             .await
                             .map_err(|e| io_error("UID SEARCH", e))?
                     };
-                    let before = ix.messages.len();
-                    ix.messages.retain(|uid, _| now.contains(uid));
-                    let removed = before != ix.messages.len();
+                    let gone = ix.messages.keys().any(|uid| !now.contains(uid));
                     let mut new: Vec<u32> = now
-                        .into_iter()
+                        .iter()
+                        .copied()
                         .filter(|u| !ix.messages.contains_key(u))
                         .collect();
                     new.sort_unstable();
-                    for chunk in new.chunks(FETCH_CHUNK) {
-                        fetch_metadata(&mut c.session, chunk, &mut ix).await?;
+                    if gone || !new.is_empty() {
+                        // Copied only now, and only if someone else still holds it.
+                        let edit = Arc::make_mut(&mut ix);
+                        edit.messages.retain(|uid, _| now.contains(uid));
+                        for chunk in new.chunks(FETCH_CHUNK) {
+                            fetch_metadata(&mut c.session, chunk, edit).await?;
+                        }
                     }
-                    Ok((ix, if removed { vec![0] } else { new }))
+                    Ok((ix, new, renumbered || gone))
                 })
             })
             .await?;
-        if new.is_empty() {
+        if !changed && new.is_empty() {
             return Ok(ix);
         }
-        if attachments {
-            let wanted: Vec<u32> = new.into_iter().filter(|u| *u != 0).collect();
-            self.fetch_attachments(mailbox, &wanted, &mut ix).await;
+        if self.cfg().attachments && !new.is_empty() {
+            self.fetch_attachments(mailbox, &new, Arc::make_mut(&mut ix))
+                .await;
         }
         self.indexes.put(mailbox, ix.clone());
         Ok(ix)
@@ -529,10 +533,26 @@ impl ImapProvider {
     }
 
     /// The message `uid` of `mailbox` as indexed (the mailbox listed first if it is not).
+    ///
+    /// A UID below the highest one indexed that the index lacks is gone: UIDs only grow
+    /// (RFC 3501 §2.3.1.1), so no listing could bring it back. That keeps the core's
+    /// "is it really gone?" look after an expunge (one per message) off the network.
     async fn message(&self, mailbox: &MailboxInfo, uid: u32) -> ProviderResult<(u32, Message)> {
-        if let Some(found) = self.indexes.message(&mailbox.server, uid) {
-            return Ok(found);
+        let known = self.indexes.get(&mailbox.server);
+        if let Some(m) = known.messages.get(&uid) {
+            return Ok((known.uidvalidity, m.clone()));
         }
+        if known
+            .messages
+            .last_key_value()
+            .is_some_and(|(max, _)| uid < *max)
+        {
+            return Err(ProviderError::NotFound(format!(
+                "{} UID {uid}",
+                mailbox.server
+            )));
+        }
+        drop(known);
         let ix = self.refresh(&mailbox.server).await?;
         ix.messages
             .get(&uid)
