@@ -504,3 +504,54 @@ async fn xoauth2_logs_in_with_the_access_token_and_renews_a_refused_one_once() {
         Err(ProviderError::Auth(_))
     ));
 }
+
+/// With QRESYNC (Dovecot has it), listing again asks only for what changed since the
+/// last listing's HIGHESTMODSEQ: nothing at all when nothing changed, `CHANGEDSINCE` with
+/// `VANISHED` otherwise — never every UID (`UID SEARCH ALL`). Seen through a proxy that
+/// records the commands.
+#[tokio::test]
+async fn with_qresync_listing_again_asks_only_what_changed() {
+    let d = Dovecot::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let a = d.append("INBOX", b"Subject: a\r\n\r\na\r\n");
+    let b = d.append("INBOX", b"Subject: b\r\n\r\nb\r\n");
+    let proxy = dovecot::ImapProxy::start(d.port, 0);
+    let cfg = ImapConfig::loopback(proxy.port, &d.user, password_file(&d, &tmp));
+    let p = ImapProvider::new(cfg, Some(tmp.path().join("index")), None).unwrap();
+    assert_eq!(names(&p, "/INBOX").await.len(), 2);
+    let first = proxy.take_commands();
+    assert!(
+        first.iter().any(|c| c.contains("ENABLE QRESYNC")),
+        "{first:?}"
+    );
+
+    // Nothing changed: EXAMINE says so (HIGHESTMODSEQ), and nothing more is asked.
+    assert_eq!(names(&p, "/INBOX").await.len(), 2);
+    let quiet = proxy.take_commands();
+    assert!(
+        !quiet
+            .iter()
+            .any(|c| c.contains("FETCH") || c.contains("SEARCH")),
+        "{quiet:?}"
+    );
+
+    d.delete_message("INBOX", a.uid);
+    let c = d.append("INBOX", b"Subject: c\r\n\r\nc\r\n");
+    d.set_flags("INBOX", b.uid, &["\\Flagged"], true);
+    let listed: Vec<String> = names(&p, "/INBOX").await.into_iter().map(|e| e.0).collect();
+    assert_eq!(listed.len(), 2, "{listed:?}");
+    assert!(listed
+        .iter()
+        .any(|n| n.ends_with(&format!("[u{}].eml", b.uid))));
+    assert!(listed
+        .iter()
+        .any(|n| n.ends_with(&format!("[u{}].eml", c.uid))));
+    let changed = proxy.take_commands();
+    assert!(
+        changed
+            .iter()
+            .any(|l| l.contains("CHANGEDSINCE") && l.contains("VANISHED")),
+        "{changed:?}"
+    );
+    assert!(!changed.iter().any(|l| l.contains("SEARCH")), "{changed:?}");
+}

@@ -1,7 +1,7 @@
 //! An IMAP account mounted by the real daemon from a config file, against a real Dovecot
 //! (tests/support/dovecot.rs), through the kernel: names, sizes and byte-exact reads of
 //! messages and attachments, `grep -r`, new mail arriving by IDLE and by polling, expunged
-//! mail going, EROFS for every change, `\Seen` never set, and a
+//! mail going, a new UIDVALIDITY, EROFS for every change, `\Seen` never set, and a
 //! restart with the server down that still lists and reads what was cached.
 
 mod common;
@@ -76,7 +76,9 @@ Content-Disposition: attachment; filename=\"q3.csv\"\r\n\r\nmonth,revenue\r\njul
 --b1\r\nContent-Type: application/octet-stream\r\nContent-Transfer-Encoding: base64\r\n\
 Content-Disposition: attachment; filename=\"blob.bin\"\r\n\r\nAAECAwQFBgcICf8=\r\n--b1--\r\n";
 
-/// Reading, attachments, grep, EROFS; new mail by IDLE (the poll interval is 5 minutes,
+const HTML: &[u8] = b"Subject: newsletter\r\nMIME-Version: 1.0\r\nContent-Type: text/html; charset=utf-8\r\n\r\n<html><body><h1>News</h1><p>Caf\xc3\xa9 opens</p></body></html>\r\n";
+
+/// Reading (plain, HTML, 20 MiB whole and ranged), attachments, grep, EROFS; new mail by IDLE (the poll interval is 5 minutes,
 /// so only IDLE can bring it); `\Seen` untouched; then a restart with Dovecot stopped:
 /// the listing and the messages read before are still there.
 #[test]
@@ -89,6 +91,13 @@ fn mail_and_attachments_read_grep_idle_and_offline_after_restart() {
         "Archive/2024",
         b"Subject: old note\r\n\r\nremember the milk\r\n",
     );
+    let html_uid = d.append("INBOX", HTML).uid;
+    // A 20 MiB message: read whole and from the middle through the kernel.
+    let mut big = b"Subject: big one\r\nContent-Type: text/plain\r\n\r\n".to_vec();
+    while big.len() < 20 << 20 {
+        big.extend_from_slice(format!("line {:08} of the big message\r\n", big.len()).as_bytes());
+    }
+    let big_uid = d.append("INBOX", &big).uid;
     let cfg = config(&d, &dirs, "poll_interval_secs = 300.0", "");
     let m = DaemonMount::start_with_config(&dirs, &cfg, &[]);
     let root = dirs.mnt.join("mail");
@@ -104,6 +113,31 @@ fn mail_and_attachments_read_grep_idle_and_offline_after_restart() {
     assert_eq!(meta.len(), REPORT.len() as u64);
     assert_eq!(meta.permissions().mode() & 0o222, 0, "read-only files");
     assert_eq!(fs::read(root.join("INBOX").join(&eml)).unwrap(), REPORT);
+
+    let html = root.join("INBOX").join(named(&inbox, html_uid));
+    assert_eq!(fs::read(&html).unwrap(), HTML);
+    assert!(
+        !inbox
+            .iter()
+            .any(|n| n.ends_with(&format!("[u{html_uid}].d"))),
+        "{inbox:?}"
+    );
+    let big_file = root.join("INBOX").join(named(&inbox, big_uid));
+    assert_eq!(fs::metadata(&big_file).unwrap().len(), big.len() as u64);
+    {
+        use std::os::unix::fs::FileExt;
+        let f = fs::File::open(&big_file).unwrap();
+        let mut middle = vec![0u8; 100_000];
+        f.read_exact_at(&mut middle, 12_345_678).unwrap();
+        assert!(
+            middle == big[12_345_678..12_445_678],
+            "a ranged read differs"
+        );
+    }
+    assert!(
+        fs::read(&big_file).unwrap() == big,
+        "the 20 MiB message differs"
+    );
 
     let att = root.join("INBOX").join(&folder);
     assert_eq!(names(&att), ["blob.bin", "q3.csv"]);
@@ -187,9 +221,9 @@ fn mail_and_attachments_read_grep_idle_and_offline_after_restart() {
     drop(m);
 }
 
-/// Without IDLE, polling: new mail in a folder other than INBOX and an expunge reach the
-/// mount. (A UIDVALIDITY change is tested on the provider: Dovecot keeps the UIDs, so
-/// the names do not show it.)
+/// Without IDLE, polling: new mail in a folder other than INBOX, an expunge, and a new
+/// UIDVALIDITY reach the mount. (That the index is dropped on a new UIDVALIDITY is shown
+/// on the provider: Dovecot keeps the UID numbers, so the names here do not change.)
 #[test]
 fn polling_brings_new_and_expunged_mail() {
     let d = Dovecot::start();
@@ -216,9 +250,29 @@ fn polling_brings_new_and_expunged_mail() {
     );
     let b_now = named(&names(&lists), b.uid);
     assert_eq!(
-        fs::read(lists.join(b_now)).unwrap(),
+        fs::read(lists.join(&b_now)).unwrap(),
         b"Subject: b\r\n\r\nb\r\n"
     );
+
+    // A new UIDVALIDITY: the mailbox is listed afresh (Dovecot keeps the UID numbers, so
+    // the names stay) and every message still reads right; mail arriving after it shows.
+    d.force_uidvalidity_change("Lists");
+    let e = d.append("Lists", b"Subject: e\r\n\r\ne\r\n");
+    wait_for(
+        &lists,
+        Duration::from_secs(20),
+        "mail after a new UIDVALIDITY",
+        |n| n.iter().any(|x| x.ends_with(&format!("[u{}].eml", e.uid))),
+    );
+    let now = names(&lists);
+    assert_eq!(now.len(), 3, "{now:?}");
+    for (uid, body) in [
+        (b.uid, &b"Subject: b\r\n\r\nb\r\n"[..]),
+        (c.uid, b"Subject: c\r\n\r\nc\r\n"),
+        (e.uid, b"Subject: e\r\n\r\ne\r\n"),
+    ] {
+        assert_eq!(fs::read(lists.join(named(&now, uid))).unwrap(), body);
+    }
 }
 
 /// `auth = "xoauth2"` through the config, the token vault and the daemon: the login's
@@ -297,7 +351,7 @@ fn a_wrong_rfc822_size_gives_way_to_the_true_size_when_a_message_is_opened() {
     let body: &[u8] = b"Subject: sized wrong\r\n\r\nthe server's size for this is not its size\r\n";
     let uid = d.append("INBOX", body).uid;
     for delta in [40i64, -20] {
-        let port = dovecot::start_size_lying_proxy(d.port, delta);
+        let port = dovecot::ImapProxy::start(d.port, delta).port;
         let tmp = tempfile::tempdir().unwrap();
         let pw = tmp.path().join("pw");
         fs::write(&pw, &d.password).unwrap();

@@ -762,58 +762,88 @@ pub fn start_introspection_endpoint() -> String {
     url
 }
 
-/// A proxy in front of Dovecot that lies about sizes as some servers do (hMailServer, OVH
-/// Hosted Exchange: RFC 3501 RFC822.SIZE not matching the bytes served): every
-/// `RFC822.SIZE n` in the server's replies becomes `n + delta`; everything else, message
-/// bytes included, passes unchanged. Returns the proxy's loopback port.
-pub fn start_size_lying_proxy(upstream: u16, delta: i64) -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind size-lying proxy");
-    let port = listener.local_addr().expect("addr").port();
-    std::thread::spawn(move || {
-        for client in listener.incoming() {
-            let Ok(client) = client else { continue };
-            let Ok(server) = TcpStream::connect(("127.0.0.1", upstream)) else {
-                continue;
-            };
-            let (mut c_read, mut s_write) = (
-                client.try_clone().expect("clone"),
-                server.try_clone().expect("clone"),
-            );
-            std::thread::spawn(move || {
-                let _ = std::io::copy(&mut c_read, &mut s_write);
-                let _ = s_write.shutdown(std::net::Shutdown::Write);
-            });
-            std::thread::spawn(move || {
-                let mut from = BufReader::new(server);
-                let mut to = client;
-                loop {
-                    let mut line = Vec::new();
-                    if from.read_until(b'\n', &mut line).unwrap_or(0) == 0 {
-                        let _ = to.shutdown(std::net::Shutdown::Both);
-                        return;
-                    }
-                    let text = String::from_utf8_lossy(&line).into_owned();
-                    let rewritten = lie_about_sizes(&text, delta);
-                    if to.write_all(rewritten.as_bytes()).is_err() {
-                        return;
-                    }
-                    // A literal follows the line: its bytes pass as they are.
-                    let literal = text
-                        .trim_end()
-                        .strip_suffix('}')
-                        .and_then(|t| t.rsplit_once('{'))
-                        .and_then(|(_, n)| n.trim_end_matches('+').parse::<u64>().ok());
-                    if let Some(n) = literal {
-                        let mut bytes = (&mut from).take(n);
-                        if std::io::copy(&mut bytes, &mut to).is_err() {
+/// A proxy in front of Dovecot that records the client's command lines and can lie about
+/// sizes as some servers do (hMailServer, OVH Hosted Exchange: RFC822.SIZE not matching
+/// the bytes served): with `size_delta`, every `RFC822.SIZE n` in the server's replies
+/// becomes `n + size_delta`; everything else, message bytes included, passes unchanged.
+pub struct ImapProxy {
+    /// Its loopback port.
+    pub port: u16,
+    commands: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl ImapProxy {
+    pub fn start(upstream: u16, size_delta: i64) -> ImapProxy {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind IMAP proxy");
+        let port = listener.local_addr().expect("addr").port();
+        let commands = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let log = commands.clone();
+        std::thread::spawn(move || {
+            for client in listener.incoming() {
+                let Ok(client) = client else { continue };
+                let Ok(server) = TcpStream::connect(("127.0.0.1", upstream)) else {
+                    continue;
+                };
+                let c_read = client.try_clone().expect("clone");
+                let mut s_write = server.try_clone().expect("clone");
+                let log = log.clone();
+                std::thread::spawn(move || {
+                    let mut from = BufReader::new(c_read);
+                    loop {
+                        let mut line = Vec::new();
+                        if from.read_until(b'\n', &mut line).unwrap_or(0) == 0
+                            || s_write.write_all(&line).is_err()
+                        {
+                            let _ = s_write.shutdown(std::net::Shutdown::Write);
                             return;
                         }
+                        log.lock()
+                            .unwrap()
+                            .push(String::from_utf8_lossy(&line).trim_end().to_owned());
                     }
-                }
-            });
-        }
-    });
-    port
+                });
+                std::thread::spawn(move || {
+                    let mut from = BufReader::new(server);
+                    let mut to = client;
+                    loop {
+                        let mut line = Vec::new();
+                        if from.read_until(b'\n', &mut line).unwrap_or(0) == 0 {
+                            let _ = to.shutdown(std::net::Shutdown::Both);
+                            return;
+                        }
+                        let text = String::from_utf8_lossy(&line).into_owned();
+                        let rewritten = if size_delta == 0 {
+                            text.clone()
+                        } else {
+                            lie_about_sizes(&text, size_delta)
+                        };
+                        if to.write_all(rewritten.as_bytes()).is_err() {
+                            return;
+                        }
+                        // A literal follows the line: its bytes pass as they are.
+                        let literal = text
+                            .trim_end()
+                            .strip_suffix('}')
+                            .and_then(|t| t.rsplit_once('{'))
+                            .and_then(|(_, n)| n.trim_end_matches('+').parse::<u64>().ok());
+                        if let Some(n) = literal {
+                            let mut bytes = (&mut from).take(n);
+                            if std::io::copy(&mut bytes, &mut to).is_err() {
+                                return;
+                            }
+                        }
+                    }
+                });
+            }
+        });
+        ImapProxy { port, commands }
+    }
+
+    /// The client's command lines so far (literal data sent by the client included, line
+    /// by line), and forget them.
+    pub fn take_commands(&self) -> Vec<String> {
+        std::mem::take(&mut *self.commands.lock().unwrap())
+    }
 }
 
 fn lie_about_sizes(line: &str, delta: i64) -> String {

@@ -36,6 +36,10 @@ pub struct Message {
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct MailboxIndex {
     pub uidvalidity: u32,
+    /// The mailbox's HIGHESTMODSEQ when it was last listed (servers with QRESYNC, RFC
+    /// 7162): the next listing asks only for what changed since.
+    #[serde(default)]
+    pub highest_modseq: Option<u64>,
     pub messages: BTreeMap<u32, Message>,
 }
 

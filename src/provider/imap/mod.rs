@@ -148,12 +148,21 @@ fn uid_of(name: &str, suffix: &str) -> Option<u32> {
 struct Conn {
     session: Session,
     examined: Option<(String, u32)>,
+    /// QRESYNC is enabled on it (RFC 7162 §3.2.3).
+    qresync: bool,
+}
+
+/// What `EXAMINE` said of a mailbox.
+struct Examined {
+    uidvalidity: u32,
+    exists: u32,
+    /// Present with CONDSTORE / QRESYNC.
+    highest_modseq: Option<u64>,
 }
 
 impl Conn {
-    /// `EXAMINE` `mailbox` (again: that also shows what arrived since) and return
-    /// (UIDVALIDITY, EXISTS).
-    async fn examine(&mut self, mailbox: &str) -> ProviderResult<(u32, u32)> {
+    /// `EXAMINE` `mailbox` (again: that also shows what arrived since).
+    async fn examine(&mut self, mailbox: &str) -> ProviderResult<Examined> {
         self.examined = None;
         let mb = self.session.examine(mailbox).await.map_err(|e| match e {
             async_imap::error::Error::No(m) => {
@@ -161,16 +170,45 @@ impl Conn {
             }
             e => io_error("EXAMINE", e),
         })?;
-        let validity = mb.uid_validity.unwrap_or(0);
-        self.examined = Some((mailbox.to_owned(), validity));
-        Ok((validity, mb.exists))
+        let uidvalidity = mb.uid_validity.unwrap_or(0);
+        self.examined = Some((mailbox.to_owned(), uidvalidity));
+        Ok(Examined {
+            uidvalidity,
+            exists: mb.exists,
+            highest_modseq: mb.highest_modseq,
+        })
+    }
+
+    /// What changed in the open mailbox since `modseq` (QRESYNC): the UIDs of messages
+    /// new or changed since, and the UIDs expunged since (`VANISHED (EARLIER)`).
+    async fn changed_since(&mut self, modseq: u64) -> ProviderResult<(Vec<u32>, HashSet<u32>)> {
+        // VANISHED arrives as an unsolicited response: start from an empty queue (it
+        // holds only so many, and keeps whatever earlier commands left in it).
+        while self.session.unsolicited_responses.try_recv().is_ok() {}
+        let fetches = uid_fetch(
+            &mut self.session,
+            "1:*",
+            &format!("(UID) (CHANGEDSINCE {modseq} VANISHED)"),
+        )
+        .await?;
+        let mut vanished = HashSet::new();
+        while let Ok(r) = self.session.unsolicited_responses.try_recv() {
+            if let async_imap::types::UnsolicitedResponse::Other(data) = r {
+                if let async_imap::imap_proto::Response::Vanished { uids, .. } = data.parsed() {
+                    for range in uids {
+                        vanished.extend(range.clone());
+                    }
+                }
+            }
+        }
+        Ok((fetches.iter().filter_map(|f| f.uid).collect(), vanished))
     }
 
     /// Open `mailbox` unless it is open; its UIDVALIDITY.
     async fn ensure_examined(&mut self, mailbox: &str) -> ProviderResult<u32> {
         match &self.examined {
             Some((m, v)) if m == mailbox => Ok(*v),
-            _ => Ok(self.examine(mailbox).await?.0),
+            _ => Ok(self.examine(mailbox).await?.uidvalidity),
         }
     }
 }
@@ -269,9 +307,21 @@ impl ImapProvider {
     ) -> ProviderResult<T> {
         let mut guard = self.conn.lock().await;
         if guard.is_none() {
+            let mut session = self.connector.connect().await?;
+            let caps = session
+                .capabilities()
+                .await
+                .map_err(|e| io_error("CAPABILITY", e))?;
+            // Listing again then asks only for what changed (RFC 7162 §3.2.3).
+            let qresync = caps.has_str("QRESYNC")
+                && session
+                    .run_command_and_check_ok("ENABLE QRESYNC")
+                    .await
+                    .is_ok();
             *guard = Some(Conn {
-                session: self.connector.connect().await?,
+                session,
                 examined: None,
+                qresync,
             });
         }
         let result = f(guard.as_mut().expect("just made")).await;
@@ -386,8 +436,14 @@ impl ImapProvider {
         let (mut ix, new, changed) = self
             .with_conn(move |c| {
                 Box::pin(async move {
-                    let (validity, exists) = c.examine(&name).await?;
+                    let seen = c.examine(&name).await?;
+                    let validity = seen.uidvalidity;
                     let renumbered = old.uidvalidity != validity;
+                    if !renumbered && c.qresync {
+                        if let (Some(then), Some(now)) = (old.highest_modseq, seen.highest_modseq) {
+                            return refresh_since(c, old, then, now).await;
+                        }
+                    }
                     let mut ix = if renumbered {
                         // Every UID of the old validity means nothing now.
                         Arc::new(MailboxIndex {
@@ -397,6 +453,11 @@ impl ImapProvider {
                     } else {
                         old
                     };
+                    let modseq_moved = ix.highest_modseq != seen.highest_modseq;
+                    if modseq_moved {
+                        Arc::make_mut(&mut ix).highest_modseq = seen.highest_modseq;
+                    }
+                    let exists = seen.exists;
                     let now: HashSet<u32> = if exists == 0 {
                         HashSet::new()
                     } else {
@@ -420,7 +481,7 @@ impl ImapProvider {
                             fetch_metadata(&mut c.session, chunk, edit).await?;
                         }
                     }
-                    Ok((ix, new, renumbered || gone))
+                    Ok((ix, new, renumbered || gone || modseq_moved))
                 })
             })
             .await?;
@@ -852,6 +913,34 @@ fn uid_set(uids: &[u32]) -> String {
         i += 1;
     }
     out
+}
+
+/// Bring `old` up to date with QRESYNC: nothing asked when HIGHESTMODSEQ has not moved;
+/// else the UIDs changed since `then` and those expunged since, and the metadata of the
+/// new ones. Returns (index, new UIDs, changed).
+async fn refresh_since(
+    c: &mut Conn,
+    mut ix: Arc<MailboxIndex>,
+    then: u64,
+    now: u64,
+) -> ProviderResult<(Arc<MailboxIndex>, Vec<u32>, bool)> {
+    if then == now {
+        return Ok((ix, Vec::new(), false));
+    }
+    let (changed, vanished) = c.changed_since(then).await?;
+    let mut new: Vec<u32> = changed
+        .into_iter()
+        .filter(|u| !ix.messages.contains_key(u))
+        .collect();
+    new.sort_unstable();
+    new.dedup();
+    let edit = Arc::make_mut(&mut ix);
+    edit.messages.retain(|uid, _| !vanished.contains(uid));
+    edit.highest_modseq = Some(now);
+    for chunk in new.chunks(FETCH_CHUNK) {
+        fetch_metadata(&mut c.session, chunk, edit).await?;
+    }
+    Ok((ix, new, true))
 }
 
 /// `UID FETCH <set> <items>`: every reply.
