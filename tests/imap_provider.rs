@@ -555,3 +555,20 @@ async fn with_qresync_listing_again_asks_only_what_changed() {
     );
     assert!(!changed.iter().any(|l| l.contains("SEARCH")), "{changed:?}");
 }
+
+/// A connection the server dropped while it was unused (here: Dovecot restarted) is
+/// noticed before use and made again, so the next listing does not fail.
+#[tokio::test]
+async fn a_connection_dropped_while_idle_is_made_again_before_use() {
+    let mut d = Dovecot::start();
+    let tmp = tempfile::tempdir().unwrap();
+    d.append("INBOX", PLAIN);
+    let mut cfg = ImapConfig::loopback(d.port, &d.user, password_file(&d, &tmp));
+    // Check every time (the default waits a minute of disuse).
+    cfg.idle_check_secs = 0;
+    let p = ImapProvider::new(cfg, None, None).unwrap();
+    assert_eq!(names(&p, "/INBOX").await.len(), 1);
+    d.restart();
+    d.append("INBOX", b"Subject: after\r\n\r\nafter the restart\r\n");
+    assert_eq!(names(&p, "/INBOX").await.len(), 2);
+}

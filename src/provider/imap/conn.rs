@@ -74,6 +74,14 @@ pub struct ImapConfig {
     /// Wait for new mail in INBOX with IDLE between polls (when the server offers it).
     #[serde(default = "yes")]
     pub idle: bool,
+    /// A connection unused for this many seconds is checked with NOOP before use (and
+    /// made again if it went away): servers log idle clients out, NATs forget idle flows.
+    #[serde(default = "default_idle_check")]
+    pub idle_check_secs: u64,
+}
+
+fn default_idle_check() -> u64 {
+    60
 }
 
 fn yes() -> bool {
@@ -98,6 +106,7 @@ impl fmt::Debug for ImapConfig {
             .field("ca_file", &self.ca_file)
             .field("attachments", &self.attachments)
             .field("idle", &self.idle)
+            .field("idle_check_secs", &self.idle_check_secs)
             .finish()
     }
 }
@@ -117,6 +126,7 @@ impl ImapConfig {
             ca_file: None,
             attachments: true,
             idle: true,
+            idle_check_secs: default_idle_check(),
         }
     }
 

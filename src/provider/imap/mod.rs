@@ -150,6 +150,7 @@ struct Conn {
     examined: Option<(String, u32)>,
     /// QRESYNC is enabled on it (RFC 7162 §3.2.3).
     qresync: bool,
+    last_used: std::time::Instant,
 }
 
 /// What `EXAMINE` said of a mailbox.
@@ -306,6 +307,16 @@ impl ImapProvider {
         f: impl for<'c> FnOnce(&'c mut Conn) -> ConnFuture<'c, T>,
     ) -> ProviderResult<T> {
         let mut guard = self.conn.lock().await;
+        // A connection unused for a while is checked first: servers log idle clients out
+        // (RFC 3501 §5.4 allows it after 30 minutes, many do it sooner), NATs forget idle
+        // flows, and the first command on such a connection would fail.
+        let check_after = Duration::from_secs(self.cfg().idle_check_secs);
+        if let Some(c) = guard.as_mut() {
+            if c.last_used.elapsed() >= check_after && c.session.noop().await.is_err() {
+                tracing::debug!("IMAP connection went away while idle; connecting again");
+                *guard = None;
+            }
+        }
         if guard.is_none() {
             let mut session = self.connector.connect().await?;
             let caps = session
@@ -322,9 +333,12 @@ impl ImapProvider {
                 session,
                 examined: None,
                 qresync,
+                last_used: std::time::Instant::now(),
             });
         }
-        let result = f(guard.as_mut().expect("just made")).await;
+        let conn = guard.as_mut().expect("just made");
+        conn.last_used = std::time::Instant::now();
+        let result = f(conn).await;
         if matches!(result, Err(ProviderError::Transient(_))) {
             // The connection may be broken, or out of step after a reply it could not
             // parse: a new one next time.
