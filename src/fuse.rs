@@ -19,7 +19,7 @@ use fuser::{
     ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 
-use crate::metadata::{Ino, ROOT_LOCAL_INO};
+use crate::metadata::{Ino, SpecialKind, ROOT_LOCAL_INO};
 use crate::mount_root::{Connection, MountRoot, Route};
 use crate::provider::EntryKind;
 use crate::vfs::{Attr, FsError, KernelNotifier, SetAttr, TimeSpec, Vfs};
@@ -30,11 +30,15 @@ fn errno(e: &FsError) -> Errno {
     Errno::from_i32(e.errno())
 }
 
-fn file_type(kind: EntryKind) -> FileType {
-    match kind {
-        EntryKind::File => FileType::RegularFile,
-        EntryKind::Dir => FileType::Directory,
-        EntryKind::Symlink => FileType::Symlink,
+fn file_type(a: &Attr) -> FileType {
+    match (a.kind, a.special.map(|s| s.kind)) {
+        (_, Some(SpecialKind::Fifo)) => FileType::NamedPipe,
+        (_, Some(SpecialKind::Socket)) => FileType::Socket,
+        (_, Some(SpecialKind::CharDevice)) => FileType::CharDevice,
+        (_, Some(SpecialKind::BlockDevice)) => FileType::BlockDevice,
+        (EntryKind::File, None) => FileType::RegularFile,
+        (EntryKind::Dir, None) => FileType::Directory,
+        (EntryKind::Symlink, None) => FileType::Symlink,
     }
 }
 
@@ -47,12 +51,12 @@ fn to_fuse(ino: u64, a: &Attr) -> FileAttr {
         mtime: a.mtime,
         ctime: a.ctime,
         crtime: a.ctime,
-        kind: file_type(a.kind),
+        kind: file_type(a),
         perm: a.perm,
         nlink: a.nlink,
         uid: a.uid,
         gid: a.gid,
-        rdev: 0,
+        rdev: a.special.map_or(0, |s| s.rdev),
         blksize: 4096,
         flags: 0,
     }
@@ -365,7 +369,7 @@ impl Filesystem for CloudFs {
         name: &OsStr,
         mode: u32,
         umask: u32,
-        _rdev: u32,
+        rdev: u32,
         reply: ReplyEntry,
     ) {
         let name = name_or_reply!(name, reply);
@@ -373,7 +377,7 @@ impl Filesystem for CloudFs {
         let (uid, gid, ttl) = (req.uid(), req.gid(), self.attr_ttl);
         self.spawn(async move {
             let (_, vfs) = Self::slot_vfs(&root, slot);
-            match vfs.mknod(local, &name, mode & !umask, uid, gid).await {
+            match vfs.mknod(local, &name, mode & !umask, rdev, uid, gid).await {
                 Ok(attr) => Self::entry_reply(&root, slot, &attr, ttl, reply),
                 Err(e) => reply.error(errno(&e)),
             }
@@ -662,7 +666,7 @@ impl Filesystem for CloudFs {
             return reply.error(Errno::EBADF);
         };
         for (i, (ino, name, attr)) in snap.entries.iter().enumerate().skip(offset as usize) {
-            if reply.add(INodeNo(*ino), (i + 1) as u64, file_type(attr.kind), name) {
+            if reply.add(INodeNo(*ino), (i + 1) as u64, file_type(attr), name) {
                 break;
             }
         }

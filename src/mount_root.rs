@@ -87,6 +87,7 @@ impl MountRoot {
         Attr {
             ino: TOP_INO,
             kind: crate::provider::EntryKind::Dir,
+            special: None,
             size: 0,
             perm: 0o555,
             nlink: 2 + self.connections.len() as u32,

@@ -69,12 +69,87 @@ pub struct Inode {
     pub conflict: Option<String>,
     /// Set when uploads failed permanently; cleared by a successful upload.
     pub upload_error: Option<String>,
+    /// A FIFO, socket or device node (`kind` is `File`): it lives in this store only,
+    /// never on the remote. Added after the first release: see [`decode_inode`].
+    pub special: Option<Special>,
 }
 
 impl Inode {
     pub fn is_dir(&self) -> bool {
         self.kind == EntryKind::Dir
     }
+}
+
+/// What a special file is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SpecialKind {
+    Fifo,
+    Socket,
+    CharDevice,
+    BlockDevice,
+}
+
+/// A special file: its kind, and the device number of a device node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Special {
+    pub kind: SpecialKind,
+    pub rdev: u32,
+}
+
+/// An inode as stores written before `special` existed hold it (bincode has no optional
+/// trailing fields: such a record ends where `special` would start).
+#[derive(Deserialize)]
+struct InodeBeforeSpecial {
+    ino: Ino,
+    parent: Ino,
+    name: String,
+    kind: EntryKind,
+    size: u64,
+    mtime: SystemTime,
+    atime: SystemTime,
+    ctime: SystemTime,
+    perm: u16,
+    uid: u32,
+    gid: u32,
+    symlink_target: Option<String>,
+    remote: Option<RemoteState>,
+    dirty: bool,
+    base_revision: Option<String>,
+    listed_at: Option<SystemTime>,
+    hash: Option<String>,
+    generation: u64,
+    conflict: Option<String>,
+    upload_error: Option<String>,
+}
+
+/// An inode record, of this version or of the one before `special`.
+fn decode_inode(bytes: &[u8]) -> StoreResult<Inode> {
+    decode::<Inode>(bytes).or_else(|now| {
+        let old: InodeBeforeSpecial = decode(bytes).map_err(|_| now)?;
+        Ok(Inode {
+            ino: old.ino,
+            parent: old.parent,
+            name: old.name,
+            kind: old.kind,
+            size: old.size,
+            mtime: old.mtime,
+            atime: old.atime,
+            ctime: old.ctime,
+            perm: old.perm,
+            uid: old.uid,
+            gid: old.gid,
+            symlink_target: old.symlink_target,
+            remote: old.remote,
+            dirty: old.dirty,
+            base_revision: old.base_revision,
+            listed_at: old.listed_at,
+            hash: old.hash,
+            generation: old.generation,
+            conflict: old.conflict,
+            upload_error: old.upload_error,
+            special: None,
+        })
+    })
 }
 
 fn key(prefix: u8, ino: Ino) -> [u8; 9] {
@@ -160,7 +235,7 @@ impl Store {
     pub fn get(&self, ino: Ino) -> StoreResult<Option<Inode>> {
         self.tree
             .get(key(INODE, ino))?
-            .map(|v| decode(&v))
+            .map(|v| decode_inode(&v))
             .transpose()
     }
 
@@ -202,9 +277,10 @@ impl Store {
     }
 
     pub fn all_inodes(&self) -> impl Iterator<Item = StoreResult<Inode>> + '_ {
-        self.tree
-            .scan_prefix([INODE])
-            .map(|item| item.map_err(StoreError::from).and_then(|(_, v)| decode(&v)))
+        self.tree.scan_prefix([INODE]).map(|item| {
+            item.map_err(StoreError::from)
+                .and_then(|(_, v)| decode_inode(&v))
+        })
     }
 
     pub fn alloc_ino(&self) -> StoreResult<Ino> {
@@ -307,5 +383,66 @@ impl Store {
             .await
             .map_err(|e| sled::Error::ReportableBug(format!("flush task failed: {e}")))??;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn inode() -> Inode {
+        let t = SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_700_000_000);
+        Inode {
+            ino: 42,
+            parent: 1,
+            name: "a.txt".into(),
+            kind: EntryKind::File,
+            size: 3,
+            mtime: t,
+            atime: t,
+            ctime: t,
+            perm: 0o644,
+            uid: 1000,
+            gid: 1000,
+            symlink_target: None,
+            remote: Some(RemoteState {
+                path: "/a.txt".into(),
+                revision: "r1".into(),
+                id: "/a.txt".into(),
+            }),
+            dirty: false,
+            base_revision: None,
+            listed_at: None,
+            hash: None,
+            generation: 7,
+            conflict: None,
+            upload_error: None,
+            special: None,
+        }
+    }
+
+    #[test]
+    fn records_from_before_special_files_still_read() {
+        let now = encode(&inode());
+        // The same inode as the previous version wrote it: without the trailing `special`
+        // (bincode writes `None` as one zero byte).
+        assert_eq!(now.last(), Some(&0));
+        let before = &now[..now.len() - 1];
+        let read = decode_inode(before).unwrap();
+        assert_eq!(
+            (read.ino, read.name.as_str(), read.generation),
+            (42, "a.txt", 7)
+        );
+        assert_eq!(read.special, None);
+        assert_eq!(read.remote.unwrap().revision, "r1");
+        // And this version's records, special or not, read as written.
+        let mut fifo = inode();
+        fifo.special = Some(Special {
+            kind: SpecialKind::CharDevice,
+            rdev: 259,
+        });
+        let again = decode_inode(&encode(&fifo)).unwrap();
+        assert_eq!(again.special, fifo.special);
+        assert!(decode_inode(&now[..10]).is_err(), "a cut record is corrupt");
     }
 }

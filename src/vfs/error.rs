@@ -24,8 +24,8 @@ pub enum FsError {
     ReadOnly,
     #[error("permission denied: {0}")]
     Access(String),
-    /// Something the provider (or cloudmount) cannot represent: hard links, device nodes,
-    /// names reserved for cloudmount's own use.
+    /// Something the provider (or cloudmount) cannot represent: hard links, names
+    /// reserved for cloudmount's own use.
     #[error("operation not permitted: {0}")]
     NotPermitted(String),
     #[error("not supported: {0}")]

@@ -226,6 +226,12 @@ impl Vfs {
                 batch.unlink(dir, &name);
                 continue;
             };
+            if child.special.is_some() {
+                // A FIFO, socket or device node lives here only: it keeps its name, and a
+                // remote entry of the same name stays hidden on this machine.
+                remote.remove(&name);
+                continue;
+            }
             let settled = !busy.contains(&ino) && !child.dirty;
             match remote.remove(&name) {
                 Some(e) if settled => {

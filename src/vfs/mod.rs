@@ -23,7 +23,9 @@ pub use executor::{conflict_name, VfsExecutor};
 pub use offline::PinProgress;
 
 use crate::cache::{ChunkCache, Source};
-use crate::metadata::{Batch, Ino, Inode, RemoteState, Store, ROOT_LOCAL_INO};
+use crate::metadata::{
+    Batch, Ino, Inode, RemoteState, Special, SpecialKind, Store, ROOT_LOCAL_INO,
+};
 use crate::provider::{join_path, EntryKind, Provider, Quota};
 use crate::versions::Versions;
 use crate::writeback::WriteBackQueue;
@@ -64,6 +66,8 @@ impl Default for VfsConfig {
 pub struct Attr {
     pub ino: Ino,
     pub kind: EntryKind,
+    /// Set for FIFOs, sockets and device nodes (whose `kind` is `File`).
+    pub special: Option<Special>,
     pub size: u64,
     pub perm: u16,
     pub nlink: u32,
@@ -237,6 +241,7 @@ impl Vfs {
                 generation: 0,
                 conflict: None,
                 upload_error: None,
+                special: None,
             })?;
         }
         Ok(())
@@ -348,8 +353,10 @@ impl Vfs {
         Attr {
             ino: inode.ino,
             kind: inode.kind,
+            special: inode.special,
             size: match inode.kind {
                 EntryKind::Symlink => inode.symlink_target.as_ref().map_or(0, |t| t.len() as u64),
+                _ if inode.special.is_some() => 0,
                 _ => inode.size,
             },
             perm: inode.perm,
@@ -497,6 +504,7 @@ impl Vfs {
             generation: 0,
             conflict: None,
             upload_error: None,
+            special: None,
         }
     }
 
@@ -713,24 +721,53 @@ impl Vfs {
         Ok((self.attr_of(&inode), fh))
     }
 
-    /// mknod: regular files only; device nodes, FIFOs and sockets cannot live in a cloud.
+    /// mknod: a regular file goes to the remote like any created file; a FIFO, Unix
+    /// socket or device node lives in the metadata store only (no provider can hold one):
+    /// listed, stat'ed, renamed, chmod'ed and removed here, shown to this machine alone.
+    /// What it does when opened is the kernel's (a pipe, a socket, a device).
     pub async fn mknod(
         &self,
         parent: Ino,
         name: &str,
         mode: u32,
+        rdev: u32,
         uid: u32,
         gid: u32,
     ) -> FsResult<Attr> {
-        if mode & libc::S_IFMT != libc::S_IFREG {
-            return Err(FsError::NotPermitted(
-                "device nodes, FIFOs and sockets cannot be stored on a cloud provider".into(),
-            ));
+        let kind = match mode & libc::S_IFMT {
+            libc::S_IFREG => {
+                let (attr, fh) = self.create(parent, name, mode, uid, gid, true).await?;
+                self.flush(attr.ino, fh).await?;
+                self.release(fh).await?;
+                return Ok(attr);
+            }
+            libc::S_IFIFO => SpecialKind::Fifo,
+            libc::S_IFSOCK => SpecialKind::Socket,
+            libc::S_IFCHR => SpecialKind::CharDevice,
+            libc::S_IFBLK => SpecialKind::BlockDevice,
+            _ => return Err(FsError::Invalid(format!("mknod of file type {mode:o}"))),
+        };
+        self.writable()?;
+        self.check_name(parent, name)?;
+        self.ensure_listed(parent).await?;
+        let _ns = self.ns_lock.lock().await;
+        if self.store.child(parent, name)?.is_some() {
+            return Err(FsError::Exists);
         }
-        let (attr, fh) = self.create(parent, name, mode, uid, gid, true).await?;
-        self.flush(attr.ino, fh).await?;
-        self.release(fh).await?;
-        Ok(attr)
+        let ino = self.store.alloc_ino()?;
+        let perm = (mode & 0o7777) as u16;
+        let mut inode = self.new_inode(ino, parent, name, EntryKind::File, perm, uid, gid);
+        let rdev = match kind {
+            SpecialKind::CharDevice | SpecialKind::BlockDevice => rdev,
+            SpecialKind::Fifo | SpecialKind::Socket => 0,
+        };
+        inode.special = Some(Special { kind, rdev });
+        let mut b = Batch::default();
+        b.put_inode(&inode);
+        b.link(parent, name, ino);
+        self.store.apply(b)?;
+        self.touch_dir(parent)?;
+        Ok(self.attr_of(&inode))
     }
 
     pub async fn symlink(
@@ -947,7 +984,10 @@ impl Vfs {
                     src.base_revision = v.base_revision.clone();
                 }
             } else if v_on_remote && !src_on_remote && !src.is_dir() {
-                if v.remote.is_some() && !v_running {
+                if src.special.is_some() {
+                    // A special file never goes to the remote: what it replaced there goes.
+                    victim_delete = true;
+                } else if v.remote.is_some() && !v_running {
                     // The new content replaces what the remote has at that name: the
                     // upload must expect that revision, not an empty slot.
                     src.base_revision = v.remote.as_ref().map(|r| r.revision.clone());
