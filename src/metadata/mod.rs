@@ -72,6 +72,9 @@ pub struct Inode {
     /// A FIFO, socket or device node (`kind` is `File`): it lives in this store only,
     /// never on the remote. Added after the first release: see [`decode_inode`].
     pub special: Option<Special>,
+    /// Directories: how many of the children are directories (`st_nlink` is 2 + this);
+    /// `None` until known (a folder not listed yet, a record from before this field).
+    pub subdirs: Option<u32>,
 }
 
 impl Inode {
@@ -96,8 +99,8 @@ pub struct Special {
     pub rdev: u32,
 }
 
-/// An inode as stores written before `special` existed hold it (bincode has no optional
-/// trailing fields: such a record ends where `special` would start).
+/// An inode as stores written before `special` and `subdirs` existed hold it (bincode has
+/// no optional trailing fields: such a record ends where `special` would start).
 #[derive(Deserialize)]
 struct InodeBeforeSpecial {
     ino: Ino,
@@ -122,7 +125,7 @@ struct InodeBeforeSpecial {
     upload_error: Option<String>,
 }
 
-/// An inode record, of this version or of the one before `special`.
+/// An inode record, of this version or of the one before `special` and `subdirs`.
 fn decode_inode(bytes: &[u8]) -> StoreResult<Inode> {
     decode::<Inode>(bytes).or_else(|now| {
         let old: InodeBeforeSpecial = decode(bytes).map_err(|_| now)?;
@@ -148,6 +151,7 @@ fn decode_inode(bytes: &[u8]) -> StoreResult<Inode> {
             conflict: old.conflict,
             upload_error: old.upload_error,
             special: None,
+            subdirs: None,
         })
     })
 }
@@ -418,6 +422,7 @@ mod tests {
             conflict: None,
             upload_error: None,
             special: None,
+            subdirs: None,
         }
     }
 
@@ -425,15 +430,15 @@ mod tests {
     fn records_from_before_special_files_still_read() {
         let now = encode(&inode());
         // The same inode as the previous version wrote it: without the trailing `special`
-        // (bincode writes `None` as one zero byte).
-        assert_eq!(now.last(), Some(&0));
-        let before = &now[..now.len() - 1];
+        // and `subdirs` (bincode writes `None` as one zero byte).
+        assert_eq!(&now[now.len() - 2..], &[0, 0]);
+        let before = &now[..now.len() - 2];
         let read = decode_inode(before).unwrap();
         assert_eq!(
             (read.ino, read.name.as_str(), read.generation),
             (42, "a.txt", 7)
         );
-        assert_eq!(read.special, None);
+        assert_eq!((read.special, read.subdirs), (None, None));
         assert_eq!(read.remote.unwrap().revision, "r1");
         // And this version's records, special or not, read as written.
         let mut fifo = inode();

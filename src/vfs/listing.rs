@@ -295,7 +295,13 @@ impl Vfs {
             changed_entries.push(name);
         }
         self.store.apply(batch)?;
-        self.update(dir, |d| d.listed_at = Some(now()))?;
+        // Counted afresh at every listing: whatever the remote did, and whatever a crash
+        // between a local change and its count left, the folder's link count is right.
+        let subdirs = self.count_subdirs(dir);
+        self.update(dir, |d| {
+            d.listed_at = Some(now());
+            d.subdirs = Some(subdirs);
+        })?;
         for ino in changed_inodes {
             self.notify_inode(ino);
         }

@@ -242,6 +242,7 @@ impl Vfs {
                 conflict: None,
                 upload_error: None,
                 special: None,
+                subdirs: None,
             })?;
         }
         Ok(())
@@ -360,8 +361,11 @@ impl Vfs {
                 _ => inode.size,
             },
             perm: inode.perm,
+            // A folder: 2 + its subfolders. Not listed yet, that is not known: 1, which
+            // tells programs (find's leaf optimisation) that the count is not kept,
+            // rather than 2, which would say there are none.
             nlink: if inode.is_dir() {
-                2
+                inode.subdirs.map_or(1, |n| 2 + n)
             } else if inode.parent == 0 {
                 0
             } else {
@@ -505,7 +509,29 @@ impl Vfs {
             conflict: None,
             upload_error: None,
             special: None,
+            subdirs: None,
         }
+    }
+
+    /// How many children of `dir` are directories, counted from the store.
+    pub(super) fn count_subdirs(&self, dir: Ino) -> u32 {
+        let Ok(children) = self.store.children(dir) else {
+            return 0;
+        };
+        children
+            .iter()
+            .filter(|(_, ino)| matches!(self.store.get(*ino), Ok(Some(c)) if c.is_dir()))
+            .count() as u32
+    }
+
+    /// A subdirectory of `dir` came (+1) or went (-1); a count not known yet stays so.
+    fn adjust_subdirs(&self, dir: Ino, delta: i32) -> FsResult<()> {
+        self.update(dir, |d| {
+            if let Some(n) = d.subdirs.as_mut() {
+                *n = n.saturating_add_signed(delta);
+            }
+        })?;
+        Ok(())
     }
 
     fn touch_dir(&self, dir: Ino) -> FsResult<()> {
@@ -659,6 +685,7 @@ impl Vfs {
             gid,
         );
         inode.listed_at = Some(now());
+        inode.subdirs = Some(0);
         let path = self.child_path(parent, name)?;
         let mut b = Batch::default();
         b.put_inode(&inode);
@@ -668,6 +695,8 @@ impl Vfs {
         let mut t = self.queue.begin(b);
         t.enqueue_mkdir(ino, &path);
         t.commit()?;
+        // (A count off after a crash here is put right by the folder's next listing.)
+        self.adjust_subdirs(parent, 1)?;
         self.touch_dir(parent)?;
         Ok(self.attr_of(&inode))
     }
@@ -866,6 +895,7 @@ impl Vfs {
             t.on_delete(ino, &path, on_remote);
             t.commit()?;
         }
+        self.adjust_subdirs(parent, -1)?;
         self.touch_dir(parent)?;
         self.maybe_purge_orphan(ino);
         Ok(())
@@ -1028,6 +1058,13 @@ impl Vfs {
             }
         }
         drop(records);
+        if src.is_dir() && new_parent != parent {
+            self.adjust_subdirs(parent, -1)?;
+            self.adjust_subdirs(new_parent, 1)?;
+        }
+        if victim.as_ref().is_some_and(|v| v.is_dir()) {
+            self.adjust_subdirs(new_parent, -1)?;
+        }
         self.touch_dir(parent)?;
         if new_parent != parent {
             self.touch_dir(new_parent)?;
