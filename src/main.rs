@@ -168,7 +168,13 @@ fn init_logging(verbose: u8, file: Option<&Path>) {
         1 => "info,fuser=warn",
         _ => "debug,sled=info,fuser=info",
     };
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new(default))
+        // async-imap logs every command it sends at trace level, LOGIN's password and the
+        // XOAUTH2 bearer token included, and every message it receives: never, whatever
+        // RUST_LOG asks.
+        .add_directive("async_imap=off".parse().expect("a valid directive"))
+        .add_directive("imap_proto=off".parse().expect("a valid directive"));
     let builder = tracing_subscriber::fmt().with_env_filter(filter);
     // Under systemd, stderr goes to the journal, which timestamps and colours by itself.
     if file.is_none() && std::env::var_os("JOURNAL_STREAM").is_some() {
