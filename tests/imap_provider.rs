@@ -572,3 +572,41 @@ async fn a_connection_dropped_while_idle_is_made_again_before_use() {
     d.append("INBOX", b"Subject: after\r\n\r\nafter the restart\r\n");
     assert_eq!(names(&p, "/INBOX").await.len(), 2);
 }
+
+/// A connection that ends in the middle of an answer is not an empty answer: async-imap
+/// ends a SEARCH or FETCH quietly at end of stream, and a mailbox must not look emptied
+/// (nor its index be saved empty) because the network failed. Cut by a proxy at the
+/// `* SEARCH` reply of a first listing and at the `FETCH` of a later one.
+#[tokio::test]
+async fn an_answer_cut_by_the_network_is_an_error_not_an_empty_mailbox() {
+    let d = Dovecot::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let a = d.append("INBOX", b"Subject: a\r\n\r\na\r\n");
+    d.append("INBOX", b"Subject: b\r\n\r\nb\r\n");
+    let proxy = dovecot::ImapProxy::start(d.port, 0);
+    let cfg = ImapConfig::loopback(proxy.port, &d.user, password_file(&d, &tmp));
+    let p = ImapProvider::new(cfg, Some(tmp.path().join("index")), None).unwrap();
+
+    proxy.cut_once_at("* SEARCH");
+    let first = p.list("/INBOX").next().await.unwrap();
+    assert!(
+        matches!(first, Err(ProviderError::Transient(_))),
+        "{first:?}"
+    );
+    // Asked again (a new connection): everything is there.
+    assert_eq!(names(&p, "/INBOX").await.len(), 2);
+
+    // New mail, and the answer with its metadata cut: an error, and the mailbox as it was.
+    d.delete_message("INBOX", a.uid);
+    d.append("INBOX", b"Subject: c\r\n\r\nc\r\n");
+    proxy.cut_once_at("FETCH (");
+    let cut = p.list("/INBOX").next().await.unwrap();
+    assert!(matches!(cut, Err(ProviderError::Transient(_))), "{cut:?}");
+    let listed: Vec<String> = names(&p, "/INBOX").await.into_iter().map(|e| e.0).collect();
+    assert_eq!(listed.len(), 2, "{listed:?}");
+    assert!(listed.iter().any(|n| n.contains(" c [u")), "{listed:?}");
+    assert!(
+        !listed.iter().any(|n| n.contains("1970-01-01")),
+        "{listed:?}"
+    );
+}

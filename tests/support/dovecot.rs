@@ -770,14 +770,25 @@ pub struct ImapProxy {
     /// Its loopback port.
     pub port: u16,
     commands: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    /// Set: the next server line containing this ends that connection (both ways) before
+    /// the line reaches the client. Used once, then cleared.
+    cut_at: std::sync::Arc<std::sync::Mutex<Option<String>>>,
 }
 
 impl ImapProxy {
+    /// The next server reply line containing `needle` is not delivered: the connection
+    /// ends there, as a network failure would end it.
+    pub fn cut_once_at(&self, needle: &str) {
+        *self.cut_at.lock().unwrap() = Some(needle.to_owned());
+    }
+
     pub fn start(upstream: u16, size_delta: i64) -> ImapProxy {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind IMAP proxy");
         let port = listener.local_addr().expect("addr").port();
         let commands = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
         let log = commands.clone();
+        let cut_at: std::sync::Arc<std::sync::Mutex<Option<String>>> = Default::default();
+        let cuts = cut_at.clone();
         std::thread::spawn(move || {
             for client in listener.incoming() {
                 let Ok(client) = client else { continue };
@@ -787,6 +798,7 @@ impl ImapProxy {
                 let c_read = client.try_clone().expect("clone");
                 let mut s_write = server.try_clone().expect("clone");
                 let log = log.clone();
+                let cuts = cuts.clone();
                 std::thread::spawn(move || {
                     let mut from = BufReader::new(c_read);
                     loop {
@@ -812,6 +824,19 @@ impl ImapProxy {
                             return;
                         }
                         let text = String::from_utf8_lossy(&line).into_owned();
+                        let cut = {
+                            let mut at = cuts.lock().unwrap();
+                            let hit = at.as_deref().is_some_and(|n| text.contains(n));
+                            if hit {
+                                *at = None;
+                            }
+                            hit
+                        };
+                        if cut {
+                            let _ = to.shutdown(std::net::Shutdown::Both);
+                            let _ = from.get_ref().shutdown(std::net::Shutdown::Both);
+                            return;
+                        }
                         let rewritten = if size_delta == 0 {
                             text.clone()
                         } else {
@@ -836,7 +861,11 @@ impl ImapProxy {
                 });
             }
         });
-        ImapProxy { port, commands }
+        ImapProxy {
+            port,
+            commands,
+            cut_at,
+        }
     }
 
     /// The client's command lines so far (literal data sent by the client included, line

@@ -216,13 +216,20 @@ impl Connector {
     }
 
     /// Read each time a connection is made: a password manager's command may hand out a
-    /// changed password, and the secret is not kept in memory longer than needed.
-    fn password(&self) -> ProviderResult<Secret> {
-        let read = match (&self.cfg.password_file, &self.cfg.password_command) {
-            (Some(file), _) => crate::secrets::read_secret_file(file),
-            (None, Some(cmd)) => crate::secrets::run_secret_command(cmd),
+    /// changed password, and the secret is not kept in memory longer than needed. On a
+    /// blocking thread: the command may wait (a pinentry prompt).
+    async fn password(&self) -> ProviderResult<Secret> {
+        let (file, cmd) = (
+            self.cfg.password_file.clone(),
+            self.cfg.password_command.clone(),
+        );
+        let read = tokio::task::spawn_blocking(move || match (file, cmd) {
+            (Some(file), _) => crate::secrets::read_secret_file(&file),
+            (None, Some(cmd)) => crate::secrets::run_secret_command(&cmd),
             (None, None) => unreachable!("checked in Connector::new"),
-        };
+        })
+        .await
+        .map_err(|e| ProviderError::Auth(format!("IMAP password: {e}")))?;
         read.map_err(|e| ProviderError::Auth(format!("IMAP password: {e}")))
     }
 
@@ -280,7 +287,7 @@ impl Connector {
         }
         match self.cfg.auth {
             AuthMethod::Password => {
-                let password = self.password()?;
+                let password = self.password().await?;
                 client
                     .login(&self.cfg.user, password.expose())
                     .await

@@ -30,6 +30,10 @@ pub struct Message {
     /// From BODYSTRUCTURE; empty when the message has none (or they are not shown).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub attachments: Vec<Attachment>,
+    /// BODYSTRUCTURE was read (`attachments` is what the message has); a listing asks
+    /// again for messages without it.
+    #[serde(default)]
+    pub structure: bool,
 }
 
 /// One mailbox at one UIDVALIDITY.
@@ -106,8 +110,11 @@ impl Indexes {
     /// Replace the index of `mailbox`, on disk too (written whole, then renamed over the
     /// old file, so a crash leaves the old or the new one).
     pub fn put(&self, mailbox: &str, ix: Arc<MailboxIndex>) {
+        // Written under the lock, as `update` does: two writers never share the temp file,
+        // and the file on disk is never older than the index in memory.
+        let mut loaded = self.loaded.lock().unwrap();
         Self::save(self.file(mailbox), &ix);
-        self.loaded.lock().unwrap().insert(mailbox.to_owned(), ix);
+        loaded.insert(mailbox.to_owned(), ix);
     }
 
     fn save(file: Option<PathBuf>, ix: &MailboxIndex) {
@@ -159,6 +166,7 @@ mod tests {
                 exact: false,
                 date: 1_704_191_400,
                 attachments: vec![],
+                structure: true,
             },
         );
         Indexes::new(Some(dir.path().join("imap"))).put("Archive/ß", Arc::new(ix));

@@ -51,6 +51,12 @@ const FETCH_CHUNK: usize = 500;
 /// How long one IDLE lasts before it is re-issued (RFC 2177: servers may drop an idle
 /// client after 30 minutes).
 const IDLE_FOR: Duration = Duration::from_secs(25 * 60);
+/// Longest any one exchange with the server may take (a read of a few MiB, a listing
+/// chunk): a connection that stops answering (a flow a NAT forgot) is given up then,
+/// instead of holding every read and listing behind it until TCP gives up.
+const OP_TIMEOUT: Duration = Duration::from_secs(120);
+/// Longest the check of an idle connection may take.
+const CHECK_TIMEOUT: Duration = Duration::from_secs(20);
 /// Decoded attachments kept in memory between the chunk reads of one file.
 const DECODED_BUDGET: usize = 64 << 20;
 
@@ -171,7 +177,11 @@ impl Conn {
             }
             e => io_error("EXAMINE", e),
         })?;
-        let uidvalidity = mb.uid_validity.unwrap_or(0);
+        // async-imap answers a connection that ended mid-way with an empty mailbox: a
+        // mailbox without UIDVALIDITY is that, not a mailbox whose messages all went.
+        let uidvalidity = mb.uid_validity.ok_or_else(|| {
+            io_error("EXAMINE", "no UIDVALIDITY in the answer (connection lost?)")
+        })?;
         self.examined = Some((mailbox.to_owned(), uidvalidity));
         Ok(Examined {
             uidvalidity,
@@ -182,7 +192,7 @@ impl Conn {
 
     /// What changed in the open mailbox since `modseq` (QRESYNC): the UIDs of messages
     /// new or changed since, and the UIDs expunged since (`VANISHED (EARLIER)`).
-    async fn changed_since(&mut self, modseq: u64) -> ProviderResult<(Vec<u32>, HashSet<u32>)> {
+    async fn changed_since(&mut self, modseq: u64) -> ProviderResult<(Vec<u32>, Vec<(u32, u32)>)> {
         // VANISHED arrives as an unsolicited response: start from an empty queue (it
         // holds only so many, and keeps whatever earlier commands left in it).
         while self.session.unsolicited_responses.try_recv().is_ok() {}
@@ -192,17 +202,32 @@ impl Conn {
             &format!("(UID) (CHANGEDSINCE {modseq} VANISHED)"),
         )
         .await?;
-        let mut vanished = HashSet::new();
+        // Everything the fetch brought has arrived once a later command is answered.
+        self.confirm().await?;
+        // Kept as ranges: a server may name every gap up to the highest UID at once.
+        let mut vanished = Vec::new();
         while let Ok(r) = self.session.unsolicited_responses.try_recv() {
             if let async_imap::types::UnsolicitedResponse::Other(data) = r {
                 if let async_imap::imap_proto::Response::Vanished { uids, .. } = data.parsed() {
                     for range in uids {
-                        vanished.extend(range.clone());
+                        // imap-proto keeps "9:3" as written (an empty range in Rust).
+                        let (a, b) = (*range.start(), *range.end());
+                        vanished.push((a.min(b), a.max(b)));
                     }
                 }
             }
         }
         Ok((fetches.iter().filter_map(|f| f.uid).collect(), vanished))
+    }
+
+    /// A tagged OK to NOOP: the connection carried everything asked before it. async-imap
+    /// ends a FETCH, SEARCH or LIST quietly when the connection ends (and takes a tagged
+    /// NO or BAD for their end), so an answer is trusted only after this.
+    async fn confirm(&mut self) -> ProviderResult<()> {
+        self.session
+            .run_command_and_check_ok("NOOP")
+            .await
+            .map_err(|e| io_error("NOOP", e))
     }
 
     /// Open `mailbox` unless it is open; its UIDVALIDITY.
@@ -312,13 +337,20 @@ impl ImapProvider {
         // flows, and the first command on such a connection would fail.
         let check_after = Duration::from_secs(self.cfg().idle_check_secs);
         if let Some(c) = guard.as_mut() {
-            if c.last_used.elapsed() >= check_after && c.session.noop().await.is_err() {
+            let alive = c.last_used.elapsed() < check_after
+                || matches!(
+                    tokio::time::timeout(CHECK_TIMEOUT, c.confirm()).await,
+                    Ok(Ok(()))
+                );
+            if !alive {
                 tracing::debug!("IMAP connection went away while idle; connecting again");
                 *guard = None;
             }
         }
         if guard.is_none() {
-            let mut session = self.connector.connect().await?;
+            let mut session = tokio::time::timeout(OP_TIMEOUT, self.connector.connect())
+                .await
+                .map_err(|_| io_error("connect", "no answer"))??;
             let caps = session
                 .capabilities()
                 .await
@@ -338,7 +370,13 @@ impl ImapProvider {
         }
         let conn = guard.as_mut().expect("just made");
         conn.last_used = std::time::Instant::now();
-        let result = f(conn).await;
+        let result = match tokio::time::timeout(OP_TIMEOUT, f(conn)).await {
+            Ok(r) => r,
+            Err(_) => Err(io_error(
+                "request",
+                format!("no answer within {OP_TIMEOUT:?}"),
+            )),
+        };
         if matches!(result, Err(ProviderError::Transient(_))) {
             // The connection may be broken, or out of step after a reply it could not
             // parse: a new one next time.
@@ -385,6 +423,14 @@ impl ImapProvider {
                 })
             })
             .await?;
+        if listed.is_empty() {
+            // Every account has INBOX: an empty LIST is a connection that ended.
+            *self.conn.lock().await = None;
+            return Err(io_error(
+                "LIST",
+                "no mailbox in the answer (connection lost?)",
+            ));
+        }
         let tree = Arc::new(Tree {
             boxes: listed.into_iter().collect(),
         });
@@ -475,10 +521,14 @@ impl ImapProvider {
                     let now: HashSet<u32> = if exists == 0 {
                         HashSet::new()
                     } else {
-                        c.session
+                        let found = c
+                            .session
                             .uid_search("ALL")
                             .await
-                            .map_err(|e| io_error("UID SEARCH", e))?
+                            .map_err(|e| io_error("UID SEARCH", e))?;
+                        // Not a mailbox emptied by a cut answer: the connection carried it.
+                        c.confirm().await?;
+                        found
                     };
                     let gone = ix.messages.keys().any(|uid| !now.contains(uid));
                     let mut new: Vec<u32> = now
@@ -494,16 +544,29 @@ impl ImapProvider {
                         for chunk in new.chunks(FETCH_CHUNK) {
                             fetch_metadata(&mut c.session, chunk, edit).await?;
                         }
+                        c.confirm().await?;
                     }
                     Ok((ix, new, renumbered || gone || modseq_moved))
                 })
             })
             .await?;
-        if !changed && new.is_empty() {
+        // Structures still to read: the new messages', and any an earlier listing could
+        // not read (a network failure) or did not ask for (attachments were off).
+        let pending: Vec<u32> = if self.cfg().attachments {
+            ix.messages
+                .iter()
+                .filter(|(_, m)| !m.structure)
+                .map(|(uid, _)| *uid)
+                .collect()
+        } else {
+            Vec::new()
+        };
+        if !changed && new.is_empty() && pending.is_empty() {
             return Ok(ix);
         }
-        if self.cfg().attachments && !new.is_empty() {
-            self.fetch_attachments(mailbox, &new, Arc::make_mut(&mut ix))
+        if !pending.is_empty() {
+            let validity = ix.uidvalidity;
+            self.fetch_attachments(mailbox, validity, &pending, Arc::make_mut(&mut ix))
                 .await;
         }
         self.indexes.put(mailbox, ix.clone());
@@ -513,14 +576,20 @@ impl ImapProvider {
     /// BODYSTRUCTUREs of `uids`, a chunk at a time; a chunk the parser cannot read is
     /// asked for message by message, and a message whose structure cannot be read shows
     /// no attachments (its `.eml` still has them).
-    async fn fetch_attachments(&self, mailbox: &str, uids: &[u32], ix: &mut MailboxIndex) {
+    async fn fetch_attachments(
+        &self,
+        mailbox: &str,
+        validity: u32,
+        uids: &[u32],
+        ix: &mut MailboxIndex,
+    ) {
         for chunk in uids.chunks(FETCH_CHUNK) {
-            match self.bodystructures(mailbox, chunk).await {
+            match self.bodystructures(mailbox, validity, chunk).await {
                 Ok(found) => merge_attachments(ix, found),
                 Err(e) => {
                     tracing::debug!(mailbox, error = %e, "BODYSTRUCTURE of a chunk; one by one");
                     for uid in chunk {
-                        match self.bodystructures(mailbox, &[*uid]).await {
+                        match self.bodystructures(mailbox, validity, &[*uid]).await {
                             Ok(found) => merge_attachments(ix, found),
                             Err(e) => tracing::warn!(
                                 mailbox, uid, error = %e,
@@ -533,19 +602,29 @@ impl ImapProvider {
         }
     }
 
+    /// The attachments of `uids` (those of `validity`; an answer about other UIDs, such
+    /// as a flag change announced meanwhile, is not taken).
     async fn bodystructures(
         &self,
         mailbox: &str,
+        validity: u32,
         uids: &[u32],
     ) -> ProviderResult<Vec<(u32, Vec<parts::Attachment>)>> {
         let name = mailbox.to_owned();
         let set = uid_set(uids);
+        let wanted: HashSet<u32> = uids.iter().copied().collect();
         self.with_conn(move |c| {
             Box::pin(async move {
-                c.ensure_examined(&name).await?;
+                if c.ensure_examined(&name).await? != validity {
+                    return Err(ProviderError::PreconditionFailed(format!(
+                        "{name}: UIDVALIDITY changed"
+                    )));
+                }
                 let fetches = uid_fetch(&mut c.session, &set, "(UID BODYSTRUCTURE)").await?;
+                c.confirm().await?;
                 Ok(fetches
                     .iter()
+                    .filter(|f| f.uid.is_some_and(|u| wanted.contains(&u)))
                     .filter_map(|f| Some((f.uid?, parts::attachments(f.bodystructure()?))))
                     .collect())
             })
@@ -703,13 +782,14 @@ impl ImapProvider {
                     if c.ensure_examined(&server).await? != validity {
                         return Err(ProviderError::NotFound(missing));
                     }
-                    let f = uid_fetch_one(&mut c.session, uid, &format!("BODY.PEEK[{section}]"))
-                        .await?
-                        .ok_or(ProviderError::NotFound(missing))?;
                     let path = async_imap::imap_proto::types::SectionPath::Part(
                         section.split('.').filter_map(|n| n.parse().ok()).collect(),
                         None,
                     );
+                    let items = format!("BODY.PEEK[{section}]");
+                    let f = uid_fetch_one(c, uid, &items, |f| f.section(&path).is_some())
+                        .await?
+                        .ok_or(ProviderError::NotFound(missing))?;
                     Ok(f.section(&path).unwrap_or_default().to_vec())
                 })
             })
@@ -757,7 +837,7 @@ impl ImapProvider {
                         return Err(ProviderError::NotFound(missing));
                     }
                     let (from, want) = if listed == 0 { (0, 1) } else { (listed - 1, 2) };
-                    let got = body_len(&mut c.session, uid, &format!("BODY.PEEK[]<{from}.{want}>"))
+                    let got = body_len(c, uid, &format!("BODY.PEEK[]<{from}.{want}>"))
                         .await?
                         .ok_or_else(|| ProviderError::NotFound(missing.clone()))?;
                     if listed > 0 && got == 1 {
@@ -770,7 +850,7 @@ impl ImapProvider {
                         mailbox = %server, uid, listed,
                         "the server's RFC822.SIZE is wrong; measuring the message"
                     );
-                    body_len(&mut c.session, uid, "BODY.PEEK[]")
+                    body_len(c, uid, "BODY.PEEK[]")
                         .await?
                         .ok_or(ProviderError::NotFound(missing))
                 })
@@ -822,11 +902,11 @@ impl ImapProvider {
                             Err(async_imap::error::Error::No(_)) => continue,
                             Err(e) => return Err(io_error("STATUS", e)),
                         };
-                        let state = (
-                            st.uid_validity.unwrap_or(0),
-                            st.uid_next.unwrap_or(0),
-                            st.exists,
-                        );
+                        // An answer cut off reads as all zeros: not a mailbox that changed.
+                        let (Some(validity), Some(next)) = (st.uid_validity, st.uid_next) else {
+                            return Err(io_error("STATUS", "incomplete answer (connection lost?)"));
+                        };
+                        let state = (validity, next, st.exists);
                         cursor.boxes.insert(name, (path, state));
                     }
                     Ok(cursor)
@@ -843,7 +923,9 @@ impl ImapProvider {
         let mut session = match slot.take() {
             Some(s) => s,
             None => {
-                let mut s = self.connector.connect().await?;
+                let mut s = tokio::time::timeout(OP_TIMEOUT, self.connector.connect())
+                    .await
+                    .map_err(|_| io_error("connect", "no answer"))??;
                 let caps = s
                     .capabilities()
                     .await
@@ -856,24 +938,36 @@ impl ImapProvider {
                 s
             }
         };
-        let mb = session
-            .examine("INBOX")
+        let mb = tokio::time::timeout(OP_TIMEOUT, session.examine("INBOX"))
             .await
+            .map_err(|_| io_error("EXAMINE INBOX", "no answer"))?
             .map_err(|e| io_error("EXAMINE INBOX", e))?;
-        let now = (
-            mb.uid_validity.unwrap_or(0),
-            mb.uid_next.unwrap_or(0),
-            mb.exists,
-        );
-        if cursor.boxes.get("INBOX").map(|(_, s)| s) != Some(&now) {
-            *slot = Some(session);
-            return Ok(true);
+        // Mail that came since the cursor was taken: say so at once rather than wait.
+        // Only when both sides are known (INBOX is case-insensitive; a server may leave
+        // UIDNEXT out): otherwise waiting is right, and never a loop of "changed".
+        let known = cursor
+            .boxes
+            .iter()
+            .find(|(name, _)| name.eq_ignore_ascii_case("INBOX"))
+            .map(|(_, (_, state))| *state);
+        if let (Some(then), Some(validity), Some(next)) = (known, mb.uid_validity, mb.uid_next) {
+            if then != (validity, next, mb.exists) {
+                *slot = Some(session);
+                return Ok(true);
+            }
         }
         let mut handle = session.idle();
         handle.init().await.map_err(|e| io_error("IDLE", e))?;
         let (wait, _stop) = handle.wait_with_timeout(IDLE_FOR);
-        let woke = wait.await.map_err(|e| io_error("IDLE", e))?;
-        let changed = matches!(woke, async_imap::extensions::idle::IdleResponse::NewData(_));
+        // async-imap restarts its timeout at every response, keep-alives included: this
+        // one ends the IDLE after IDLE_FOR whatever the server sends meanwhile.
+        let changed = match tokio::time::timeout(IDLE_FOR, wait).await {
+            Ok(woke) => matches!(
+                woke.map_err(|e| io_error("IDLE", e))?,
+                async_imap::extensions::idle::IdleResponse::NewData(_)
+            ),
+            Err(_) => false,
+        };
         let session = handle.done().await.map_err(|e| io_error("IDLE DONE", e))?;
         *slot = Some(session);
         Ok(changed)
@@ -949,11 +1043,14 @@ async fn refresh_since(
     new.sort_unstable();
     new.dedup();
     let edit = Arc::make_mut(&mut ix);
-    edit.messages.retain(|uid, _| !vanished.contains(uid));
-    edit.highest_modseq = Some(now);
+    edit.messages
+        .retain(|uid, _| !vanished.iter().any(|(a, b)| (*a..=*b).contains(uid)));
     for chunk in new.chunks(FETCH_CHUNK) {
         fetch_metadata(&mut c.session, chunk, edit).await?;
     }
+    c.confirm().await?;
+    // Moved on only now that everything since `then` is in.
+    edit.highest_modseq = Some(now);
     Ok((ix, new, true))
 }
 
@@ -968,19 +1065,32 @@ async fn uid_fetch(session: &mut Session, set: &str, items: &str) -> ProviderRes
         .map_err(|e| io_error("UID FETCH", e))
 }
 
-/// The reply about `uid` alone (`None`: there is no such message).
+/// The reply about `uid` that carries what was asked (`answers`); `None`: there is no
+/// such message — said only once the connection is known to have carried the whole
+/// answer (an unsolicited FETCH about the same UID, a flag change, does not count).
 async fn uid_fetch_one(
-    session: &mut Session,
+    c: &mut Conn,
     uid: u32,
     items: &str,
+    answers: impl Fn(&Fetch) -> bool,
 ) -> ProviderResult<Option<Fetch>> {
-    let fetches = uid_fetch(session, &uid.to_string(), items).await?;
-    Ok(fetches.into_iter().find(|f| f.uid == Some(uid)))
+    let mut fetches: Vec<Fetch> = uid_fetch(&mut c.session, &uid.to_string(), items)
+        .await?
+        .into_iter()
+        .filter(|f| f.uid == Some(uid))
+        .collect();
+    if let Some(i) = fetches.iter().position(&answers) {
+        return Ok(Some(fetches.swap_remove(i)));
+    }
+    // Nothing with the item: the server said it is empty (a range past the end), or the
+    // connection ended before it came. Only a later command's answer tells which.
+    c.confirm().await?;
+    Ok(fetches.into_iter().next())
 }
 
 /// How many bytes `UID FETCH <uid> (<section>)` brings (`None`: no such message).
-async fn body_len(session: &mut Session, uid: u32, section: &str) -> ProviderResult<Option<u64>> {
-    Ok(uid_fetch_one(session, uid, section)
+async fn body_len(c: &mut Conn, uid: u32, section: &str) -> ProviderResult<Option<u64>> {
+    Ok(uid_fetch_one(c, uid, section, |f| f.body().is_some())
         .await?
         .map(|f| f.body().map_or(0, |b| b.len() as u64)))
 }
@@ -989,6 +1099,7 @@ fn merge_attachments(ix: &mut MailboxIndex, found: Vec<(u32, Vec<parts::Attachme
     for (uid, attachments) in found {
         if let Some(m) = ix.messages.get_mut(&uid) {
             m.attachments = attachments;
+            m.structure = true;
         }
     }
 }
@@ -1005,9 +1116,17 @@ async fn fetch_metadata(
         "(UID INTERNALDATE RFC822.SIZE BODY.PEEK[HEADER.FIELDS (SUBJECT)])",
     )
     .await?;
+    let wanted: HashSet<u32> = uids.iter().copied().collect();
     for f in &fetches {
-        let Some(uid) = f.uid else { continue };
-        let date = f.internal_date().map(|d| d.timestamp()).unwrap_or_default();
+        // Only answers to this request: with QRESYNC on, a flag change elsewhere is
+        // announced as a FETCH with a UID too, without the items asked for.
+        let Some(uid) = f.uid.filter(|u| wanted.contains(u)) else {
+            continue;
+        };
+        let Some(when) = f.internal_date() else {
+            continue;
+        };
+        let date = when.timestamp();
         let at = SystemTime::UNIX_EPOCH + Duration::from_secs(date.max(0) as u64);
         let subject = f.header().and_then(|h| {
             let text = String::from_utf8_lossy(h);
@@ -1022,6 +1141,7 @@ async fn fetch_metadata(
                 exact: false,
                 date,
                 attachments: Vec::new(),
+                structure: false,
             },
         );
     }
@@ -1113,7 +1233,7 @@ impl Provider for ImapProvider {
                             return Err(ProviderError::NotFound(missing));
                         }
                         let section = format!("BODY.PEEK[]<{offset}.{want}>");
-                        let f = uid_fetch_one(&mut c.session, uid, &section)
+                        let f = uid_fetch_one(c, uid, &section, |f| f.body().is_some())
                             .await?
                             .ok_or(ProviderError::NotFound(missing))?;
                         Ok(Bytes::copy_from_slice(f.body().unwrap_or_default()))

@@ -229,15 +229,14 @@ pub fn decode(encoding: Encoding, raw: &[u8]) -> Vec<u8> {
                 .collect();
             mail_parser::decoders::base64::base64_decode(&clean)
         }
-        Encoding::QuotedPrintable => quoted_printable(raw),
+        Encoding::QuotedPrintable => Some(quoted_printable(raw)),
     };
     decoded.unwrap_or_else(|| raw.to_vec())
 }
 
 /// Quoted-printable (RFC 2045 §6.7) undone, line breaks kept as the message has them
 /// (mail-parser's decoder turns them into bare LFs, which changes a text file's bytes).
-/// `None` when it is not quoted-printable.
-fn quoted_printable(raw: &[u8]) -> Option<Vec<u8>> {
+fn quoted_printable(raw: &[u8]) -> Vec<u8> {
     let hex = |b: u8| (b as char).to_digit(16).map(|d| d as u8);
     let mut out = Vec::with_capacity(raw.len());
     for line in raw.split_inclusive(|b| *b == b'\n') {
@@ -260,11 +259,15 @@ fn quoted_printable(raw: &[u8]) -> Option<Vec<u8>> {
         };
         let mut i = 0;
         while i < body.len() {
-            if body[i] == b'=' {
-                let (h, l) = (body.get(i + 1).copied()?, body.get(i + 2).copied()?);
-                out.push(hex(h)? << 4 | hex(l)?);
+            let escaped = (body[i] == b'=')
+                .then(|| Some((hex(*body.get(i + 1)?)?, hex(*body.get(i + 2)?)?)))
+                .flatten();
+            if let Some((h, l)) = escaped {
+                out.push(h << 4 | l);
                 i += 3;
             } else {
+                // A '=' not followed by two hex digits stays as it is (RFC 2045 §6.7's
+                // advice to a robust decoder), rather than the whole part undecoded.
                 out.push(body[i]);
                 i += 1;
             }
@@ -273,7 +276,7 @@ fn quoted_printable(raw: &[u8]) -> Option<Vec<u8>> {
             out.extend_from_slice(brk);
         }
     }
-    Some(out)
+    out
 }
 
 #[cfg(test)]
@@ -434,7 +437,10 @@ mod tests {
             ),
             "café au lait\r\nx=1\n".as_bytes()
         );
-        assert_eq!(decode(Encoding::QuotedPrintable, b"bad=G1"), b"bad=G1");
+        assert_eq!(
+            decode(Encoding::QuotedPrintable, b"bad=G1 but caf=C3=A9"),
+            "bad=G1 but café".as_bytes()
+        );
         assert_eq!(decode(Encoding::Identity, b"as is"), b"as is");
         assert_eq!(decode(Encoding::Base64, b"!!!"), b"!!!");
     }
