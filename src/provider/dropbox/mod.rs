@@ -67,6 +67,7 @@ use super::{
     NativeVersion, Provider, ProviderError, ProviderResult, Quota, RemoteEntry, UploadOptions,
 };
 use crate::accounts::BearerTokens;
+use crate::provider::kit::retry::cloud_api;
 
 /// Session chunks are multiples of this (the unit of `content_hash` blocks, and what
 /// concurrent sessions require).
@@ -108,18 +109,6 @@ fn default_longpoll_secs() -> u64 {
 fn default_rps() -> f64 {
     12.0
 }
-fn default_max_retries() -> u32 {
-    5
-}
-fn default_retry_base_ms() -> u64 {
-    500
-}
-fn default_retry_budget_secs() -> u64 {
-    60
-}
-fn default_timeout_secs() -> u64 {
-    60
-}
 
 /// One Dropbox connection (the account's tokens come separately).
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -156,13 +145,13 @@ pub struct DropboxConfig {
     pub longpoll_secs: u64,
     #[serde(default = "default_rps")]
     pub max_requests_per_second: f64,
-    #[serde(default = "default_max_retries")]
+    #[serde(default = "cloud_api::max_retries")]
     pub max_retries: u32,
-    #[serde(default = "default_retry_base_ms")]
+    #[serde(default = "cloud_api::retry_base_ms")]
     pub retry_base_delay_ms: u64,
-    #[serde(default = "default_retry_budget_secs")]
+    #[serde(default = "cloud_api::retry_budget_secs")]
     pub retry_budget_secs: u64,
-    #[serde(default = "default_timeout_secs")]
+    #[serde(default = "cloud_api::timeout_secs")]
     pub timeout_secs: u64,
 }
 
@@ -179,10 +168,10 @@ impl Default for DropboxConfig {
             team_space: true,
             longpoll_secs: default_longpoll_secs(),
             max_requests_per_second: default_rps(),
-            max_retries: default_max_retries(),
-            retry_base_delay_ms: default_retry_base_ms(),
-            retry_budget_secs: default_retry_budget_secs(),
-            timeout_secs: default_timeout_secs(),
+            max_retries: cloud_api::max_retries(),
+            retry_base_delay_ms: cloud_api::retry_base_ms(),
+            retry_budget_secs: cloud_api::retry_budget_secs(),
+            timeout_secs: cloud_api::timeout_secs(),
         }
     }
 }

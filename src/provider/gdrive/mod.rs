@@ -87,7 +87,7 @@ use crate::accounts::BearerTokens;
 use crate::provider::kit::client::HttpSettings;
 use crate::provider::kit::paging::{self, Page};
 use crate::provider::kit::ranged::{self, Ranged};
-use crate::provider::kit::retry::RetryPolicy;
+use crate::provider::kit::retry::{cloud_api, RetryPolicy};
 use api::Api;
 
 pub const FOLDER_MIME: &str = "application/vnd.google-apps.folder";
@@ -171,18 +171,6 @@ fn default_chunk_size() -> u64 {
 fn default_rps() -> f64 {
     10.0
 }
-fn default_max_retries() -> u32 {
-    5
-}
-fn default_retry_base_ms() -> u64 {
-    500
-}
-fn default_retry_budget_secs() -> u64 {
-    60
-}
-fn default_timeout_secs() -> u64 {
-    60
-}
 
 /// Configuration of one Drive connection (the account's tokens come separately).
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -214,16 +202,16 @@ pub struct GdriveConfig {
     #[serde(default = "default_rps")]
     pub max_requests_per_second: f64,
     /// Retries of rate-limited, 5xx and network-failed requests before giving up.
-    #[serde(default = "default_max_retries")]
+    #[serde(default = "cloud_api::max_retries")]
     pub max_retries: u32,
     /// First backoff delay; doubles with each retry (with jitter).
-    #[serde(default = "default_retry_base_ms")]
+    #[serde(default = "cloud_api::retry_base_ms")]
     pub retry_base_delay_ms: u64,
     /// Retries of one request stop after this long; a longer `Retry-After` is reported as
     /// `RateLimited` for the write-back queue to wait out.
-    #[serde(default = "default_retry_budget_secs")]
+    #[serde(default = "cloud_api::retry_budget_secs")]
     pub retry_budget_secs: u64,
-    #[serde(default = "default_timeout_secs")]
+    #[serde(default = "cloud_api::timeout_secs")]
     pub timeout_secs: u64,
     /// Show the account's shared drives under `/Shared drives` (only when the root is My
     /// Drive).
@@ -243,10 +231,10 @@ impl Default for GdriveConfig {
             small_upload_limit: default_small_upload_limit(),
             resumable_chunk_size: default_chunk_size(),
             max_requests_per_second: default_rps(),
-            max_retries: default_max_retries(),
-            retry_base_delay_ms: default_retry_base_ms(),
-            retry_budget_secs: default_retry_budget_secs(),
-            timeout_secs: default_timeout_secs(),
+            max_retries: cloud_api::max_retries(),
+            retry_base_delay_ms: cloud_api::retry_base_ms(),
+            retry_budget_secs: cloud_api::retry_budget_secs(),
+            timeout_secs: cloud_api::timeout_secs(),
             shared_drives: true,
         }
     }

@@ -62,6 +62,25 @@ impl Default for RetryPolicy {
     }
 }
 
+/// The defaults of the request settings (`max_retries`, `retry_base_delay_ms`,
+/// `retry_budget_secs`, `timeout_secs`) that the cloud APIs' connections share (Drive,
+/// Graph, Dropbox): services that rate-limit and ask for waits of seconds. WebDAV servers
+/// answer at once or not at all and keep their own, shorter ones.
+pub mod cloud_api {
+    pub fn max_retries() -> u32 {
+        5
+    }
+    pub fn retry_base_ms() -> u64 {
+        500
+    }
+    pub fn retry_budget_secs() -> u64 {
+        60
+    }
+    pub fn timeout_secs() -> u64 {
+        60
+    }
+}
+
 impl RetryPolicy {
     /// The policy from the retry settings every HTTP connection's config spells the same
     /// way (`max_retries`, `retry_base_delay_ms`, `retry_budget_secs`; defaults are each

@@ -56,6 +56,7 @@ use super::{
     NativeVersion, Provider, ProviderError, ProviderResult, Quota, RemoteEntry, UploadOptions,
 };
 use crate::accounts::BearerTokens;
+use crate::provider::kit::retry::cloud_api;
 
 /// Fragments of upload sessions are multiples of this (but the last).
 pub const FRAGMENT_UNIT: u64 = 320 * 1024;
@@ -76,18 +77,6 @@ fn default_page_size() -> u32 {
 fn default_rps() -> f64 {
     10.0
 }
-fn default_max_retries() -> u32 {
-    5
-}
-fn default_retry_base_ms() -> u64 {
-    500
-}
-fn default_retry_budget_secs() -> u64 {
-    60
-}
-fn default_timeout_secs() -> u64 {
-    60
-}
 
 /// One OneDrive / SharePoint connection (the account's tokens come separately).
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -107,13 +96,13 @@ pub struct OneDriveConfig {
     pub page_size: u32,
     #[serde(default = "default_rps")]
     pub max_requests_per_second: f64,
-    #[serde(default = "default_max_retries")]
+    #[serde(default = "cloud_api::max_retries")]
     pub max_retries: u32,
-    #[serde(default = "default_retry_base_ms")]
+    #[serde(default = "cloud_api::retry_base_ms")]
     pub retry_base_delay_ms: u64,
-    #[serde(default = "default_retry_budget_secs")]
+    #[serde(default = "cloud_api::retry_budget_secs")]
     pub retry_budget_secs: u64,
-    #[serde(default = "default_timeout_secs")]
+    #[serde(default = "cloud_api::timeout_secs")]
     pub timeout_secs: u64,
 }
 
@@ -125,10 +114,10 @@ impl Default for OneDriveConfig {
             fragment_size: default_fragment_size(),
             page_size: default_page_size(),
             max_requests_per_second: default_rps(),
-            max_retries: default_max_retries(),
-            retry_base_delay_ms: default_retry_base_ms(),
-            retry_budget_secs: default_retry_budget_secs(),
-            timeout_secs: default_timeout_secs(),
+            max_retries: cloud_api::max_retries(),
+            retry_base_delay_ms: cloud_api::retry_base_ms(),
+            retry_budget_secs: cloud_api::retry_budget_secs(),
+            timeout_secs: cloud_api::timeout_secs(),
         }
     }
 }
