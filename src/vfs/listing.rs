@@ -218,6 +218,10 @@ impl Vfs {
         let mut batch = Batch::default();
         let mut changed_inodes = Vec::new();
         let mut changed_entries = Vec::new();
+        // The folder's subfolders once merged, counted on the way: whatever the remote did,
+        // and whatever a crash between a local change and its count left, the link count
+        // is right after every listing.
+        let mut subdirs = 0u32;
         for (name, ino) in self.store.children(dir)? {
             if batch.is_full() {
                 self.store.apply(std::mem::take(&mut batch))?;
@@ -233,12 +237,13 @@ impl Vfs {
                 continue;
             }
             let settled = !busy.contains(&ino) && !child.dirty;
-            match remote.remove(&name) {
+            let stays = match remote.remove(&name) {
                 Some(e) if settled => {
                     if e.kind != child.kind {
                         batch.unlink(dir, &name);
                         self.orphan(&mut batch, &mut child);
                         changed_entries.push(name.clone());
+                        // (Counted below with the new entries, if it comes back.)
                         remote.insert(name, e);
                         continue;
                     }
@@ -252,16 +257,23 @@ impl Vfs {
                         }
                         changed_inodes.push(ino);
                     }
+                    true
                 }
-                Some(_) => {} // local changes pending: the local view wins until uploaded
+                Some(_) => true, // local changes pending: the local view wins until uploaded
                 None => {
                     if settled && child.remote.is_some() && gone.contains(&name) {
                         // Deleted on the remote by someone else.
                         batch.unlink(dir, &name);
                         self.orphan(&mut batch, &mut child);
                         changed_entries.push(name);
+                        false
+                    } else {
+                        true
                     }
                 }
+            };
+            if stays && child.is_dir() {
+                subdirs += 1;
             }
         }
         for (name, e) in remote {
@@ -293,11 +305,11 @@ impl Vfs {
             batch.put_inode(&child);
             batch.link(dir, &name, ino);
             changed_entries.push(name);
+            if e.kind == EntryKind::Dir {
+                subdirs += 1;
+            }
         }
         self.store.apply(batch)?;
-        // Counted afresh at every listing: whatever the remote did, and whatever a crash
-        // between a local change and its count left, the folder's link count is right.
-        let subdirs = self.count_subdirs(dir);
         self.update(dir, |d| {
             d.listed_at = Some(now());
             d.subdirs = Some(subdirs);

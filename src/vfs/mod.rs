@@ -513,17 +513,6 @@ impl Vfs {
         }
     }
 
-    /// How many children of `dir` are directories, counted from the store.
-    pub(super) fn count_subdirs(&self, dir: Ino) -> u32 {
-        let Ok(children) = self.store.children(dir) else {
-            return 0;
-        };
-        children
-            .iter()
-            .filter(|(_, ino)| matches!(self.store.get(*ino), Ok(Some(c)) if c.is_dir()))
-            .count() as u32
-    }
-
     /// A subdirectory of `dir` came (+1) or went (-1); a count not known yet stays so.
     fn adjust_subdirs(&self, dir: Ino, delta: i32) -> FsResult<()> {
         self.update(dir, |d| {
