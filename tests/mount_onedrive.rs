@@ -96,11 +96,11 @@ settings = {{ client_id = "{client_id}", auth_url = "{authority}/authorize", tok
 
     let daemon = DaemonMount::start_traced(&dirs, &cfg_path);
     assert_eq!(
-        fs::read(dirs.mnt.join("work/hello.txt")).unwrap(),
+        fs::read(dirs.mnt.join("work/OneDrive/hello.txt")).unwrap(),
         b"hello from OneDrive"
     );
     fs::write(
-        dirs.mnt.join("work/from-mount.txt"),
+        dirs.mnt.join("work/OneDrive/from-mount.txt"),
         b"written through cloudmount",
     )
     .unwrap();
@@ -357,5 +357,288 @@ async fn moves_never_replace_a_folder_with_contents() {
     assert!(
         tree.contains_key("empty") && !tree.contains_key("src"),
         "{tree:?}"
+    );
+}
+
+/// Sorted names in a folder of the mount.
+fn names_in(p: &std::path::Path) -> Vec<String> {
+    let mut v: Vec<String> = fs::read_dir(p)
+        .unwrap_or_else(|e| panic!("list {}: {e}", p.display()))
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    v.sort();
+    v
+}
+
+fn errno_of(r: std::io::Result<impl std::fmt::Debug>) -> i32 {
+    r.expect_err("the operation should fail")
+        .raw_os_error()
+        .unwrap()
+}
+
+/// A work account's drives side by side under one connection, as the registry builds it
+/// when no `drive_id` is set: `OneDrive/` and `SharePoint/<site>/<library>/` for the
+/// followed sites and the sites named in the settings. Each library is its own drive on
+/// the remote; the folders above the drives cannot be changed (EACCES), a move between
+/// drives is EXDEV (and `mv` copies instead); remote changes in a library and newly
+/// followed or unfollowed sites come through the change feed.
+#[test]
+fn onedrive_and_sharepoint_libraries_side_by_side() {
+    use cloudmount::provider::kit::drive_set::DriveSet;
+    use cloudmount::provider::onedrive::drives::GraphDrives;
+
+    let rt = drive_harness::runtime();
+    let h = {
+        let _inside = rt.enter();
+        graph_harness::harness(GraphConfig::default(), |c| {
+            // Not followed: shown because the settings name it.
+            c.sharepoint_sites = vec!["https://contoso.sharepoint.com/sites/Archive".into()];
+        })
+    };
+    let emu = &h.emu;
+    let (_, own) = emu.my_drive();
+    emu.add_file(&own, "mine.txt", b"my own file");
+    let team = emu.add_site("Team", &["Documents", "Reports"]);
+    let archive = emu.add_site("Archive", &["Documents"]);
+    emu.set_followed("Archive", false);
+    emu.add_site("Team", &["Documents"]); // a second site of the same name
+    let (docs, reports) = (emu.drive_root(&team[0]), emu.drive_root(&team[1]));
+    let archived = emu.drive_root(&archive[0]);
+    emu.add_file(&docs, "plan.txt", b"the plan");
+
+    let provider: Arc<dyn Provider> = Arc::new(
+        DriveSet::new(
+            Arc::new(GraphDrives::new(h.provider)),
+            Duration::from_secs(0), // asked again at every listing of the layout
+        )
+        .unwrap(),
+    );
+    let m = InProcessMount::new(provider, test_config(|c| c.dir_ttl_secs = 3600.0));
+    let ls = |p: &str| names_in(&m.path(p));
+    assert_eq!(ls(""), vec!["OneDrive", "SharePoint"]);
+    assert_eq!(ls("SharePoint"), vec!["Archive", "Team", "Team (2)"]);
+    // Equal site names are told apart in id order: which one is "Team" is not known here.
+    let team_dir = if ls("SharePoint/Team").len() == 2 {
+        "SharePoint/Team"
+    } else {
+        "SharePoint/Team (2)"
+    };
+    let other = if team_dir == "SharePoint/Team" {
+        "SharePoint/Team (2)"
+    } else {
+        "SharePoint/Team"
+    };
+    assert_eq!(ls(team_dir), vec!["Documents", "Reports"]);
+    assert_eq!(ls(other), vec!["Documents"]);
+    let team_path = |rel: &str| m.path(&format!("{team_dir}/{rel}"));
+    assert_eq!(
+        fs::read(m.path("OneDrive/mine.txt")).unwrap(),
+        b"my own file"
+    );
+    assert_eq!(
+        fs::read(team_path("Documents/plan.txt")).unwrap(),
+        b"the plan"
+    );
+    use std::os::unix::fs::PermissionsExt;
+    let mode = fs::metadata(m.path("SharePoint"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o555, "the layout is read-only to the kernel");
+
+    // Writes land in the right drive, under the right name.
+    fs::write(m.path("OneDrive/new.txt"), b"new in my drive").unwrap();
+    fs::write(team_path("Reports/q1.txt"), b"first quarter").unwrap();
+    fs::create_dir(m.path("SharePoint/Archive/Documents/2025")).unwrap();
+    fs::write(m.path("SharePoint/Archive/Documents/2025/old.txt"), b"old").unwrap();
+    fs::rename(
+        team_path("Documents/plan.txt"),
+        team_path("Documents/plan-v2.txt"),
+    )
+    .unwrap();
+
+    // The layout cannot be changed; drives do not share moves.
+    assert_eq!(errno_of(fs::create_dir(m.path("Extra"))), libc::EACCES);
+    assert_eq!(
+        errno_of(fs::write(m.path("SharePoint/notes.txt"), b"x")),
+        libc::EACCES
+    );
+    assert_eq!(errno_of(fs::remove_dir(m.path("OneDrive"))), libc::EACCES);
+    assert_eq!(
+        errno_of(fs::rename(m.path(team_dir), m.path("SharePoint/Crew"))),
+        libc::EACCES
+    );
+    assert_eq!(
+        errno_of(fs::rename(
+            m.path("OneDrive/mine.txt"),
+            team_path("Reports/mine.txt")
+        )),
+        libc::EXDEV
+    );
+    // mv copies across the drives when rename(2) says EXDEV.
+    let out = Command::new("mv")
+        .arg(m.path("OneDrive/mine.txt"))
+        .arg(team_path("Reports/"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        m.drain(Duration::from_secs(60)),
+        "{:?}",
+        m.vfs().queue.status()
+    );
+
+    let file = |c: &[u8]| Some(c.to_vec());
+    assert_eq!(
+        emu.tree(&own),
+        [("new.txt".to_string(), file(b"new in my drive"))].into()
+    );
+    assert_eq!(
+        emu.tree(&docs),
+        [("plan-v2.txt".to_string(), file(b"the plan"))].into()
+    );
+    assert_eq!(
+        emu.tree(&reports),
+        [
+            ("mine.txt".to_string(), file(b"my own file")),
+            ("q1.txt".to_string(), file(b"first quarter")),
+        ]
+        .into()
+    );
+    assert_eq!(
+        emu.tree(&archived),
+        [
+            ("2025".to_string(), None),
+            ("2025/old.txt".to_string(), file(b"old")),
+        ]
+        .into()
+    );
+    assert_eq!(ls(""), vec!["OneDrive", "SharePoint"], "nothing left over");
+
+    // Remote changes: a file added in a library (its feed), a site followed, then left.
+    let vfs = m.vfs();
+    let poll = || m.rt.block_on(vfs.poll_once()).unwrap();
+    poll(); // takes the cursors
+    emu.add_file(&reports, "from-web.txt", b"added in the browser");
+    emu.add_site("Later", &["Shared Documents"]);
+    poll();
+    assert_eq!(
+        fs::read(team_path("Reports/from-web.txt")).unwrap(),
+        b"added in the browser"
+    );
+    assert_eq!(
+        ls("SharePoint"),
+        vec!["Archive", "Later", "Team", "Team (2)"]
+    );
+    assert_eq!(ls("SharePoint/Later"), vec!["Shared Documents"]);
+    emu.set_followed("Later", false);
+    poll();
+    assert_eq!(ls("SharePoint"), vec!["Archive", "Team", "Team (2)"]);
+
+    // A restart: the mount knows the folders from its store, the new provider has not
+    // asked Graph for the sites yet — the layout is still refused, and a move between
+    // drives still EXDEV, not a queued move that could never land.
+    drop(vfs);
+    let old = m.unmount();
+    // The store and cache as a restart finds them, in folders of their own (the in-process
+    // mount's store is not always closed yet when `unmount` returns; its lock would refuse
+    // a second opening in this process).
+    let dirs = TestDirs::new();
+    for (from, to) in [(&old.state, &dirs.state), (&old.cache, &dirs.cache)] {
+        let st = Command::new("cp")
+            .arg("-a")
+            .arg(from)
+            .arg(to)
+            .status()
+            .unwrap();
+        assert!(st.success(), "copy {}", from.display());
+    }
+    let own_again = {
+        let _inside = rt.enter();
+        cloudmount::provider::onedrive::OneDriveProvider::new(
+            cloudmount::provider::onedrive::OneDriveConfig {
+                api_base: emu.api_base(),
+                retry_base_delay_ms: 10,
+                max_requests_per_second: 0.0,
+                ..Default::default()
+            },
+            h.tokens.clone(),
+        )
+        .unwrap()
+    };
+    let provider: Arc<dyn Provider> = Arc::new(
+        DriveSet::new(
+            Arc::new(GraphDrives::new(own_again)),
+            Duration::from_secs(300),
+        )
+        .unwrap(),
+    );
+    let before = emu.requests().len();
+    let m = InProcessMount::with_dirs(dirs, provider, test_config(|c| c.dir_ttl_secs = 3600.0));
+    assert_eq!(
+        errno_of(fs::write(m.path("SharePoint/notes.txt"), b"x")),
+        libc::EACCES
+    );
+    assert_eq!(
+        errno_of(fs::rename(
+            m.path("OneDrive/new.txt"),
+            m.path(&format!("{team_dir}/Reports/new.txt"))
+        )),
+        libc::EXDEV
+    );
+    assert!(
+        emu.requests()[before..]
+            .iter()
+            .any(|r| r.path.contains("followedSites")),
+        "the sites were asked for to answer"
+    );
+    assert!(m.drain(Duration::from_secs(30)));
+    assert_eq!(
+        emu.tree(&own),
+        [("new.txt".to_string(), file(b"new in my drive"))].into(),
+        "nothing moved"
+    );
+}
+
+/// A personal account has no SharePoint: only `OneDrive/`, and the followed sites are
+/// never asked for (Graph refuses them for personal accounts).
+#[test]
+fn a_personal_account_shows_its_own_drive_only() {
+    use cloudmount::provider::kit::drive_set::DriveSet;
+    use cloudmount::provider::onedrive::drives::GraphDrives;
+
+    let rt = drive_harness::runtime();
+    let h = {
+        let _inside = rt.enter();
+        graph_harness::harness(
+            GraphConfig {
+                flavour: graph_emulator::Flavour::Personal,
+                ..GraphConfig::default()
+            },
+            |_| {},
+        )
+    };
+    let (_, own) = h.emu.my_drive();
+    h.emu.add_file(&own, "photo.jpg", b"jpeg");
+    let emu = &h.emu;
+    let provider: Arc<dyn Provider> = Arc::new(
+        DriveSet::new(
+            Arc::new(GraphDrives::new(h.provider)),
+            Duration::from_secs(300),
+        )
+        .unwrap(),
+    );
+    let m = InProcessMount::new(provider, test_config(|_| {}));
+    assert_eq!(names_in(m.mnt()), vec!["OneDrive"]);
+    assert_eq!(fs::read(m.path("OneDrive/photo.jpg")).unwrap(), b"jpeg");
+    assert!(
+        !emu.requests()
+            .iter()
+            .any(|r| r.path.contains("followedSites")),
+        "no SharePoint request for a personal account"
     );
 }

@@ -127,8 +127,10 @@ impl fmt::Debug for OAuthClientConfig {
 /// The full-Drive scope a mount needs.
 pub const GOOGLE_DRIVE_SCOPE: &str = "https://www.googleapis.com/auth/drive";
 /// What a OneDrive / SharePoint mount asks Microsoft for: read and write every file the
-/// user can reach, and a refresh token (`offline_access`).
-pub const MICROSOFT_SCOPES: [&str; 2] = ["Files.ReadWrite.All", "offline_access"];
+/// user can reach, find the SharePoint sites they follow (`Sites.Read.All`; personal
+/// accounts consent to it too and simply have no sites), and a refresh token
+/// (`offline_access`).
+pub const MICROSOFT_SCOPES: [&str; 3] = ["Files.ReadWrite.All", "Sites.Read.All", "offline_access"];
 /// IMAP with XOAUTH2 at Gmail: the one scope Google has for IMAP (full mail access).
 pub const GOOGLE_MAIL_SCOPE: &str = "https://mail.google.com/";
 /// IMAP with XOAUTH2 at Exchange Online / Outlook.com, and a refresh token.

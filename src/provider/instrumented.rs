@@ -190,6 +190,14 @@ impl Provider for InstrumentedProvider {
         self.inner.capabilities()
     }
 
+    async fn fixed_folder(&self, dir: &str) -> Option<String> {
+        self.inner.fixed_folder(dir).await
+    }
+
+    async fn same_space(&self, from: &str, to: &str) -> bool {
+        self.inner.same_space(from, to).await
+    }
+
     fn list<'a>(&'a self, dir: &'a str) -> ListStream<'a> {
         let started = Instant::now();
         let metrics = Arc::clone(&self.metrics);

@@ -336,6 +336,23 @@ pub trait Provider: Send + Sync + 'static {
         Err(ProviderError::Unsupported("native versions".into()))
     }
 
+    /// `Some(reason)` when `dir` is a folder of the provider's fixed layout (one standing
+    /// for a list of drives): nothing can be created in it, and nothing in it renamed,
+    /// moved or removed. The VFS refuses such changes up front (EACCES) instead of queueing
+    /// jobs the provider can never carry out. May ask the service what its layout is (once
+    /// in a while); when it cannot be asked, `None`, so that offline work goes on.
+    async fn fixed_folder(&self, _dir: &str) -> Option<String> {
+        None
+    }
+
+    /// Whether the provider can move `from` to `to` (both remote paths). `false` when they
+    /// are on different drives of one connection, or when that cannot be known now: the
+    /// VFS answers EXDEV, so `mv` copies (always correct) instead of queueing a move that
+    /// could never land.
+    async fn same_space(&self, _from: &str, _to: &str) -> bool {
+        true
+    }
+
     async fn read_version(&self, _path: &str, _version_id: &str) -> ProviderResult<ByteStream> {
         Err(ProviderError::Unsupported("native versions".into()))
     }

@@ -133,11 +133,19 @@ fn build_gdrive(s: &Setup<'_>) -> Result<Arc<dyn Provider>, SetupError> {
     )?))
 }
 
+/// One drive when `drive_id` names it; else the account's drives side by side.
 fn build_onedrive(s: &Setup<'_>) -> Result<Arc<dyn Provider>, SetupError> {
-    let cfg: super::onedrive::OneDriveConfig = s.settings.clone().try_into()?;
-    Ok(Arc::new(super::onedrive::OneDriveProvider::new(
-        cfg,
-        s.tokens()?,
+    use super::onedrive::{drives::GraphDrives, OneDriveConfig, OneDriveProvider};
+    let cfg: OneDriveConfig = s.settings.clone().try_into()?;
+    let layout = cfg.drive_id.is_none();
+    let refresh = std::time::Duration::from_secs(cfg.sites_refresh_secs);
+    let own = OneDriveProvider::new(cfg, s.tokens()?)?;
+    if !layout {
+        return Ok(Arc::new(own));
+    }
+    let catalog = Arc::new(GraphDrives::new(own));
+    Ok(Arc::new(super::kit::drive_set::DriveSet::new(
+        catalog, refresh,
     )?))
 }
 

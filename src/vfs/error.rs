@@ -40,6 +40,10 @@ pub enum FsError {
     Range,
     #[error("bad file handle")]
     BadHandle,
+    /// A move between two drives of one connection (the provider cannot move between
+    /// them; `mv` copies instead).
+    #[error("cross-device move: {0}")]
+    CrossDevice(String),
     #[error("remote unavailable: {0}")]
     Unavailable(String),
     #[error("I/O error: {0}")]
@@ -65,6 +69,7 @@ impl FsError {
             FsError::NoAttr => libc::ENODATA,
             FsError::Range => libc::ERANGE,
             FsError::BadHandle => libc::EBADF,
+            FsError::CrossDevice(_) => libc::EXDEV,
             // A network that is down is an I/O failure to the program that asked.
             FsError::Unavailable(_) | FsError::Io(_) => libc::EIO,
         }

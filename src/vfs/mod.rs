@@ -405,7 +405,7 @@ impl Vfs {
         Ok(join_path(&dir, name))
     }
 
-    fn check_name(&self, parent: Ino, name: &str) -> FsResult<()> {
+    async fn check_name(&self, parent: Ino, name: &str) -> FsResult<()> {
         let caps = self.provider.capabilities();
         if name.len() > caps.max_name_len.min(255) {
             return Err(FsError::NameTooLong);
@@ -423,7 +423,19 @@ impl Vfs {
                 "{name} is reserved for cloudmount's own use"
             )));
         }
+        self.check_not_fixed(parent).await?;
         self.check_path_len(parent, name, 0)
+    }
+
+    /// Entries of a folder of the provider's fixed layout (the list of an account's drives)
+    /// cannot be created, renamed or removed: refused here, before anything is queued.
+    async fn check_not_fixed(&self, parent: Ino) -> FsResult<()> {
+        if let Some(dir) = self.path_of(parent)? {
+            if let Some(reason) = self.provider.fixed_folder(&dir).await {
+                return Err(FsError::Access(reason));
+            }
+        }
+        Ok(())
     }
 
     /// A new entry `name` in `parent`, with descendants up to `below` bytes deeper (a
@@ -653,7 +665,7 @@ impl Vfs {
         gid: u32,
     ) -> FsResult<Attr> {
         self.writable()?;
-        self.check_name(parent, name)?;
+        self.check_name(parent, name).await?;
         self.ensure_listed(parent).await?;
         let _ns = self.ns_lock.lock().await;
         let pdir = self.get(parent)?;
@@ -701,7 +713,7 @@ impl Vfs {
         exclusive: bool,
     ) -> FsResult<(Attr, u64)> {
         self.writable()?;
-        self.check_name(parent, name)?;
+        self.check_name(parent, name).await?;
         self.ensure_listed(parent).await?;
         let _ns = self.ns_lock.lock().await;
         if !self.get(parent)?.is_dir() {
@@ -766,7 +778,7 @@ impl Vfs {
             _ => return Err(FsError::Invalid(format!("mknod of file type {mode:o}"))),
         };
         self.writable()?;
-        self.check_name(parent, name)?;
+        self.check_name(parent, name).await?;
         self.ensure_listed(parent).await?;
         let _ns = self.ns_lock.lock().await;
         if self.store.child(parent, name)?.is_some() {
@@ -797,7 +809,7 @@ impl Vfs {
         gid: u32,
     ) -> FsResult<Attr> {
         self.writable()?;
-        self.check_name(parent, name)?;
+        self.check_name(parent, name).await?;
         if !self.provider.capabilities().symlinks && symlink_file::encode(target).is_none() {
             // Stored as a small file (see symlink_file.rs), which bounds the target.
             return Err(FsError::NameTooLong);
@@ -860,6 +872,7 @@ impl Vfs {
         }
         self.ensure_listed(parent).await?;
         let ino = self.store.child(parent, name)?.ok_or(FsError::NotFound)?;
+        self.check_not_fixed(parent).await?;
         if !self.get(ino)?.is_dir() {
             return Err(FsError::NotDir);
         }
@@ -905,7 +918,7 @@ impl Vfs {
                 "RENAME_EXCHANGE is not supported by cloud providers".into(),
             ));
         }
-        self.check_name(new_parent, new_name)?;
+        self.check_name(new_parent, new_name).await?;
         if parent == ROOT_LOCAL_INO && RESERVED_NAMES.contains(&name) {
             return Err(FsError::NotFound);
         }
@@ -916,6 +929,17 @@ impl Vfs {
             if self.get(dst)?.is_dir() {
                 self.ensure_listed(dst).await?;
             }
+        }
+        // Before the namespace lock: the provider may ask its service about its layout.
+        self.check_not_fixed(parent).await?;
+        let (from, to) = (
+            self.child_path(parent, name)?,
+            self.child_path(new_parent, new_name)?,
+        );
+        if !self.provider.same_space(&from, &to).await {
+            return Err(FsError::CrossDevice(format!(
+                "{from} and {to} are on different drives"
+            )));
         }
         let _ns = self.ns_lock.lock().await;
         if self.store.child(parent, name)? != Some(src_ino) {

@@ -168,6 +168,8 @@ struct Site {
     name: String,
     web_url: String,
     drives: Vec<String>,
+    /// Listed by `/me/followedSites`.
+    followed: bool,
 }
 
 struct Session {
@@ -748,6 +750,10 @@ impl GraphEmulator {
         let d = &st.drives[&st.me_drive];
         (d.id.clone(), d.root.clone())
     }
+    /// The root folder's item id of a drive (a SharePoint library, by drive id).
+    pub fn drive_root(&self, drive: &str) -> String {
+        self.st().drives[drive].root.clone()
+    }
     pub fn add_folder(&self, parent: &str, name: &str) -> String {
         let mut st = self.st();
         let drive = st.items[parent].drive.clone();
@@ -837,8 +843,25 @@ impl GraphEmulator {
             name: name.to_owned(),
             web_url,
             drives: drives.clone(),
+            followed: true,
         });
         drives
+    }
+    /// Follow or stop following a site (by name): what `/me/followedSites` lists.
+    pub fn set_followed(&self, name: &str, followed: bool) {
+        let mut st = self.st();
+        let site = st.sites.iter_mut().find(|s| s.name == name).expect("site");
+        site.followed = followed;
+    }
+    /// A site's URL (`webUrl`), as a user would copy it from the browser.
+    pub fn site_url(&self, name: &str) -> String {
+        let st = self.st();
+        st.sites
+            .iter()
+            .find(|s| s.name == name)
+            .expect("site")
+            .web_url
+            .clone()
     }
     pub fn open_upload_sessions(&self) -> usize {
         self.st().sessions.len()
@@ -853,6 +876,10 @@ impl GraphEmulator {
             l.expires = Instant::now() - Duration::from_secs(1);
         }
     }
+}
+
+fn site_json(s: &Site) -> Value {
+    json!({"id": s.id, "displayName": s.name, "name": s.name, "webUrl": s.web_url})
 }
 
 fn uuid_like(hex32: &str) -> String {
@@ -1019,10 +1046,11 @@ fn address(st: &State, segs: &[String]) -> Result<Address, Response> {
     let (drive, rest) = match segs {
         [me, d, rest @ ..] if me == "me" && d == "drive" => (st.me_drive.clone(), rest),
         [d, id, rest @ ..] if d == "drives" => {
+            let id = decode(id);
             let found = st
                 .drives
                 .keys()
-                .find(|k| k.eq_ignore_ascii_case(id))
+                .find(|k| k.eq_ignore_ascii_case(&id))
                 .cloned()
                 .ok_or_else(not_found)?;
             (found, rest)
@@ -1031,7 +1059,7 @@ fn address(st: &State, segs: &[String]) -> Result<Address, Response> {
             let site = st
                 .sites
                 .iter()
-                .find(|x| &x.id == site)
+                .find(|x| x.id == decode(site))
                 .ok_or_else(not_found)?;
             (site.drives[0].clone(), rest)
         }
@@ -1112,7 +1140,8 @@ fn api(
             return json_resp(200, st.drive_json(d));
         }
         [d, id] if d == "drives" && m == "GET" => {
-            return match st.drives.keys().find(|k| k.eq_ignore_ascii_case(id)) {
+            let id = decode(id);
+            return match st.drives.keys().find(|k| k.eq_ignore_ascii_case(&id)) {
                 Some(k) => json_resp(200, st.drive_json(&st.drives[k])),
                 None => not_found(),
             };
@@ -1121,12 +1150,31 @@ fn api(
             let v: Vec<Value> = st
                 .sites
                 .iter()
-                .map(|s| json!({"id": s.id, "displayName": s.name, "name": s.name, "webUrl": s.web_url}))
+                .filter(|s| s.followed)
+                .map(site_json)
                 .collect();
             return json_resp(200, json!({"value": v}));
         }
+        // Get site by path: /sites/{hostname}:/{server-relative-path}.
+        [s, host, rest @ ..] if s == "sites" && host.ends_with(':') && m == "GET" => {
+            let rel: Vec<String> = rest.iter().map(|x| decode(x)).collect();
+            let url = format!(
+                "https://{}/{}",
+                host.trim_end_matches(':'),
+                rel.join("/").trim_end_matches(':')
+            );
+            return match st
+                .sites
+                .iter()
+                .find(|x| x.web_url.eq_ignore_ascii_case(&url))
+            {
+                Some(site) => json_resp(200, site_json(site)),
+                None => not_found(),
+            };
+        }
         [s, id, d] if s == "sites" && d == "drives" && m == "GET" => {
-            let Some(site) = st.sites.iter().find(|x| &x.id == id) else {
+            let id = decode(id);
+            let Some(site) = st.sites.iter().find(|x| x.id == id) else {
                 return not_found();
             };
             let v: Vec<Value> = site

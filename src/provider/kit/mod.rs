@@ -14,10 +14,13 @@
 //! - `names`: reversible local names (escaping, numbering of duplicate names);
 //! - `paging`: the list loop over next-page markers (token, next link, cursor, `Link`
 //!   header, offset with a total);
+//! - `drive_set`: several drives of one account side by side under one connection, with
+//!   the folders above them kept fixed;
 //! - `upload_session`: the loop through a resumable upload session (resume, restart).
 
 pub mod auth;
 pub mod client;
+pub mod drive_set;
 pub mod errors;
 pub mod idcache;
 pub mod names;

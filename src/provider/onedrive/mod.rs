@@ -23,10 +23,14 @@
 //!
 //! - versions are Graph's own (`/versions`, each read through a download link).
 //!
-//! Still to come (issue 10): the SharePoint and shared-items layout in one connection,
-//! the Personal "2025" behaviours, a reversible mapping of the names OneDrive refuses.
+//! A connection without a `drive_id` shows the account's drives side by side
+//! (`OneDrive/`, `SharePoint/<site>/<library>/`): see [`drives`].
+//!
+//! Still to come (issue 10): shared items (`Shared/`), the Personal "2025" behaviours, a
+//! reversible mapping of the names OneDrive refuses.
 
 pub(crate) mod api;
+pub mod drives;
 pub mod quickxor;
 
 use std::collections::HashMap;
@@ -77,6 +81,12 @@ fn default_page_size() -> u32 {
 fn default_rps() -> f64 {
     10.0
 }
+fn default_true() -> bool {
+    true
+}
+fn default_sites_refresh() -> u64 {
+    300
+}
 
 /// One OneDrive / SharePoint connection (the account's tokens come separately).
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -84,10 +94,23 @@ fn default_rps() -> f64 {
 pub struct OneDriveConfig {
     #[serde(default = "default_api_base")]
     pub api_base: String,
-    /// The drive: `None` is the user's own (`/me/drive`), else a drive id (a SharePoint
-    /// library, or another user's drive shared whole).
+    /// One drive alone at the connection's root: `"me"` is the user's own, anything else a
+    /// drive id (a SharePoint library, or another user's drive shared whole). Unset: the
+    /// account's drives side by side — `OneDrive/` and, for work accounts,
+    /// `SharePoint/<site>/<library>/` (see [`drives`]).
     #[serde(default)]
     pub drive_id: Option<String>,
+    /// SharePoint sites to show besides the followed ones, by URL
+    /// (`https://contoso.sharepoint.com/sites/Team`).
+    #[serde(default)]
+    pub sharepoint_sites: Vec<String>,
+    /// Show the sites the user follows in SharePoint (needs the `Sites.Read.All` scope).
+    #[serde(default = "default_true")]
+    pub followed_sites: bool,
+    /// How often the list of sites and libraries is asked again (when the layout is
+    /// listed or the change feed read), in seconds.
+    #[serde(default = "default_sites_refresh")]
+    pub sites_refresh_secs: u64,
     /// Upload-session fragment size: a multiple of 320 KiB, under 60 MiB.
     #[serde(default = "default_fragment_size")]
     pub fragment_size: u64,
@@ -111,6 +134,9 @@ impl Default for OneDriveConfig {
         OneDriveConfig {
             api_base: default_api_base(),
             drive_id: None,
+            sharepoint_sites: Vec::new(),
+            followed_sites: true,
+            sites_refresh_secs: default_sites_refresh(),
             fragment_size: default_fragment_size(),
             page_size: default_page_size(),
             max_requests_per_second: default_rps(),
@@ -127,7 +153,8 @@ const FORBIDDEN: [char; 8] = ['"', '*', ':', '<', '>', '?', '\\', '|'];
 
 pub struct OneDriveProvider {
     cfg: OneDriveConfig,
-    api: ApiClient,
+    /// Shared by every drive of one connection (one rate cap and retry budget per account).
+    api: Arc<ApiClient>,
     /// `{api}/me/drive` or `{api}/drives/{id}`.
     drive: String,
     paths: Mutex<Paths>,
@@ -216,16 +243,16 @@ impl OneDriveProvider {
             cfg.retry_budget_secs,
             Duration::from_secs(120),
         );
-        let api = ApiClient::new(
+        let api = Arc::new(ApiClient::new(
             http,
             Arc::new(OAuthBearer(tokens)),
             Arc::new(GraphErrors),
             retry,
             cfg.max_requests_per_second,
-        );
+        ));
         let base = cfg.api_base.trim_end_matches('/');
-        let drive = match &cfg.drive_id {
-            None => format!("{base}/me/drive"),
+        let drive = match cfg.drive_id.as_deref() {
+            None | Some("me") => format!("{base}/me/drive"),
             Some(id) => format!("{base}/drives/{}", encode_segment(id)),
         };
         Ok(OneDriveProvider {
@@ -234,6 +261,74 @@ impl OneDriveProvider {
             drive,
             paths: Mutex::default(),
         })
+    }
+
+    /// Another drive of the same account (a SharePoint library), on this connection's
+    /// client.
+    pub(crate) fn on_drive(&self, drive_id: &str) -> OneDriveProvider {
+        let base = self.cfg.api_base.trim_end_matches('/');
+        OneDriveProvider {
+            cfg: OneDriveConfig {
+                drive_id: Some(drive_id.to_owned()),
+                ..self.cfg.clone()
+            },
+            api: self.api.clone(),
+            drive: format!("{base}/drives/{}", encode_segment(drive_id)),
+            paths: Mutex::default(),
+        }
+    }
+
+    /// A Graph resource outside the drive (sites, the drive's own record), for the
+    /// account's layout of drives.
+    pub(crate) async fn graph_get<T: serde::de::DeserializeOwned>(
+        &self,
+        what: &str,
+        path_and_query: &str,
+    ) -> ProviderResult<T> {
+        let url = format!(
+            "{}/{}",
+            self.cfg.api_base.trim_end_matches('/'),
+            path_and_query.trim_start_matches('/')
+        );
+        self.json(what, Idempotency::Idempotent, || {
+            self.request(Method::GET, &url)
+        })
+        .await
+    }
+
+    /// Every member of a paged Graph collection (`value`, `@odata.nextLink` followed as it
+    /// is).
+    pub(crate) async fn graph_get_all<T: serde::de::DeserializeOwned + Send>(
+        &self,
+        what: &str,
+        path_and_query: &str,
+    ) -> ProviderResult<Vec<T>> {
+        #[derive(Deserialize)]
+        struct Collection<T> {
+            value: Vec<T>,
+            #[serde(rename = "@odata.nextLink", default)]
+            next: Option<String>,
+        }
+        let first = format!(
+            "{}/{}",
+            self.cfg.api_base.trim_end_matches('/'),
+            path_and_query.trim_start_matches('/')
+        );
+        paging::collect_all(what, |next: Option<String>| {
+            let url = next.unwrap_or_else(|| first.clone());
+            async move {
+                let page: Collection<T> = self
+                    .json(what, Idempotency::Idempotent, || {
+                        self.request(Method::GET, &url)
+                    })
+                    .await?;
+                Ok(Page {
+                    items: page.value,
+                    next: page.next,
+                })
+            }
+        })
+        .await
     }
 
     /// The item at `path` (`/` is the drive's root), with `suffix` (`/children`, ...).
