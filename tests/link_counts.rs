@@ -5,6 +5,7 @@
 
 mod common;
 
+use std::collections::BTreeMap;
 use std::fs;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
@@ -57,8 +58,25 @@ fn folder_link_counts_follow_mkdir_rmdir_rename_and_the_remote() {
     fs::rename(root.join("a/f"), root.join("f")).unwrap();
     assert_eq!(nlink(&root.join("a")), 3);
 
-    // The remote gains a folder and loses one: the next listing counts them.
+    // What reached the remote is the mount's tree: folders made, removed, moved, and moved
+    // over an empty one (which is gone), and the file moved out.
     m.sync();
+    let want: BTreeMap<String, Option<Vec<u8>>> = [
+        ("/a", None),
+        ("/a/empty", None),
+        ("/f", Some(b"x".to_vec())),
+        ("/remote", None),
+        ("/remote/file.txt", Some(b"not a folder".to_vec())),
+        ("/remote/one", None),
+        ("/remote/two", None),
+    ]
+    .into_iter()
+    .map(|(p, c)| (p.to_string(), c))
+    .collect();
+    assert_eq!(local_tree(&dirs.cloud), want, "the remote");
+    assert_eq!(local_tree(&root), want, "the mount");
+
+    // The remote gains a folder and loses one: the next listing counts them.
     fs::create_dir(dirs.cloud.join("remote/three")).unwrap();
     fs::remove_dir(dirs.cloud.join("remote/one")).unwrap();
     let out = m.cli(&["refresh", m.mnt.to_str().unwrap()]);

@@ -405,10 +405,11 @@ fn onedrive_and_sharepoint_libraries_side_by_side() {
     let (docs, reports) = (emu.drive_root(&team[0]), emu.drive_root(&team[1]));
     let archived = emu.drive_root(&archive[0]);
     emu.add_file(&docs, "plan.txt", b"the plan");
+    let names_file = h.dir.path().join("sharepoint-names.json");
 
     let provider: Arc<dyn Provider> = Arc::new(
         DriveSet::new(
-            Arc::new(GraphDrives::new(h.provider)),
+            Arc::new(GraphDrives::new(h.provider, Some(names_file.clone()))),
             Duration::from_secs(0), // asked again at every listing of the layout
         )
         .unwrap(),
@@ -538,6 +539,16 @@ fn onedrive_and_sharepoint_libraries_side_by_side() {
     emu.set_followed("Later", false);
     poll();
     assert_eq!(ls("SharePoint"), vec!["Archive", "Team", "Team (2)"]);
+    // One more site of that name: the shown ones keep their names (whatever its id), so
+    // every place still means the same library.
+    emu.add_site("Team", &["Wiki"]);
+    poll();
+    assert_eq!(
+        ls("SharePoint"),
+        vec!["Archive", "Team", "Team (2)", "Team (3)"]
+    );
+    assert_eq!(ls(team_dir), vec!["Documents", "Reports"]);
+    assert_eq!(ls("SharePoint/Team (3)"), vec!["Wiki"]);
 
     // A restart: the mount knows the folders from its store, the new provider has not
     // asked Graph for the sites yet — the layout is still refused, and a move between
@@ -572,13 +583,16 @@ fn onedrive_and_sharepoint_libraries_side_by_side() {
     };
     let provider: Arc<dyn Provider> = Arc::new(
         DriveSet::new(
-            Arc::new(GraphDrives::new(own_again)),
+            Arc::new(GraphDrives::new(own_again, Some(names_file.clone()))),
             Duration::from_secs(300),
         )
         .unwrap(),
     );
     let before = emu.requests().len();
     let m = InProcessMount::with_dirs(dirs, provider, test_config(|c| c.dir_ttl_secs = 3600.0));
+    // The connection's own folder is known to hold drives without asking (offline too).
+    assert_eq!(errno_of(fs::write(m.path("x.txt"), b"x")), libc::EACCES);
+    assert_eq!(emu.requests().len(), before, "answered without the network");
     assert_eq!(
         errno_of(fs::write(m.path("SharePoint/notes.txt"), b"x")),
         libc::EACCES
@@ -596,7 +610,17 @@ fn onedrive_and_sharepoint_libraries_side_by_side() {
             .any(|r| r.path.contains("followedSites")),
         "the sites were asked for to answer"
     );
+    // The names were kept: the same place is the same library after the restart.
+    fs::write(
+        m.path(&format!("{team_dir}/Reports/after-restart.txt")),
+        b"still the right library",
+    )
+    .unwrap();
     assert!(m.drain(Duration::from_secs(30)));
+    assert_eq!(
+        emu.tree(&reports)["after-restart.txt"].as_deref(),
+        Some(&b"still the right library"[..])
+    );
     assert_eq!(
         emu.tree(&own),
         [("new.txt".to_string(), file(b"new in my drive"))].into(),
@@ -627,7 +651,7 @@ fn a_personal_account_shows_its_own_drive_only() {
     let emu = &h.emu;
     let provider: Arc<dyn Provider> = Arc::new(
         DriveSet::new(
-            Arc::new(GraphDrives::new(h.provider)),
+            Arc::new(GraphDrives::new(h.provider, None)),
             Duration::from_secs(300),
         )
         .unwrap(),

@@ -143,7 +143,11 @@ fn build_onedrive(s: &Setup<'_>) -> Result<Arc<dyn Provider>, SetupError> {
     if !layout {
         return Ok(Arc::new(own));
     }
-    let catalog = Arc::new(GraphDrives::new(own));
+    // The names given to SharePoint sites and libraries stick across restarts.
+    let catalog = Arc::new(GraphDrives::new(
+        own,
+        Some(s.state_dir.join("sharepoint-names.json")),
+    ));
     Ok(Arc::new(super::kit::drive_set::DriveSet::new(
         catalog, refresh,
     )?))

@@ -78,6 +78,23 @@ struct Layout {
     drives: Vec<Arc<Drive>>,
     /// When the service last told us its drives; `None`: only the fixed ones are known.
     discovered: Option<Instant>,
+    /// The last discovery failed (when, why): not asked again before
+    /// [`RETRY_AFTER_FAILURE`], so that many callers offline do not each wait for one.
+    failed: Option<(Instant, String)>,
+    /// Counts finished discoveries, so that a caller that waited for another's answer
+    /// takes it instead of asking again.
+    generation: u64,
+}
+
+/// How long a failed discovery is not tried again.
+const RETRY_AFTER_FAILURE: Duration = Duration::from_secs(30);
+
+/// What the layout needs before it can be trusted.
+enum Need {
+    Nothing,
+    Discovery,
+    /// A discovery failed a moment ago (its error).
+    Wait(String),
 }
 
 /// Where a path of the connection leads.
@@ -109,7 +126,6 @@ pub struct DriveSet {
     layout: Mutex<Layout>,
     discovery: tokio::sync::Mutex<()>,
     refresh: Duration,
-    case_insensitive: bool,
     /// The time shown for layout folders (they have none of their own).
     shown_since: SystemTime,
 }
@@ -140,30 +156,24 @@ impl DriveSet {
                 catalog.kind()
             )));
         }
-        let case_insensitive = catalog.capabilities().case_insensitive;
         Ok(DriveSet {
             catalog,
             layout: Mutex::new(Layout {
                 drives,
                 discovered: None,
+                failed: None,
+                generation: 0,
             }),
             discovery: tokio::sync::Mutex::new(()),
             refresh,
-            case_insensitive,
             shown_since: SystemTime::now(),
         })
     }
 
-    fn same_name(&self, a: &str, b: &str) -> bool {
-        if self.case_insensitive {
-            a.to_lowercase() == b.to_lowercase()
-        } else {
-            a == b
-        }
-    }
-
+    /// The layout's own names match exactly (they are ours, and a case variant of one must
+    /// not look like a second folder); what is below a drive's folder is the drive's.
     fn starts_with(&self, comps: &[&str], prefix: &[String]) -> bool {
-        comps.len() >= prefix.len() && prefix.iter().zip(comps).all(|(p, c)| self.same_name(p, c))
+        comps.len() >= prefix.len() && prefix.iter().zip(comps).all(|(p, c)| p == c)
     }
 
     /// Where `path` leads in the layout as known now.
@@ -196,26 +206,47 @@ impl DriveSet {
         Place::Nowhere { in_layout }
     }
 
-    fn is_stale(&self) -> bool {
-        match self.layout.lock().unwrap().discovered {
-            None => true,
-            Some(at) => at.elapsed() >= self.refresh,
-        }
+    fn need(&self) -> (Need, u64) {
+        let layout = self.layout.lock().unwrap();
+        let need = match (&layout.failed, layout.discovered) {
+            (Some((at, why)), _) if at.elapsed() < RETRY_AFTER_FAILURE => Need::Wait(why.clone()),
+            (_, Some(at)) if at.elapsed() < self.refresh => Need::Nothing,
+            _ => Need::Discovery,
+        };
+        (need, layout.generation)
     }
 
-    /// Ask the service for its drives again. Drives still there keep their provider.
-    async fn rediscover(&self) -> ProviderResult<()> {
+    /// Ask the service for its drives again, unless a discovery finished while this one
+    /// waited for its turn (its outcome is then this one's). Drives still there keep their
+    /// provider (and with it their change feed's bookkeeping).
+    async fn rediscover(&self, seen: u64) -> ProviderResult<()> {
         let _one = self.discovery.lock().await;
-        if !self.is_stale() {
-            return Ok(()); // done by whoever held the lock before us
+        {
+            let layout = self.layout.lock().unwrap();
+            if layout.generation != seen {
+                return match &layout.failed {
+                    Some((_, why)) => Err(ProviderError::Transient(why.clone())),
+                    None => Ok(()),
+                };
+            }
         }
-        let slots = self.catalog.discover().await?;
-        let old: Vec<Arc<Drive>> = self.layout.lock().unwrap().drives.clone();
-        let mut drives = Vec::new();
+        let found = self.catalog.discover().await;
+        let mut layout = self.layout.lock().unwrap();
+        layout.generation += 1;
+        let slots = match found {
+            Ok(s) => s,
+            Err(e) => {
+                layout.failed =
+                    Some((Instant::now(), format!("listing the account's drives: {e}")));
+                return Err(e);
+            }
+        };
+        let old = layout.drives.clone();
+        let mut drives: Vec<Arc<Drive>> = Vec::new();
         for slot in slots {
             if drives
                 .iter()
-                .any(|d: &Arc<Drive>| d.slot.key == slot.key || self.overlaps(&d.slot, &slot))
+                .any(|d| d.slot.key == slot.key || overlaps(&d.slot, &slot))
             {
                 tracing::warn!(kind = self.catalog.kind(), folders = ?slot.folders,
                     "a drive that would share its place with another is not shown");
@@ -225,41 +256,45 @@ impl DriveSet {
                 Some(d) => d.clone(),
                 None => Arc::new(Drive {
                     provider: match old.iter().find(|d| d.slot.key == slot.key) {
-                        // The same drive shown under a new name (a site renamed).
+                        // The same drive shown at a new place.
                         Some(d) => d.provider.clone(),
-                        None => self.catalog.open(&slot.key)?,
+                        None => match self.catalog.open(&slot.key) {
+                            Ok(p) => p,
+                            Err(e) => {
+                                tracing::warn!(folders = ?slot.folders, error = %e,
+                                    "a drive that cannot be opened is not shown");
+                                continue;
+                            }
+                        },
                     },
                     slot,
                 }),
             };
             drives.push(drive);
         }
-        let mut layout = self.layout.lock().unwrap();
         layout.drives = drives;
         layout.discovered = Some(Instant::now());
+        layout.failed = None;
         Ok(())
-    }
-
-    fn overlaps(&self, a: &DriveSlot, b: &DriveSlot) -> bool {
-        let a_parts: Vec<&str> = a.folders.iter().map(String::as_str).collect();
-        let b_parts: Vec<&str> = b.folders.iter().map(String::as_str).collect();
-        self.starts_with(&a_parts, &b.folders) || self.starts_with(&b_parts, &a.folders)
     }
 
     /// Discover when stale. A failed discovery keeps the layout known before (logged), unless
     /// nothing but the fixed drives was ever known, or the account itself is refused.
     async fn refresh_layout(&self) -> ProviderResult<()> {
-        if !self.is_stale() {
-            return Ok(());
-        }
-        match self.rediscover().await {
+        let (need, seen) = self.need();
+        let outcome = match need {
+            Need::Nothing => return Ok(()),
+            Need::Wait(why) => Err(ProviderError::Transient(why)),
+            Need::Discovery => self.rediscover(seen).await,
+        };
+        match outcome {
             Ok(()) => Ok(()),
             Err(e @ ProviderError::Auth(_)) => Err(e),
             Err(e) => {
                 if self.layout.lock().unwrap().discovered.is_none() {
                     return Err(e);
                 }
-                tracing::warn!(kind = self.catalog.kind(), error = %e,
+                tracing::debug!(kind = self.catalog.kind(), error = %e,
                     "could not list the account's drives again; showing the ones known");
                 Ok(())
             }
@@ -348,6 +383,16 @@ impl DriveSet {
     }
 }
 
+/// Whether one drive's place lies in (or is) the other's, ignoring case: two places that
+/// differ only in case would look like one folder to a case-insensitive service's users.
+fn overlaps(a: &DriveSlot, b: &DriveSlot) -> bool {
+    let n = a.folders.len().min(b.folders.len());
+    a.folders[..n]
+        .iter()
+        .zip(&b.folders[..n])
+        .all(|(x, y)| x.to_lowercase() == y.to_lowercase())
+}
+
 /// `path` of a drive's change, as the connection shows it.
 fn under(drive_path: &str, inner: &str) -> String {
     if inner == "/" || inner.is_empty() {
@@ -395,7 +440,13 @@ impl Provider for DriveSet {
     }
 
     async fn fixed_folder(&self, dir: &str) -> Option<String> {
-        match self.place(dir).await {
+        // What is known already answers without the network (offline after a restart).
+        let known = match self.route(dir) {
+            Place::Layout(_) => Ok(Place::Layout(Vec::new())),
+            Place::Drive { .. } => return None,
+            Place::Nowhere { .. } => self.place(dir).await,
+        };
+        match known {
             Ok(Place::Layout(_)) => Some(format!(
                 "{dir} holds the connection's drives: files and folders go inside a drive"
             )),
@@ -410,13 +461,16 @@ impl Provider for DriveSet {
     }
 
     async fn same_space(&self, a: &str, b: &str) -> bool {
+        let outside =
+            |p: &Place| matches!(p, Place::Layout(_) | Place::Nowhere { in_layout: true });
         match (self.place(a).await, self.place(b).await) {
             (Ok(Place::Drive { drive: x, .. }), Ok(Place::Drive { drive: y, .. })) => {
                 x.slot.key == y.slot.key
             }
-            // The layout refuses these itself (EACCES), or they lead nowhere.
-            (Ok(_), Ok(_)) => true,
-            // Not known now: a copy is always right, a move between drives never lands.
+            // Changes in the layout itself are refused there (EACCES).
+            (Ok(x), Ok(y)) if outside(&x) || outside(&y) => true,
+            // A drive and a place that leads nowhere (a drive that left), or not known
+            // now: a copy is always right, a move that cannot land never is.
             _ => false,
         }
     }
@@ -542,11 +596,21 @@ impl Provider for DriveSet {
             if !d.provider.capabilities().delta {
                 continue;
             }
+            // A drive whose feed cannot start now is started by a later `changes_since`.
+            let c = match d.provider.changes_cursor().await {
+                Ok(c) => c,
+                Err(e @ ProviderError::Auth(_)) => return Err(e),
+                Err(e) => {
+                    tracing::warn!(drive = %d.path(), error = %e,
+                        "could not start the drive's change feed; tried again next time");
+                    continue;
+                }
+            };
             cursor.drives.insert(
                 d.slot.key.clone(),
                 DriveCursor {
                     at: d.path(),
-                    cursor: d.provider.changes_cursor().await?,
+                    cursor: c,
                 },
             );
         }
@@ -560,8 +624,10 @@ impl Provider for DriveSet {
     /// (logged), so that one unreachable library does not hide the others' changes; a feed
     /// that forgot its place (`PreconditionFailed`) starts them all over.
     async fn changes_since(&self, cursor: &str) -> ProviderResult<ChangeBatch> {
+        // Not ours (a cursor kept from when the connection showed one drive alone): the
+        // caller starts the feed over, with fresh listings.
         let old: SetCursor = serde_json::from_str(cursor).map_err(|e| {
-            ProviderError::Protocol(format!("drive set cursor {cursor:?} unreadable: {e}"))
+            ProviderError::PreconditionFailed(format!("not a cursor of this set of drives: {e}"))
         })?;
         self.refresh_layout().await?;
         let drives = self.drives();
@@ -699,6 +765,9 @@ mod tests {
     struct Catalog {
         drives: BTreeMap<String, Arc<MemoryProvider>>,
         found: Mutex<Vec<DriveSlot>>,
+        /// The service cannot be reached.
+        offline: std::sync::atomic::AtomicBool,
+        asked: std::sync::atomic::AtomicUsize,
     }
 
     fn slot(folders: &[&str], key: &str) -> DriveSlot {
@@ -717,6 +786,11 @@ mod tests {
             vec![slot(&["Own"], "own")]
         }
         async fn discover(&self) -> ProviderResult<Vec<DriveSlot>> {
+            use std::sync::atomic::Ordering::SeqCst;
+            self.asked.fetch_add(1, SeqCst);
+            if self.offline.load(SeqCst) {
+                return Err(ProviderError::Transient("offline".into()));
+            }
             Ok(self.found.lock().unwrap().clone())
         }
         fn open(&self, key: &str) -> ProviderResult<Arc<dyn Provider>> {
@@ -728,6 +802,18 @@ mod tests {
     }
 
     fn set() -> (DriveSet, Arc<MemoryProvider>, Arc<MemoryProvider>) {
+        let (set, _, own, lib) = set_with_catalog(false);
+        (set, own, lib)
+    }
+
+    fn set_with_catalog(
+        offline: bool,
+    ) -> (
+        DriveSet,
+        Arc<Catalog>,
+        Arc<MemoryProvider>,
+        Arc<MemoryProvider>,
+    ) {
         let own = Arc::new(MemoryProvider::new());
         let lib = Arc::new(MemoryProvider::new());
         let catalog = Catalog {
@@ -740,9 +826,12 @@ mod tests {
                 slot(&["Own", "inner"], "lib"),
                 slot(&["Sites", "Other", "Docs"], "lib"),
             ]),
+            offline: offline.into(),
+            asked: 0.into(),
         };
-        let set = DriveSet::new(Arc::new(catalog), Duration::from_secs(3600)).unwrap();
-        (set, own, lib)
+        let catalog = Arc::new(catalog);
+        let set = DriveSet::new(catalog.clone(), Duration::from_secs(3600)).unwrap();
+        (set, catalog, own, lib)
     }
 
     async fn names(set: &DriveSet, dir: &str) -> Vec<(String, Option<u32>)> {
@@ -827,5 +916,26 @@ mod tests {
             set.capabilities().max_path_len,
             Capabilities::default().max_path_len + 4
         );
+    }
+
+    #[tokio::test]
+    async fn offline_the_known_layout_answers_and_a_failed_discovery_is_not_repeated() {
+        use std::sync::atomic::Ordering::SeqCst;
+        let (set, catalog, own, _) = set_with_catalog(true);
+        own.put_remote("/a.txt", b"mine");
+        // Known without asking: the root holds drives, the fixed drive is routed.
+        assert!(set.fixed_folder("/").await.is_some());
+        assert_eq!(set.stat("/Own/a.txt").await.unwrap().size, 4);
+        assert_eq!(catalog.asked.load(SeqCst), 0);
+        // Not known: the discovery fails once, and callers meanwhile get its error at once.
+        assert!(set.stat("/Sites").await.is_err());
+        assert!(set.stat("/Sites/Team").await.is_err());
+        assert!(set.changes_cursor().await.is_err());
+        assert_eq!(catalog.asked.load(SeqCst), 1);
+        // A move between a known drive and an unknown place is not let through.
+        assert!(!set.same_space("/Own/a.txt", "/Sites/Team/Docs/a.txt").await);
+        // A creation in an unknown place is let through (offline work goes on).
+        assert!(set.fixed_folder("/Sites/Team/Docs").await.is_none());
+        assert_eq!(catalog.asked.load(SeqCst), 1);
     }
 }

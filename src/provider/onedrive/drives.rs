@@ -16,15 +16,23 @@
 //!   drive, opened by drive id on the connection's one HTTP client.
 //!
 //! Site folders are named by the site's `displayName`, library folders by the drive's
-//! `name`; a `/` in either shows as `∕`, and equal names are told apart as `Name (2)` in id
-//! order ([`kit::names`](crate::provider::kit::names)). A site or library that cannot be
-//! read (403, 404) is left out and logged, so one refused site does not hide the rest; a
-//! refused `followedSites` (the scope was not granted) is logged with the scope to add.
+//! `name`; a `/` in either shows as `∕`. Names stick: a site or library keeps the name it
+//! was first shown under (kept in the connection's state folder, so across restarts too),
+//! and one that arrives later with a name already taken — ignoring case, as OneDrive does —
+//! becomes `Name (2)`, `Name (3)`, ... A place in the mount therefore always means the same
+//! drive, and what was queued for it lands there.
+//!
+//! A site whose record or libraries cannot be read (refused, gone, a bad URL in the
+//! settings) is logged and shown as last seen (or left out if never seen), so one bad site
+//! does not hide the rest; a refused `followedSites` (the scope was not granted) keeps the
+//! followed sites last seen. Only an expired login and network trouble fail a discovery.
 
-use std::sync::Arc;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use super::{encode_segment, OneDriveProvider};
 use crate::provider::kit::drive_set::{DriveCatalog, DriveSlot};
@@ -37,7 +45,7 @@ pub const OWN_DRIVE_DIR: &str = "OneDrive";
 pub const SHAREPOINT_DIR: &str = "SharePoint";
 const OWN_KEY: &str = "me";
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 struct DriveRecord {
     id: String,
     #[serde(default)]
@@ -46,7 +54,7 @@ struct DriveRecord {
     drive_type: Option<String>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 struct SiteRecord {
     id: String,
     #[serde(rename = "displayName", default)]
@@ -64,33 +72,120 @@ impl SiteRecord {
     }
 }
 
+/// The names given so far, by lowercased id (Graph compares ids without case).
+#[derive(Debug, Default, Clone, PartialEq, Serialize, Deserialize)]
+struct Names {
+    sites: BTreeMap<String, String>,
+    /// Per site id: library drive id → name.
+    libraries: BTreeMap<String, BTreeMap<String, String>>,
+}
+
+/// What the last discovery saw, shown again for what cannot be read now.
+#[derive(Default)]
+struct Seen {
+    followed: Vec<SiteRecord>,
+    libraries: HashMap<String, Vec<DriveRecord>>,
+}
+
 pub struct GraphDrives {
     own: Arc<OneDriveProvider>,
     followed_sites: bool,
     site_urls: Vec<String>,
+    /// Where the names are kept across restarts (`None`: only while running).
+    names_file: Option<PathBuf>,
+    names: Mutex<Names>,
+    seen: Mutex<Seen>,
+}
+
+/// Whether a failure says something about one site (left out, or shown as last seen)
+/// rather than about the account or the network (the whole discovery fails and is tried
+/// again).
+fn about_the_site(e: &ProviderError) -> bool {
+    !matches!(
+        e,
+        ProviderError::Auth(_)
+            | ProviderError::Transient(_)
+            | ProviderError::RateLimited { .. }
+            | ProviderError::Io(_)
+    )
+}
+
+/// `name`, or `name (2)`, `name (3)`... : the first not in `taken` (lowercased).
+fn free_name(name: &str, taken: &HashSet<String>) -> String {
+    let mut candidate = name.to_owned();
+    let mut n = 2;
+    while taken.contains(&candidate.to_lowercase()) {
+        candidate = format!("{name} ({n})");
+        n += 1;
+    }
+    candidate
+}
+
+/// Names for the `(id, shown name)` items of one folder: each keeps its remembered name
+/// unless another item of this round already has it; the others get free ones, in id
+/// order, and are remembered.
+fn sticky_names(
+    items: &[(String, String)],
+    remembered: &mut BTreeMap<String, String>,
+) -> Vec<String> {
+    let mut taken: HashSet<String> = HashSet::new();
+    let mut out: Vec<Option<String>> = vec![None; items.len()];
+    for (i, (id, _)) in items.iter().enumerate() {
+        if let Some(name) = remembered.get(&id.to_lowercase()) {
+            if taken.insert(name.to_lowercase()) {
+                out[i] = Some(name.clone());
+            }
+        }
+    }
+    let mut rest: Vec<usize> = (0..items.len()).filter(|i| out[*i].is_none()).collect();
+    rest.sort_by(|a, b| items[*a].0.cmp(&items[*b].0));
+    for i in rest {
+        let name = free_name(&names::encode(&items[i].1), &taken);
+        taken.insert(name.to_lowercase());
+        remembered.insert(items[i].0.to_lowercase(), name.clone());
+        out[i] = Some(name);
+    }
+    out.into_iter().map(Option::unwrap_or_default).collect()
 }
 
 impl GraphDrives {
-    pub fn new(own: OneDriveProvider) -> Self {
+    /// `names_file`: where the names given to sites and libraries are kept (the
+    /// connection's state folder).
+    pub fn new(own: OneDriveProvider, names_file: Option<PathBuf>) -> Self {
         let followed_sites = own.cfg.followed_sites;
         let site_urls = own.cfg.sharepoint_sites.clone();
+        let names = names_file
+            .as_ref()
+            .and_then(|f| std::fs::read(f).ok())
+            .and_then(|b| match serde_json::from_slice(&b) {
+                Ok(n) => Some(n),
+                Err(e) => {
+                    tracing::warn!(error = %e,
+                        "the kept SharePoint folder names are unreadable; named again");
+                    None
+                }
+            })
+            .unwrap_or_default();
         GraphDrives {
             own: Arc::new(own),
             followed_sites,
             site_urls,
+            names_file,
+            names: Mutex::new(names),
+            seen: Mutex::new(Seen::default()),
         }
     }
 
-    /// `https://contoso.sharepoint.com/sites/Team` → `sites/contoso.sharepoint.com:/sites/Team`.
+    /// `https://contoso.sharepoint.com/sites/Team` → `sites/contoso.sharepoint.com:/sites/Team`;
+    /// the root site (no path) → `sites/contoso.sharepoint.com` ("Get a site resource").
     fn site_by_url(url: &str) -> ProviderResult<String> {
-        let parsed = reqwest::Url::parse(url).map_err(|e| {
-            ProviderError::Protocol(format!("OneDrive settings: sharepoint_sites {url:?}: {e}"))
-        })?;
-        let host = parsed.host_str().ok_or_else(|| {
-            ProviderError::Protocol(format!(
-                "OneDrive settings: sharepoint_sites {url:?} has no host"
+        let bad = |why: String| {
+            ProviderError::InvalidName(format!(
+                "OneDrive settings: sharepoint_sites {url:?}: {why}"
             ))
-        })?;
+        };
+        let parsed = reqwest::Url::parse(url).map_err(|e| bad(e.to_string()))?;
+        let host = parsed.host_str().ok_or_else(|| bad("no host".into()))?;
         let path: Vec<String> = parsed
             .path_segments()
             .map(|s| {
@@ -102,6 +197,9 @@ impl GraphDrives {
                     .collect()
             })
             .unwrap_or_default();
+        if path.is_empty() {
+            return Ok(format!("sites/{host}"));
+        }
         Ok(format!("sites/{host}:/{}", path.join("/")))
     }
 
@@ -114,41 +212,104 @@ impl GraphDrives {
                 .graph_get_all::<SiteRecord>("followed sites", "me/followedSites")
                 .await
             {
-                Ok(v) => sites.extend(v),
-                Err(ProviderError::PermissionDenied(m)) => tracing::warn!(error = %m,
-                    "SharePoint: the followed sites cannot be listed (the login needs the \
-                     Sites.Read.All scope: log in again, or grant it to the app); showing \
-                     configured sites only"),
+                Ok(v) => {
+                    self.seen.lock().unwrap().followed = v.clone();
+                    sites.extend(v)
+                }
+                Err(e) if about_the_site(&e) => {
+                    tracing::warn!(error = %e,
+                        "SharePoint: the followed sites cannot be listed (the login needs the \
+                         Sites.Read.All scope: log in again, or grant it to the app); showing \
+                         the ones seen before");
+                    sites.extend(self.seen.lock().unwrap().followed.clone());
+                }
                 Err(e) => return Err(e),
             }
         }
         for url in &self.site_urls {
             let what = format!("site {url}");
-            match self
-                .own
-                .graph_get::<SiteRecord>(&what, &Self::site_by_url(url)?)
-                .await
-            {
+            let found = match Self::site_by_url(url) {
+                Ok(path) => self.own.graph_get::<SiteRecord>(&what, &path).await,
+                Err(e) => Err(e),
+            };
+            match found {
                 Ok(site) => sites.push(site),
-                Err(e @ (ProviderError::NotFound(_) | ProviderError::PermissionDenied(_))) => {
+                Err(e) if about_the_site(&e) => {
                     tracing::warn!(site = %url, error = %e, "SharePoint: site left out")
                 }
                 Err(e) => return Err(e),
             }
         }
-        let mut seen = std::collections::HashSet::new();
-        sites.retain(|s| seen.insert(s.id.to_lowercase()));
+        let mut unique = HashSet::new();
+        sites.retain(|s| unique.insert(s.id.to_lowercase()));
         Ok(sites)
+    }
+
+    /// A site's document libraries; as last seen when they cannot be read now.
+    async fn libraries(&self, site: &SiteRecord) -> ProviderResult<Vec<DriveRecord>> {
+        let what = format!("libraries of {}", site.shown_name());
+        let path = format!(
+            "sites/{}/drives?$select=id,name,driveType",
+            encode_site_id(&site.id)
+        );
+        match self.own.graph_get_all::<DriveRecord>(&what, &path).await {
+            Ok(v) => {
+                self.seen
+                    .lock()
+                    .unwrap()
+                    .libraries
+                    .insert(site.id.to_lowercase(), v.clone());
+                Ok(v)
+            }
+            Err(e) if about_the_site(&e) => {
+                tracing::warn!(site = %site.shown_name(), error = %e,
+                    "SharePoint: the site's libraries cannot be listed; shown as last seen");
+                let seen = self.seen.lock().unwrap();
+                Ok(seen
+                    .libraries
+                    .get(&site.id.to_lowercase())
+                    .cloned()
+                    .unwrap_or_default())
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Keep the names given, for the next start (logged when it cannot be written: the
+    /// names then hold until the daemon stops).
+    fn save_names(&self, names: &Names) {
+        let Some(file) = &self.names_file else { return };
+        let write = || -> std::io::Result<()> {
+            use std::io::Write;
+            use std::os::unix::fs::OpenOptionsExt;
+            if let Some(dir) = file.parent() {
+                crate::private_fs::create_private_dir(dir)?;
+            }
+            let tmp = file.with_extension("json.tmp");
+            let bytes = serde_json::to_vec_pretty(names).map_err(std::io::Error::other)?;
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(&tmp)?;
+            f.write_all(&bytes)?;
+            f.sync_all()?;
+            std::fs::rename(&tmp, file)
+        };
+        if let Err(e) = write() {
+            tracing::warn!(file = %file.display(), error = %e,
+                "could not keep the SharePoint folder names");
+        }
     }
 }
 
-/// Unique, path-safe folder names for `(id, name)` pairs.
-fn folder_names(items: &[(String, String)]) -> Vec<String> {
-    let encoded: Vec<(String, String)> = items
-        .iter()
-        .map(|(id, name)| (id.clone(), names::encode(name)))
-        .collect();
-    names::assign_unique(&encoded)
+/// A site id (`host,site-guid,web-guid`) in a URL path, its commas as Graph writes them.
+fn encode_site_id(id: &str) -> String {
+    id.split(',')
+        .map(encode_segment)
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 #[async_trait]
@@ -174,32 +335,26 @@ impl DriveCatalog for GraphDrives {
             return Ok(slots); // no SharePoint for personal accounts
         }
         let sites = self.sites().await?;
-        let site_names = folder_names(
+        let mut per_site = Vec::new();
+        for site in &sites {
+            per_site.push(self.libraries(site).await?);
+        }
+        let before = self.names.lock().unwrap().clone();
+        let mut names = before.clone();
+        let site_names = sticky_names(
             &sites
                 .iter()
                 .map(|s| (s.id.clone(), s.shown_name()))
                 .collect::<Vec<_>>(),
+            &mut names.sites,
         );
-        for (site, site_name) in sites.iter().zip(site_names) {
-            let what = format!("libraries of {}", site.shown_name());
-            let path = format!(
-                "sites/{}/drives?$select=id,name,driveType",
-                encode_segment(&site.id)
-            );
-            let libraries = match self.own.graph_get_all::<DriveRecord>(&what, &path).await {
-                Ok(v) => v,
-                Err(e @ (ProviderError::NotFound(_) | ProviderError::PermissionDenied(_))) => {
-                    tracing::warn!(site = %site.shown_name(), error = %e,
-                        "SharePoint: the site's libraries cannot be listed; left out");
-                    continue;
-                }
-                Err(e) => return Err(e),
-            };
-            let lib_names = folder_names(
+        for ((site, site_name), libraries) in sites.iter().zip(site_names).zip(per_site) {
+            let lib_names = sticky_names(
                 &libraries
                     .iter()
                     .map(|d| (d.id.clone(), d.name.clone().unwrap_or_else(|| d.id.clone())))
                     .collect::<Vec<_>>(),
+                names.libraries.entry(site.id.to_lowercase()).or_default(),
             );
             for (lib, lib_name) in libraries.iter().zip(lib_names) {
                 if lib.id.eq_ignore_ascii_case(&me.id) {
@@ -210,6 +365,10 @@ impl DriveCatalog for GraphDrives {
                     key: lib.id.clone(),
                 });
             }
+        }
+        if names != before {
+            self.save_names(&names);
+            *self.names.lock().unwrap() = names;
         }
         Ok(slots)
     }
