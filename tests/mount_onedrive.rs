@@ -666,3 +666,105 @@ fn a_personal_account_shows_its_own_drive_only() {
         "no SharePoint request for a personal account"
     );
 }
+
+/// Names OneDrive refuses are stored under full-width look-alikes and show as themselves
+/// (`10:30?.txt` is `10：30？.txt` on OneDrive, a trailing dot or space has its own), look-alikes
+/// typed on the web show with the ASCII character and stay reachable, names that could not
+/// show as themselves or that OneDrive reserves are EINVAL, and a name that differs from
+/// another only in case is EEXIST (a case-only rename is fine).
+#[test]
+fn names_onedrive_refuses_are_mapped_reversibly() {
+    // The runtime lives as long as the test: the provider's connections belong to it.
+    let (_rt, h) = harness_in_runtime();
+    let (_, root) = h.emu.my_drive();
+    let emu = &h.emu;
+    emu.add_file(&root, "会議\u{FF1A}メモ.txt", b"typed on the web");
+    emu.add_file(&root, "plan.txt", b"plan");
+    let provider: Arc<dyn Provider> = Arc::new(h.provider);
+    let m = InProcessMount::new(provider, test_config(|c| c.dir_ttl_secs = 3600.0));
+
+    assert_eq!(
+        names_in(m.mnt()),
+        vec!["plan.txt", "会議:メモ.txt"],
+        "the web's look-alike shows as ASCII"
+    );
+    assert_eq!(
+        fs::read(m.path("会議:メモ.txt")).unwrap(),
+        b"typed on the web"
+    );
+    fs::write(m.path("10:30 meeting?.txt"), b"agenda").unwrap();
+    fs::create_dir(m.path("a|b")).unwrap();
+    fs::write(m.path("a|b/\"quoted\" <x>*.txt"), b"inside").unwrap();
+    fs::write(m.path("notes."), b"trailing dot").unwrap();
+    fs::write(m.path(" spaced "), b"spaces at both ends").unwrap();
+    fs::rename(m.path("会議:メモ.txt"), m.path("会議:議事録.txt")).unwrap();
+    fs::rename(m.path("plan.txt"), m.path("Plan.txt")).unwrap(); // case only
+
+    for bad in [
+        "a\u{FF1A}b.txt",
+        "x\u{FF0E}",
+        "CON",
+        "desktop.ini",
+        "~$lock.docx",
+    ] {
+        assert_eq!(
+            errno_of(fs::write(m.path(bad), b"x")),
+            libc::EINVAL,
+            "{bad:?}"
+        );
+    }
+    assert_eq!(errno_of(fs::write(m.path("PLAN.TXT"), b"x")), libc::EEXIST);
+    assert_eq!(errno_of(fs::create_dir(m.path("plan.TXT"))), libc::EEXIST);
+
+    assert!(
+        m.drain(Duration::from_secs(60)),
+        "{:?}",
+        m.vfs().queue.status()
+    );
+    let file = |c: &[u8]| Some(c.to_vec());
+    assert_eq!(
+        emu.tree(&root),
+        [
+            (
+                "10\u{FF1A}30 meeting\u{FF1F}.txt".to_string(),
+                file(b"agenda")
+            ),
+            ("Plan.txt".to_string(), file(b"plan")),
+            ("a\u{FF5C}b".to_string(), None),
+            (
+                "a\u{FF5C}b/\u{FF02}quoted\u{FF02} \u{FF1C}x\u{FF1E}\u{FF0A}.txt".to_string(),
+                file(b"inside")
+            ),
+            ("notes\u{FF0E}".to_string(), file(b"trailing dot")),
+            (
+                "\u{2420}spaced\u{2420}".to_string(),
+                file(b"spaces at both ends")
+            ),
+            (
+                "会議\u{FF1A}議事録.txt".to_string(),
+                file(b"typed on the web")
+            ),
+        ]
+        .into(),
+        "what OneDrive holds"
+    );
+    // A change made on the web comes through the feed under the mount's name.
+    let vfs = m.vfs();
+    let poll = || m.rt.block_on(vfs.poll_once()).unwrap();
+    poll();
+    emu.add_file(&root, "web\u{FF1F}.txt", b"asked on the web");
+    poll();
+    assert_eq!(fs::read(m.path("web?.txt")).unwrap(), b"asked on the web");
+    assert_eq!(
+        names_in(m.mnt()),
+        vec![
+            " spaced ",
+            "10:30 meeting?.txt",
+            "Plan.txt",
+            "a|b",
+            "notes.",
+            "web?.txt",
+            "会議:議事録.txt"
+        ]
+    );
+}

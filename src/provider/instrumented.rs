@@ -190,6 +190,10 @@ impl Provider for InstrumentedProvider {
         self.inner.capabilities()
     }
 
+    fn refuses_name(&self, name: &str) -> Option<String> {
+        self.inner.refuses_name(name)
+    }
+
     async fn fixed_folder(&self, dir: &str) -> Option<String> {
         self.inner.fixed_folder(dir).await
     }

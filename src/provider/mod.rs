@@ -336,6 +336,13 @@ pub trait Provider: Send + Sync + 'static {
         Err(ProviderError::Unsupported("native versions".into()))
     }
 
+    /// `Some(why)` when the provider cannot hold an entry named `name` (reserved names,
+    /// characters it cannot map): the VFS refuses it up front with EINVAL. Characters the
+    /// provider refuses in every name go in `Capabilities::forbidden_chars` instead.
+    fn refuses_name(&self, _name: &str) -> Option<String> {
+        None
+    }
+
     /// `Some(reason)` when `dir` is a folder of the provider's fixed layout (one standing
     /// for a list of drives): nothing can be created in it, and nothing in it renamed,
     /// moved or removed. The VFS refuses such changes up front (EACCES) instead of queueing

@@ -418,6 +418,9 @@ impl Vfs {
                 "{name:?}: the provider does not allow {c:?} in names"
             )));
         }
+        if let Some(why) = self.provider.refuses_name(name) {
+            return Err(FsError::Invalid(why));
+        }
         if parent == ROOT_LOCAL_INO && RESERVED_NAMES.contains(&name) {
             return Err(FsError::NotPermitted(format!(
                 "{name} is reserved for cloudmount's own use"
@@ -425,6 +428,24 @@ impl Vfs {
         }
         self.check_not_fixed(parent).await?;
         self.check_path_len(parent, name, 0)
+    }
+
+    /// On a provider whose names ignore case, a name that differs only in case from another
+    /// entry of the folder (other than `except`, the entry being renamed) could not exist on
+    /// the remote beside it: EEXIST now, as the remote would answer, instead of an upload
+    /// that lands on the other file.
+    fn check_case_twin(&self, parent: Ino, name: &str, except: Option<Ino>) -> FsResult<()> {
+        if !self.provider.capabilities().case_insensitive {
+            return Ok(());
+        }
+        let lower = name.to_lowercase();
+        for (other, ino) in self.store.children(parent)? {
+            if other != name && Some(ino) != except && other.to_lowercase() == lower {
+                tracing::debug!(name, other = %other, "refused: the names differ only in case");
+                return Err(FsError::Exists);
+            }
+        }
+        Ok(())
     }
 
     /// Entries of a folder of the provider's fixed layout (the list of an account's drives)
@@ -675,6 +696,7 @@ impl Vfs {
         if self.store.child(parent, name)?.is_some() {
             return Err(FsError::Exists);
         }
+        self.check_case_twin(parent, name, None)?;
         let ino = self.store.alloc_ino()?;
         let mut inode = self.new_inode(
             ino,
@@ -729,6 +751,7 @@ impl Vfs {
             let fh = self.open(existing, true).await?.0;
             return Ok((attr, fh));
         }
+        self.check_case_twin(parent, name, None)?;
         let ino = self.store.alloc_ino()?;
         let mut inode = self.new_inode(
             ino,
@@ -784,6 +807,7 @@ impl Vfs {
         if self.store.child(parent, name)?.is_some() {
             return Err(FsError::Exists);
         }
+        self.check_case_twin(parent, name, None)?;
         let ino = self.store.alloc_ino()?;
         let perm = (mode & 0o7777) as u16;
         let mut inode = self.new_inode(ino, parent, name, EntryKind::File, perm, uid, gid);
@@ -819,6 +843,7 @@ impl Vfs {
         if self.store.child(parent, name)?.is_some() {
             return Err(FsError::Exists);
         }
+        self.check_case_twin(parent, name, None)?;
         let ino = self.store.alloc_ino()?;
         let mut inode = self.new_inode(ino, parent, name, EntryKind::Symlink, 0o777, uid, gid);
         inode.symlink_target = Some(target.to_string());
@@ -967,6 +992,7 @@ impl Vfs {
         let from = self.child_path(parent, name)?;
         let to = self.child_path(new_parent, new_name)?;
         let dst = self.store.child(new_parent, new_name)?;
+        self.check_case_twin(new_parent, new_name, Some(src_ino))?;
         let mut victim = None;
         if let Some(dst_ino) = dst {
             if dst_ino == src_ino {

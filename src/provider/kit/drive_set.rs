@@ -439,6 +439,12 @@ impl Provider for DriveSet {
         caps
     }
 
+    /// Every drive of one service takes the same names: the first one's rules.
+    fn refuses_name(&self, name: &str) -> Option<String> {
+        let first = self.drives().first().cloned();
+        first.and_then(|d| d.provider.refuses_name(name))
+    }
+
     async fn fixed_folder(&self, dir: &str) -> Option<String> {
         // What is known already answers without the network (offline after a restart).
         let known = match self.route(dir) {

@@ -66,11 +66,16 @@ impl ParentReference {
             .decode_utf8()
             .ok()?
             .into_owned();
-        Some(if decoded.is_empty() {
-            "/".into()
-        } else {
-            decoded
-        })
+        if decoded.is_empty() || decoded == "/" {
+            return Some("/".into());
+        }
+        // Graph's names, as the mount shows them.
+        let local: Vec<String> = decoded
+            .split('/')
+            .filter(|s| !s.is_empty())
+            .map(super::names::to_local)
+            .collect();
+        Some(format!("/{}", local.join("/")))
     }
 }
 

@@ -15,7 +15,7 @@
 //!   `conflictBehavior=fail`; nothing is ever renamed or overwritten silently;
 //! - copy is asynchronous: 202 and a monitor URL polled without `Authorization`;
 //! - OneNote notebooks (`package`) are not shown; names are case-insensitive, and the
-//!   characters OneDrive forbids are refused up front (`Capabilities::forbidden_chars`).
+//!   characters OneDrive forbids are mapped to look-alikes and back ([`names`]).
 //!
 //! - remote changes come from the drive's delta feed: its items carry no path, so the
 //!   provider keeps where it last saw each item (`Paths`) and places changes by their
@@ -26,11 +26,11 @@
 //! A connection without a `drive_id` shows the account's drives side by side
 //! (`OneDrive/`, `SharePoint/<site>/<library>/`): see [`drives`].
 //!
-//! Still to come (issue 10): shared items (`Shared/`), the Personal "2025" behaviours, a
-//! reversible mapping of the names OneDrive refuses.
+//! Still to come (issue 10): shared items (`Shared/`), the Personal "2025" behaviours.
 
 pub(crate) mod api;
 pub mod drives;
+pub mod names;
 pub mod quickxor;
 
 use std::collections::HashMap;
@@ -148,9 +148,6 @@ impl Default for OneDriveConfig {
     }
 }
 
-/// Characters OneDrive and SharePoint refuse in names (provider-apis §2.4).
-const FORBIDDEN: [char; 8] = ['"', '*', ':', '<', '>', '?', '\\', '|'];
-
 pub struct OneDriveProvider {
     cfg: OneDriveConfig,
     /// Shared by every drive of one connection (one rate cap and retry budget per account).
@@ -206,6 +203,11 @@ fn encode_segment(s: &str) -> String {
         .remove(b'.')
         .remove(b'~');
     percent_encoding::utf8_percent_encode(s, SET).to_string()
+}
+
+/// The name OneDrive holds for a name of the mount (see [`names`]).
+fn remote_name(local: &str) -> ProviderResult<String> {
+    names::to_remote(local).map_err(ProviderError::InvalidName)
 }
 
 fn protocol(what: &str, e: impl std::fmt::Display) -> ProviderError {
@@ -336,10 +338,12 @@ impl OneDriveProvider {
         if path == "/" {
             return format!("{}/root{suffix}", self.drive);
         }
+        // The mount's names as OneDrive holds them (see `names`); a name the mapping refuses
+        // was refused by the VFS already, or came from OneDrive itself as it is.
         let encoded: Vec<String> = path
             .trim_start_matches('/')
             .split('/')
-            .map(encode_segment)
+            .map(|seg| encode_segment(&names::to_remote(seg).unwrap_or_else(|_| seg.to_owned())))
             .collect();
         match suffix {
             "" => format!("{}/root:/{}", self.drive, encoded.join("/")),
@@ -412,7 +416,10 @@ impl OneDriveProvider {
                 .as_ref()
                 .and_then(|p| p.local_path())
                 .ok_or_else(|| ProviderError::Protocol(format!("item {id}: no parent path")))?;
-            join_path(&parent, item.name.as_deref().unwrap_or_default())
+            join_path(
+                &parent,
+                &names::to_local(item.name.as_deref().unwrap_or_default()),
+            )
         };
         self.paths
             .lock()
@@ -797,9 +804,14 @@ impl Provider for OneDriveProvider {
             max_name_len: 255,
             // "The entire path … must be fewer than 400 characters" (provider-apis §2.4).
             max_path_len: 399,
-            forbidden_chars: FORBIDDEN.to_vec(),
+            // The characters OneDrive refuses are mapped (see `names`), not refused.
+            forbidden_chars: Vec::new(),
             ..Capabilities::default()
         }
+    }
+
+    fn refuses_name(&self, name: &str) -> Option<String> {
+        names::to_remote(name).err()
     }
 
     fn list<'a>(&'a self, dir: &'a str) -> ListStream<'a> {
@@ -845,8 +857,8 @@ impl Provider for OneDriveProvider {
                 .iter()
                 .filter(|i| i.package.is_none())
                 .filter_map(|i| {
-                    let name = i.name.as_deref()?;
-                    Some(self.entry(i, &join_path(dir, name)))
+                    let name = names::to_local(i.name.as_deref()?);
+                    Some(self.entry(i, &join_path(dir, &name)))
                 })
                 .collect())
         }))
@@ -951,6 +963,7 @@ impl Provider for OneDriveProvider {
     async fn mkdir(&self, path: &str) -> ProviderResult<RemoteEntry> {
         let (parent, name) = split_path(path);
         let url = self.item_url(parent, "/children");
+        let name = remote_name(name)?;
         let body = json!({"name": name, "folder": {}, "@microsoft.graph.conflictBehavior": "fail"});
         let item: DriveItem = self
             .json(&format!("mkdir {path}"), Idempotency::NotIdempotent, || {
@@ -990,7 +1003,7 @@ impl Provider for OneDriveProvider {
             Err(e) => return Err(e),
         }
         let url = self.item_url(from, "");
-        let body = json!({"name": to_name, "parentReference": {"id": parent_id}});
+        let body = json!({"name": remote_name(to_name)?, "parentReference": {"id": parent_id}});
         let item: DriveItem = self
             .json(&format!("move {from}"), Idempotency::Idempotent, || {
                 self.request(Method::PATCH, &url)
@@ -1071,7 +1084,7 @@ impl Provider for OneDriveProvider {
             "{}?@microsoft.graph.conflictBehavior=replace",
             self.item_url(from, "/copy")
         );
-        let body = json!({"parentReference": {"id": parent_id}, "name": to_name});
+        let body = json!({"parentReference": {"id": parent_id}, "name": remote_name(to_name)?});
         let what = format!("copy {from}");
         let resp = self
             .api
@@ -1130,7 +1143,8 @@ impl Provider for OneDriveProvider {
                 // name; the id stands in for it (only the parent part is used).
                 if let Some(parent) = item.parent.as_ref().and_then(|p| p.id.as_deref()) {
                     if let Ok(dir) = self.folder_path(parent).await {
-                        old = Some(join_path(&dir, item.name.as_deref().unwrap_or(&item.id)));
+                        let name = item.name.as_deref().map(names::to_local);
+                        old = Some(join_path(&dir, name.as_deref().unwrap_or(&item.id)));
                     }
                 }
             }
@@ -1139,9 +1153,10 @@ impl Provider for OneDriveProvider {
                 &item.name,
                 item.parent.as_ref().and_then(|p| p.id.as_deref()),
             ) {
-                (None, Some(name), Some(parent)) => {
-                    Some(join_path(&self.folder_path(parent).await?, name))
-                }
+                (None, Some(name), Some(parent)) => Some(join_path(
+                    &self.folder_path(parent).await?,
+                    &names::to_local(name),
+                )),
                 _ => None,
             };
             if let Some(old) = &old {
