@@ -159,6 +159,7 @@ pub fn build_connection(
             max_attempts: cfg.max_attempts,
             backoff_base: secs(cfg.retry_backoff_secs),
             backoff_max: secs(cfg.retry_backoff_max_secs),
+            fold_case: provider.capabilities().case_insensitive,
         },
     )?;
     let cache = ChunkCache::open(

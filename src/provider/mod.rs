@@ -365,6 +365,21 @@ pub trait Provider: Send + Sync + 'static {
     }
 }
 
+/// A name (or path) as a case-insensitive service compares it: each character upper-cased
+/// on its own where that gives one character (as Windows and OneDrive do; no final-sigma
+/// or multi-character mappings, so `ß` stays and the Kelvin sign is not `k`).
+pub fn fold_case(name: &str) -> String {
+    name.chars()
+        .map(|c| {
+            let mut upper = c.to_uppercase();
+            match (upper.next(), upper.next()) {
+                (Some(u), None) => u,
+                _ => c,
+            }
+        })
+        .collect()
+}
+
 /// Join a remote directory path and a child name.
 pub fn join_path(dir: &str, name: &str) -> String {
     if dir == "/" {

@@ -35,6 +35,9 @@ pub const MAX_FILE_SIZE: u64 = 16 << 40;
 
 /// Names cloudmount keeps for itself at the top of every connection.
 pub const RESERVED_NAMES: &[&str] = &[crate::versions::VERSIONS_DIR, ".cloudmount-tmp"];
+/// Folders with more entries than this are not scanned for names differing only in case
+/// (see `Vfs::check_case_twin`).
+const CASE_TWIN_SCAN_MAX: usize = 10_000;
 
 #[derive(Debug, Clone)]
 pub struct VfsConfig {
@@ -434,13 +437,27 @@ impl Vfs {
     /// entry of the folder (other than `except`, the entry being renamed) could not exist on
     /// the remote beside it: EEXIST now, as the remote would answer, instead of an upload
     /// that lands on the other file.
+    ///
+    /// It reads the folder's entries (a store scan): in a folder of more than
+    /// [`CASE_TWIN_SCAN_MAX`] entries the remote's own refusal decides instead (the upload
+    /// then keeps its content as a conflict copy), so that filling a huge folder does not
+    /// cost the square of its size.
     fn check_case_twin(&self, parent: Ino, name: &str, except: Option<Ino>) -> FsResult<()> {
         if !self.provider.capabilities().case_insensitive {
             return Ok(());
         }
-        let lower = name.to_lowercase();
-        for (other, ino) in self.store.children(parent)? {
-            if other != name && Some(ino) != except && other.to_lowercase() == lower {
+        let children = self.store.children(parent)?;
+        if children.len() > CASE_TWIN_SCAN_MAX {
+            return Ok(());
+        }
+        let folded = crate::provider::fold_case(name);
+        for (other, ino) in children {
+            if other != name
+                && Some(ino) != except
+                && crate::provider::fold_case(&other) == folded
+                // FIFOs, sockets and devices never reach the remote.
+                && self.get(ino)?.special.is_none()
+            {
                 tracing::debug!(name, other = %other, "refused: the names differ only in case");
                 return Err(FsError::Exists);
             }
@@ -807,7 +824,6 @@ impl Vfs {
         if self.store.child(parent, name)?.is_some() {
             return Err(FsError::Exists);
         }
-        self.check_case_twin(parent, name, None)?;
         let ino = self.store.alloc_ino()?;
         let perm = (mode & 0o7777) as u16;
         let mut inode = self.new_inode(ino, parent, name, EntryKind::File, perm, uid, gid);

@@ -149,6 +149,10 @@ pub struct QueueConfig {
     pub max_attempts: u32,
     pub backoff_base: Duration,
     pub backoff_max: Duration,
+    /// The remote compares names without case (OneDrive, Dropbox): jobs on paths that
+    /// differ only in case wait for each other too (`rm Plan.txt; echo > PLAN.TXT` deletes
+    /// before it uploads, or the upload would meet the old file under the name).
+    pub fold_case: bool,
 }
 
 impl Default for QueueConfig {
@@ -159,6 +163,7 @@ impl Default for QueueConfig {
             max_attempts: 12,
             backoff_base: Duration::from_secs(1),
             backoff_max: Duration::from_secs(300),
+            fold_case: false,
         }
     }
 }
@@ -694,11 +699,18 @@ impl WriteBackQueue {
         let mut earlier: BTreeSet<String> = BTreeSet::new();
         let mut picked = Vec::new();
         let mut next_wake: Option<u64> = None;
+        let key = |p: &str| {
+            if self.config.fold_case {
+                crate::provider::fold_case(p)
+            } else {
+                p.to_owned()
+            }
+        };
         for (seq, job) in st.jobs.iter() {
             if picked.len() >= free {
                 break;
             }
-            let blocked = job.paths().any(|p| overlaps_any(&earlier, p));
+            let blocked = job.paths().any(|p| overlaps_any(&earlier, &key(p)));
             let ready =
                 !st.running.contains(seq) && job.failed.is_none() && job.not_before_ms <= now;
             if !blocked && ready {
@@ -707,7 +719,7 @@ impl WriteBackQueue {
                 next_wake = Some(next_wake.map_or(job.not_before_ms, |w| w.min(job.not_before_ms)));
             }
             for p in job.paths() {
-                earlier.insert(p.to_string());
+                earlier.insert(key(p));
             }
         }
         for (seq, _) in &picked {

@@ -324,3 +324,32 @@ impl ServiceErrors for GraphErrors {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::ParentReference;
+
+    fn local(path: &str) -> Option<String> {
+        ParentReference {
+            id: None,
+            path: Some(path.into()),
+        }
+        .local_path()
+    }
+
+    #[test]
+    fn a_parent_path_shows_in_the_mounts_names() {
+        assert_eq!(local("/drive/root:").as_deref(), Some("/"));
+        assert_eq!(local("/drive/root:/").as_deref(), Some("/"));
+        // `a｜b/notes．` (percent-encoded as Graph sends it) is `a|b/notes.` in the mount.
+        assert_eq!(
+            local("/drive/root:/a%EF%BD%9Cb/notes%EF%BC%8E").as_deref(),
+            Some("/a|b/notes.")
+        );
+        assert_eq!(
+            local("/drives/b!x/root:/Docs/x y").as_deref(),
+            Some("/Docs/x y")
+        );
+        assert_eq!(local("no root here"), None);
+    }
+}

@@ -207,7 +207,10 @@ fn encode_segment(s: &str) -> String {
 
 /// The name OneDrive holds for a name of the mount (see [`names`]).
 fn remote_name(local: &str) -> ProviderResult<String> {
-    names::to_remote(local).map_err(ProviderError::InvalidName)
+    match names::refusal(local) {
+        Some(why) => Err(ProviderError::InvalidName(why)),
+        None => Ok(names::encode(local)),
+    }
 }
 
 fn protocol(what: &str, e: impl std::fmt::Display) -> ProviderError {
@@ -338,12 +341,11 @@ impl OneDriveProvider {
         if path == "/" {
             return format!("{}/root{suffix}", self.drive);
         }
-        // The mount's names as OneDrive holds them (see `names`); a name the mapping refuses
-        // was refused by the VFS already, or came from OneDrive itself as it is.
+        // The mount's names as OneDrive holds them (see `names`).
         let encoded: Vec<String> = path
             .trim_start_matches('/')
             .split('/')
-            .map(|seg| encode_segment(&names::to_remote(seg).unwrap_or_else(|_| seg.to_owned())))
+            .map(|seg| encode_segment(&names::encode(seg)))
             .collect();
         match suffix {
             "" => format!("{}/root:/{}", self.drive, encoded.join("/")),
@@ -811,7 +813,7 @@ impl Provider for OneDriveProvider {
     }
 
     fn refuses_name(&self, name: &str) -> Option<String> {
-        names::to_remote(name).err()
+        names::refusal(name)
     }
 
     fn list<'a>(&'a self, dir: &'a str) -> ListStream<'a> {
