@@ -225,6 +225,9 @@ fn remote_changes_arrive_through_delta() {
     emu.add_file(&dir, "inner.txt", b"inner");
     let doomed = emu.add_file(&root, "doomed.txt", b"doomed");
     let edited = emu.add_file(&root, "edited.txt", b"v1");
+    // A folder someone shared, added to My files: its content is in the sharer's drive,
+    // which this drive's paths do not reach — not shown (neither as a file nor a folder).
+    emu.add_shortcut(&root, "Shared with me");
     let provider: Arc<dyn Provider> = Arc::new(h.provider);
     let m = InProcessMount::new(provider, test_config(|c| c.dir_ttl_secs = 3600.0));
     let vfs = m.vfs();
@@ -239,12 +242,18 @@ fn remote_changes_arrive_through_delta() {
     emu.rename(&dir, "renamed");
     emu.delete(&doomed);
     emu.add_file(&root, "new.txt", b"new");
+    emu.add_shortcut(&root, "Another shared folder");
     poll();
     assert_eq!(fs::read(m.path("edited.txt")).unwrap(), b"version 2");
     assert_eq!(fs::read(m.path("renamed/inner.txt")).unwrap(), b"inner");
     assert!(!m.path("dir").exists(), "the old folder name is gone");
     assert!(!m.path("doomed.txt").exists(), "the deleted file is gone");
     assert_eq!(fs::read(m.path("new.txt")).unwrap(), b"new");
+    assert_eq!(
+        names_in(m.mnt()),
+        vec!["edited.txt", "new.txt", "renamed"],
+        "shortcuts into other drives are not shown"
+    );
 
     // The feed forgets our place (410): the mount starts over (new cursor, listings
     // fetched again) and the feed, not a listing, brings what changes after.

@@ -135,6 +135,9 @@ pub struct Item {
     pub folder: bool,
     /// A OneNote notebook: a `package` facet, neither file nor folder.
     pub package: bool,
+    /// A shortcut to a folder another user shared ("Add to My files"): a `remoteItem` facet
+    /// pointing into the other user's drive, neither file nor folder here.
+    pub shortcut: bool,
     pub content: Vec<u8>,
     pub deleted: bool,
     /// Bumped on every change (eTag) and on content changes (cTag).
@@ -223,7 +226,8 @@ struct State {
 /// The emulator. Not reproduced yet (next steps of issue 10): the Personal "2025" mode
 /// (root ids with `sea8cc6beffdb43d7976fbc7da445c639`, shared folders only with
 /// `Prefer: deltashowremoteitemsaliasid`, drive ids losing a leading zero or changing
-/// case), `remoteItem` shortcuts and their own delta, `$expand`, `If-None-Match` → 304,
+/// case), following `remoteItem` shortcuts (they are listed, not followed) and their own
+/// delta, `$expand`, `If-None-Match` → 304,
 /// 507/509, `token=<timestamp>` on Business, delta below the root on Personal.
 pub struct GraphEmulator {
     state: Arc<Mutex<State>>,
@@ -381,6 +385,7 @@ impl State {
                 parent: Some(parent.to_owned()),
                 folder,
                 package: false,
+                shortcut: false,
                 content,
                 deleted: false,
                 etag_n: 1,
@@ -477,6 +482,20 @@ impl State {
             v["size"] = json!(self.subtree_size(&item.id));
         } else if item.package {
             v["package"] = json!({"type": "oneNote"});
+        } else if item.shortcut {
+            // The shared folder lives in the sharer's drive (its ids are not this drive's).
+            v["remoteItem"] = json!({
+                "id": format!("0123456789ABCDEF!{}", item.id),
+                "name": item.name,
+                "folder": {"childCount": 1},
+                "parentReference": {
+                    "driveId": "0123456789abcdef",
+                    "driveType": match self.cfg.flavour {
+                        Flavour::Personal => "personal",
+                        Flavour::Business => "business",
+                    },
+                },
+            });
         } else {
             v["file"] =
                 json!({"mimeType": "application/octet-stream", "hashes": self.hashes(item)});
@@ -772,6 +791,14 @@ impl GraphEmulator {
         st.items.get_mut(&id).unwrap().package = true;
         id
     }
+    /// A shortcut to a folder someone else shared, added to `parent` ("Add to My files").
+    pub fn add_shortcut(&self, parent: &str, name: &str) -> String {
+        let mut st = self.st();
+        let drive = st.items[parent].drive.clone();
+        let id = st.insert(&drive, parent, name, false, Vec::new());
+        st.items.get_mut(&id).unwrap().shortcut = true;
+        id
+    }
     pub fn set_content(&self, id: &str, content: &[u8]) {
         self.st().set_content(id, content.to_vec());
     }
@@ -906,6 +933,7 @@ fn add_drive(st: &mut State, id: &str, name: &str, site: Option<String>) {
             parent: None,
             folder: true,
             package: false,
+            shortcut: false,
             content: Vec::new(),
             deleted: false,
             etag_n: 1,

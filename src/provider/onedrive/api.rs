@@ -13,7 +13,7 @@ use crate::provider::{EntryKind, ProviderError, RemoteEntry};
 
 /// The properties every item request asks for (`$select`): what a `RemoteEntry` needs.
 pub(crate) const ITEM_SELECT: &str =
-    "id,name,eTag,cTag,size,lastModifiedDateTime,fileSystemInfo,file,folder,package,root,parentReference";
+    "id,name,eTag,cTag,size,lastModifiedDateTime,fileSystemInfo,file,folder,package,remoteItem,root,parentReference";
 
 /// A driveItem, as much of it as we ask for.
 #[derive(Debug, Clone, Deserialize)]
@@ -36,6 +36,11 @@ pub(crate) struct DriveItem {
     /// OneNote notebooks: neither file nor folder; not shown (documented).
     #[serde(default)]
     pub package: Option<serde_json::Value>,
+    /// A shortcut to an item in another drive (a shared folder added to My files): its
+    /// content is the other drive's, which this drive's paths do not reach; not shown yet
+    /// (documented).
+    #[serde(rename = "remoteItem", default)]
+    pub remote_item: Option<serde_json::Value>,
     #[serde(rename = "@microsoft.graph.downloadUrl", default)]
     pub download_url: Option<String>,
     #[serde(rename = "parentReference", default)]
@@ -187,6 +192,11 @@ fn time(s: &Option<String>) -> Option<SystemTime> {
 impl DriveItem {
     pub fn is_folder(&self) -> bool {
         self.folder.is_some()
+    }
+
+    /// Items the mount does not show: OneNote notebooks, shortcuts into other drives.
+    pub fn hidden(&self) -> bool {
+        self.package.is_some() || self.remote_item.is_some()
     }
 
     /// The entry for it, named `name` (the local name). The revision is the eTag, which

@@ -14,7 +14,9 @@
 //! - a conditional write sends the eTag in `If-Match`; "must not exist" is
 //!   `conflictBehavior=fail`; nothing is ever renamed or overwritten silently;
 //! - copy is asynchronous: 202 and a monitor URL polled without `Authorization`;
-//! - OneNote notebooks (`package`) are not shown; names are case-insensitive, and the
+//! - OneNote notebooks (`package`) and shortcuts to folders others shared (`remoteItem`,
+//!   "Add to My files": their content is in the sharer's drive) are not shown; names are
+//!   case-insensitive, and the
 //!   characters OneDrive forbids are mapped to look-alikes and back ([`names`]).
 //!
 //! - remote changes come from the drive's delta feed: its items carry no path, so the
@@ -857,7 +859,7 @@ impl Provider for OneDriveProvider {
             })?;
             Ok(items
                 .iter()
-                .filter(|i| i.package.is_none())
+                .filter(|i| !i.hidden())
                 .filter_map(|i| {
                     let name = names::to_local(i.name.as_deref()?);
                     Some(self.entry(i, &join_path(dir, &name)))
@@ -868,7 +870,7 @@ impl Provider for OneDriveProvider {
 
     async fn stat(&self, path: &str) -> ProviderResult<RemoteEntry> {
         let item = self.get_item(path, ITEM_SELECT).await?;
-        if item.package.is_some() {
+        if item.hidden() {
             return Err(ProviderError::NotFound(path.to_owned()));
         }
         Ok(self.entry(&item, path))
@@ -1134,7 +1136,7 @@ impl Provider for OneDriveProvider {
         let (items, next) = self.delta_pages(cursor).await?;
         let mut changes = Vec::new();
         for item in items {
-            if item.root.is_some() || item.package.is_some() {
+            if item.root.is_some() || item.hidden() {
                 continue;
             }
             let mut old = self.paths.lock().unwrap().reported.get(&item.id).cloned();
