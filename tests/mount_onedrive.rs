@@ -227,7 +227,7 @@ fn remote_changes_arrive_through_delta() {
     let edited = emu.add_file(&root, "edited.txt", b"v1");
     // A folder someone shared, added to My files: its content is in the sharer's drive,
     // which this drive's paths do not reach — not shown (neither as a file nor a folder).
-    emu.add_shortcut(&root, "Shared with me");
+    emu.add_shortcut(&root, "Ann", "Shared with me");
     let provider: Arc<dyn Provider> = Arc::new(h.provider);
     let m = InProcessMount::new(provider, test_config(|c| c.dir_ttl_secs = 3600.0));
     let vfs = m.vfs();
@@ -242,7 +242,7 @@ fn remote_changes_arrive_through_delta() {
     emu.rename(&dir, "renamed");
     emu.delete(&doomed);
     emu.add_file(&root, "new.txt", b"new");
-    emu.add_shortcut(&root, "Another shared folder");
+    emu.add_shortcut(&root, "Bob", "Another shared folder");
     poll();
     assert_eq!(fs::read(m.path("edited.txt")).unwrap(), b"version 2");
     assert_eq!(fs::read(m.path("renamed/inner.txt")).unwrap(), b"inner");
@@ -636,23 +636,29 @@ fn onedrive_and_sharepoint_libraries_side_by_side() {
     );
 }
 
-/// A personal account has no SharePoint: only `OneDrive/`, and the followed sites are
-/// never asked for (Graph refuses them for personal accounts).
+/// A personal account has no SharePoint: `OneDrive/` and `Shared/<folder>/` for the folders
+/// others shared that the user added to their drive, each in its owner's drive; the
+/// followed sites are never asked for (Graph refuses them for personal accounts).
 #[test]
-fn a_personal_account_shows_its_own_drive_only() {
+fn a_personal_account_shows_its_own_drive_and_shared_folders() {
     use cloudmount::provider::kit::drive_set::DriveSet;
     use cloudmount::provider::onedrive::drives::GraphDrives;
 
+    // OneDrive Personal as it is since 2025: shortcuts only with the Prefer header, the
+    // owner's drive id without its leading zero.
     let (_rt, h) = harness_in_runtime_with(
         GraphConfig {
             flavour: graph_emulator::Flavour::Personal,
+            personal_2025: true,
             ..GraphConfig::default()
         },
         |_| {},
     );
     let (_, own) = h.emu.my_drive();
-    h.emu.add_file(&own, "photo.jpg", b"jpeg");
     let emu = &h.emu;
+    emu.add_file(&own, "photo.jpg", b"jpeg");
+    let shared = emu.add_shortcut(&own, "Ann", "Holiday photos");
+    emu.add_file(&shared, "beach.jpg", b"sand");
     let provider: Arc<dyn Provider> = Arc::new(
         DriveSet::new(
             Arc::new(GraphDrives::new(h.provider, None)),
@@ -661,8 +667,41 @@ fn a_personal_account_shows_its_own_drive_only() {
         .unwrap(),
     );
     let m = InProcessMount::new(provider, test_config(|_| {}));
-    assert_eq!(names_in(m.mnt()), vec!["OneDrive"]);
+    assert_eq!(names_in(m.mnt()), vec!["OneDrive", "Shared"]);
+    assert_eq!(names_in(&m.path("OneDrive")), vec!["photo.jpg"]);
     assert_eq!(fs::read(m.path("OneDrive/photo.jpg")).unwrap(), b"jpeg");
+    // The shared folder, from its owner's drive: read, written, and nothing in OneDrive/.
+    assert_eq!(names_in(&m.path("Shared")), vec!["Holiday photos"]);
+    assert_eq!(
+        fs::read(m.path("Shared/Holiday photos/beach.jpg")).unwrap(),
+        b"sand"
+    );
+    fs::write(m.path("Shared/Holiday photos/from-me.txt"), b"thanks").unwrap();
+    assert_eq!(
+        errno_of(fs::create_dir(m.path("Shared/Mine"))),
+        libc::EACCES
+    );
+    assert!(
+        m.drain(Duration::from_secs(60)),
+        "{:?}",
+        m.vfs().queue.status()
+    );
+    let file = |c: &[u8]| Some(c.to_vec());
+    assert_eq!(
+        emu.tree(&shared),
+        [
+            ("beach.jpg".to_string(), file(b"sand")),
+            ("from-me.txt".to_string(), file(b"thanks")),
+        ]
+        .into()
+    );
+    // The user's drive: the photo, and the shortcut left as it was.
+    let mut mine = emu.tree(&own);
+    assert!(
+        mine.remove("Holiday photos").is_some(),
+        "the shortcut stays"
+    );
+    assert_eq!(mine, [("photo.jpg".to_string(), file(b"jpeg"))].into());
     assert!(
         !emu.requests()
             .iter()

@@ -78,6 +78,10 @@ pub struct GraphConfig {
     pub delta_page: usize,
     /// Every drive's size.
     pub quota: u64,
+    /// OneDrive Personal since its 2025 migration: listings and the delta feed leave out
+    /// shortcuts to shared folders unless the request says
+    /// `Prefer: deltashowremoteitemsaliasid` (readonly-sources §4.4).
+    pub personal_2025: bool,
 }
 
 impl Default for GraphConfig {
@@ -92,6 +96,7 @@ impl Default for GraphConfig {
             repeat_in_delta: false,
             delta_page: 200,
             quota: 1024 * 1024 * 1024 * 1024,
+            personal_2025: false,
         }
     }
 }
@@ -136,8 +141,9 @@ pub struct Item {
     /// A OneNote notebook: a `package` facet, neither file nor folder.
     pub package: bool,
     /// A shortcut to a folder another user shared ("Add to My files"): a `remoteItem` facet
-    /// pointing into the other user's drive, neither file nor folder here.
-    pub shortcut: bool,
+    /// pointing at that folder (this id) in the other user's drive; neither file nor
+    /// folder here.
+    pub shortcut: Option<String>,
     pub content: Vec<u8>,
     pub deleted: bool,
     /// Bumped on every change (eTag) and on content changes (cTag).
@@ -223,12 +229,12 @@ struct State {
     stats: Stats,
 }
 
-/// The emulator. Not reproduced yet (next steps of issue 10): the Personal "2025" mode
-/// (root ids with `sea8cc6beffdb43d7976fbc7da445c639`, shared folders only with
-/// `Prefer: deltashowremoteitemsaliasid`, drive ids losing a leading zero or changing
-/// case), following `remoteItem` shortcuts (they are listed, not followed) and their own
-/// delta, `$expand`, `If-None-Match` → 304,
-/// 507/509, `token=<timestamp>` on Business, delta below the root on Personal.
+/// The emulator. The Personal "2025" behaviours are a mode (`personal_2025`: shortcuts to
+/// shared folders only with `Prefer: deltashowremoteitemsaliasid`; on Personal a
+/// shortcut's owner drive id always comes without its leading zero and upper-cased).
+/// Not reproduced yet: root ids with `sea8cc6beffdb43d7976fbc7da445c639`, a shared
+/// folder's own delta, `$expand`, `If-None-Match` → 304, 507/509, `token=<timestamp>` on
+/// Business, delta below the root on Personal.
 pub struct GraphEmulator {
     state: Arc<Mutex<State>>,
     faults: Arc<FaultQueue<Fault>>,
@@ -385,7 +391,7 @@ impl State {
                 parent: Some(parent.to_owned()),
                 folder,
                 package: false,
-                shortcut: false,
+                shortcut: None,
                 content,
                 deleted: false,
                 etag_n: 1,
@@ -482,14 +488,22 @@ impl State {
             v["size"] = json!(self.subtree_size(&item.id));
         } else if item.package {
             v["package"] = json!({"type": "oneNote"});
-        } else if item.shortcut {
-            // The shared folder lives in the sharer's drive (its ids are not this drive's).
+        } else if let Some(target) = &item.shortcut {
+            // The shared folder lives in its owner's drive. OneDrive Personal gives that
+            // drive's id without its leading zero and upper-cased since 2025
+            // (readonly-sources §4.4).
+            let t = &self.items[target];
+            let drive = match self.cfg.flavour {
+                Flavour::Personal => t.drive.trim_start_matches('0').to_uppercase(),
+                Flavour::Business => t.drive.clone(),
+            };
+            let count = self.children(target).len();
             v["remoteItem"] = json!({
-                "id": format!("0123456789ABCDEF!{}", item.id),
-                "name": item.name,
-                "folder": {"childCount": 1},
+                "id": t.id,
+                "name": t.name,
+                "folder": {"childCount": count},
                 "parentReference": {
-                    "driveId": "0123456789abcdef",
+                    "driveId": drive,
                     "driveType": match self.cfg.flavour {
                         Flavour::Personal => "personal",
                         Flavour::Business => "business",
@@ -791,13 +805,23 @@ impl GraphEmulator {
         st.items.get_mut(&id).unwrap().package = true;
         id
     }
-    /// A shortcut to a folder someone else shared, added to `parent` ("Add to My files").
-    pub fn add_shortcut(&self, parent: &str, name: &str) -> String {
+    /// A folder `name` in a drive of another user (`owner`), shared with this user and
+    /// added to `parent` as a shortcut ("Add to My files"); returns the shared folder's id
+    /// (in the owner's drive: `add_file` into it is the owner adding a file). On Personal
+    /// the owner's drive id starts with a zero, which the shortcut then drops.
+    pub fn add_shortcut(&self, parent: &str, owner: &str, name: &str) -> String {
         let mut st = self.st();
+        let owner_drive = match st.cfg.flavour {
+            Flavour::Personal => format!("0{}", random_of(b"0123456789abcdef", 15)),
+            Flavour::Business => format!("b!{}", random(64)),
+        };
+        add_drive(&mut st, &owner_drive, &format!("OneDrive of {owner}"), None);
+        let owner_root = st.drives[&owner_drive].root.clone();
+        let target = st.insert(&owner_drive, &owner_root, name, true, Vec::new());
         let drive = st.items[parent].drive.clone();
         let id = st.insert(&drive, parent, name, false, Vec::new());
-        st.items.get_mut(&id).unwrap().shortcut = true;
-        id
+        st.items.get_mut(&id).unwrap().shortcut = Some(target.clone());
+        target
     }
     pub fn set_content(&self, id: &str, content: &[u8]) {
         self.st().set_content(id, content.to_vec());
@@ -933,7 +957,7 @@ fn add_drive(st: &mut State, id: &str, name: &str, site: Option<String>) {
             parent: None,
             folder: true,
             package: false,
-            shortcut: false,
+            shortcut: None,
             content: Vec::new(),
             deleted: false,
             etag_n: 1,
@@ -1228,7 +1252,10 @@ fn api(
                 Err(r) => r,
             }
         }
-        ("GET", ["children"], None) => list_children(st, &addr.item, q),
+        ("GET", ["children"], None) => {
+            let shortcuts = shows_shortcuts(st, req);
+            list_children(st, &addr.item, q, shortcuts)
+        }
         ("GET", ["content"], None) => {
             let item = &st.items[&addr.item];
             if item.folder || item.package {
@@ -1261,7 +1288,10 @@ fn api(
             Response::new(204, "")
         }
         ("POST", ["copy"], None) => copy(st, req, &addr),
-        ("GET", ["delta"], None) => delta(st, faults, &addr, q),
+        ("GET", ["delta"], None) => {
+            let shortcuts = shows_shortcuts(st, req);
+            delta(st, faults, &addr, q, shortcuts)
+        }
         ("GET", ["versions"], None) => versions(st, &addr.item),
         ("GET", ["versions", v, "content"], None) => match version_index(st, &addr.item, v) {
             Some(i) => {
@@ -1302,7 +1332,20 @@ fn check_if_match(st: &State, req: &Request, id: &str) -> Option<Response> {
     ))
 }
 
-fn list_children(st: &mut State, parent: &str, q: &HashMap<String, String>) -> Response {
+/// Whether shortcuts to shared folders are in listings and the delta feed for this request.
+fn shows_shortcuts(st: &State, req: &Request) -> bool {
+    !st.cfg.personal_2025
+        || req
+            .header("prefer")
+            .is_some_and(|p| p.contains("deltashowremoteitemsaliasid"))
+}
+
+fn list_children(
+    st: &mut State,
+    parent: &str,
+    q: &HashMap<String, String>,
+    shortcuts: bool,
+) -> Response {
     st.stats.list_calls += 1;
     if !st.items[parent].folder {
         return error(400, "invalidRequest", "The item is not a folder.");
@@ -1323,7 +1366,12 @@ fn list_children(st: &mut State, parent: &str, q: &HashMap<String, String>) -> R
             (0, top, q.get("$select").cloned())
         }
     };
-    let kids: Vec<Item> = st.children(parent).into_iter().cloned().collect();
+    let kids: Vec<Item> = st
+        .children(parent)
+        .into_iter()
+        .filter(|k| shortcuts || k.shortcut.is_none())
+        .cloned()
+        .collect();
     let mut values = Vec::new();
     for k in kids.iter().skip(offset).take(top) {
         let v = st.item_json(k, false);
@@ -1888,6 +1936,7 @@ fn delta(
     faults: &FaultQueue<Fault>,
     addr: &Address,
     q: &HashMap<String, String>,
+    shortcuts: bool,
 ) -> Response {
     st.stats.delta_calls += 1;
     if st.items[&addr.item].parent.is_some() && st.cfg.flavour == Flavour::Business {
@@ -1962,6 +2011,9 @@ fn delta(
     let mut values = Vec::new();
     for id in &chunk {
         let item = st.items[id].clone();
+        if item.shortcut.is_some() && !shortcuts {
+            continue;
+        }
         values.push(st.item_json(&item, true));
         if st.cfg.repeat_in_delta {
             values.push(st.item_json(&item, true));

@@ -4,6 +4,8 @@
 //! OneDrive/                      the user's own drive (/me/drive)
 //! SharePoint/<site>/<library>/   work accounts: each document library of each site the
 //!                                user follows, and of the sites named in the settings
+//! Shared/<folder>/               folders others shared that the user added to their
+//!                                drive ("Add to My files"), in their owners' drives
 //! ```
 //!
 //! Discovery (Microsoft Graph v1.0, delegated permissions):
@@ -43,7 +45,49 @@ use crate::provider::{Capabilities, Provider, ProviderError, ProviderResult};
 pub const OWN_DRIVE_DIR: &str = "OneDrive";
 /// The folder holding the SharePoint sites.
 pub const SHAREPOINT_DIR: &str = "SharePoint";
+/// The folder holding the folders others shared with the user.
+pub const SHARED_DIR: &str = "Shared";
 const OWN_KEY: &str = "me";
+/// Keys of shared folders: `shared|{drive id}|{item id}` (`|` is in neither).
+const SHARED_KEY: &str = "shared|";
+
+/// A child of the user's drive root; shortcuts to shared folders carry `remoteItem`: the
+/// folder as shared, in its owner's drive.
+#[derive(Debug, Clone, Deserialize)]
+struct SharedRecord {
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(rename = "remoteItem", default)]
+    remote: Option<RemoteRecord>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+struct RemoteRecord {
+    id: String,
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default)]
+    folder: Option<serde_json::Value>,
+    #[serde(rename = "parentReference", default)]
+    parent: Option<RemoteParent>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+struct RemoteParent {
+    #[serde(rename = "driveId", default)]
+    drive_id: Option<String>,
+}
+
+/// A OneDrive Personal drive id as it should be: since 2025 `remoteItem` may give it with
+/// its leading zero dropped (15 hex digits) and in either case (readonly-sources §4.4,
+/// onedrive-api-docs#1890/#1902): padded back to 16. Ids are compared without case.
+fn normalise_drive_id(id: &str) -> String {
+    if !id.is_empty() && id.len() < 16 && id.bytes().all(|b| b.is_ascii_hexdigit()) {
+        format!("{id:0>16}")
+    } else {
+        id.to_owned()
+    }
+}
 
 #[derive(Debug, Clone, Deserialize)]
 struct DriveRecord {
@@ -76,6 +120,9 @@ impl SiteRecord {
 #[derive(Debug, Default, Clone, PartialEq, Serialize, Deserialize)]
 struct Names {
     sites: BTreeMap<String, String>,
+    /// Shared folders: `drive|item` (lowercased) → name.
+    #[serde(default)]
+    shared: BTreeMap<String, String>,
     /// Per site id: library drive id → name.
     libraries: BTreeMap<String, BTreeMap<String, String>>,
 }
@@ -84,6 +131,7 @@ struct Names {
 #[derive(Default)]
 struct Seen {
     followed: Vec<SiteRecord>,
+    shared: Vec<(String, String, String)>,
     libraries: HashMap<String, Vec<DriveRecord>>,
 }
 
@@ -245,6 +293,43 @@ impl GraphDrives {
         Ok(sites)
     }
 
+    /// The folders others shared that the user added to their drive ("Add to My files":
+    /// shortcuts in the drive's root), as (owner's drive id, item id, name). Not
+    /// `/me/drive/sharedWithMe`: Microsoft deprecated it and it stops returning data after
+    /// November 2026 (learn.microsoft.com/graph/api/drive-sharedwithme). Files shared alone
+    /// are not shown (a drive is a folder). As last seen when they cannot be read now.
+    async fn shared(&self) -> ProviderResult<Vec<(String, String, String)>> {
+        match self
+            .own
+            .graph_get_all::<SharedRecord>(
+                "shortcuts to shared folders",
+                "me/drive/root/children?$select=id,name,remoteItem&$top=1000",
+            )
+            .await
+        {
+            Ok(v) => {
+                let folders: Vec<(String, String, String)> = v
+                    .into_iter()
+                    .filter_map(|r| {
+                        let remote = r.remote?;
+                        remote.folder.as_ref()?;
+                        let drive = normalise_drive_id(remote.parent?.drive_id.as_deref()?);
+                        let name = remote.name.or(r.name).unwrap_or_else(|| remote.id.clone());
+                        Some((drive, remote.id, name))
+                    })
+                    .collect();
+                self.seen.lock().unwrap().shared = folders.clone();
+                Ok(folders)
+            }
+            Err(e) if about_the_site(&e) => {
+                tracing::warn!(error = %e,
+                    "the shortcuts to shared folders cannot be listed; shown as last seen");
+                Ok(self.seen.lock().unwrap().shared.clone())
+            }
+            Err(e) => Err(e),
+        }
+    }
+
     /// A site's document libraries; as last seen when they cannot be read now.
     async fn libraries(&self, site: &SiteRecord) -> ProviderResult<Vec<DriveRecord>> {
         let what = format!("libraries of {}", site.shown_name());
@@ -331,16 +416,33 @@ impl DriveCatalog for GraphDrives {
             .own
             .graph_get("drive", "me/drive?$select=id,driveType")
             .await?;
-        if me.drive_type.as_deref() == Some("personal") {
-            return Ok(slots); // no SharePoint for personal accounts
-        }
-        let sites = self.sites().await?;
+        let shared = self.shared().await?;
+        // No SharePoint for personal accounts.
+        let personal = me.drive_type.as_deref() == Some("personal");
+        let sites = if personal {
+            Vec::new()
+        } else {
+            self.sites().await?
+        };
         let mut per_site = Vec::new();
         for site in &sites {
             per_site.push(self.libraries(site).await?);
         }
         let before = self.names.lock().unwrap().clone();
         let mut names = before.clone();
+        let shared_names = sticky_names(
+            &shared
+                .iter()
+                .map(|(d, i, n)| (format!("{d}|{i}"), n.clone()))
+                .collect::<Vec<_>>(),
+            &mut names.shared,
+        );
+        for ((drive, item, _), name) in shared.iter().zip(shared_names) {
+            slots.push(DriveSlot {
+                folders: vec![SHARED_DIR.into(), name],
+                key: format!("{SHARED_KEY}{drive}|{item}"),
+            });
+        }
         let site_names = sticky_names(
             &sites
                 .iter()
@@ -377,10 +479,30 @@ impl DriveCatalog for GraphDrives {
         if key == OWN_KEY {
             return Ok(self.own.clone());
         }
+        if let Some(rest) = key.strip_prefix(SHARED_KEY) {
+            let (drive, item) = rest.split_once('|').ok_or_else(|| {
+                ProviderError::Protocol(format!("not a shared folder's key: {key}"))
+            })?;
+            return Ok(Arc::new(self.own.on_item(drive, item)));
+        }
         Ok(Arc::new(self.own.on_drive(key)))
     }
 
     fn capabilities(&self) -> Capabilities {
         self.own.capabilities()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::normalise_drive_id;
+
+    #[test]
+    fn personal_drive_ids_get_their_leading_zero_back() {
+        assert_eq!(normalise_drive_id("F1E2D3C4B5A6978"), "0F1E2D3C4B5A6978");
+        assert_eq!(normalise_drive_id("0f1e2d3c4b5a6978"), "0f1e2d3c4b5a6978");
+        // Business drive ids are left alone.
+        assert_eq!(normalise_drive_id("b!abc"), "b!abc");
+        assert_eq!(normalise_drive_id(""), "");
     }
 }

@@ -28,7 +28,9 @@
 //! A connection without a `drive_id` shows the account's drives side by side
 //! (`OneDrive/`, `SharePoint/<site>/<library>/`): see [`drives`].
 //!
-//! Still to come (issue 10): shared items (`Shared/`), the Personal "2025" behaviours.
+//! Shortcuts to folders others shared ("Add to My files") are not shown where they are;
+//! the account's layout shows them under `Shared/` ([`drives`]), each addressed from the
+//! shared item in its owner's drive (`on_item`).
 
 pub(crate) mod api;
 pub mod drives;
@@ -156,6 +158,9 @@ pub struct OneDriveProvider {
     api: Arc<ApiClient>,
     /// `{api}/me/drive` or `{api}/drives/{id}`.
     drive: String,
+    /// What the connection's `/` is in that drive: `root`, or `items/{id}` for a folder
+    /// someone shared (see `on_item`).
+    root: String,
     paths: Mutex<Paths>,
 }
 
@@ -266,6 +271,7 @@ impl OneDriveProvider {
             cfg,
             api,
             drive,
+            root: "root".into(),
             paths: Mutex::default(),
         })
     }
@@ -281,7 +287,19 @@ impl OneDriveProvider {
             },
             api: self.api.clone(),
             drive: format!("{base}/drives/{}", encode_segment(drive_id)),
+            root: "root".into(),
             paths: Mutex::default(),
+        }
+    }
+
+    /// A folder someone shared with the account (in their drive), as a drive of its own:
+    /// paths below it are addressed from the item (`/drives/{d}/items/{id}:/a/b:`). Its
+    /// changes come from listings only: Graph keeps no delta below a drive's root on work
+    /// accounts, and a shared folder's own delta is not followed yet.
+    pub(crate) fn on_item(&self, drive_id: &str, item_id: &str) -> OneDriveProvider {
+        OneDriveProvider {
+            root: format!("items/{}", encode_segment(item_id)),
+            ..self.on_drive(drive_id)
         }
     }
 
@@ -341,7 +359,7 @@ impl OneDriveProvider {
     /// The item at `path` (`/` is the drive's root), with `suffix` (`/children`, ...).
     fn item_url(&self, path: &str, suffix: &str) -> String {
         if path == "/" {
-            return format!("{}/root{suffix}", self.drive);
+            return format!("{}/{}{suffix}", self.drive, self.root);
         }
         // The mount's names as OneDrive holds them (see `names`).
         let encoded: Vec<String> = path
@@ -350,13 +368,21 @@ impl OneDriveProvider {
             .map(|seg| encode_segment(&names::encode(seg)))
             .collect();
         match suffix {
-            "" => format!("{}/root:/{}", self.drive, encoded.join("/")),
-            s => format!("{}/root:/{}:{s}", self.drive, encoded.join("/")),
+            "" => format!("{}/{}:/{}", self.drive, self.root, encoded.join("/")),
+            s => format!("{}/{}:/{}:{s}", self.drive, self.root, encoded.join("/")),
         }
     }
 
     fn request(&self, method: Method, url: &str) -> reqwest::RequestBuilder {
-        self.api.http().request(method, url)
+        let r = self.api.http().request(method.clone(), url);
+        // Since OneDrive Personal's 2025 migration, listings and the delta feed leave out
+        // shortcuts to shared folders unless asked with this (undocumented) preference
+        // (readonly-sources §4.4: onedrive-api-docs#1891). Other services ignore it.
+        if method == Method::GET {
+            r.header("Prefer", "deltashowremoteitemsaliasid")
+        } else {
+            r
+        }
     }
 
     async fn json<T: serde::de::DeserializeOwned>(
@@ -801,7 +827,8 @@ impl Provider for OneDriveProvider {
 
     fn capabilities(&self) -> Capabilities {
         Capabilities {
-            delta: true,
+            // The drive's delta feed, from its root only (a shared folder has none here).
+            delta: self.root == "root",
             // OneDrive keeps every file's versions itself (no copies of ours on the drive).
             native_versions: true,
             case_insensitive: true,
