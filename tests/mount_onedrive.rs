@@ -843,3 +843,77 @@ fn names_onedrive_refuses_are_mapped_reversibly() {
         ]
     );
 }
+
+/// A work account's "Add shortcut to My files" folders (listed only with
+/// `Prefer: Include-Feature=AddToOneDrive`) under `Shared/`: read, renamed in, written to —
+/// all in the owner's drive — and a shortcut added while mounted announced by the feed.
+#[test]
+fn a_work_accounts_shortcuts_show_under_shared() {
+    use cloudmount::provider::kit::drive_set::DriveSet;
+    use cloudmount::provider::onedrive::drives::GraphDrives;
+
+    let (_rt, h) = harness_in_runtime();
+    let (_, own) = h.emu.my_drive();
+    let emu = &h.emu;
+    let budget = emu.add_shortcut(&own, "Carol", "Budget");
+    emu.add_file(&budget, "q1.xlsx", b"numbers");
+    let provider: Arc<dyn Provider> = Arc::new(
+        DriveSet::new(
+            Arc::new(GraphDrives::new(h.provider, None)),
+            Duration::from_secs(0), // asked again whenever the layout is looked at
+        )
+        .unwrap(),
+    );
+    let m = InProcessMount::new(provider, test_config(|c| c.dir_ttl_secs = 3600.0));
+    assert_eq!(names_in(m.mnt()), vec!["OneDrive", "Shared"]);
+    assert!(
+        names_in(&m.path("OneDrive")).is_empty(),
+        "the shortcut is not here"
+    );
+    assert_eq!(
+        fs::read(m.path("Shared/Budget/q1.xlsx")).unwrap(),
+        b"numbers"
+    );
+    fs::rename(
+        m.path("Shared/Budget/q1.xlsx"),
+        m.path("Shared/Budget/q1-final.xlsx"),
+    )
+    .unwrap();
+    fs::create_dir(m.path("Shared/Budget/2027")).unwrap();
+    fs::write(m.path("Shared/Budget/2027/plan.txt"), b"plan").unwrap();
+    fs::copy(
+        m.path("Shared/Budget/q1-final.xlsx"),
+        m.path("Shared/Budget/2027/q1-copy.xlsx"),
+    )
+    .unwrap();
+    assert!(
+        m.drain(Duration::from_secs(60)),
+        "{:?}",
+        m.vfs().queue.status()
+    );
+    let file = |c: &[u8]| Some(c.to_vec());
+    assert_eq!(
+        emu.tree(&budget),
+        [
+            ("2027".to_string(), None),
+            ("2027/plan.txt".to_string(), file(b"plan")),
+            ("2027/q1-copy.xlsx".to_string(), file(b"numbers")),
+            ("q1-final.xlsx".to_string(), file(b"numbers")),
+        ]
+        .into(),
+        "everything landed in the owner's folder"
+    );
+    let mut mine = emu.tree(&own);
+    assert!(mine.remove("Budget").is_some(), "the shortcut stays");
+    assert!(
+        mine.is_empty(),
+        "nothing landed in the user's own drive: {mine:?}"
+    );
+
+    let vfs = m.vfs();
+    let poll = || m.rt.block_on(vfs.poll_once()).unwrap();
+    poll(); // takes the cursors
+    emu.add_shortcut(&own, "Dan", "Minutes");
+    poll();
+    assert_eq!(names_in(&m.path("Shared")), vec!["Budget", "Minutes"]);
+}

@@ -321,6 +321,17 @@ impl State {
         }
     }
 
+    /// A new item's id in `drive`: Personal item ids start with their drive's id.
+    fn new_item_id_in(&mut self, drive: &str) -> String {
+        match self.cfg.flavour {
+            Flavour::Personal => {
+                self.next_id += 1;
+                format!("{}!{}", drive.to_uppercase(), 100 + self.next_id)
+            }
+            Flavour::Business => self.new_item_id(),
+        }
+    }
+
     fn record(&mut self, id: &str) {
         self.next_change += 1;
         self.changes.push((self.next_change, id.to_owned()));
@@ -380,7 +391,7 @@ impl State {
         folder: bool,
         content: Vec<u8>,
     ) -> String {
-        let id = self.new_item_id();
+        let id = self.new_item_id_in(drive);
         let now = SystemTime::now();
         self.items.insert(
             id.clone(),
@@ -498,8 +509,12 @@ impl State {
                 Flavour::Business => t.drive.clone(),
             };
             let count = self.children(target).len();
+            let id = match self.cfg.flavour {
+                Flavour::Personal => t.id.trim_start_matches('0').to_owned(),
+                Flavour::Business => t.id.clone(),
+            };
             v["remoteItem"] = json!({
-                "id": t.id,
+                "id": id,
                 "name": t.name,
                 "folder": {"childCount": count},
                 "parentReference": {
@@ -1332,12 +1347,15 @@ fn check_if_match(st: &State, req: &Request, id: &str) -> Option<Response> {
     ))
 }
 
-/// Whether shortcuts to shared folders are in listings and the delta feed for this request.
+/// Whether shortcuts to shared folders are in listings and the delta feed for this request:
+/// on work accounts only with `Prefer: Include-Feature=AddToOneDrive`, on Personal since
+/// 2025 only with `Prefer: deltashowremoteitemsaliasid`.
 fn shows_shortcuts(st: &State, req: &Request) -> bool {
-    !st.cfg.personal_2025
-        || req
-            .header("prefer")
-            .is_some_and(|p| p.contains("deltashowremoteitemsaliasid"))
+    let prefers = |what: &str| req.header("prefer").is_some_and(|p| p.contains(what));
+    match st.cfg.flavour {
+        Flavour::Business => prefers("Include-Feature=AddToOneDrive"),
+        Flavour::Personal => !st.cfg.personal_2025 || prefers("deltashowremoteitemsaliasid"),
+    }
 }
 
 fn list_children(

@@ -599,7 +599,15 @@ impl Provider for DriveSet {
         self.refresh_layout().await?;
         let mut cursor = SetCursor::default();
         for d in self.drives() {
+            // A drive without a feed is kept with an empty cursor: where it is shown.
             if !d.provider.capabilities().delta {
+                cursor.drives.insert(
+                    d.slot.key.clone(),
+                    DriveCursor {
+                        at: d.path(),
+                        cursor: String::new(),
+                    },
+                );
                 continue;
             }
             // A drive whose feed cannot start now is started by a later `changes_since`.
@@ -670,11 +678,20 @@ impl Provider for DriveSet {
             });
         }
         for d in drives {
-            if !d.provider.capabilities().delta {
-                continue;
-            }
             let at = d.path();
+            let has_feed = d.provider.capabilities().delta;
             match old.drives.get(&d.slot.key).filter(|c| c.at == at) {
+                // No feed (its listings show its changes): only where it is, so that it is
+                // reported when it leaves or comes.
+                Some(_) if !has_feed => {
+                    next.drives.insert(
+                        d.slot.key.clone(),
+                        DriveCursor {
+                            at,
+                            cursor: String::new(),
+                        },
+                    );
+                }
                 Some(c) => match d.provider.changes_since(&c.cursor).await {
                     Ok(batch) => {
                         for change in batch.changes {
@@ -717,7 +734,12 @@ impl Provider for DriveSet {
                 // of its folder; its feed starts now.
                 None => {
                     let name = d.slot.folders.last().cloned().unwrap_or_default();
-                    let cursor = match d.provider.changes_cursor().await {
+                    let cursor = if has_feed {
+                        d.provider.changes_cursor().await
+                    } else {
+                        Ok(String::new())
+                    };
+                    let cursor = match cursor {
                         Ok(c) => c,
                         Err(e @ ProviderError::Auth(_)) => return Err(e),
                         Err(e) => {

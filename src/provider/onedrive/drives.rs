@@ -78,6 +78,15 @@ struct RemoteParent {
     drive_id: Option<String>,
 }
 
+/// A OneDrive Personal item id (`{DRIVEID}!{n}`) whose drive part lost its leading zero
+/// like the drive id does (abraunegg/onedrive#3115): padded back the same way.
+fn normalise_item_id(id: &str) -> String {
+    match id.split_once('!') {
+        Some((drive, rest)) => format!("{}!{rest}", normalise_drive_id(drive)),
+        None => id.to_owned(),
+    }
+}
+
 /// A OneDrive Personal drive id as it should be: since 2025 `remoteItem` may give it with
 /// its leading zero dropped (15 hex digits) and in either case (readonly-sources §4.4,
 /// onedrive-api-docs#1890/#1902): padded back to 16. Ids are compared without case.
@@ -171,7 +180,9 @@ fn free_name(name: &str, taken: &HashSet<String>) -> String {
 
 /// Names for the `(id, shown name)` items of one folder: each keeps its remembered name
 /// unless another item of this round already has it; the others get free ones, in id
-/// order, and are remembered.
+/// order, and are remembered. A name remembered for an item not here now stays its own
+/// (a newcomer does not get it), so a place never passes to another owner's folder while
+/// something may still be queued for it.
 fn sticky_names(
     items: &[(String, String)],
     remembered: &mut BTreeMap<String, String>,
@@ -183,6 +194,12 @@ fn sticky_names(
             if taken.insert(name.to_lowercase()) {
                 out[i] = Some(name.clone());
             }
+        }
+    }
+    let present: HashSet<String> = items.iter().map(|(id, _)| id.to_lowercase()).collect();
+    for (id, name) in remembered.iter() {
+        if !present.contains(id) {
+            taken.insert(name.to_lowercase());
         }
     }
     let mut rest: Vec<usize> = (0..items.len()).filter(|i| out[*i].is_none()).collect();
@@ -314,8 +331,9 @@ impl GraphDrives {
                         let remote = r.remote?;
                         remote.folder.as_ref()?;
                         let drive = normalise_drive_id(remote.parent?.drive_id.as_deref()?);
-                        let name = remote.name.or(r.name).unwrap_or_else(|| remote.id.clone());
-                        Some((drive, remote.id, name))
+                        // The shortcut's own name: unique in the root, renamed by the user.
+                        let name = r.name.or(remote.name).unwrap_or_else(|| remote.id.clone());
+                        Some((drive, normalise_item_id(&remote.id), name))
                     })
                     .collect();
                 self.seen.lock().unwrap().shared = folders.clone();
@@ -495,7 +513,7 @@ impl DriveCatalog for GraphDrives {
 
 #[cfg(test)]
 mod tests {
-    use super::normalise_drive_id;
+    use super::*;
 
     #[test]
     fn personal_drive_ids_get_their_leading_zero_back() {
@@ -504,5 +522,30 @@ mod tests {
         // Business drive ids are left alone.
         assert_eq!(normalise_drive_id("b!abc"), "b!abc");
         assert_eq!(normalise_drive_id(""), "");
+        assert_eq!(
+            normalise_item_id("F1E2D3C4B5A6978!12"),
+            "0F1E2D3C4B5A6978!12"
+        );
+        assert_eq!(normalise_item_id("01BYE5RZ6Q"), "01BYE5RZ6Q");
+    }
+
+    #[test]
+    fn a_name_stays_with_its_folder_while_it_is_away() {
+        let mut kept = BTreeMap::new();
+        let ann = ("ann".to_string(), "Reports".to_string());
+        let bob = ("bob".to_string(), "Reports".to_string());
+        assert_eq!(
+            sticky_names(std::slice::from_ref(&ann), &mut kept),
+            vec!["Reports"]
+        );
+        // Ann's folder is gone for now: Bob's of the same name does not take her place.
+        assert_eq!(
+            sticky_names(std::slice::from_ref(&bob), &mut kept),
+            vec!["Reports (2)"]
+        );
+        assert_eq!(
+            sticky_names(&[bob, ann], &mut kept),
+            vec!["Reports (2)", "Reports"]
+        );
     }
 }

@@ -158,6 +158,9 @@ pub struct OneDriveProvider {
     api: Arc<ApiClient>,
     /// `{api}/me/drive` or `{api}/drives/{id}`.
     drive: String,
+    /// The drive's id when it is not the user's own (`me`): named in move and copy bodies,
+    /// so that a parent id is never looked up in another drive.
+    drive_id: Option<String>,
     /// What the connection's `/` is in that drive: `root`, or `items/{id}` for a folder
     /// someone shared (see `on_item`).
     root: String,
@@ -267,10 +270,12 @@ impl OneDriveProvider {
             None | Some("me") => format!("{base}/me/drive"),
             Some(id) => format!("{base}/drives/{}", encode_segment(id)),
         };
+        let drive_id = cfg.drive_id.clone().filter(|d| d != "me");
         Ok(OneDriveProvider {
             cfg,
             api,
             drive,
+            drive_id,
             root: "root".into(),
             paths: Mutex::default(),
         })
@@ -287,6 +292,7 @@ impl OneDriveProvider {
             },
             api: self.api.clone(),
             drive: format!("{base}/drives/{}", encode_segment(drive_id)),
+            drive_id: Some(drive_id.to_owned()),
             root: "root".into(),
             paths: Mutex::default(),
         }
@@ -300,6 +306,14 @@ impl OneDriveProvider {
         OneDriveProvider {
             root: format!("items/{}", encode_segment(item_id)),
             ..self.on_drive(drive_id)
+        }
+    }
+
+    /// A move's or copy's destination folder, in this drive.
+    fn parent_ref(&self, parent_id: &str) -> serde_json::Value {
+        match &self.drive_id {
+            Some(d) => json!({"driveId": d, "id": parent_id}),
+            None => json!({"id": parent_id}),
         }
     }
 
@@ -376,10 +390,16 @@ impl OneDriveProvider {
     fn request(&self, method: Method, url: &str) -> reqwest::RequestBuilder {
         let r = self.api.http().request(method.clone(), url);
         // Since OneDrive Personal's 2025 migration, listings and the delta feed leave out
-        // shortcuts to shared folders unless asked with this (undocumented) preference
-        // (readonly-sources §4.4: onedrive-api-docs#1891). Other services ignore it.
+        // shortcuts to shared folders unless asked with `deltashowremoteitemsaliasid`
+        // (undocumented; readonly-sources §4.4: onedrive-api-docs#1891). A server ignores
+        // preferences it does not know (RFC 7240).
+        // Work accounts list "Add shortcut to My files" items only when asked with
+        // `Include-Feature=AddToOneDrive` (as abraunegg/onedrive and onedrive-go ask).
         if method == Method::GET {
-            r.header("Prefer", "deltashowremoteitemsaliasid")
+            r.header(
+                "Prefer",
+                "deltashowremoteitemsaliasid, Include-Feature=AddToOneDrive",
+            )
         } else {
             r
         }
@@ -1034,7 +1054,8 @@ impl Provider for OneDriveProvider {
             Err(e) => return Err(e),
         }
         let url = self.item_url(from, "");
-        let body = json!({"name": remote_name(to_name)?, "parentReference": {"id": parent_id}});
+        let body =
+            json!({"name": remote_name(to_name)?, "parentReference": self.parent_ref(&parent_id)});
         let item: DriveItem = self
             .json(&format!("move {from}"), Idempotency::Idempotent, || {
                 self.request(Method::PATCH, &url)
@@ -1115,7 +1136,8 @@ impl Provider for OneDriveProvider {
             "{}?@microsoft.graph.conflictBehavior=replace",
             self.item_url(from, "/copy")
         );
-        let body = json!({"parentReference": {"id": parent_id}, "name": remote_name(to_name)?});
+        let body =
+            json!({"parentReference": self.parent_ref(&parent_id), "name": remote_name(to_name)?});
         let what = format!("copy {from}");
         let resp = self
             .api
