@@ -37,6 +37,28 @@ pub fn vault_dir(cfg: &Config) -> Result<PathBuf, AccountError> {
 
 /// The OAuth client of a connection (`defaults` with the endpoints its settings override),
 /// and its remaining (provider) settings.
+/// The scopes a read-only mount needs instead of `scopes`: each write scope by its read
+/// counterpart (Microsoft Graph's `*.ReadWrite*` by `*.Read*`, Google Drive's full scope by
+/// `drive.readonly`), Dropbox's `*.write` scopes left out; anything else kept.
+pub fn read_only_scopes(scopes: &[String]) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for s in scopes {
+        let read = if s == crate::accounts::GOOGLE_DRIVE_SCOPE {
+            format!("{s}.readonly")
+        } else if s.contains(".ReadWrite") {
+            s.replace(".ReadWrite", ".Read")
+        } else if s.ends_with(".write") {
+            continue;
+        } else {
+            s.clone()
+        };
+        if !out.contains(&read) {
+            out.push(read);
+        }
+    }
+    out
+}
+
 pub fn split_settings(
     c: &ConnectionConfig,
     defaults: OAuthDefaults,
@@ -80,6 +102,10 @@ pub fn split_settings(
     if let Some(u) = string(take("device_auth_url")) {
         oauth.device_auth_url = Some(u);
     }
+    // A read-only mount asks only for reading (explicit `scopes` still win).
+    if c.read_only {
+        oauth.scopes = read_only_scopes(&oauth.scopes);
+    }
     if let Some(toml::Value::Array(a)) = take("scopes") {
         oauth.scopes = a
             .iter()
@@ -106,4 +132,65 @@ pub fn token_source(
     let vault = Arc::new(TokenVault::open(&vault_dir(cfg)?)?);
     let source = TokenSource::new(vault, account_id(c)?, oauth)?;
     Ok(Arc::new(source))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scopes(v: &[&str]) -> Vec<String> {
+        v.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn read_only_mounts_ask_for_read_scopes() {
+        assert_eq!(
+            read_only_scopes(&scopes(&[
+                "Files.ReadWrite.All",
+                "Sites.Read.All",
+                "offline_access"
+            ])),
+            scopes(&["Files.Read.All", "Sites.Read.All", "offline_access"])
+        );
+        assert_eq!(
+            read_only_scopes(&scopes(&[crate::accounts::GOOGLE_DRIVE_SCOPE])),
+            scopes(&["https://www.googleapis.com/auth/drive.readonly"])
+        );
+        assert_eq!(
+            read_only_scopes(&scopes(&[
+                "account_info.read",
+                "files.metadata.read",
+                "files.metadata.write",
+                "files.content.read",
+                "files.content.write"
+            ])),
+            scopes(&[
+                "account_info.read",
+                "files.metadata.read",
+                "files.content.read"
+            ])
+        );
+    }
+
+    #[test]
+    fn a_read_only_connection_logs_in_with_read_scopes_unless_scopes_are_given() {
+        let mut c: ConnectionConfig = toml::from_str(
+            r#"name = "work"
+type = "onedrive"
+read_only = true
+settings = { client_id = "x" }"#,
+        )
+        .unwrap();
+        let (oauth, _) = split_settings(&c, OAuthClientConfig::microsoft).unwrap();
+        assert_eq!(
+            oauth.scopes,
+            scopes(&["Files.Read.All", "Sites.Read.All", "offline_access"])
+        );
+        c.settings.insert(
+            "scopes".into(),
+            toml::Value::Array(vec!["Files.ReadWrite.All".into()]),
+        );
+        let (oauth, _) = split_settings(&c, OAuthClientConfig::microsoft).unwrap();
+        assert_eq!(oauth.scopes, scopes(&["Files.ReadWrite.All"]));
+    }
 }
