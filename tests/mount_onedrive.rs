@@ -372,6 +372,24 @@ async fn moves_never_replace_a_folder_with_contents() {
     );
 }
 
+/// The account's drives side by side, as the registry builds them without a `drive_id`;
+/// the list of drives is asked again when older than `refresh_secs`.
+fn account_drives(
+    own: cloudmount::provider::onedrive::OneDriveProvider,
+    names_file: Option<std::path::PathBuf>,
+    refresh_secs: u64,
+) -> Arc<dyn Provider> {
+    use cloudmount::provider::kit::drive_set::DriveSet;
+    use cloudmount::provider::onedrive::drives::GraphDrives;
+    Arc::new(
+        DriveSet::new(
+            Arc::new(GraphDrives::new(own, names_file)),
+            Duration::from_secs(refresh_secs),
+        )
+        .unwrap(),
+    )
+}
+
 /// Sorted names in a folder of the mount.
 fn names_in(p: &std::path::Path) -> Vec<String> {
     let mut v: Vec<String> = fs::read_dir(p)
@@ -396,9 +414,6 @@ fn errno_of(r: std::io::Result<impl std::fmt::Debug>) -> i32 {
 /// followed or unfollowed sites come through the change feed.
 #[test]
 fn onedrive_and_sharepoint_libraries_side_by_side() {
-    use cloudmount::provider::kit::drive_set::DriveSet;
-    use cloudmount::provider::onedrive::drives::GraphDrives;
-
     let (rt, h) = harness_in_runtime_with(GraphConfig::default(), |c| {
         // Not followed: shown because the settings name it.
         c.sharepoint_sites = vec!["https://contoso.sharepoint.com/sites/Archive".into()];
@@ -415,13 +430,7 @@ fn onedrive_and_sharepoint_libraries_side_by_side() {
     emu.add_file(&docs, "plan.txt", b"the plan");
     let names_file = h.dir.path().join("sharepoint-names.json");
 
-    let provider: Arc<dyn Provider> = Arc::new(
-        DriveSet::new(
-            Arc::new(GraphDrives::new(h.provider, Some(names_file.clone()))),
-            Duration::from_secs(0), // asked again at every listing of the layout
-        )
-        .unwrap(),
-    );
+    let provider = account_drives(h.provider, Some(names_file.clone()), 0); // asked again at every listing of the layout
     let m = InProcessMount::new(provider, test_config(|c| c.dir_ttl_secs = 3600.0));
     let ls = |p: &str| names_in(&m.path(p));
     assert_eq!(ls(""), vec!["OneDrive", "SharePoint"]);
@@ -589,13 +598,7 @@ fn onedrive_and_sharepoint_libraries_side_by_side() {
         )
         .unwrap()
     };
-    let provider: Arc<dyn Provider> = Arc::new(
-        DriveSet::new(
-            Arc::new(GraphDrives::new(own_again, Some(names_file.clone()))),
-            Duration::from_secs(300),
-        )
-        .unwrap(),
-    );
+    let provider = account_drives(own_again, Some(names_file.clone()), 300);
     let before = emu.requests().len();
     let m = InProcessMount::with_dirs(dirs, provider, test_config(|c| c.dir_ttl_secs = 3600.0));
     // The connection's own folder is known to hold drives without asking (offline too).
@@ -641,9 +644,6 @@ fn onedrive_and_sharepoint_libraries_side_by_side() {
 /// followed sites are never asked for (Graph refuses them for personal accounts).
 #[test]
 fn a_personal_account_shows_its_own_drive_and_shared_folders() {
-    use cloudmount::provider::kit::drive_set::DriveSet;
-    use cloudmount::provider::onedrive::drives::GraphDrives;
-
     // OneDrive Personal as it is since 2025: shortcuts only with the Prefer header, the
     // owner's drive id without its leading zero.
     let (_rt, h) = harness_in_runtime_with(
@@ -659,13 +659,7 @@ fn a_personal_account_shows_its_own_drive_and_shared_folders() {
     emu.add_file(&own, "photo.jpg", b"jpeg");
     let shared = emu.add_shortcut(&own, "Ann", "Holiday photos");
     emu.add_file(&shared, "beach.jpg", b"sand");
-    let provider: Arc<dyn Provider> = Arc::new(
-        DriveSet::new(
-            Arc::new(GraphDrives::new(h.provider, None)),
-            Duration::from_secs(300),
-        )
-        .unwrap(),
-    );
+    let provider = account_drives(h.provider, None, 300);
     let m = InProcessMount::new(provider, test_config(|_| {}));
     assert_eq!(names_in(m.mnt()), vec!["OneDrive", "Shared"]);
     assert_eq!(names_in(&m.path("OneDrive")), vec!["photo.jpg"]);
@@ -849,21 +843,12 @@ fn names_onedrive_refuses_are_mapped_reversibly() {
 /// all in the owner's drive — and a shortcut added while mounted announced by the feed.
 #[test]
 fn a_work_accounts_shortcuts_show_under_shared() {
-    use cloudmount::provider::kit::drive_set::DriveSet;
-    use cloudmount::provider::onedrive::drives::GraphDrives;
-
     let (_rt, h) = harness_in_runtime();
     let (_, own) = h.emu.my_drive();
     let emu = &h.emu;
     let budget = emu.add_shortcut(&own, "Carol", "Budget");
     emu.add_file(&budget, "q1.xlsx", b"numbers");
-    let provider: Arc<dyn Provider> = Arc::new(
-        DriveSet::new(
-            Arc::new(GraphDrives::new(h.provider, None)),
-            Duration::from_secs(0), // asked again whenever the layout is looked at
-        )
-        .unwrap(),
-    );
+    let provider = account_drives(h.provider, None, 0); // asked again whenever the layout is looked at
     let m = InProcessMount::new(provider, test_config(|c| c.dir_ttl_secs = 3600.0));
     assert_eq!(names_in(m.mnt()), vec!["OneDrive", "Shared"]);
     assert!(
