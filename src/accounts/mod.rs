@@ -149,6 +149,25 @@ pub const DROPBOX_SCOPES: [&str; 5] = [
 /// The loopback port of the redirect URI registered for a Dropbox app
 /// (`http://127.0.0.1:53682/`): Dropbox matches redirect URIs exactly.
 pub const DROPBOX_REDIRECT_PORT: u16 = 53682;
+/// Atlassian's authorization server (OAuth 2.0 3LO). Sites are reached through the API
+/// gateway by cloud id (`https://api.atlassian.com/ex/{product}/{cloudId}`); refresh tokens
+/// rotate, and refreshing needs the app's client secret
+/// (developer.atlassian.com/cloud/oauth/getting-started/refresh-tokens).
+pub const ATLASSIAN_AUTH_URL: &str = "https://auth.atlassian.com/authorize";
+pub const ATLASSIAN_TOKEN_URL: &str = "https://auth.atlassian.com/oauth/token";
+/// What a Confluence mount reads: spaces, pages, the page tree, folders, attachments
+/// (Confluence's granular scopes), and a refresh token.
+pub const CONFLUENCE_SCOPES: [&str; 6] = [
+    "read:space:confluence",
+    "read:page:confluence",
+    "read:hierarchical-content:confluence",
+    "read:folder:confluence",
+    "read:attachment:confluence",
+    "offline_access",
+];
+/// What a Jira mount reads: projects, issues and their attachments (`read:jira-work`),
+/// and a refresh token.
+pub const JIRA_SCOPES: [&str; 2] = ["read:jira-work", "offline_access"];
 /// Any work, school or personal Microsoft account; a tenant id or `organizations` /
 /// `consumers` go into `auth_url` / `token_url` / `device_auth_url` of the settings.
 pub const MICROSOFT_AUTHORITY: &str = "https://login.microsoftonline.com/common/oauth2/v2.0";
@@ -231,6 +250,37 @@ impl OAuthClientConfig {
             redirect_port: Some(DROPBOX_REDIRECT_PORT),
             extra_auth_params: vec![("token_access_type".into(), "offline".into())],
         }
+    }
+
+    /// Atlassian Cloud (Confluence or Jira) with these scopes: the code grant with the
+    /// `api.atlassian.com` audience and `prompt=consent` Atlassian asks for; no device
+    /// grant and no revocation endpoint (`logout` forgets the tokens).
+    fn atlassian(client_id: String, client_secret: Option<String>, scopes: &[&str]) -> Self {
+        OAuthClientConfig {
+            client_id,
+            client_secret: client_secret.map(Secret::new),
+            auth_url: ATLASSIAN_AUTH_URL.into(),
+            token_url: ATLASSIAN_TOKEN_URL.into(),
+            revoke_url: None,
+            revoke_with_bearer: false,
+            device_auth_url: None,
+            scopes: scopes.iter().map(|s| s.to_string()).collect(),
+            redirect_port: None,
+            extra_auth_params: vec![
+                ("audience".into(), "api.atlassian.com".into()),
+                ("prompt".into(), "consent".into()),
+            ],
+        }
+    }
+
+    /// Confluence Cloud through OAuth 2.0 (3LO).
+    pub fn confluence(client_id: impl Into<String>, client_secret: Option<String>) -> Self {
+        Self::atlassian(client_id.into(), client_secret, &CONFLUENCE_SCOPES)
+    }
+
+    /// Jira Cloud through OAuth 2.0 (3LO).
+    pub fn jira(client_id: impl Into<String>, client_secret: Option<String>) -> Self {
+        Self::atlassian(client_id.into(), client_secret, &JIRA_SCOPES)
     }
 
     /// The `oauth2` client for these endpoints.

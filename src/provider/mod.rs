@@ -4,6 +4,7 @@
 //! with a trailing slash except the root "/"). They know nothing about FUSE, inodes, caching
 //! or the write-back queue; that is the filesystem layer's business.
 
+pub mod atlassian;
 pub mod dropbox;
 pub mod gdrive;
 pub mod imap;

@@ -104,6 +104,18 @@ pub const KINDS: &[ProviderKind] = &[
         build: build_dropbox,
     },
     ProviderKind {
+        kind: "confluence",
+        aliases: &[],
+        oauth: OAuthUse::BySettings(confluence_oauth),
+        build: build_confluence,
+    },
+    ProviderKind {
+        kind: "jira",
+        aliases: &[],
+        oauth: OAuthUse::BySettings(jira_oauth),
+        build: build_jira,
+    },
+    ProviderKind {
         kind: "imap",
         aliases: &[],
         oauth: OAuthUse::BySettings(super::imap::oauth_defaults),
@@ -168,6 +180,31 @@ fn build_imap(s: &Setup<'_>) -> Result<Arc<dyn Provider>, SetupError> {
         Some(s.state_dir.join("imap")),
         s.tokens.clone(),
     )?))
+}
+
+/// Atlassian connections sign in with an API token unless `auth = "oauth"`.
+fn atlassian_oauth(settings: &toml::Table) -> bool {
+    settings.get("auth").and_then(|v| v.as_str()) == Some("oauth")
+}
+
+fn confluence_oauth(settings: &toml::Table) -> Option<OAuthDefaults> {
+    atlassian_oauth(settings).then_some(OAuthClientConfig::confluence as OAuthDefaults)
+}
+
+fn jira_oauth(settings: &toml::Table) -> Option<OAuthDefaults> {
+    atlassian_oauth(settings).then_some(OAuthClientConfig::jira as OAuthDefaults)
+}
+
+fn build_confluence(s: &Setup<'_>) -> Result<Arc<dyn Provider>, SetupError> {
+    use super::atlassian::confluence::{ConfluenceConfig, ConfluenceProvider};
+    let cfg = ConfluenceConfig::from_settings(&s.settings)?;
+    Ok(Arc::new(ConfluenceProvider::new(cfg, s.tokens.clone())?))
+}
+
+fn build_jira(s: &Setup<'_>) -> Result<Arc<dyn Provider>, SetupError> {
+    use super::atlassian::jira::{JiraConfig, JiraProvider};
+    let cfg = JiraConfig::from_settings(&s.settings)?;
+    Ok(Arc::new(JiraProvider::new(cfg, s.tokens.clone())?))
 }
 
 /// Why a connection could not be turned into a provider.

@@ -16,7 +16,9 @@
 //!   header, offset with a total);
 //! - `drive_set`: several drives of one account side by side under one connection, with
 //!   the folders above them kept fixed;
-//! - `upload_session`: the loop through a resumable upload session (resume, restart).
+//! - `upload_session`: the loop through a resumable upload session (resume, restart);
+//! - `relist`: a change feed for services without one (look again at the folders the
+//!   mount has listed, report the differences).
 
 pub mod auth;
 pub mod client;
@@ -26,5 +28,6 @@ pub mod idcache;
 pub mod names;
 pub mod paging;
 pub mod ranged;
+pub mod relist;
 pub mod retry;
 pub mod upload_session;

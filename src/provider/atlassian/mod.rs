@@ -1,0 +1,739 @@
+//! Atlassian Cloud as read-only folders (issue 13): Confluence spaces and pages
+//! ([`confluence`]) and Jira issue attachments ([`jira`]). What both share is here: the
+//! site and how to sign in, the API client (one per connection, on the provider kit), and
+//! how Atlassian reports errors and rate limits.
+//!
+//! Signing in (reference: `shared/reference/readonly-sources.md` §2.2):
+//! - **API token** (the default for a desktop mount): HTTP Basic with the account's email
+//!   and a token from a 0600 file or a command, sent to the site
+//!   (`https://<site>.atlassian.net`). A *scoped* API token only works through the API
+//!   gateway: set `cloud_id`, and requests go to
+//!   `https://api.atlassian.com/ex/{confluence|jira}/{cloudId}`.
+//! - **OAuth 2.0 (3LO)**, `auth = "oauth"`: `cloudmount login` through Atlassian's
+//!   authorization server (rotating refresh tokens, kept in the token vault); requests go
+//!   through the gateway, the cloud id found with `GET /oauth/token/accessible-resources`
+//!   (the resource whose `url` is the site) unless `cloud_id` is set.
+//!
+//! Every base URL can be set (`api_base`, `gateway_url`), which is how the tests point a
+//! connection at the emulator.
+
+pub mod adf;
+pub mod confluence;
+pub mod jira;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use reqwest::header::HeaderMap;
+use reqwest::StatusCode;
+use serde::Deserialize;
+use serde_json::Value;
+use tokio::sync::OnceCell;
+
+use super::kit::auth::{Authenticator, Credential, FixedAuth, OAuthBearer};
+use super::kit::client::{ApiClient, Call, HttpSettings};
+use super::kit::errors::{classify_status, ErrorDetail, ServiceErrors};
+use super::kit::retry::{cloud_api, retry_after, Idempotency, RetryPolicy};
+use super::{ProviderError, ProviderResult};
+use crate::accounts::BearerTokens;
+use crate::secrets::{read_secret_file, run_secret_command, Secret};
+
+/// The Atlassian API gateway (OAuth and scoped API tokens).
+pub const GATEWAY: &str = "https://api.atlassian.com";
+
+/// Which product a connection reads: its part of the gateway's path and its API's path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Product {
+    Confluence,
+    Jira,
+}
+
+impl Product {
+    fn gateway_segment(self) -> &'static str {
+        match self {
+            Product::Confluence => "confluence",
+            Product::Jira => "jira",
+        }
+    }
+
+    /// The API's path below the site.
+    fn api_path(self) -> &'static str {
+        match self {
+            Product::Confluence => "/wiki/api/v2",
+            Product::Jira => "/rest/api/3",
+        }
+    }
+}
+
+/// How a connection signs in.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AuthKind {
+    /// HTTP Basic with the account email and an API token.
+    #[default]
+    Token,
+    /// OAuth 2.0 (3LO) bearer tokens from `cloudmount login`.
+    Oauth,
+}
+
+/// The settings both products share (the `[connection.settings]` keys).
+#[derive(Debug, Clone, Deserialize)]
+pub struct SiteConfig {
+    /// The site, `https://<name>.atlassian.net`.
+    pub site: String,
+    #[serde(default)]
+    pub auth: AuthKind,
+    /// The account's email (API-token sign-in).
+    #[serde(default)]
+    pub email: Option<String>,
+    /// A file only its owner may read, holding the API token.
+    #[serde(default)]
+    pub token_file: Option<PathBuf>,
+    /// A command printing the API token (`pass show atlassian`), when there is no file.
+    #[serde(default)]
+    pub token_command: Option<String>,
+    /// The site's cloud id: requests go through the API gateway (scoped API tokens; OAuth
+    /// finds it by itself when unset).
+    #[serde(default)]
+    pub cloud_id: Option<String>,
+    #[serde(default = "default_gateway")]
+    pub gateway_url: String,
+    /// The API base itself (`…/wiki/api/v2`, `…/rest/api/3`), overriding all the above.
+    #[serde(default)]
+    pub api_base: Option<String>,
+    #[serde(default = "default_rps")]
+    pub max_requests_per_second: f64,
+    #[serde(default = "cloud_api::max_retries")]
+    pub max_retries: u32,
+    #[serde(default = "cloud_api::retry_base_ms")]
+    pub retry_base_delay_ms: u64,
+    #[serde(default = "cloud_api::retry_budget_secs")]
+    pub retry_budget_secs: u64,
+    #[serde(default = "cloud_api::timeout_secs")]
+    pub timeout_secs: u64,
+}
+
+/// The keys of [`SiteConfig`], for the check against misspelt settings.
+pub const SITE_KEYS: &[&str] = &[
+    "site",
+    "auth",
+    "email",
+    "token_file",
+    "token_command",
+    "cloud_id",
+    "gateway_url",
+    "api_base",
+    "max_requests_per_second",
+    "max_retries",
+    "retry_base_delay_ms",
+    "retry_budget_secs",
+    "timeout_secs",
+];
+
+fn default_gateway() -> String {
+    GATEWAY.into()
+}
+
+/// Atlassian's burst limits allow more, but a mount has no hurry: ten a second keeps a
+/// full walk of a big space from drawing 429s for everybody else on the account.
+fn default_rps() -> f64 {
+    10.0
+}
+
+/// Refuses keys neither the site settings nor the product's own (`own`) know: a misspelt
+/// `spaces` would otherwise mount every space without a word.
+pub fn check_keys(settings: &toml::Table, own: &[&str]) -> Result<(), String> {
+    let unknown: Vec<&str> = settings
+        .keys()
+        .map(String::as_str)
+        .filter(|k| !SITE_KEYS.contains(k) && !own.contains(k))
+        .collect();
+    if unknown.is_empty() {
+        Ok(())
+    } else {
+        Err(format!("unknown setting(s): {}", unknown.join(", ")))
+    }
+}
+
+/// A `/` in a title shown as `∕` (U+2215), control characters dropped, `.` and `..` and
+/// empty titles never names: what a title becomes as a name (before making it unique).
+pub fn title_to_name(title: &str) -> String {
+    let name: String = title
+        .chars()
+        .filter(|c| !c.is_control())
+        .map(|c| if c == '/' { '∕' } else { c })
+        .collect();
+    let name = name.trim().to_owned();
+    match name.as_str() {
+        "" => "Untitled".into(),
+        "." | ".." => name.replace('.', "․"),
+        _ => name,
+    }
+}
+
+/// `stem` cut (at a character boundary) so that `stem + suffix` fits in 255 bytes.
+pub fn fit_name(stem: &str, suffix: &str) -> String {
+    let room = 255usize.saturating_sub(suffix.len());
+    let mut end = stem.len().min(room);
+    while !stem.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}{suffix}", stem[..end].trim_end())
+}
+
+/// Unique names for siblings, in their order: the first of a group of equal names keeps
+/// it, the others get ` [<id>]` before `ext`. `reserved` names are never given plainly.
+pub fn unique_names(items: &[(String, String, &str)], reserved: &[&str]) -> Vec<String> {
+    let mut taken: std::collections::BTreeSet<String> =
+        reserved.iter().map(|s| s.to_string()).collect();
+    let mut out = Vec::with_capacity(items.len());
+    for (id, stem, ext) in items {
+        let plain = fit_name(stem, ext);
+        let name = if taken.contains(&plain) {
+            fit_name(stem, &format!(" [{id}]{ext}"))
+        } else {
+            plain
+        };
+        taken.insert(name.clone());
+        out.push(name);
+    }
+    out
+}
+
+/// An RFC 3339 / ISO 8601 instant as Confluence (`2026-12-01T10:15:30.123Z`) and Jira
+/// (`2026-12-01T10:15:30.123+0000`) write them.
+pub fn parse_instant(s: &str) -> Option<SystemTime> {
+    let t = chrono::DateTime::parse_from_rfc3339(s)
+        .or_else(|_| chrono::DateTime::parse_from_str(s, "%Y-%m-%dT%H:%M:%S%.f%z"))
+        .ok()?;
+    let ms = t.timestamp_millis();
+    Some(if ms >= 0 {
+        SystemTime::UNIX_EPOCH + Duration::from_millis(ms as u64)
+    } else {
+        SystemTime::UNIX_EPOCH
+    })
+}
+
+/// How far below the watermark a change query looks again: clock skew, items saved in the
+/// same second as the last one seen, and Jira's minute precision.
+pub const OVERLAP: Duration = Duration::from_secs(120);
+
+/// One item a change query returned.
+pub struct Modified {
+    pub id: String,
+    /// What changes with every change of the item (a page's version number, an issue's
+    /// `updated` in milliseconds).
+    pub stamp: u64,
+    /// When it was modified, milliseconds since the epoch.
+    pub at_ms: u64,
+    /// What it belongs to (its space or project id): the part of the tree to look at again.
+    pub group: String,
+}
+
+/// Where a change feed left off: the newest modification seen, what was seen within the
+/// overlap below it (so that looking again there reports nothing twice), and when every
+/// listed folder was last looked at again. The change cursor, as JSON.
+#[derive(Debug, Clone, Default, serde::Serialize, Deserialize)]
+pub struct Watermark {
+    pub since_ms: u64,
+    pub seen: std::collections::BTreeMap<String, u64>,
+    /// Seconds since the epoch.
+    pub walked: u64,
+}
+
+/// What a change query means: the groups with news, and whether a full walk is due.
+pub struct Advance {
+    pub next: Watermark,
+    pub changed: std::collections::BTreeSet<String>,
+    pub walk: bool,
+}
+
+impl Watermark {
+    /// A cursor at the newest of `recent`, with what is within the overlap already seen.
+    pub fn start(recent: &[Modified], now_secs: u64) -> Watermark {
+        let since_ms = recent.iter().map(|m| m.at_ms).max().unwrap_or(0);
+        let mut w = Watermark {
+            since_ms,
+            seen: Default::default(),
+            walked: now_secs,
+        };
+        w.remember(recent);
+        w
+    }
+
+    /// The lowest modification time a change query must return.
+    pub fn floor(&self) -> u64 {
+        self.since_ms.saturating_sub(OVERLAP.as_millis() as u64)
+    }
+
+    fn remember(&mut self, recent: &[Modified]) {
+        let floor = self.floor();
+        self.seen = recent
+            .iter()
+            .filter(|m| m.at_ms >= floor)
+            .map(|m| (m.id.clone(), m.stamp))
+            .collect();
+    }
+
+    /// What in `recent` this watermark has not seen.
+    pub fn news<'a>(&'a self, recent: &'a [Modified]) -> impl Iterator<Item = &'a Modified> {
+        recent
+            .iter()
+            .filter(|m| self.seen.get(&m.id) != Some(&m.stamp))
+    }
+
+    /// Reads what a change query from [`Watermark::floor`] returned. An item that moved
+    /// between groups changes both: `homes` says where each item was last listed.
+    pub fn advance(
+        &self,
+        recent: &[Modified],
+        homes: &std::collections::HashMap<String, String>,
+        now_secs: u64,
+        walk_every: u64,
+    ) -> Advance {
+        let changed = self
+            .news(recent)
+            .flat_map(|m| std::iter::once(m.group.clone()).chain(homes.get(&m.id).cloned()))
+            .collect();
+        let mut next = Watermark {
+            since_ms: recent
+                .iter()
+                .map(|m| m.at_ms)
+                .max()
+                .unwrap_or(0)
+                .max(self.since_ms),
+            seen: Default::default(),
+            walked: self.walked,
+        };
+        next.remember(recent);
+        let walk = now_secs.saturating_sub(self.walked) >= walk_every;
+        if walk {
+            next.walked = now_secs;
+        }
+        Advance {
+            next,
+            changed,
+            walk,
+        }
+    }
+}
+
+/// Seconds since the epoch, now.
+pub fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// Milliseconds since the epoch of `t` (0 before it).
+pub fn millis(t: SystemTime) -> u64 {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// What to look at again after a change query: `None` when nothing; `Err` when there is
+/// news but nothing has been listed since this process started (the changes are from
+/// before, and which folders they touch is unknown: every listing is fetched again).
+pub fn folders_to_relist(
+    advance: &Advance,
+    served: &super::kit::relist::Served,
+    product: &str,
+) -> ProviderResult<Option<bool>> {
+    if advance.changed.is_empty() && !advance.walk {
+        return Ok(None);
+    }
+    if served.is_empty() {
+        if advance.changed.is_empty() {
+            return Ok(None);
+        }
+        return Err(ProviderError::PreconditionFailed(format!(
+            "{product} changed while the mount was not watching"
+        )));
+    }
+    Ok(Some(advance.walk))
+}
+
+/// How Atlassian reports failures. Jira: `{"errorMessages":[…],"errors":{field: msg}}`;
+/// Confluence v2: `{"errors":[{"status","code","title","detail"}]}`; the gateway and
+/// Confluence v1: `{"code":401,"message":"…"}` or `{"statusCode":…,"message":…}`.
+/// Rate limits: 429 (and some 503s) with `Retry-After` in seconds, or only
+/// `X-RateLimit-Reset` (an ISO 8601 instant), and Jira's `RateLimit-Reason`
+/// (developer.atlassian.com/cloud/jira/platform/rate-limiting).
+pub struct AtlassianErrors;
+
+impl ServiceErrors for AtlassianErrors {
+    fn detail(&self, body: &[u8]) -> ErrorDetail {
+        let Ok(v) = serde_json::from_slice::<Value>(body) else {
+            return ErrorDetail::plain(body);
+        };
+        let mut messages: Vec<String> = Vec::new();
+        let mut code = None;
+        if let Some(list) = v.get("errorMessages").and_then(Value::as_array) {
+            messages.extend(list.iter().filter_map(Value::as_str).map(str::to_owned));
+        }
+        match v.get("errors") {
+            Some(Value::Object(fields)) => messages.extend(
+                fields
+                    .iter()
+                    .filter_map(|(k, m)| m.as_str().map(|m| format!("{k}: {m}"))),
+            ),
+            Some(Value::Array(list)) => {
+                for e in list {
+                    let text = [e.get("title"), e.get("detail")]
+                        .into_iter()
+                        .flatten()
+                        .filter_map(Value::as_str)
+                        .collect::<Vec<_>>()
+                        .join(": ");
+                    if !text.is_empty() {
+                        messages.push(text);
+                    }
+                    if code.is_none() {
+                        code = e.get("code").and_then(Value::as_str).map(str::to_owned);
+                    }
+                }
+            }
+            _ => {}
+        }
+        if let Some(m) = v.get("message").and_then(Value::as_str) {
+            messages.push(m.to_owned());
+        }
+        ErrorDetail {
+            message: (!messages.is_empty()).then(|| messages.join("; ")),
+            code,
+            retry_after: None,
+        }
+    }
+
+    fn classify(
+        &self,
+        status: StatusCode,
+        headers: &HeaderMap,
+        detail: &ErrorDetail,
+        what: &str,
+    ) -> ProviderError {
+        let mut message = detail.describe(what, status);
+        if let Some(reason) = headers
+            .get("RateLimit-Reason")
+            .and_then(|v| v.to_str().ok())
+        {
+            message.push_str(&format!(" [{reason}]"));
+        }
+        let wait = retry_after(headers).or_else(|| reset_in(headers, SystemTime::now()));
+        match status.as_u16() {
+            // A removed API (Jira's old /search): asking again cannot help.
+            410 => ProviderError::Unsupported(message),
+            _ => classify_status(status, wait, message),
+        }
+    }
+}
+
+/// How long until `X-RateLimit-Reset` (an ISO 8601 instant), for a 429 without
+/// `Retry-After`.
+fn reset_in(headers: &HeaderMap, now: SystemTime) -> Option<Duration> {
+    let at = headers
+        .get("X-RateLimit-Reset")
+        .and_then(|v| v.to_str().ok())
+        .and_then(parse_instant)?;
+    Some(at.duration_since(now).unwrap_or(Duration::ZERO))
+}
+
+/// One connection's way to the site: the API client, and where its API is (found on first
+/// use when OAuth has to look the cloud id up).
+pub struct Site {
+    pub api: Arc<ApiClient>,
+    cfg: SiteConfig,
+    product: Product,
+    base: OnceCell<String>,
+}
+
+impl Site {
+    /// The API client for `cfg`; `tokens` for OAuth connections. The API token is read
+    /// here, once: from its file (which must be private to its owner) or its command.
+    pub fn new(
+        cfg: SiteConfig,
+        product: Product,
+        tokens: Option<Arc<dyn BearerTokens>>,
+    ) -> Result<Site, String> {
+        reqwest::Url::parse(&cfg.site).map_err(|e| format!("bad site URL {:?}: {e}", cfg.site))?;
+        for u in [Some(&cfg.gateway_url), cfg.api_base.as_ref()]
+            .into_iter()
+            .flatten()
+        {
+            reqwest::Url::parse(u).map_err(|e| format!("bad URL {u:?}: {e}"))?;
+        }
+        let auth: Arc<dyn Authenticator> = match cfg.auth {
+            AuthKind::Token => {
+                let email = cfg
+                    .email
+                    .clone()
+                    .ok_or("API-token sign-in needs `email` (the Atlassian account's)")?;
+                let token = match (&cfg.token_file, &cfg.token_command) {
+                    (Some(f), _) => read_secret_file(f).map_err(|e| e.to_string())?,
+                    (None, Some(c)) => run_secret_command(c).map_err(|e| e.to_string())?,
+                    (None, None) => {
+                        return Err("API-token sign-in needs `token_file` or `token_command` \
+                                    (or auth = \"oauth\")"
+                            .into())
+                    }
+                };
+                Arc::new(FixedAuth(Credential::Basic {
+                    user: email,
+                    password: Some(Secret::new(token.expose())),
+                }))
+            }
+            AuthKind::Oauth => Arc::new(OAuthBearer(
+                tokens.ok_or("auth = \"oauth\" needs `cloudmount login` for this connection")?,
+            )),
+        };
+        let http = HttpSettings::new(Duration::from_secs(cfg.timeout_secs)).build()?;
+        let retry = RetryPolicy::from_settings(
+            cfg.max_retries,
+            cfg.retry_base_delay_ms,
+            cfg.retry_budget_secs,
+            Duration::from_secs(300),
+        );
+        let api = Arc::new(ApiClient::new(
+            http,
+            auth,
+            Arc::new(AtlassianErrors),
+            retry,
+            cfg.max_requests_per_second,
+        ));
+        Ok(Site {
+            api,
+            cfg,
+            product,
+            base: OnceCell::new(),
+        })
+    }
+
+    pub fn config(&self) -> &SiteConfig {
+        &self.cfg
+    }
+
+    /// The site URL without a trailing slash.
+    pub fn site_url(&self) -> &str {
+        self.cfg.site.trim_end_matches('/')
+    }
+
+    /// The API base (`…/wiki/api/v2` or `…/rest/api/3`).
+    pub async fn base(&self) -> ProviderResult<&str> {
+        self.base
+            .get_or_try_init(|| async {
+                if let Some(b) = &self.cfg.api_base {
+                    return Ok(b.trim_end_matches('/').to_owned());
+                }
+                let path = self.product.api_path();
+                let cloud_id = match (&self.cfg.cloud_id, self.cfg.auth) {
+                    (Some(id), _) => id.clone(),
+                    (None, AuthKind::Token) => return Ok(format!("{}{path}", self.site_url())),
+                    (None, AuthKind::Oauth) => self.find_cloud_id().await?,
+                };
+                Ok(format!(
+                    "{}/ex/{}/{cloud_id}{path}",
+                    self.cfg.gateway_url.trim_end_matches('/'),
+                    self.product.gateway_segment()
+                ))
+            })
+            .await
+            .map(String::as_str)
+    }
+
+    /// The cloud id of the site among those the OAuth grant reaches.
+    async fn find_cloud_id(&self) -> ProviderResult<String> {
+        #[derive(Deserialize)]
+        struct Resource {
+            id: String,
+            url: String,
+        }
+        let url = format!(
+            "{}/oauth/token/accessible-resources",
+            self.cfg.gateway_url.trim_end_matches('/')
+        );
+        let resources: Vec<Resource> = self
+            .api
+            .json(Call::new("accessible-resources"), || {
+                let r = self.api.http().get(&url).build();
+                async move { r.map_err(|e| ProviderError::Protocol(e.to_string())) }
+            })
+            .await?;
+        let site = self.site_url().to_ascii_lowercase();
+        resources
+            .iter()
+            .find(|r| r.url.trim_end_matches('/').to_ascii_lowercase() == site)
+            .map(|r| r.id.clone())
+            .ok_or_else(|| {
+                let known: Vec<&str> = resources.iter().map(|r| r.url.as_str()).collect();
+                ProviderError::PermissionDenied(format!(
+                    "the OAuth grant does not reach {}; it reaches: {}",
+                    self.site_url(),
+                    if known.is_empty() {
+                        "no site".to_owned()
+                    } else {
+                        known.join(", ")
+                    }
+                ))
+            })
+    }
+
+    /// GET `url` (with `query`) and decode the JSON reply. Reads are idempotent: a reply
+    /// cut short is asked for again.
+    pub async fn get_json<T: serde::de::DeserializeOwned>(
+        &self,
+        what: &str,
+        url: &str,
+        query: &[(&str, String)],
+    ) -> ProviderResult<T> {
+        self.api
+            .json(Call::new(what).idempotency(Idempotency::Idempotent), || {
+                let r = self.api.http().get(url).query(query).build();
+                async move { r.map_err(|e| ProviderError::Protocol(e.to_string())) }
+            })
+            .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use reqwest::header::HeaderValue;
+
+    #[test]
+    fn error_bodies_of_both_products_read() {
+        let e = AtlassianErrors;
+        let jira = e.detail(
+            br#"{"errorMessages":["Issue does not exist or you do not have permission to see it."],"errors":{}}"#,
+        );
+        assert_eq!(
+            jira.message.as_deref(),
+            Some("Issue does not exist or you do not have permission to see it.")
+        );
+        let jira_field = e.detail(br#"{"errorMessages":[],"errors":{"jql":"bad"}}"#);
+        assert_eq!(jira_field.message.as_deref(), Some("jql: bad"));
+        let conf = e.detail(
+            br#"{"errors":[{"status":404,"code":"NOT_FOUND","title":"Not Found","detail":null}]}"#,
+        );
+        assert_eq!(conf.message.as_deref(), Some("Not Found"));
+        assert_eq!(conf.code.as_deref(), Some("NOT_FOUND"));
+        let gw = e.detail(br#"{"code":401,"message":"Unauthorized"}"#);
+        assert_eq!(gw.message.as_deref(), Some("Unauthorized"));
+        assert_eq!(
+            e.detail(b"Bad gateway").message.as_deref(),
+            Some("Bad gateway")
+        );
+    }
+
+    #[test]
+    fn rate_limits_wait_for_retry_after_or_the_reset_instant() {
+        let e = AtlassianErrors;
+        let mut h = HeaderMap::new();
+        h.insert("Retry-After", HeaderValue::from_static("7"));
+        h.insert(
+            "RateLimit-Reason",
+            HeaderValue::from_static("jira-burst-based"),
+        );
+        assert_eq!(
+            e.classify(
+                StatusCode::TOO_MANY_REQUESTS,
+                &h,
+                &ErrorDetail::default(),
+                "search"
+            ),
+            ProviderError::RateLimited {
+                retry_after: Some(Duration::from_secs(7))
+            }
+        );
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        let mut reset = HeaderMap::new();
+        reset.insert(
+            "X-RateLimit-Reset",
+            HeaderValue::from_static("2027-01-15T08:00:05Z"),
+        );
+        assert_eq!(
+            reset_in(&reset, now),
+            Some(Duration::from_secs(5)),
+            "2027-01-15T08:00:00Z is 1,800,000,000"
+        );
+        assert!(matches!(
+            e.classify(
+                StatusCode::GONE,
+                &HeaderMap::new(),
+                &ErrorDetail::default(),
+                "search"
+            ),
+            ProviderError::Unsupported(_)
+        ));
+        assert!(matches!(
+            e.classify(
+                StatusCode::NOT_FOUND,
+                &HeaderMap::new(),
+                &ErrorDetail::default(),
+                "page"
+            ),
+            ProviderError::NotFound(_)
+        ));
+    }
+
+    #[test]
+    fn titles_become_names() {
+        assert_eq!(title_to_name("a/b"), "a∕b");
+        assert_eq!(title_to_name(" x\u{7}y "), "xy");
+        assert_eq!(title_to_name(""), "Untitled");
+        assert_eq!(title_to_name(".."), "․․");
+        let long = "é".repeat(200);
+        let fitted = fit_name(&long, ".md");
+        assert!(fitted.len() <= 255 && fitted.ends_with(".md"));
+    }
+
+    fn modified(id: &str, stamp: u64, at_ms: u64, group: &str) -> Modified {
+        Modified {
+            id: id.into(),
+            stamp,
+            at_ms,
+            group: group.into(),
+        }
+    }
+
+    #[test]
+    fn the_watermark_reports_each_change_once_and_walks_when_due() {
+        let homes = std::collections::HashMap::from([("3".to_owned(), "C".to_owned())]);
+        let w = Watermark::start(&[modified("1", 3, 1_000_000, "A")], 50);
+        assert_eq!(w.since_ms, 1_000_000);
+        // The same page again within the overlap: no news.
+        let a = w.advance(&[modified("1", 3, 1_000_000, "A")], &homes, 60, 600);
+        assert!(a.changed.is_empty() && !a.walk);
+        // A new version of it, and another page in another space.
+        let a = a.next.advance(
+            &[
+                modified("1", 4, 1_050_000, "A"),
+                modified("2", 1, 1_060_000, "B"),
+            ],
+            &homes,
+            70,
+            600,
+        );
+        assert_eq!(a.changed.iter().collect::<Vec<_>>(), ["A", "B"]);
+        assert_eq!(a.next.since_ms, 1_060_000);
+        // Item 3 was listed in C and is in B now: both changed.
+        let a = a
+            .next
+            .advance(&[modified("3", 1, 1_070_000, "B")], &homes, 80, 600);
+        assert_eq!(a.changed.iter().collect::<Vec<_>>(), ["B", "C"]);
+        let a = a.next.advance(&[], &homes, 700, 600);
+        assert!(a.changed.is_empty() && a.walk);
+        assert_eq!(a.next.walked, 700);
+        assert_eq!(a.next.since_ms, 1_070_000, "nothing new keeps the mark");
+    }
+
+    #[test]
+    fn instants_of_both_products_parse() {
+        let a = parse_instant("2026-12-01T10:15:30.123Z").unwrap();
+        let b = parse_instant("2026-12-01T10:15:30.123+0000").unwrap();
+        assert_eq!(a, b);
+        assert!(parse_instant("yesterday").is_none());
+    }
+}
