@@ -374,12 +374,19 @@ async fn the_change_feed_follows_edits_moves_trash_and_new_pages() {
         String::from_utf8(read(&p, "/ENG Eng/Home/Alpha renamed.md").await).unwrap(),
         "# Alpha renamed\n\nalpha v2\n"
     );
-    // Reported once.
+    // Reported once: the next look sees the same items again in its overlap, knows
+    // them, and lists nothing again (one request, nothing more).
+    let before = emu.requests().len();
     let again = p.changes_since(&batch.cursor).await.unwrap();
     assert!(
         again.changes.is_empty(),
         "{:?}",
         changed_paths(&again.changes)
+    );
+    assert_eq!(
+        emu.requests().len() - before,
+        1,
+        "a quiet look is one request"
     );
 
     emu.advance_clock(Duration::from_secs(5));
@@ -505,7 +512,8 @@ async fn a_wrong_token_is_an_authentication_error() {
 async fn oauth_finds_the_cloud_id_and_renews_an_expired_token() {
     let (emu, dir) = start();
     let space = emu.add_space("ENG", "Eng");
-    emu.add_page(&space, None, "Home", paragraph("through the gateway"));
+    let home = emu.add_page(&space, None, "Home", paragraph("through the gateway"));
+    let board = emu.add_content(&space, Some(&home), "whiteboard", "Board");
     let (_vault, tokens) = logged_in(&emu, dir.path(), "confluence");
     let p = confluence(&oauth_settings(&emu, ""), Some(tokens));
     assert_eq!(names(&p, "/").await, ["ENG Eng"]);
@@ -513,6 +521,14 @@ async fn oauth_finds_the_cloud_id_and_renews_an_expired_token() {
     assert_eq!(
         read(&p, "/ENG Eng/Home.md").await,
         b"# Home\n\nthrough the gateway\n"
+    );
+    // Links for people point at the site, not at the API gateway.
+    assert_eq!(
+        String::from_utf8(read(&p, "/ENG Eng/Home/Board.url").await).unwrap(),
+        format!(
+            "[InternetShortcut]\nURL={}/wiki/spaces/ENG/whiteboard/{board}\n",
+            emu.site_url()
+        )
     );
     let reqs = emu.requests();
     let cloud = emu.cloud_id();

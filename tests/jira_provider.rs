@@ -215,11 +215,19 @@ async fn the_change_feed_follows_attachments_summaries_moves_and_deletions() {
             format!("-/PROJ Proj/{k2} Second"),
         ])
     );
+    // Reported once: the next look sees the same items again in its overlap, knows
+    // them, and lists nothing again (one request, nothing more).
+    let before = emu.requests().len();
     let again = p.changes_since(&batch.cursor).await.unwrap();
     assert!(
         again.changes.is_empty(),
         "{:?}",
         changed_paths(&again.changes)
+    );
+    assert_eq!(
+        emu.requests().len() - before,
+        1,
+        "a quiet look is one request"
     );
 
     emu.advance_clock(Duration::from_secs(61));

@@ -334,10 +334,13 @@ mod tests {
         assert!(uses("gdrive", "") && uses("onedrive", "") && uses("dropbox", ""));
         assert!(!uses("nextcloud", "") && !uses("local", ""));
         assert!(!uses("imap", "user = \"u\"") && uses("imap", "auth = \"xoauth2\""));
+        for kind in ["confluence", "jira"] {
+            assert!(!uses(kind, "site = \"https://x\"") && uses(kind, "auth = \"oauth\""));
+        }
         let names = known_kinds();
         assert_eq!(
             names,
-            "local, webdav, owncloud, nextcloud, gdrive, onedrive, sharepoint, dropbox, imap"
+            "local, webdav, owncloud, nextcloud, gdrive, onedrive, sharepoint, dropbox, confluence, jira, imap"
         );
     }
 
@@ -350,7 +353,7 @@ mod tests {
         assert!(matches!(err, RegistryError::UnknownType { .. }), "{err}");
         assert_eq!(
             err.to_string(),
-            "connection \"x\": unknown type \"ftp\" (known: local, webdav, owncloud, nextcloud, gdrive, onedrive, sharepoint, dropbox, imap)"
+            "connection \"x\": unknown type \"ftp\" (known: local, webdav, owncloud, nextcloud, gdrive, onedrive, sharepoint, dropbox, confluence, jira, imap)"
         );
     }
 

@@ -39,7 +39,7 @@ use serde_json::Value;
 
 use super::adf::{self, RenderContext};
 use super::{
-    check_keys, fit_name, folders_to_relist, millis, now_secs, parse_instant, title_to_name,
+    check_keys, first_free, folders_to_relist, millis, now_secs, parse_instant, title_to_name,
     unique_names, Modified, Product, Site, SiteConfig, Watermark, OVERLAP,
 };
 use crate::accounts::BearerTokens;
@@ -350,7 +350,14 @@ impl ConfluenceProvider {
         })
     }
 
-    /// The wiki base (`…/wiki`): the API base less `/api/v2`; download links are below it.
+    /// The wiki as people open it (`https://<site>/wiki`), for links in pages and `.url`
+    /// files: the API base may be the gateway, which no browser can open.
+    fn site_wiki(&self) -> String {
+        format!("{}/wiki", self.site.site_url())
+    }
+
+    /// The wiki base of the API (`…/wiki`): the API base less `/api/v2`; the download
+    /// route is below it.
     async fn wiki(&self) -> ProviderResult<String> {
         let base = self.site.base().await?;
         Ok(base.strip_suffix("/api/v2").unwrap_or(base).to_owned())
@@ -597,7 +604,7 @@ impl ConfluenceProvider {
                 }
             }
         }
-        let wiki = self.wiki().await?;
+        let wiki = self.site_wiki();
         let ctx = RenderContext {
             attachments: &links,
             base_url: &wiki,
@@ -680,7 +687,7 @@ impl ConfluenceProvider {
         reserved: &[&str],
     ) -> ProviderResult<Vec<Item>> {
         let pages = self.pages(space).await?;
-        let wiki = self.wiki().await?;
+        let wiki = self.site_wiki();
         let names = sibling_names(&children, reserved);
         let mut items = Vec::new();
         for (child, name) in children.into_iter().zip(names) {
@@ -974,10 +981,12 @@ impl ConfluenceProvider {
             let query = vec![
                 ("space-id", ids.join(",")),
                 ("sort", "-modified-date".to_owned()),
-                ("status", "current,trashed".to_owned()),
+                // Trashed and archived pages leave the mount: their change is news too.
+                ("status", "current,trashed,archived".to_owned()),
                 ("limit", self.cfg.page_size.to_string()),
             ];
             let mut cursor: Option<String> = None;
+            let mut cursors_seen = BTreeSet::new();
             'pages: loop {
                 let mut q = query.clone();
                 if let Some(c) = cursor.take() {
@@ -1010,7 +1019,15 @@ impl ConfluenceProvider {
                 match paging::next_from_link_header(&reply.headers, &request_url)?
                     .or(page.links.and_then(|l| l.next))
                 {
-                    Some(n) => cursor = Some(cursor_of(&n, what)?),
+                    Some(n) => {
+                        let c = cursor_of(&n, what)?;
+                        if !cursors_seen.insert(c.clone()) {
+                            return Err(ProviderError::Protocol(format!(
+                                "{what}: the server sent the same cursor twice"
+                            )));
+                        }
+                        cursor = Some(c);
+                    }
                     None => break,
                 }
             }
@@ -1042,12 +1059,9 @@ fn sibling_names(children: &[Child], reserved: &[&str]) -> Vec<String> {
                 vec![name.to_owned()]
             }
         };
-        let plain = fit_name(&stem, ext);
-        let name = if occupies(&plain).iter().any(|n| taken.contains(n)) {
-            fit_name(&stem, &format!(" [{}]{ext}", c.id()))
-        } else {
-            plain
-        };
+        let name = first_free(&stem, c.id(), ext, |n| {
+            occupies(n).iter().any(|o| taken.contains(o))
+        });
         taken.extend(occupies(&name));
         out.push(if also_md {
             name.strip_suffix(ext).unwrap_or(&name).to_owned()
@@ -1246,7 +1260,15 @@ impl Provider for ConfluenceProvider {
             self.cfg.full_walk_secs,
         );
         let cursor = serde_json::to_string(&advance.next).expect("a cursor serializes");
-        let Some(walk) = folders_to_relist(&advance, &self.served, "Confluence")? else {
+        let walk = match folders_to_relist(&advance, &self.served, "Confluence") {
+            Ok(w) => w,
+            Err(e) => {
+                // Every listing is fetched again: from Confluence, not from here.
+                self.forget(&[], true);
+                return Err(e);
+            }
+        };
+        let Some(walk) = walk else {
             return Ok(ChangeBatch {
                 changes: vec![],
                 cursor,
@@ -1276,13 +1298,25 @@ impl Provider for ConfluenceProvider {
     }
 }
 
+/// What changes with every change of a page: its version, and its status (trashing or
+/// archiving need not make a version).
+fn stamp(p: &PageWire) -> u64 {
+    let status = match p.status.as_str() {
+        "current" => 0,
+        "archived" => 1,
+        "trashed" => 2,
+        _ => 3,
+    };
+    p.version.as_ref().map_or(0, |v| v.number) * 4 + status
+}
+
 /// Pages as the watermark sees them: versions, grouped by space.
 fn modified(pages: &[PageWire]) -> Vec<Modified> {
     pages
         .iter()
         .map(|p| Modified {
             id: p.id.clone(),
-            stamp: p.version.as_ref().map_or(0, |v| v.number),
+            stamp: stamp(p),
             at_ms: page_millis(p),
             group: p.space_id.clone(),
         })

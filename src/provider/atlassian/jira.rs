@@ -292,50 +292,57 @@ impl JiraProvider {
         Ok(list)
     }
 
-    /// Every issue `jql` finds, with `fields`; remembers the server's clock.
-    async fn search(&self, jql: &str, fields: &str) -> ProviderResult<Vec<IssueWire>> {
+    /// One page of what `jql` finds, with `fields`; remembers the server's clock.
+    async fn search_page(
+        &self,
+        jql: &str,
+        fields: &str,
+        max: u32,
+        token: Option<String>,
+    ) -> ProviderResult<Page<IssueWire>> {
         let url = format!("{}/search/jql", self.site.base().await?);
         let what = "search issues";
-        paging::collect_all(what, |token: Option<String>| {
-            let url = url.clone();
-            async move {
-                let mut q: Vec<(&str, String)> = vec![
-                    ("jql", jql.to_owned()),
-                    ("fields", fields.to_owned()),
-                    ("maxResults", SEARCH_PAGE.to_string()),
-                ];
-                if let Some(t) = token {
-                    q.push(("nextPageToken", t));
-                }
-                let reply = self
-                    .site
-                    .api
-                    .send_whole(Call::new(what).idempotency(Idempotency::Idempotent), || {
-                        let r = self.site.api.http().get(&url).query(&q).build();
-                        async move { r.map_err(|e| ProviderError::Protocol(e.to_string())) }
-                    })
-                    .await?;
-                if let Some(date) = reply
-                    .headers
-                    .get(reqwest::header::DATE)
-                    .and_then(|v| v.to_str().ok())
-                    .and_then(crate::provider::kit::retry::parse_http_date)
-                {
-                    *self.server_clock.lock().unwrap() = Some((date, SystemTime::now()));
-                }
-                let page: SearchPage = serde_json::from_slice(&reply.body).map_err(|e| {
-                    ProviderError::Protocol(format!("{what}: unexpected reply: {e}"))
-                })?;
-                let next = if page.is_last == Some(true) {
-                    None
-                } else {
-                    page.next_page_token
-                };
-                Ok(Page {
-                    items: page.issues,
-                    next,
-                })
-            }
+        let mut q: Vec<(&str, String)> = vec![
+            ("jql", jql.to_owned()),
+            ("fields", fields.to_owned()),
+            ("maxResults", max.to_string()),
+        ];
+        if let Some(t) = token {
+            q.push(("nextPageToken", t));
+        }
+        let reply = self
+            .site
+            .api
+            .send_whole(Call::new(what).idempotency(Idempotency::Idempotent), || {
+                let r = self.site.api.http().get(&url).query(&q).build();
+                async move { r.map_err(|e| ProviderError::Protocol(e.to_string())) }
+            })
+            .await?;
+        if let Some(date) = reply
+            .headers
+            .get(reqwest::header::DATE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(crate::provider::kit::retry::parse_http_date)
+        {
+            *self.server_clock.lock().unwrap() = Some((date, SystemTime::now()));
+        }
+        let page: SearchPage = serde_json::from_slice(&reply.body)
+            .map_err(|e| ProviderError::Protocol(format!("{what}: unexpected reply: {e}")))?;
+        let next = if page.is_last == Some(true) {
+            None
+        } else {
+            page.next_page_token
+        };
+        Ok(Page {
+            items: page.issues,
+            next,
+        })
+    }
+
+    /// Every issue `jql` finds, with `fields`.
+    async fn search(&self, jql: &str, fields: &str) -> ProviderResult<Vec<IssueWire>> {
+        paging::collect_all("search issues", |token: Option<String>| {
+            self.search_page(jql, fields, SEARCH_PAGE, token)
         })
         .await
     }
@@ -508,37 +515,50 @@ impl JiraProvider {
     }
 
     /// Issues of the watched projects updated since `since_ms` (less the overlap), with
-    /// or without attachments.
+    /// or without attachments; `None`: the most recently updated one alone.
     async fn updated_since(&self, since_ms: Option<u64>) -> ProviderResult<Vec<IssueWire>> {
-        let projects = self.projects().await?;
-        if projects.is_empty() {
-            return Ok(vec![]);
+        let mut clauses = Vec::new();
+        if !self.cfg.projects.is_empty() {
+            // Every project the account can browse needs no clause: the date bounds the
+            // query (and a site's every key would not fit in a URL).
+            let keys: Vec<String> = self.cfg.projects.iter().map(|k| quoted(k)).collect();
+            clauses.push(format!("project in ({})", keys.join(", ")));
         }
-        let keys: Vec<String> = projects.iter().map(|p| quoted(&p.key)).collect();
-        let mut jql = format!("project in ({})", keys.join(", "));
-        if let Some(since) = since_ms {
-            let floor = since.saturating_sub(OVERLAP.as_millis() as u64);
-            let minutes = self.minutes_since(floor);
-            jql.push_str(&format!(" AND updated >= \"-{minutes}m\""));
+        if let Some(extra) = &self.cfg.jql {
+            clauses.push(format!("({extra})"));
         }
-        jql.push_str(" ORDER BY updated DESC");
-        let mut found = self.search(&jql, "updated,project").await?;
+        let since = since_ms.unwrap_or(0);
+        let floor = since.saturating_sub(OVERLAP.as_millis() as u64);
+        // Without a mark yet: the last month (a bound Jira accepts) for the newest issue.
+        let minutes = if since_ms.is_some() {
+            self.minutes_since(floor)
+        } else {
+            31 * 24 * 60
+        };
+        clauses.push(format!("updated >= \"-{minutes}m\""));
+        let jql = format!("{} ORDER BY updated DESC", clauses.join(" AND "));
+        let fields = "updated,project";
         if since_ms.is_none() {
-            found.truncate(1);
+            return Ok(self.search_page(&jql, fields, 1, None).await?.items);
         }
-        Ok(found)
+        self.search(&jql, fields).await
+    }
+
+    /// The server's clock now, as its last `Date` header and ours since say (ours alone
+    /// before any reply).
+    fn server_now(&self) -> SystemTime {
+        match *self.server_clock.lock().unwrap() {
+            Some((server, ours)) => {
+                server + SystemTime::now().duration_since(ours).unwrap_or_default()
+            }
+            None => SystemTime::now(),
+        }
     }
 
     /// Whole minutes, rounded up, from `floor_ms` to the server's now (JQL's relative
     /// dates count back from the server's clock).
     fn minutes_since(&self, floor_ms: u64) -> u64 {
-        let server_now = match *self.server_clock.lock().unwrap() {
-            Some((server, ours)) => {
-                server + SystemTime::now().duration_since(ours).unwrap_or_default()
-            }
-            None => SystemTime::now(),
-        };
-        let span = millis(server_now).saturating_sub(floor_ms);
+        let span = millis(self.server_now()).saturating_sub(floor_ms);
         span.div_ceil(60_000).max(1) + 1
     }
 
@@ -694,7 +714,13 @@ impl Provider for JiraProvider {
 
     async fn changes_cursor(&self) -> ProviderResult<String> {
         let newest = self.updated_since(None).await?;
-        let since_ms = modified(&newest).iter().map(|m| m.at_ms).max().unwrap_or(0);
+        // Nothing updated lately: the mark is the server's now, not the epoch (which would
+        // ask for every issue ever at each look).
+        let since_ms = modified(&newest)
+            .iter()
+            .map(|m| m.at_ms)
+            .max()
+            .unwrap_or_else(|| millis(self.server_now()));
         let recent = self.updated_since(Some(since_ms)).await?;
         let w = Watermark::start(&modified(&recent), now_secs());
         Ok(serde_json::to_string(&w).expect("a cursor serializes"))
@@ -713,7 +739,15 @@ impl Provider for JiraProvider {
             self.cfg.full_walk_secs,
         );
         let cursor = serde_json::to_string(&advance.next).expect("a cursor serializes");
-        let Some(walk) = folders_to_relist(&advance, &self.served, "Jira")? else {
+        let walk = match folders_to_relist(&advance, &self.served, "Jira") {
+            Ok(w) => w,
+            Err(e) => {
+                // Every listing is fetched again: from Jira, not from here.
+                self.forget(&[], true);
+                return Err(e);
+            }
+        };
+        let Some(walk) = walk else {
             return Ok(ChangeBatch {
                 changes: vec![],
                 cursor,

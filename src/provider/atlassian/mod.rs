@@ -189,16 +189,38 @@ pub fn unique_names(items: &[(String, String, &str)], reserved: &[&str]) -> Vec<
         reserved.iter().map(|s| s.to_string()).collect();
     let mut out = Vec::with_capacity(items.len());
     for (id, stem, ext) in items {
-        let plain = fit_name(stem, ext);
-        let name = if taken.contains(&plain) {
-            fit_name(stem, &format!(" [{id}]{ext}"))
-        } else {
-            plain
-        };
+        let name = first_free(stem, id, ext, |n| taken.contains(n));
         taken.insert(name.clone());
         out.push(name);
     }
     out
+}
+
+/// `stem + ext` unless `taken`; else `stem [id] + ext`, then `stem [id] 2 + ext` and on
+/// (a title may itself end in ` [id]`). Only letters, digits, `-` and `_` of the id are
+/// used, so a name never gets a `/` from it.
+pub fn first_free(stem: &str, id: &str, ext: &str, taken: impl Fn(&str) -> bool) -> String {
+    let plain = fit_name(stem, ext);
+    if !taken(&plain) {
+        return plain;
+    }
+    let id: String = id
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || *c == '-' || *c == '_')
+        .collect();
+    let mut n = 1;
+    loop {
+        let suffix = if n == 1 {
+            format!(" [{id}]{ext}")
+        } else {
+            format!(" [{id}] {n}{ext}")
+        };
+        let name = fit_name(stem, &suffix);
+        if !taken(&name) {
+            return name;
+        }
+        n += 1;
+    }
 }
 
 /// An RFC 3339 / ISO 8601 instant as Confluence (`2026-12-01T10:15:30.123Z`) and Jira
@@ -276,11 +298,13 @@ impl Watermark {
             .collect();
     }
 
-    /// What in `recent` this watermark has not seen.
+    /// What in `recent` this watermark has not seen. What lies below the overlap was
+    /// seen when it was above it (a query at minute precision returns some of it again).
     pub fn news<'a>(&'a self, recent: &'a [Modified]) -> impl Iterator<Item = &'a Modified> {
+        let floor = self.floor();
         recent
             .iter()
-            .filter(|m| self.seen.get(&m.id) != Some(&m.stamp))
+            .filter(move |m| m.at_ms >= floor && self.seen.get(&m.id) != Some(&m.stamp))
     }
 
     /// Reads what a change query from [`Watermark::floor`] returned. An item that moved
@@ -433,11 +457,18 @@ impl ServiceErrors for AtlassianErrors {
 
 /// How long until `X-RateLimit-Reset` (an ISO 8601 instant), for a 429 without
 /// `Retry-After`.
+/// Atlassian documents the header to the minute (`yyyy-MM-ddTHH:mmZ`, JRACLOUD-69262):
+/// such a reset is waited for to the end of its minute.
 fn reset_in(headers: &HeaderMap, now: SystemTime) -> Option<Duration> {
-    let at = headers
-        .get("X-RateLimit-Reset")
-        .and_then(|v| v.to_str().ok())
-        .and_then(parse_instant)?;
+    let value = headers.get("X-RateLimit-Reset")?.to_str().ok()?.trim();
+    let at = match parse_instant(value) {
+        Some(t) => t,
+        None => {
+            let minute = chrono::NaiveDateTime::parse_from_str(value, "%Y-%m-%dT%H:%MZ").ok()?;
+            let secs = u64::try_from(minute.and_utc().timestamp()).ok()?;
+            SystemTime::UNIX_EPOCH + Duration::from_secs(secs + 60)
+        }
+    };
     Some(at.duration_since(now).unwrap_or(Duration::ZERO))
 }
 
@@ -658,6 +689,25 @@ mod tests {
             Some(Duration::from_secs(5)),
             "2027-01-15T08:00:00Z is 1,800,000,000"
         );
+        // As documented: to the minute, waited for to its end; alone, without Retry-After.
+        let mut minute = HeaderMap::new();
+        minute.insert(
+            "X-RateLimit-Reset",
+            HeaderValue::from_static("2027-01-15T08:01Z"),
+        );
+        assert_eq!(reset_in(&minute, now), Some(Duration::from_secs(120)));
+        match e.classify(
+            StatusCode::TOO_MANY_REQUESTS,
+            &minute,
+            &ErrorDetail::default(),
+            "x",
+        ) {
+            // The reset lies in 2027: a wait of weeks, not the default backoff.
+            ProviderError::RateLimited {
+                retry_after: Some(d),
+            } => assert!(d > Duration::from_secs(86_400), "{d:?}"),
+            other => panic!("{other:?}"),
+        }
         assert!(matches!(
             e.classify(
                 StatusCode::GONE,
@@ -676,6 +726,25 @@ mod tests {
             ),
             ProviderError::NotFound(_)
         ));
+    }
+
+    #[test]
+    fn names_made_unique_never_collide() {
+        let items = [
+            ("9".to_owned(), "Notes [2]".to_owned(), ".md"),
+            ("1".to_owned(), "Notes".to_owned(), ".md"),
+            ("2".to_owned(), "Notes".to_owned(), ".md"),
+            ("a/b".to_owned(), "Notes".to_owned(), ".md"),
+        ];
+        assert_eq!(
+            unique_names(&items, &[]),
+            [
+                "Notes [2].md",
+                "Notes.md",
+                "Notes [2] 2.md",
+                "Notes [ab].md"
+            ]
+        );
     }
 
     #[test]
@@ -718,6 +787,11 @@ mod tests {
         );
         assert_eq!(a.changed.iter().collect::<Vec<_>>(), ["A", "B"]);
         assert_eq!(a.next.since_ms, 1_060_000);
+        // Below the overlap: seen before, whatever the query returns.
+        let a = a
+            .next
+            .advance(&[modified("9", 1, 900_000, "Z")], &homes, 75, 600);
+        assert!(a.changed.is_empty());
         // Item 3 was listed in C and is in B now: both changed.
         let a = a
             .next

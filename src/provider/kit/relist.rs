@@ -65,8 +65,11 @@ impl Served {
 
     /// Lists every recorded folder at or below `tops` again with `list` (the provider's
     /// fresh listing, its caches already dropped) and returns what changed. A folder whose
-    /// listing fails with `NotFound` or `NotADirectory` is gone. On any other error nothing
-    /// is recorded and the error is returned: the same differences are found next time.
+    /// listing fails with `NotFound`, `NotADirectory` or `PermissionDenied` is gone. When
+    /// the service cannot be reached (an error worth retrying) nothing is recorded and the
+    /// error is returned: the same differences are found next time. Any other error (a
+    /// reply that cannot be read) leaves that one folder as it was recorded, so that one
+    /// bad folder does not hold up every other change; it is looked at again next time.
     pub async fn relist<F, Fut>(&self, tops: &[String], list: F) -> ProviderResult<Vec<Change>>
     where
         F: Fn(String) -> Fut,
@@ -83,7 +86,11 @@ impl Served {
             }
             let new: BTreeMap<String, RemoteEntry> = match list(dir.clone()).await {
                 Ok(entries) => entries.into_iter().map(|e| (e.name.clone(), e)).collect(),
-                Err(ProviderError::NotFound(_)) | Err(ProviderError::NotADirectory(_)) => {
+                Err(
+                    ProviderError::NotFound(_)
+                    | ProviderError::NotADirectory(_)
+                    | ProviderError::PermissionDenied(_),
+                ) => {
                     // Its parent's listing says so too when the parent was listed; when it
                     // was not, this is the only word of it.
                     changes.push(Change::Removed { path: dir.clone() });
@@ -91,7 +98,11 @@ impl Served {
                     fresh.push((dir, None));
                     continue;
                 }
-                Err(e) => return Err(e),
+                Err(e) if e.is_retryable() || matches!(e, ProviderError::Auth(_)) => return Err(e),
+                Err(e) => {
+                    tracing::warn!(dir = %dir, error = %e, "listing again failed; kept as it was");
+                    continue;
+                }
             };
             let old = self
                 .dirs
@@ -269,6 +280,27 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(paths(&changes), ["+/a.md"]);
+    }
+
+    #[tokio::test]
+    async fn one_unreadable_folder_does_not_hold_up_the_others() {
+        let served = Served::new();
+        served.record("/", &[entry("a.md", EntryKind::File, "1")]);
+        served.record("/bad", &[entry("x", EntryKind::File, "1")]);
+        served.record("/secret", &[entry("y", EntryKind::File, "1")]);
+        let changes = served
+            .relist(&["/".to_owned()], |dir| async move {
+                match dir.as_str() {
+                    "/" => Ok(vec![entry("a.md", EntryKind::File, "2")]),
+                    "/bad" => Err(ProviderError::Protocol("garbage".into())),
+                    _ => Err(ProviderError::PermissionDenied("no".into())),
+                }
+            })
+            .await
+            .unwrap();
+        assert_eq!(paths(&changes), ["+/a.md", "-/secret"]);
+        assert!(served.has("/bad"), "kept as it was, to be looked at again");
+        assert!(!served.has("/secret"));
     }
 
     #[tokio::test]
