@@ -360,7 +360,21 @@ async fn the_change_feed_follows_edits_moves_trash_and_new_pages() {
 
     emu.advance_clock(Duration::from_secs(5));
     emu.update_page(&a, Some("Alpha renamed"), Some(paragraph("alpha v2")));
+    let before = emu.requests().len();
     let batch = p.changes_since(&cursor).await.unwrap();
+    // What it costs: the change query (which brings the new body) and the children of
+    // the page's parent, whose folder shows it; not the space's bulk listing again, not
+    // the other folders the mount listed.
+    let asked: Vec<String> = emu.requests()[before..]
+        .iter()
+        .map(|r| r.path.split('?').next().unwrap().to_owned())
+        .collect();
+    assert_eq!(asked.len(), 2, "{asked:?}");
+    assert!(asked[0].ends_with("/wiki/api/v2/pages"), "{asked:?}");
+    assert!(
+        asked[1].ends_with(&format!("/pages/{home}/direct-children")),
+        "{asked:?}"
+    );
     assert_eq!(
         changed_paths(&batch.changes),
         BTreeSet::from([

@@ -20,12 +20,13 @@
 //! stops at depth 5). Paging follows the cursor of `Link: <…>; rel="next"` (or
 //! `_links.next`), re-applied to our own base URL, which also works through the gateway.
 //!
-//! Changes: pages sorted by `-modified-date` (current and trashed) down to a watermark
-//! (minus a two-minute overlap, deduplicated by page version) say which spaces changed;
-//! a changed space's caches are dropped and the folders the mount listed there are
-//! listed again ([`crate::provider::kit::relist`]). Every `full_walk_secs` every listed
-//! folder is looked at again: that catches moves that bumped no version, attachments,
-//! new spaces and lost permissions.
+//! Changes: pages sorted by `-modified-date` (current, trashed and archived, with their
+//! bodies) down to a watermark (minus a two-minute overlap, deduplicated by version and
+//! status) are taken into the caches one by one, and only the folders each was and is in
+//! are listed again ([`crate::provider::kit::relist`]); the rest of the space stays
+//! cached. Every `full_walk_secs` every listed folder is looked at again with the caches
+//! dropped: that catches moves that made no version, attachments, new spaces and lost
+//! permissions.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
@@ -80,8 +81,10 @@ fn default_page_size() -> u32 {
     MAX_LIMIT
 }
 
+/// An hour: a walk lists again every folder the mount has listed (about two requests a
+/// page folder), which for a space browsed through is thousands of requests.
 fn default_full_walk() -> u64 {
-    600
+    3600
 }
 
 impl ConfluenceConfig {
@@ -948,6 +951,73 @@ impl ConfluenceProvider {
             .collect())
     }
 
+    /// Takes changed pages (with their new bodies) into the caches, and returns the
+    /// folders whose listings they touch: where each page was (its parent's folder, its
+    /// own folder) and where it is now (its new parent's folder, or the top of its space).
+    /// Only folders the mount has listed count; their cached listings are dropped, the
+    /// rest of the space stays cached.
+    async fn absorb(
+        &self,
+        pages: &[&PageWire],
+        homes: &HashMap<String, String>,
+    ) -> ProviderResult<Vec<String>> {
+        let space_paths = self.space_paths().await?;
+        let mut dirs: BTreeSet<String> = BTreeSet::new();
+        for p in pages {
+            for path in self.served.paths_of(&format!("page:{}", p.id)) {
+                dirs.insert(split_path(&path).0.to_owned());
+            }
+            dirs.extend(self.served.paths_of(&format!("pagedir:{}", p.id)));
+            let top = space_paths.get(&p.space_id);
+            match &p.parent_id {
+                None => dirs.extend(top.cloned()),
+                Some(parent) => {
+                    dirs.extend(self.served.paths_of(&format!("pagedir:{parent}")));
+                    dirs.extend(self.served.paths_of(&format!("folder:{parent}")));
+                    // Folders at the top of a space are found from the pages in them.
+                    if p.parent_type.as_deref() == Some("folder") {
+                        dirs.extend(top.cloned());
+                    }
+                }
+            }
+        }
+        let mut c = self.cache.lock().unwrap();
+        for p in pages {
+            let mut spaces = vec![p.space_id.clone()];
+            // Moved from another space: gone from that one's pages.
+            spaces.extend(homes.get(&p.id).filter(|h| **h != p.space_id).cloned());
+            for space in spaces {
+                let Some(sc) = c.per_space.get_mut(&space) else {
+                    continue;
+                };
+                if let Some(map) = &sc.pages {
+                    let mut map = (**map).clone();
+                    if p.status == "current" && space == p.space_id {
+                        map.insert(p.id.clone(), Arc::new(parse_page((*p).clone())));
+                    } else {
+                        map.remove(&p.id);
+                    }
+                    sc.pages = Some(Arc::new(map));
+                }
+                // Which children lists hold it (or will) is not known by id: all go.
+                sc.children.clear();
+                sc.attachments.remove(&p.id);
+            }
+            c.homes.insert(p.id.clone(), p.space_id.clone());
+        }
+        for d in &dirs {
+            c.listings.remove(d);
+        }
+        // A page renamed, moved or gone: what was cached below its old folder is not there.
+        for p in pages {
+            for old in self.served.paths_of(&format!("pagedir:{}", p.id)) {
+                c.listings
+                    .retain(|path, _| !crate::provider::is_same_or_below(path, &old));
+            }
+        }
+        Ok(dirs.into_iter().collect())
+    }
+
     /// Drops what is cached of these spaces (and of the list of spaces with `all`).
     fn forget(&self, spaces: &[(String, String)], all: bool) {
         let mut c = self.cache.lock().unwrap();
@@ -978,13 +1048,20 @@ impl ConfluenceProvider {
         for chunk in spaces.chunks(100) {
             let ids: Vec<&str> = chunk.iter().map(|s| s.id.as_str()).collect();
             let url = format!("{base}/pages");
-            let query = vec![
+            let mut query = vec![
                 ("space-id", ids.join(",")),
                 ("sort", "-modified-date".to_owned()),
                 // Trashed and archived pages leave the mount: their change is news too.
                 ("status", "current,trashed,archived".to_owned()),
-                ("limit", self.cfg.page_size.to_string()),
             ];
+            if newest_only {
+                query.push(("limit", "1".to_owned()));
+            } else {
+                // A changed page's new body comes along: its folder is rendered again
+                // without a fresh bulk listing of its space.
+                query.push(("body-format", "atlas_doc_format".to_owned()));
+                query.push(("limit", self.cfg.page_size.to_string()));
+            }
             let mut cursor: Option<String> = None;
             let mut cursors_seen = BTreeSet::new();
             'pages: loop {
@@ -1274,26 +1351,23 @@ impl Provider for ConfluenceProvider {
                 cursor,
             });
         };
-        let tops: Vec<String> = if walk {
-            self.forget(&[], true);
-            vec!["/".to_owned()]
-        } else {
-            let paths = self.space_paths().await?;
-            let spaces: Vec<(String, String)> = advance
-                .changed
-                .iter()
-                .filter_map(|id| paths.get(id).map(|p| (id.clone(), p.clone())))
-                .collect();
-            self.forget(&spaces, false);
-            spaces.into_iter().map(|(_, p)| p).collect()
+        let list = |dir: String| async move {
+            let l = self.listing(&dir).await?;
+            Ok(l.items.iter().map(|i| i.entry.clone()).collect())
         };
-        let changes = self
-            .served
-            .relist(&tops, |dir| async move {
-                let l = self.listing(&dir).await?;
-                Ok(l.items.iter().map(|i| i.entry.clone()).collect())
-            })
-            .await?;
+        let changes = if walk {
+            self.forget(&[], true);
+            self.served.relist(&["/".to_owned()], list).await?
+        } else {
+            let mods = modified(&recent);
+            let news: BTreeSet<&str> = old.news(&mods).map(|m| m.id.as_str()).collect();
+            let pages: Vec<&PageWire> = recent
+                .iter()
+                .filter(|p| news.contains(p.id.as_str()))
+                .collect();
+            let dirs = self.absorb(&pages, &homes).await?;
+            self.served.relist_exact(&dirs, list).await?
+        };
         Ok(ChangeBatch { changes, cursor })
     }
 }

@@ -75,7 +75,48 @@ impl Served {
         F: Fn(String) -> Fut,
         Fut: Future<Output = ProviderResult<Vec<RemoteEntry>>>,
     {
-        let dirs = self.dirs_at_or_below(tops);
+        self.relist_dirs(self.dirs_at_or_below(tops), list).await
+    }
+
+    /// [`Served::relist`] for exactly these folders (those recorded), not what is below
+    /// them: for a provider that knows which listings a change touches. What was recorded
+    /// below a folder that went is forgotten.
+    pub async fn relist_exact<F, Fut>(
+        &self,
+        dirs: &[String],
+        list: F,
+    ) -> ProviderResult<Vec<Change>>
+    where
+        F: Fn(String) -> Fut,
+        Fut: Future<Output = ProviderResult<Vec<RemoteEntry>>>,
+    {
+        let mut dirs: Vec<String> = dirs.iter().filter(|d| self.has(d)).cloned().collect();
+        dirs.sort();
+        dirs.dedup();
+        self.relist_dirs(dirs, list).await
+    }
+
+    /// The paths of the recorded entries whose id is `id`.
+    pub fn paths_of(&self, id: &str) -> Vec<String> {
+        self.dirs
+            .lock()
+            .unwrap()
+            .iter()
+            .flat_map(|(dir, entries)| {
+                entries
+                    .values()
+                    .filter(|e| e.id == id)
+                    .map(|e| join_path(dir, &e.name))
+                    .collect::<Vec<_>>()
+            })
+            .collect()
+    }
+
+    async fn relist_dirs<F, Fut>(&self, dirs: Vec<String>, list: F) -> ProviderResult<Vec<Change>>
+    where
+        F: Fn(String) -> Fut,
+        Fut: Future<Output = ProviderResult<Vec<RemoteEntry>>>,
+    {
         let mut gone: Vec<String> = Vec::new();
         let mut changes = Vec::new();
         let mut fresh: Vec<(String, Option<BTreeMap<String, RemoteEntry>>)> = Vec::new();
@@ -149,6 +190,7 @@ impl Served {
             fresh.push((dir, Some(new)));
         }
         let mut dirs = self.dirs.lock().unwrap();
+        dirs.retain(|d, _| !gone.iter().any(|g| is_same_or_below(d, g)));
         for (dir, listing) in fresh {
             match listing {
                 Some(l) => {
@@ -280,6 +322,30 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(paths(&changes), ["+/a.md"]);
+    }
+
+    #[tokio::test]
+    async fn exactly_the_folders_named_are_listed_again() {
+        let served = Served::new();
+        served.record("/", &[entry("a", EntryKind::Dir, "1")]);
+        served.record("/a", &[entry("b", EntryKind::Dir, "1")]);
+        served.record("/a/b", &[entry("c.md", EntryKind::File, "1")]);
+        assert_eq!(served.paths_of("id-b"), ["/a/b"]);
+        let asked = std::sync::Mutex::new(Vec::new());
+        let changes = served
+            .relist_exact(&["/a".to_owned(), "/never-listed".to_owned()], |dir| {
+                asked.lock().unwrap().push(dir.clone());
+                async move { Ok(vec![]) }
+            })
+            .await
+            .unwrap();
+        assert_eq!(paths(&changes), ["-/a/b"]);
+        assert_eq!(*asked.lock().unwrap(), ["/a"]);
+        assert!(
+            !served.has("/a/b"),
+            "what was below a folder that went is forgotten"
+        );
+        assert!(served.has("/"));
     }
 
     #[tokio::test]
