@@ -501,6 +501,7 @@ async fn rate_limits_and_server_errors_are_waited_out() {
     emu.inject(Fault::Drop, 1);
     emu.inject(Fault::CutBody, 1);
     assert_eq!(names(&p, "/ENG Eng").await, ["Home.md", "Home"]);
+    assert_eq!(emu.pending_faults(), 0, "every fault was served");
     assert_eq!(read(&p, "/ENG Eng/Home.md").await, b"# Home\n\nhome\n");
 }
 

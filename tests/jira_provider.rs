@@ -302,8 +302,13 @@ async fn rate_limits_with_their_reason_are_waited_out() {
         t.elapsed() >= Duration::from_millis(1900),
         "both waits were honoured"
     );
+    // A 500 and a reply cut in its body: a listing is asked for again (a cut download is
+    // the caller's to resume: the chunk cache does, see mount_cache).
+    let fresh = jira(&token_settings(&emu, dir.path(), ""), None);
     emu.inject(Fault::ServerError, 1);
     emu.inject(Fault::CutBody, 1);
+    assert_eq!(names(&fresh, "/").await, ["PROJ Proj"]);
+    assert_eq!(emu.pending_faults(), 0, "both faults were served");
     assert_eq!(
         read(&p, &format!("/PROJ Proj/{key} Busy/f.txt")).await,
         b"data"

@@ -256,10 +256,17 @@ fn build(r: Response, cut_after: Option<usize>, is_head: bool) -> hyper::Respons
             .boxed(),
         Some(n) => {
             let part = Bytes::from(r.body[..n.min(r.body.len())].to_vec());
-            let frames = futures::stream::iter(vec![
-                Ok(Frame::data(part)),
-                Err(std::io::Error::other("reply cut by the emulator")),
-            ]);
+            // The error that closes the connection comes a moment after the bytes: hyper
+            // flushes what it holds while the body is pending, so the client really gets
+            // the headers and the first `n` bytes (an error right behind them made hyper
+            // drop the connection with the bytes unsent: a cut before the reply).
+            let frames = futures::StreamExt::chain(
+                futures::stream::iter(vec![Ok(Frame::data(part))]),
+                futures::stream::once(async {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    Err(std::io::Error::other("reply cut by the emulator"))
+                }),
+            );
             StreamBody::new(frames).boxed()
         }
     };
