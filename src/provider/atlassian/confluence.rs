@@ -287,6 +287,9 @@ struct Cache {
     /// The space each page was last listed in (kept across cache drops: a page moved to
     /// another space must be looked for where it was).
     homes: HashMap<String, String>,
+    /// Bumped by every invalidation: a fetch that began before one does not store what it
+    /// got (it could put back what the invalidation dropped).
+    generation: u64,
 }
 
 pub struct ConfluenceProvider {
@@ -353,6 +356,19 @@ impl ConfluenceProvider {
         })
     }
 
+    /// Where the caches stand, for a fetch about to begin.
+    fn generation(&self) -> u64 {
+        self.cache.lock().unwrap().generation
+    }
+
+    /// Stores what a fetch that began at `gen` got, unless an invalidation came since.
+    fn store(&self, gen: u64, f: impl FnOnce(&mut Cache)) {
+        let mut c = self.cache.lock().unwrap();
+        if c.generation == gen {
+            f(&mut c);
+        }
+    }
+
     /// The wiki as people open it (`https://<site>/wiki`), for links in pages and `.url`
     /// files: the API base may be the gateway, which no browser can open.
     fn site_wiki(&self) -> String {
@@ -412,13 +428,14 @@ impl ConfluenceProvider {
         if let Some(s) = self.cache.lock().unwrap().spaces.clone() {
             return Ok(s);
         }
+        let gen = self.generation();
         let mut query = vec![("limit", self.cfg.page_size.to_string())];
         if !self.cfg.spaces.is_empty() {
             query.push(("keys", self.cfg.spaces.join(",")));
         }
         let list: Vec<SpaceWire> = self.get_all("list spaces", "/spaces", &query).await?;
         let spaces = Arc::new(list.into_iter().map(Arc::new).collect::<Vec<_>>());
-        self.cache.lock().unwrap().spaces = Some(spaces.clone());
+        self.store(gen, |c| c.spaces = Some(spaces.clone()));
         Ok(spaces)
     }
 
@@ -449,6 +466,7 @@ impl ConfluenceProvider {
         {
             return Ok(p);
         }
+        let gen = self.generation();
         let list: Vec<PageWire> = self
             .get_all(
                 &format!("list pages of space {}", space.key),
@@ -466,11 +484,12 @@ impl ConfluenceProvider {
             .map(|w| (w.id.clone(), Arc::new(parse_page(w))))
             .collect();
         let map = Arc::new(map);
-        let mut c = self.cache.lock().unwrap();
-        for id in map.keys() {
-            c.homes.insert(id.clone(), space.id.clone());
-        }
-        c.per_space.entry(space.id.clone()).or_default().pages = Some(map.clone());
+        self.store(gen, |c| {
+            for id in map.keys() {
+                c.homes.insert(id.clone(), space.id.clone());
+            }
+            c.per_space.entry(space.id.clone()).or_default().pages = Some(map.clone());
+        });
         Ok(map)
     }
 
@@ -499,20 +518,17 @@ impl ConfluenceProvider {
         {
             return Ok(f);
         }
+        let gen = self.generation();
         let url = format!("{}/folders/{id}", self.site.base().await?);
         let f: FolderWire = self
             .site
             .get_json(&format!("get folder {id}"), &url, &[])
             .await?;
         let f = Arc::new(f);
-        self.cache
-            .lock()
-            .unwrap()
-            .per_space
-            .entry(space.id.clone())
-            .or_default()
-            .folders
-            .insert(id.to_owned(), f.clone());
+        self.store(gen, |c| {
+            let sc = c.per_space.entry(space.id.clone()).or_default();
+            sc.folders.insert(id.to_owned(), f.clone());
+        });
         Ok(f)
     }
 
@@ -535,6 +551,7 @@ impl ConfluenceProvider {
         {
             return Ok(c);
         }
+        let gen = self.generation();
         let mut list: Vec<ChildWire> = self
             .get_all(
                 &format!("list children of {key}"),
@@ -545,14 +562,10 @@ impl ConfluenceProvider {
         list.retain(|c| c.status.as_deref().is_none_or(|s| s == "current"));
         list.sort_by_key(|c| c.child_position.unwrap_or(i64::MAX));
         let list = Arc::new(list);
-        self.cache
-            .lock()
-            .unwrap()
-            .per_space
-            .entry(space.id.clone())
-            .or_default()
-            .children
-            .insert(key, list.clone());
+        self.store(gen, |c| {
+            let sc = c.per_space.entry(space.id.clone()).or_default();
+            sc.children.insert(key, list.clone());
+        });
         Ok(list)
     }
 
@@ -571,6 +584,7 @@ impl ConfluenceProvider {
         {
             return Ok(a);
         }
+        let gen = self.generation();
         let list: Vec<AttachmentWire> = self
             .get_all(
                 &format!("list attachments of page {page}"),
@@ -579,14 +593,10 @@ impl ConfluenceProvider {
             )
             .await?;
         let list = Arc::new(list);
-        self.cache
-            .lock()
-            .unwrap()
-            .per_space
-            .entry(space.id.clone())
-            .or_default()
-            .attachments
-            .insert(page.to_owned(), list.clone());
+        self.store(gen, |c| {
+            let sc = c.per_space.entry(space.id.clone()).or_default();
+            sc.attachments.insert(page.to_owned(), list.clone());
+        });
         Ok(list)
     }
 
@@ -862,6 +872,7 @@ impl ConfluenceProvider {
             if let Some(l) = self.cache.lock().unwrap().listings.get(dir).cloned() {
                 return Ok(l);
             }
+            let gen = self.generation();
             let listing = if dir == "/" {
                 let spaces = self.spaces().await?;
                 let names = Self::space_names(&spaces);
@@ -911,11 +922,9 @@ impl ConfluenceProvider {
                 }
             };
             let listing = Arc::new(listing);
-            self.cache
-                .lock()
-                .unwrap()
-                .listings
-                .insert(dir.to_owned(), listing.clone());
+            self.store(gen, |c| {
+                c.listings.insert(dir.to_owned(), listing.clone());
+            });
             Ok(listing)
         })
     }
@@ -982,6 +991,7 @@ impl ConfluenceProvider {
             }
         }
         let mut c = self.cache.lock().unwrap();
+        c.generation += 1;
         for p in pages {
             let mut spaces = vec![p.space_id.clone()];
             // Moved from another space: gone from that one's pages.
@@ -1021,10 +1031,12 @@ impl ConfluenceProvider {
     /// Drops what is cached of these spaces (and of the list of spaces with `all`).
     fn forget(&self, spaces: &[(String, String)], all: bool) {
         let mut c = self.cache.lock().unwrap();
+        c.generation += 1;
         if all {
             let homes = std::mem::take(&mut c.homes);
             *c = Cache {
                 homes,
+                generation: c.generation,
                 ..Cache::default()
             };
             return;

@@ -184,6 +184,9 @@ struct Cache {
     /// The project each issue was last listed in (kept across cache drops: a moved issue
     /// must be looked for where it was).
     homes: HashMap<String, String>,
+    /// Bumped by every invalidation: a fetch that began before one does not store what it
+    /// got (it could put back what the invalidation dropped).
+    generation: u64,
 }
 
 pub struct JiraProvider {
@@ -249,6 +252,7 @@ impl JiraProvider {
         if let Some(p) = self.cache.lock().unwrap().projects.clone() {
             return Ok(p);
         }
+        let gen = self.generation();
         let base = self.site.base().await?.to_owned();
         let list: Vec<ProjectWire> = if self.cfg.projects.is_empty() {
             let url = format!("{base}/project/search");
@@ -288,7 +292,7 @@ impl JiraProvider {
             out
         };
         let list = Arc::new(list.into_iter().map(Arc::new).collect::<Vec<_>>());
-        self.cache.lock().unwrap().projects = Some(list.clone());
+        self.store(gen, |c| c.projects = Some(list.clone()));
         Ok(list)
     }
 
@@ -352,6 +356,7 @@ impl JiraProvider {
         if let Some(i) = self.cache.lock().unwrap().issues.get(&project.id).cloned() {
             return Ok(i);
         }
+        let gen = self.generation();
         let mut jql = format!(
             "project = {} AND attachments IS NOT EMPTY",
             quoted(&project.key)
@@ -369,11 +374,12 @@ impl JiraProvider {
                 .map(Arc::new)
                 .collect::<Vec<_>>(),
         );
-        let mut c = self.cache.lock().unwrap();
-        for i in list.iter() {
-            c.homes.insert(i.id.clone(), project.id.clone());
-        }
-        c.issues.insert(project.id.clone(), list.clone());
+        self.store(gen, |c| {
+            for i in list.iter() {
+                c.homes.insert(i.id.clone(), project.id.clone());
+            }
+            c.issues.insert(project.id.clone(), list.clone());
+        });
         Ok(list)
     }
 
@@ -385,6 +391,7 @@ impl JiraProvider {
             if let Some(l) = self.cache.lock().unwrap().listings.get(dir).cloned() {
                 return Ok(l);
             }
+            let gen = self.generation();
             let listing = if dir == "/" {
                 let projects = self.projects().await?;
                 let names: Vec<(String, String, &str)> = projects
@@ -496,11 +503,9 @@ impl JiraProvider {
                 }
             };
             let listing = Arc::new(listing);
-            self.cache
-                .lock()
-                .unwrap()
-                .listings
-                .insert(dir.to_owned(), listing.clone());
+            self.store(gen, |c| {
+                c.listings.insert(dir.to_owned(), listing.clone());
+            });
             Ok(listing)
         })
     }
@@ -562,12 +567,27 @@ impl JiraProvider {
         span.div_ceil(60_000).max(1) + 1
     }
 
+    /// Where the caches stand, for a fetch about to begin.
+    fn generation(&self) -> u64 {
+        self.cache.lock().unwrap().generation
+    }
+
+    /// Stores what a fetch that began at `gen` got, unless an invalidation came since.
+    fn store(&self, gen: u64, f: impl FnOnce(&mut Cache)) {
+        let mut c = self.cache.lock().unwrap();
+        if c.generation == gen {
+            f(&mut c);
+        }
+    }
+
     fn forget(&self, projects: &[String], all: bool) {
         let mut c = self.cache.lock().unwrap();
+        c.generation += 1;
         if all {
             let homes = std::mem::take(&mut c.homes);
             *c = Cache {
                 homes,
+                generation: c.generation,
                 ..Cache::default()
             };
             return;
@@ -590,6 +610,7 @@ impl JiraProvider {
             .collect();
         {
             let mut c = self.cache.lock().unwrap();
+            c.generation += 1;
             for id in ids {
                 c.issues.remove(id);
             }
