@@ -1,7 +1,8 @@
 //! A Confluence site and a Jira site mounted by the real daemon from a config file, against
 //! the Atlassian emulator, through the kernel: pages as Markdown and attachments as files,
 //! read byte-exact (whole and by range) and found by `grep -r`; every change EROFS; an
-//! edited page, a moved page and a new Jira attachment reaching the mount by polling.
+//! edited page, a moved page and a new Jira attachment reaching the mount by polling; and
+//! an OAuth (3LO) login through the CLI, then a mount through the API gateway.
 
 #[path = "support/atlassian_emulator.rs"]
 mod atlassian_emulator;
@@ -12,13 +13,15 @@ mod common;
 mod emu;
 
 use std::fs;
+use std::io::{BufRead, BufReader, Write};
 use std::os::unix::fs::{FileExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use atlassian_emulator::{AtlassianConfig, AtlassianEmulator};
-use atlassian_harness::{paragraph, pattern, token_file};
-use common::{DaemonMount, TestDirs};
+use atlassian_harness::{paragraph, pattern, redirect_location, token_file};
+use common::{DaemonMount, TestDirs, BIN};
 
 fn config(emu: &AtlassianEmulator, dirs: &TestDirs) -> PathBuf {
     let token = token_file(emu, dirs.tmp.path());
@@ -172,4 +175,121 @@ fn confluence_and_jira_read_grep_refuse_changes_and_follow_edits() {
         b"--- a\n+++ b\n"
     );
     drop(m);
+}
+
+/// `login confluence --paste` against the emulator's authorization server (the test plays
+/// the browser), then a mount that finds the cloud id and reads through the gateway with
+/// the vault's tokens; no token in clear in the vault or in the trace-level daemon log.
+#[test]
+fn oauth_login_through_the_cli_then_a_mount_through_the_gateway() {
+    let emu = AtlassianEmulator::start(AtlassianConfig {
+        space_homepages: false,
+        ..AtlassianConfig::default()
+    });
+    let space = emu.add_space("ENG", "Engineering");
+    emu.add_page(&space, None, "Home", paragraph("Signed in with OAuth."));
+    let dirs = TestDirs::new();
+    let secret_file = dirs.tmp.path().join("app-secret");
+    fs::write(&secret_file, &emu.config().client_secret).unwrap();
+    fs::set_permissions(&secret_file, fs::Permissions::from_mode(0o600)).unwrap();
+    let cfg_path = dirs.tmp.path().join("config.toml");
+    fs::write(
+        &cfg_path,
+        format!(
+            "accounts_dir = \"{accounts}\"\n[[connection]]\nname = \"wiki\"\ntype = \"confluence\"\n\
+             [connection.settings]\nsite = \"{site}\"\nauth = \"oauth\"\nclient_id = \"{client}\"\n\
+             client_secret_file = \"{secret}\"\nauth_url = \"{auth}\"\ntoken_url = \"{token}\"\n\
+             gateway_url = \"{gateway}\"\nretry_base_delay_ms = 10\n",
+            accounts = dirs.tmp.path().join("accounts").display(),
+            site = emu.site_url(),
+            client = emu.config().client_id,
+            secret = secret_file.display(),
+            auth = emu.auth_url(),
+            token = emu.token_url(),
+            gateway = emu.gateway_url(),
+        ),
+    )
+    .unwrap();
+
+    let mut login = Command::new(BIN)
+        .args([
+            "login",
+            "confluence",
+            "--name",
+            "wiki",
+            "--paste",
+            "--config",
+        ])
+        .arg(&cfg_path)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = BufReader::new(login.stdout.take().unwrap());
+    let mut auth_url = None;
+    let mut line = String::new();
+    while stdout.read_line(&mut line).unwrap() > 0 {
+        if let Some(u) = line
+            .split_whitespace()
+            .find(|w| w.starts_with("http://127.0.0.1") && w.contains("client_id"))
+        {
+            auth_url = Some(u.to_string());
+        }
+        if line.contains("copy that whole address") {
+            break;
+        }
+        line.clear();
+    }
+    let auth_url = auth_url.expect("the login printed an authorization URL");
+    for wanted in [
+        "audience=api.atlassian.com",
+        "prompt=consent",
+        "offline_access",
+        "read%3Apage%3Aconfluence",
+    ] {
+        assert!(auth_url.contains(wanted), "{wanted} missing: {auth_url}");
+    }
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let landed = rt.block_on(redirect_location(&auth_url));
+    writeln!(login.stdin.take().unwrap(), "{landed}").unwrap();
+    let status = login.wait().unwrap();
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut stdout, &mut rest).unwrap();
+    assert!(status.success(), "login failed: {rest}");
+
+    let daemon = DaemonMount::start_traced(&dirs, &cfg_path);
+    let home = dirs.mnt.join("wiki/ENG Engineering/Home.md");
+    assert_eq!(
+        fs::read_to_string(&home).unwrap(),
+        "# Home\n\nSigned in with OAuth.\n"
+    );
+    let cloud = emu.cloud_id();
+    assert!(emu.requests().iter().any(|r| r
+        .path
+        .starts_with(&format!("/ex/confluence/{cloud}/wiki/api/v2/"))));
+    let log = daemon.log.clone();
+    assert!(daemon.unmount().status.success());
+    let text = fs::read_to_string(&log).unwrap();
+    let vault: Vec<Vec<u8>> = fs::read_dir(dirs.tmp.path().join("accounts"))
+        .unwrap()
+        .map(|e| fs::read(e.unwrap().path()).unwrap())
+        .collect();
+    let secrets = emu.secrets();
+    assert!(secrets.len() >= 3, "code, tokens, verifier at least");
+    for s in secrets.iter().chain([&emu.config().client_secret]) {
+        assert!(
+            !text.contains(s.as_str()),
+            "the daemon log contains a secret"
+        );
+        for f in &vault {
+            assert!(
+                !String::from_utf8_lossy(f).contains(s.as_str()),
+                "a secret in clear in the vault"
+            );
+        }
+    }
 }

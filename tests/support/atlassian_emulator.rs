@@ -1220,6 +1220,11 @@ impl AtlassianEmulator {
     pub fn expire_all_access_tokens(&self) {
         self.st().oauth.expire_all_access_tokens();
     }
+    /// Every code, token and verifier the authorization server handed out or saw, for
+    /// tests that look for them where they must not be (logs, the vault in clear).
+    pub fn secrets(&self) -> Vec<String> {
+        self.st().oauth.secrets().to_vec()
+    }
     pub fn refresh_token_valid(&self, token: &str) -> bool {
         self.st().oauth.refresh_token_valid(token)
     }

@@ -122,3 +122,15 @@ pub fn pattern(len: usize, seed: u64) -> Vec<u8> {
         })
         .collect()
 }
+
+/// Plays the browser: follows the authorization URL to where it redirects (the loopback
+/// address with the code).
+pub async fn redirect_location(url: &str) -> String {
+    let client = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let resp = client.get(url).send().await.unwrap();
+    assert_eq!(resp.status(), 302, "authorize endpoint");
+    resp.headers()["location"].to_str().unwrap().to_owned()
+}
