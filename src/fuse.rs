@@ -488,11 +488,19 @@ impl Filesystem for CloudFs {
         &self,
         _req: &Request,
         _ino: INodeNo,
-        _newparent: INodeNo,
+        newparent: INodeNo,
         _newname: &OsStr,
         reply: ReplyEntry,
     ) {
-        reply.error(Errno::EPERM);
+        let (root, slot, _) = route_or_reply!(self, newparent, reply);
+        let (_, vfs) = Self::slot_vfs(&root, slot);
+        // No provider keeps hard links (EPERM, as filesystems without them answer); on a
+        // read-only connection the write into the folder is refused first (EROFS).
+        reply.error(Errno::from_i32(if vfs.config.read_only {
+            libc::EROFS
+        } else {
+            libc::EPERM
+        }));
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {

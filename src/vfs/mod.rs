@@ -1159,7 +1159,14 @@ impl Vfs {
     }
 
     pub async fn setattr(&self, ino: Ino, set: SetAttr) -> FsResult<Attr> {
-        if set.size.is_some() || set.mode.is_some() || set.uid.is_some() || set.gid.is_some() {
+        // Times too: `touch` on a read-only connection is EROFS, as on any read-only mount.
+        if set.size.is_some()
+            || set.mode.is_some()
+            || set.uid.is_some()
+            || set.gid.is_some()
+            || set.atime.is_some()
+            || set.mtime.is_some()
+        {
             self.writable()?;
         }
         let inode = self.get(ino)?;
