@@ -362,17 +362,24 @@ async fn the_change_feed_follows_edits_moves_trash_and_new_pages() {
     emu.update_page(&a, Some("Alpha renamed"), Some(paragraph("alpha v2")));
     let before = emu.requests().len();
     let batch = p.changes_since(&cursor).await.unwrap();
-    // What it costs: the change query (which brings the new body) and the children of
-    // the page's parent, whose folder shows it; not the space's bulk listing again, not
-    // the other folders the mount listed.
+    // What it costs: the change query (no bodies), the changed page's body by id, and the
+    // children of the page's parent, whose folder shows it; not the space's bulk listing
+    // again, not the other folders the mount listed.
     let asked: Vec<String> = emu.requests()[before..]
         .iter()
-        .map(|r| r.path.split('?').next().unwrap().to_owned())
+        .map(|r| r.path.clone())
         .collect();
-    assert_eq!(asked.len(), 2, "{asked:?}");
-    assert!(asked[0].ends_with("/wiki/api/v2/pages"), "{asked:?}");
+    assert_eq!(asked.len(), 3, "{asked:?}");
     assert!(
-        asked[1].ends_with(&format!("/pages/{home}/direct-children")),
+        asked[0].contains("/wiki/api/v2/pages?") && !asked[0].contains("body-format"),
+        "{asked:?}"
+    );
+    assert!(
+        asked[1].contains("/wiki/api/v2/pages?") && asked[1].contains(&format!("id={a}")),
+        "{asked:?}"
+    );
+    assert!(
+        asked[2].contains(&format!("/pages/{home}/direct-children")),
         "{asked:?}"
     );
     assert_eq!(

@@ -334,3 +334,32 @@ async fn oauth_reads_through_the_gateway() {
         .path
         .starts_with(&format!("/ex/jira/{cloud}/rest/api/3/search/jql"))));
 }
+
+/// A connection on projects nothing happened in lately: the cursor starts at the server's
+/// now, so the first look asks for the last few minutes, not for every issue ever.
+#[tokio::test]
+async fn a_cursor_made_on_a_quiet_site_looks_back_minutes() {
+    let emu = AtlassianEmulator::start(AtlassianConfig::default());
+    let dir = tempfile::tempdir().unwrap();
+    emu.add_project("OLD", "Old");
+    let (id, _) = emu.add_issue("OLD", "Long ago");
+    emu.add_jira_attachment(&id, "a.txt", b"a");
+    emu.advance_clock(Duration::from_secs(40 * 24 * 3600));
+    let p = jira(&token_settings(&emu, dir.path(), ""), None);
+    walk(&p).await;
+    let cursor = p.changes_cursor().await.unwrap();
+    let before = emu.requests().len();
+    let batch = p.changes_since(&cursor).await.unwrap();
+    assert!(batch.changes.is_empty());
+    let reqs = emu.requests();
+    assert_eq!(reqs.len() - before, 1, "one search");
+    let q = emu::text::query_map(&reqs[before].path);
+    let jql = &q["jql"];
+    let minutes: u64 = jql
+        .split("updated >= \"-")
+        .nth(1)
+        .and_then(|rest| rest.split('m').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no relative date in {jql}"));
+    assert!(minutes <= 5, "looked back {minutes} minutes: {jql}");
+}

@@ -50,8 +50,8 @@ use crate::provider::kit::ranged::{self, Ranged};
 use crate::provider::kit::relist::Served;
 use crate::provider::kit::retry::Idempotency;
 use crate::provider::{
-    join_path, split_path, ByteStream, Capabilities, ChangeBatch, EntryKind, ListStream, Provider,
-    ProviderError, ProviderResult, Quota, RemoteEntry,
+    join_path, split_path, ByteStream, Capabilities, Change, ChangeBatch, EntryKind, ListStream,
+    Provider, ProviderError, ProviderResult, Quota, RemoteEntry,
 };
 
 /// Most entries Confluence's v2 API hands out per request.
@@ -287,9 +287,18 @@ struct Cache {
     /// The space each page was last listed in (kept across cache drops: a page moved to
     /// another space must be looked for where it was).
     homes: HashMap<String, String>,
-    /// Bumped by every invalidation: a fetch that began before one does not store what it
-    /// got (it could put back what the invalidation dropped).
+    /// Bumped by every invalidation of the whole cache, and per space by one of a space:
+    /// a fetch that began before one does not store what it got (it could put back what
+    /// the invalidation dropped). Per space, so that news elsewhere does not keep a slow
+    /// fetch (a big space's bulk listing) from ever being kept.
     generation: u64,
+    space_gen: HashMap<String, u64>,
+}
+
+/// Where the caches stood when a fetch began (see [`Cache::generation`]).
+struct Gen {
+    all: u64,
+    space: Option<(String, u64)>,
 }
 
 pub struct ConfluenceProvider {
@@ -299,14 +308,16 @@ pub struct ConfluenceProvider {
     served: Served,
 }
 
-fn folder_entry(name: &str, id: &str, mtime: SystemTime, revision: String) -> RemoteEntry {
+/// A folder; its revision is what it stands for (`pagedir:<id>`), so that another page
+/// taking the same name (titles that collide, a rename) reads as a change of the folder.
+fn folder_entry(name: &str, id: &str, mtime: SystemTime) -> RemoteEntry {
     RemoteEntry {
         id: id.to_owned(),
         name: name.to_owned(),
         kind: EntryKind::Dir,
         size: 0,
         mtime,
-        revision,
+        revision: id.to_owned(),
         hash: None,
         mode: Some(0o555),
         symlink_target: None,
@@ -356,15 +367,25 @@ impl ConfluenceProvider {
         })
     }
 
-    /// Where the caches stand, for a fetch about to begin.
-    fn generation(&self) -> u64 {
-        self.cache.lock().unwrap().generation
+    /// Where the caches stand, for a fetch about to begin (in `space`, or above the
+    /// spaces).
+    fn generation(&self, space: Option<&str>) -> Gen {
+        let c = self.cache.lock().unwrap();
+        Gen {
+            all: c.generation,
+            space: space.map(|s| (s.to_owned(), c.space_gen.get(s).copied().unwrap_or(0))),
+        }
     }
 
-    /// Stores what a fetch that began at `gen` got, unless an invalidation came since.
-    fn store(&self, gen: u64, f: impl FnOnce(&mut Cache)) {
+    /// Stores what a fetch that began at `gen` got, unless an invalidation of the whole
+    /// cache, or of its space, came since.
+    fn store(&self, gen: &Gen, f: impl FnOnce(&mut Cache)) {
         let mut c = self.cache.lock().unwrap();
-        if c.generation == gen {
+        let space_same = gen
+            .space
+            .as_ref()
+            .is_none_or(|(s, g)| c.space_gen.get(s).copied().unwrap_or(0) == *g);
+        if c.generation == gen.all && space_same {
             f(&mut c);
         }
     }
@@ -428,14 +449,14 @@ impl ConfluenceProvider {
         if let Some(s) = self.cache.lock().unwrap().spaces.clone() {
             return Ok(s);
         }
-        let gen = self.generation();
+        let gen = self.generation(None);
         let mut query = vec![("limit", self.cfg.page_size.to_string())];
         if !self.cfg.spaces.is_empty() {
             query.push(("keys", self.cfg.spaces.join(",")));
         }
         let list: Vec<SpaceWire> = self.get_all("list spaces", "/spaces", &query).await?;
         let spaces = Arc::new(list.into_iter().map(Arc::new).collect::<Vec<_>>());
-        self.store(gen, |c| c.spaces = Some(spaces.clone()));
+        self.store(&gen, |c| c.spaces = Some(spaces.clone()));
         Ok(spaces)
     }
 
@@ -466,7 +487,7 @@ impl ConfluenceProvider {
         {
             return Ok(p);
         }
-        let gen = self.generation();
+        let gen = self.generation(Some(&space.id));
         let list: Vec<PageWire> = self
             .get_all(
                 &format!("list pages of space {}", space.key),
@@ -484,7 +505,7 @@ impl ConfluenceProvider {
             .map(|w| (w.id.clone(), Arc::new(parse_page(w))))
             .collect();
         let map = Arc::new(map);
-        self.store(gen, |c| {
+        self.store(&gen, |c| {
             for id in map.keys() {
                 c.homes.insert(id.clone(), space.id.clone());
             }
@@ -518,14 +539,14 @@ impl ConfluenceProvider {
         {
             return Ok(f);
         }
-        let gen = self.generation();
+        let gen = self.generation(Some(&space.id));
         let url = format!("{}/folders/{id}", self.site.base().await?);
         let f: FolderWire = self
             .site
             .get_json(&format!("get folder {id}"), &url, &[])
             .await?;
         let f = Arc::new(f);
-        self.store(gen, |c| {
+        self.store(&gen, |c| {
             let sc = c.per_space.entry(space.id.clone()).or_default();
             sc.folders.insert(id.to_owned(), f.clone());
         });
@@ -551,7 +572,7 @@ impl ConfluenceProvider {
         {
             return Ok(c);
         }
-        let gen = self.generation();
+        let gen = self.generation(Some(&space.id));
         let mut list: Vec<ChildWire> = self
             .get_all(
                 &format!("list children of {key}"),
@@ -562,7 +583,7 @@ impl ConfluenceProvider {
         list.retain(|c| c.status.as_deref().is_none_or(|s| s == "current"));
         list.sort_by_key(|c| c.child_position.unwrap_or(i64::MAX));
         let list = Arc::new(list);
-        self.store(gen, |c| {
+        self.store(&gen, |c| {
             let sc = c.per_space.entry(space.id.clone()).or_default();
             sc.children.insert(key, list.clone());
         });
@@ -584,7 +605,7 @@ impl ConfluenceProvider {
         {
             return Ok(a);
         }
-        let gen = self.generation();
+        let gen = self.generation(Some(&space.id));
         let list: Vec<AttachmentWire> = self
             .get_all(
                 &format!("list attachments of page {page}"),
@@ -593,7 +614,7 @@ impl ConfluenceProvider {
             )
             .await?;
         let list = Arc::new(list);
-        self.store(gen, |c| {
+        self.store(&gen, |c| {
             let sc = c.per_space.entry(space.id.clone()).or_default();
             sc.attachments.insert(page.to_owned(), list.clone());
         });
@@ -677,12 +698,7 @@ impl ConfluenceProvider {
                 },
             },
             Item {
-                entry: folder_entry(
-                    stem,
-                    &format!("pagedir:{}", page.wire.id),
-                    mtime,
-                    String::new(),
-                ),
+                entry: folder_entry(stem, &format!("pagedir:{}", page.wire.id), mtime),
                 node: Node::PageDir {
                     space: space.clone(),
                     page: page.wire.id.clone(),
@@ -718,7 +734,7 @@ impl ConfluenceProvider {
                     items.extend(self.page_items(space, &page, &name).await?);
                 }
                 Child::Folder { id, created, .. } => items.push(Item {
-                    entry: folder_entry(&name, &format!("folder:{id}"), created, String::new()),
+                    entry: folder_entry(&name, &format!("folder:{id}"), created),
                     node: Node::FolderDir {
                         space: space.clone(),
                         folder: id,
@@ -815,12 +831,7 @@ impl ConfluenceProvider {
                 .max()
                 .unwrap_or(SystemTime::UNIX_EPOCH);
             items.push(Item {
-                entry: folder_entry(
-                    ATTACHMENTS,
-                    &format!("attachments:{page}"),
-                    newest,
-                    String::new(),
-                ),
+                entry: folder_entry(ATTACHMENTS, &format!("attachments:{page}"), newest),
                 node: Node::Attachments {
                     page: page.to_owned(),
                 },
@@ -872,11 +883,11 @@ impl ConfluenceProvider {
             if let Some(l) = self.cache.lock().unwrap().listings.get(dir).cloned() {
                 return Ok(l);
             }
-            let gen = self.generation();
-            let listing = if dir == "/" {
+            let (gen, listing) = if dir == "/" {
+                let gen = self.generation(None);
                 let spaces = self.spaces().await?;
                 let names = Self::space_names(&spaces);
-                Listing {
+                let listing = Listing {
                     items: spaces
                         .iter()
                         .zip(names)
@@ -885,12 +896,12 @@ impl ConfluenceProvider {
                                 &name,
                                 &format!("space:{}", s.id),
                                 SystemTime::UNIX_EPOCH,
-                                String::new(),
                             ),
                             node: Node::Space(s.clone()),
                         })
                         .collect(),
-                }
+                };
+                (gen, listing)
             } else {
                 let (parent, name) = split_path(dir);
                 let up = self.listing(parent).await?;
@@ -899,7 +910,14 @@ impl ConfluenceProvider {
                     Some(_) => return Err(ProviderError::NotADirectory(dir.to_owned())),
                     None => return Err(ProviderError::NotFound(dir.to_owned())),
                 };
-                match node {
+                let space = match &node {
+                    Node::Space(s) => s.clone(),
+                    Node::PageDir { space, .. } | Node::FolderDir { space, .. } => space.clone(),
+                    Node::Attachments { .. } => self.space_of(dir).await?,
+                    _ => return Err(ProviderError::NotADirectory(dir.to_owned())),
+                };
+                let gen = self.generation(Some(&space.id));
+                let listing = match node {
                     Node::Space(space) => self.space_listing(&space).await?,
                     Node::PageDir { space, page } => self.page_listing(&space, &page).await?,
                     Node::FolderDir { space, folder } => {
@@ -914,15 +932,13 @@ impl ConfluenceProvider {
                                 .await?,
                         }
                     }
-                    Node::Attachments { page } => {
-                        let space = self.space_of(dir).await?;
-                        self.attachments_listing(&space, &page).await?
-                    }
+                    Node::Attachments { page } => self.attachments_listing(&space, &page).await?,
                     _ => return Err(ProviderError::NotADirectory(dir.to_owned())),
-                }
+                };
+                (gen, listing)
             };
             let listing = Arc::new(listing);
-            self.store(gen, |c| {
+            self.store(&gen, |c| {
                 c.listings.insert(dir.to_owned(), listing.clone());
             });
             Ok(listing)
@@ -972,31 +988,35 @@ impl ConfluenceProvider {
     ) -> ProviderResult<Vec<String>> {
         let space_paths = self.space_paths().await?;
         let mut dirs: BTreeSet<String> = BTreeSet::new();
+        // The folders of the changed pages as the mount knew them.
+        let mut old_dirs: Vec<String> = Vec::new();
         for p in pages {
             for path in self.served.paths_of(&format!("page:{}", p.id)) {
                 dirs.insert(split_path(&path).0.to_owned());
             }
-            dirs.extend(self.served.paths_of(&format!("pagedir:{}", p.id)));
-            let top = space_paths.get(&p.space_id);
-            match &p.parent_id {
-                None => dirs.extend(top.cloned()),
-                Some(parent) => {
-                    dirs.extend(self.served.paths_of(&format!("pagedir:{parent}")));
-                    dirs.extend(self.served.paths_of(&format!("folder:{parent}")));
-                    // Folders at the top of a space are found from the pages in them.
-                    if p.parent_type.as_deref() == Some("folder") {
-                        dirs.extend(top.cloned());
-                    }
-                }
+            let own = self.served.paths_of(&format!("pagedir:{}", p.id));
+            dirs.extend(own.iter().cloned());
+            old_dirs.extend(own);
+            // An edit may add an image: its attachments are looked at again.
+            dirs.extend(self.served.paths_of(&format!("attachments:{}", p.id)));
+            // The top of its space: built from the pages (and the folders they are in), a
+            // page arriving or leaving there, or leaving a folder there, changes it.
+            dirs.extend(space_paths.get(&p.space_id).cloned());
+            if let Some(home) = homes.get(&p.id) {
+                dirs.extend(space_paths.get(home).cloned());
+            }
+            if let Some(parent) = &p.parent_id {
+                dirs.extend(self.served.paths_of(&format!("pagedir:{parent}")));
+                dirs.extend(self.served.paths_of(&format!("folder:{parent}")));
             }
         }
         let mut c = self.cache.lock().unwrap();
-        c.generation += 1;
         for p in pages {
             let mut spaces = vec![p.space_id.clone()];
             // Moved from another space: gone from that one's pages.
             spaces.extend(homes.get(&p.id).filter(|h| **h != p.space_id).cloned());
             for space in spaces {
+                *c.space_gen.entry(space.clone()).or_default() += 1;
                 let Some(sc) = c.per_space.get_mut(&space) else {
                     continue;
                 };
@@ -1019,11 +1039,9 @@ impl ConfluenceProvider {
             c.listings.remove(d);
         }
         // A page renamed, moved or gone: what was cached below its old folder is not there.
-        for p in pages {
-            for old in self.served.paths_of(&format!("pagedir:{}", p.id)) {
-                c.listings
-                    .retain(|path, _| !crate::provider::is_same_or_below(path, &old));
-            }
+        for old in &old_dirs {
+            c.listings
+                .retain(|path, _| !crate::provider::is_same_or_below(path, old));
         }
         Ok(dirs.into_iter().collect())
     }
@@ -1031,17 +1049,19 @@ impl ConfluenceProvider {
     /// Drops what is cached of these spaces (and of the list of spaces with `all`).
     fn forget(&self, spaces: &[(String, String)], all: bool) {
         let mut c = self.cache.lock().unwrap();
-        c.generation += 1;
         if all {
             let homes = std::mem::take(&mut c.homes);
+            let space_gen = std::mem::take(&mut c.space_gen);
             *c = Cache {
                 homes,
-                generation: c.generation,
+                generation: c.generation + 1,
+                space_gen,
                 ..Cache::default()
             };
             return;
         }
         for (id, path) in spaces {
+            *c.space_gen.entry(id.clone()).or_default() += 1;
             c.per_space.remove(id);
             c.listings
                 .retain(|p, _| !crate::provider::is_same_or_below(p, path));
@@ -1060,20 +1080,23 @@ impl ConfluenceProvider {
         for chunk in spaces.chunks(100) {
             let ids: Vec<&str> = chunk.iter().map(|s| s.id.as_str()).collect();
             let url = format!("{base}/pages");
-            let mut query = vec![
+            // No bodies, a small page: a quiet look is one short reply. The bodies of what
+            // changed are asked for by id afterwards (`bodies`).
+            let query = vec![
                 ("space-id", ids.join(",")),
                 ("sort", "-modified-date".to_owned()),
                 // Trashed and archived pages leave the mount: their change is news too.
                 ("status", "current,trashed,archived".to_owned()),
+                (
+                    "limit",
+                    if newest_only {
+                        1
+                    } else {
+                        self.cfg.page_size.min(25)
+                    }
+                    .to_string(),
+                ),
             ];
-            if newest_only {
-                query.push(("limit", "1".to_owned()));
-            } else {
-                // A changed page's new body comes along: its folder is rendered again
-                // without a fresh bulk listing of its space.
-                query.push(("body-format", "atlas_doc_format".to_owned()));
-                query.push(("limit", self.cfg.page_size.to_string()));
-            }
             let mut cursor: Option<String> = None;
             let mut cursors_seen = BTreeSet::new();
             'pages: loop {
@@ -1093,15 +1116,23 @@ impl ConfluenceProvider {
                 let page: Paged<PageWire> = serde_json::from_slice(&reply.body).map_err(|e| {
                     ProviderError::Protocol(format!("{what}: unexpected reply: {e}"))
                 })?;
+                // The server sorts by its own modification date, which an operation that
+                // makes no version (a trash, a move) may set while `version.createdAt`
+                // stays old: such an item is skipped, not taken for the end; a reply
+                // wholly below the floor is.
+                let mut any_above = false;
                 for p in page.results {
-                    let t = page_millis(&p);
-                    if t < floor && !newest_only {
-                        break 'pages;
-                    }
-                    out.push(p);
                     if newest_only {
+                        out.push(p);
                         break 'pages;
                     }
+                    if page_millis(&p) >= floor {
+                        any_above = true;
+                        out.push(p);
+                    }
+                }
+                if !any_above {
+                    break;
                 }
                 let request_url = reqwest::Url::parse(&url)
                     .map_err(|e| ProviderError::Protocol(e.to_string()))?;
@@ -1120,6 +1151,39 @@ impl ConfluenceProvider {
                     None => break,
                 }
             }
+        }
+        Ok(out)
+    }
+}
+
+impl ConfluenceProvider {
+    /// The changed pages again, with their bodies (`/pages?id=…`, 250 a request); a page
+    /// not returned (deleted, or hidden from the user since) comes back with the status
+    /// "gone", so that it leaves the mount.
+    async fn bodies(&self, changed: &[&PageWire]) -> ProviderResult<Vec<PageWire>> {
+        let mut out = Vec::new();
+        for chunk in changed.chunks(250) {
+            let ids: Vec<&str> = chunk.iter().map(|p| p.id.as_str()).collect();
+            let mut got: Vec<PageWire> = self
+                .get_all(
+                    "get changed pages",
+                    "/pages",
+                    &[
+                        ("id", ids.join(",")),
+                        ("status", "current,trashed,archived".into()),
+                        ("body-format", "atlas_doc_format".into()),
+                        ("limit", "250".into()),
+                    ],
+                )
+                .await?;
+            for p in chunk {
+                if !got.iter().any(|g| g.id == p.id) {
+                    let mut gone = (*p).clone();
+                    gone.status = "gone".into();
+                    got.push(gone);
+                }
+            }
+            out.extend(got);
         }
         Ok(out)
     }
@@ -1281,12 +1345,7 @@ impl Provider for ConfluenceProvider {
 
     async fn stat(&self, path: &str) -> ProviderResult<RemoteEntry> {
         if path == "/" {
-            return Ok(folder_entry(
-                "",
-                "root",
-                SystemTime::UNIX_EPOCH,
-                String::new(),
-            ));
+            return Ok(folder_entry("", "root", SystemTime::UNIX_EPOCH));
         }
         Ok(self.item(path).await?.0)
     }
@@ -1332,7 +1391,7 @@ impl Provider for ConfluenceProvider {
         let newest = self.modified_since(None).await?;
         let since_ms = newest.iter().map(page_millis).max().unwrap_or(0);
         let recent = self.modified_since(Some(since_ms)).await?;
-        let w = Watermark::start(&modified(&recent), now_secs());
+        let w = Watermark::start(&modified(&recent), since_ms, now_secs());
         Ok(serde_json::to_string(&w).expect("a cursor serializes"))
     }
 
@@ -1373,13 +1432,26 @@ impl Provider for ConfluenceProvider {
         } else {
             let mods = modified(&recent);
             let news: BTreeSet<&str> = old.news(&mods).map(|m| m.id.as_str()).collect();
-            let pages: Vec<&PageWire> = recent
+            let changed: Vec<&PageWire> = recent
                 .iter()
                 .filter(|p| news.contains(p.id.as_str()))
                 .collect();
+            let pages = self.bodies(&changed).await?;
+            let pages: Vec<&PageWire> = pages.iter().collect();
             let dirs = self.absorb(&pages, &homes).await?;
             self.served.relist_exact(&dirs, list).await?
         };
+        // A folder whose name went (or passed to another page): nothing cached below it
+        // stands any more.
+        {
+            let mut c = self.cache.lock().unwrap();
+            for change in &changes {
+                if let Change::Removed { path } = change {
+                    c.listings
+                        .retain(|p, _| !crate::provider::is_same_or_below(p, path));
+                }
+            }
+        }
         Ok(ChangeBatch { changes, cursor })
     }
 }

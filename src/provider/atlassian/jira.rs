@@ -184,9 +184,18 @@ struct Cache {
     /// The project each issue was last listed in (kept across cache drops: a moved issue
     /// must be looked for where it was).
     homes: HashMap<String, String>,
-    /// Bumped by every invalidation: a fetch that began before one does not store what it
-    /// got (it could put back what the invalidation dropped).
+    /// Bumped by every invalidation of the whole cache, and per project by one of a
+    /// project: a fetch that began before one does not store what it got (it could put
+    /// back what the invalidation dropped). Per project, so that news elsewhere does not
+    /// keep a slow search (a big project's) from ever being kept.
     generation: u64,
+    project_gen: HashMap<String, u64>,
+}
+
+/// Where the caches stood when a fetch began (see [`Cache::generation`]).
+struct Gen {
+    all: u64,
+    project: Option<(String, u64)>,
 }
 
 pub struct JiraProvider {
@@ -198,14 +207,16 @@ pub struct JiraProvider {
     server_clock: Mutex<Option<(SystemTime, SystemTime)>>,
 }
 
-fn dir_entry(name: &str, id: &str, mtime: SystemTime, revision: String) -> RemoteEntry {
+/// A folder; its revision is what it stands for (`issue:<id>`), so that another issue
+/// taking the same name reads as a change of the folder.
+fn dir_entry(name: &str, id: &str, mtime: SystemTime) -> RemoteEntry {
     RemoteEntry {
         id: id.to_owned(),
         name: name.to_owned(),
         kind: EntryKind::Dir,
         size: 0,
         mtime,
-        revision,
+        revision: id.to_owned(),
         hash: None,
         mode: Some(0o555),
         symlink_target: None,
@@ -252,7 +263,7 @@ impl JiraProvider {
         if let Some(p) = self.cache.lock().unwrap().projects.clone() {
             return Ok(p);
         }
-        let gen = self.generation();
+        let gen = self.generation(None);
         let base = self.site.base().await?.to_owned();
         let list: Vec<ProjectWire> = if self.cfg.projects.is_empty() {
             let url = format!("{base}/project/search");
@@ -292,7 +303,7 @@ impl JiraProvider {
             out
         };
         let list = Arc::new(list.into_iter().map(Arc::new).collect::<Vec<_>>());
-        self.store(gen, |c| c.projects = Some(list.clone()));
+        self.store(&gen, |c| c.projects = Some(list.clone()));
         Ok(list)
     }
 
@@ -356,7 +367,7 @@ impl JiraProvider {
         if let Some(i) = self.cache.lock().unwrap().issues.get(&project.id).cloned() {
             return Ok(i);
         }
-        let gen = self.generation();
+        let gen = self.generation(Some(&project.id));
         let mut jql = format!(
             "project = {} AND attachments IS NOT EMPTY",
             quoted(&project.key)
@@ -374,7 +385,7 @@ impl JiraProvider {
                 .map(Arc::new)
                 .collect::<Vec<_>>(),
         );
-        self.store(gen, |c| {
+        self.store(&gen, |c| {
             for i in list.iter() {
                 c.homes.insert(i.id.clone(), project.id.clone());
             }
@@ -391,8 +402,8 @@ impl JiraProvider {
             if let Some(l) = self.cache.lock().unwrap().listings.get(dir).cloned() {
                 return Ok(l);
             }
-            let gen = self.generation();
-            let listing = if dir == "/" {
+            let (gen, listing) = if dir == "/" {
+                let gen = self.generation(None);
                 let projects = self.projects().await?;
                 let names: Vec<(String, String, &str)> = projects
                     .iter()
@@ -404,7 +415,7 @@ impl JiraProvider {
                         )
                     })
                     .collect();
-                Listing {
+                let listing = Listing {
                     items: projects
                         .iter()
                         .zip(unique_names(&names, &[]))
@@ -413,12 +424,12 @@ impl JiraProvider {
                                 &name,
                                 &format!("project:{}", p.id),
                                 SystemTime::UNIX_EPOCH,
-                                String::new(),
                             ),
                             node: Node::Project(p.clone()),
                         })
                         .collect(),
-                }
+                };
+                (gen, listing)
             } else {
                 let (parent, name) = split_path(dir);
                 let up = self.listing(parent).await?;
@@ -427,7 +438,20 @@ impl JiraProvider {
                     Some(_) => return Err(ProviderError::NotADirectory(dir.to_owned())),
                     None => return Err(ProviderError::NotFound(dir.to_owned())),
                 };
-                match node {
+                let project = match &node {
+                    Node::Project(p) => p.id.clone(),
+                    Node::Issue(i) => i
+                        .fields
+                        .project
+                        .as_ref()
+                        .map(|p| p.id.clone())
+                        .unwrap_or_default(),
+                    Node::Attachment { .. } => {
+                        return Err(ProviderError::NotADirectory(dir.to_owned()))
+                    }
+                };
+                let gen = self.generation(Some(&project));
+                let listing = match node {
                     Node::Project(p) => {
                         let issues = self.issues(&p).await?;
                         let names: Vec<(String, String, &str)> = issues
@@ -450,7 +474,6 @@ impl JiraProvider {
                                         &name,
                                         &format!("issue:{}", i.id),
                                         instant(&i.fields.updated),
-                                        String::new(),
                                     ),
                                     node: Node::Issue(i.clone()),
                                 })
@@ -500,10 +523,11 @@ impl JiraProvider {
                     Node::Attachment { .. } => {
                         return Err(ProviderError::NotADirectory(dir.to_owned()))
                     }
-                }
+                };
+                (gen, listing)
             };
             let listing = Arc::new(listing);
-            self.store(gen, |c| {
+            self.store(&gen, |c| {
                 c.listings.insert(dir.to_owned(), listing.clone());
             });
             Ok(listing)
@@ -529,9 +553,8 @@ impl JiraProvider {
             let keys: Vec<String> = self.cfg.projects.iter().map(|k| quoted(k)).collect();
             clauses.push(format!("project in ({})", keys.join(", ")));
         }
-        if let Some(extra) = &self.cfg.jql {
-            clauses.push(format!("({extra})"));
-        }
+        // Not the connection's `jql`: an issue that stops matching it (resolved, say) must
+        // be seen to change, so that its folder goes.
         let since = since_ms.unwrap_or(0);
         let floor = since.saturating_sub(OVERLAP.as_millis() as u64);
         // Without a mark yet: the last month (a bound Jira accepts) for the newest issue.
@@ -567,27 +590,38 @@ impl JiraProvider {
         span.div_ceil(60_000).max(1) + 1
     }
 
-    /// Where the caches stand, for a fetch about to begin.
-    fn generation(&self) -> u64 {
-        self.cache.lock().unwrap().generation
+    /// Where the caches stand, for a fetch about to begin (in `project`, or above the
+    /// projects).
+    fn generation(&self, project: Option<&str>) -> Gen {
+        let c = self.cache.lock().unwrap();
+        Gen {
+            all: c.generation,
+            project: project.map(|p| (p.to_owned(), c.project_gen.get(p).copied().unwrap_or(0))),
+        }
     }
 
-    /// Stores what a fetch that began at `gen` got, unless an invalidation came since.
-    fn store(&self, gen: u64, f: impl FnOnce(&mut Cache)) {
+    /// Stores what a fetch that began at `gen` got, unless an invalidation of the whole
+    /// cache, or of its project, came since.
+    fn store(&self, gen: &Gen, f: impl FnOnce(&mut Cache)) {
         let mut c = self.cache.lock().unwrap();
-        if c.generation == gen {
+        let project_same = gen
+            .project
+            .as_ref()
+            .is_none_or(|(p, g)| c.project_gen.get(p).copied().unwrap_or(0) == *g);
+        if c.generation == gen.all && project_same {
             f(&mut c);
         }
     }
 
     fn forget(&self, projects: &[String], all: bool) {
         let mut c = self.cache.lock().unwrap();
-        c.generation += 1;
         if all {
             let homes = std::mem::take(&mut c.homes);
+            let project_gen = std::mem::take(&mut c.project_gen);
             *c = Cache {
                 homes,
-                generation: c.generation,
+                generation: c.generation + 1,
+                project_gen,
                 ..Cache::default()
             };
             return;
@@ -610,8 +644,8 @@ impl JiraProvider {
             .collect();
         {
             let mut c = self.cache.lock().unwrap();
-            c.generation += 1;
             for id in ids {
+                *c.project_gen.entry(id.clone()).or_default() += 1;
                 c.issues.remove(id);
             }
         }
@@ -665,7 +699,7 @@ impl Provider for JiraProvider {
 
     async fn stat(&self, path: &str) -> ProviderResult<RemoteEntry> {
         if path == "/" {
-            return Ok(dir_entry("", "root", SystemTime::UNIX_EPOCH, String::new()));
+            return Ok(dir_entry("", "root", SystemTime::UNIX_EPOCH));
         }
         Ok(self.item(path).await?.0)
     }
@@ -743,7 +777,7 @@ impl Provider for JiraProvider {
             .max()
             .unwrap_or_else(|| millis(self.server_now()));
         let recent = self.updated_since(Some(since_ms)).await?;
-        let w = Watermark::start(&modified(&recent), now_secs());
+        let w = Watermark::start(&modified(&recent), since_ms, now_secs());
         Ok(serde_json::to_string(&w).expect("a cursor serializes"))
     }
 

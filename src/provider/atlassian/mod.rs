@@ -272,9 +272,15 @@ pub struct Advance {
 }
 
 impl Watermark {
-    /// A cursor at the newest of `recent`, with what is within the overlap already seen.
-    pub fn start(recent: &[Modified], now_secs: u64) -> Watermark {
-        let since_ms = recent.iter().map(|m| m.at_ms).max().unwrap_or(0);
+    /// A cursor at the newest of `recent` (`at_least` when that is later: the service's
+    /// now when nothing changed lately), with what is within the overlap already seen.
+    pub fn start(recent: &[Modified], at_least: u64, now_secs: u64) -> Watermark {
+        let since_ms = recent
+            .iter()
+            .map(|m| m.at_ms)
+            .max()
+            .unwrap_or(0)
+            .max(at_least);
         let mut w = Watermark {
             since_ms,
             seen: Default::default(),
@@ -770,7 +776,9 @@ mod tests {
     #[test]
     fn the_watermark_reports_each_change_once_and_walks_when_due() {
         let homes = std::collections::HashMap::from([("3".to_owned(), "C".to_owned())]);
-        let w = Watermark::start(&[modified("1", 3, 1_000_000, "A")], 50);
+        // Nothing lately: the mark is the bound given, not the epoch.
+        assert_eq!(Watermark::start(&[], 777_000, 50).since_ms, 777_000);
+        let w = Watermark::start(&[modified("1", 3, 1_000_000, "A")], 0, 50);
         assert_eq!(w.since_ms, 1_000_000);
         // The same page again within the overlap: no news.
         let a = w.advance(&[modified("1", 3, 1_000_000, "A")], &homes, 60, 600);
