@@ -405,7 +405,7 @@ pub async fn handle_request(
             }
             let mut drained = true;
             for c in root.connections.values() {
-                drained &= c.vfs.queue.wait_drained(secs(wait_secs)).await;
+                drained &= c.vfs.queue.drain_now(secs(wait_secs)).await;
             }
             Response::ok(json!({"drained": drained}))
         }

@@ -674,6 +674,26 @@ impl WriteBackQueue {
         self.wake.notify_one();
     }
 
+    /// What `cloudmount sync` asks: every job runs now, until none is left (parked
+    /// failures excepted) or `timeout`; true when drained. The delay is skipped again for
+    /// whatever is queued while it waits: a job re-queued after a failed attempt (with its
+    /// backoff) or queued by a late release, which a single `expedite` at the start would
+    /// leave to wait out its full upload delay.
+    pub async fn drain_now(&self, timeout: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            self.expedite();
+            let step = (tokio::time::Instant::now() + Duration::from_millis(200)).min(deadline);
+            let left = step.saturating_duration_since(tokio::time::Instant::now());
+            if self.wait_drained(left).await {
+                return true;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+        }
+    }
+
     /// Wait until no job is pending or running (parked failures excepted), or timeout.
     /// Returns true when drained.
     pub async fn wait_drained(&self, timeout: Duration) -> bool {
