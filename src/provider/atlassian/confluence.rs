@@ -1542,9 +1542,7 @@ impl ConfluenceProvider {
             return Ok(Box::pin(futures::stream::empty()));
         }
         if let Some(whole) = &self.whole {
-            let w = whole.lock().await;
-            if let Some((file, size)) = w.find(key) {
-                // Under the lock: the file cannot be evicted while it is read (a chunk).
+            if let Some((file, size)) = whole.lock().await.find(key) {
                 return read_window(&file, size, offset, len).await;
             }
         }
@@ -1587,31 +1585,22 @@ impl ConfluenceProvider {
             // The range was ignored: the body is the whole file. Kept, so that the next
             // piece does not download it all again.
             Some(whole) if whole_body => {
-                // Written under a name of its own without holding the lock (other
-                // attachments are read meanwhile), then registered; a reader that kept the
-                // same file first wins and this copy goes.
-                let file = {
-                    let mut w = whole.lock().await;
-                    w.next += 1;
-                    w.dir.join(format!("{}", w.next))
-                };
-                let size = spill(body, &file).await?;
                 let mut w = whole.lock().await;
-                if let Some((kept, kept_size)) = w.find(key) {
-                    drop(w);
-                    let _ = tokio::fs::remove_file(&file).await;
-                    return read_window(&kept, kept_size, offset, len).await;
+                if let Some((file, size)) = w.find(key) {
+                    return read_window(&file, size, offset, len).await;
                 }
+                w.next += 1;
+                let file = w.dir.join(format!("{}", w.next));
+                let size = spill(body, &file).await?;
                 w.total += size;
                 w.files.push_back((key.to_owned(), file.clone(), size));
                 while w.total > WHOLE_BUDGET && w.files.len() > 1 {
                     if let Some((_, old, n)) = w.files.pop_front() {
-                        let _ = std::fs::remove_file(&old);
+                        let _ = tokio::fs::remove_file(&old).await;
                         w.total -= n;
                     }
                 }
-                // Read before the lock goes: an eviction by another reader cannot remove
-                // the file between its registration and this read.
+                drop(w);
                 read_window(&file, size, offset, len).await
             }
             _ => Ok(ranged::window(body, skip, len)),
