@@ -198,10 +198,7 @@ fn jira_oauth(settings: &toml::Table) -> Option<OAuthDefaults> {
 fn build_confluence(s: &Setup<'_>) -> Result<Arc<dyn Provider>, SetupError> {
     use super::atlassian::confluence::{ConfluenceConfig, ConfluenceProvider};
     let cfg = ConfluenceConfig::from_settings(&s.settings)?;
-    Ok(Arc::new(
-        ConfluenceProvider::new(cfg, s.tokens.clone())?
-            .with_whole_files_in(s.state_dir.join("whole-attachments"))?,
-    ))
+    Ok(Arc::new(ConfluenceProvider::new(cfg, s.tokens.clone())?))
 }
 
 fn build_jira(s: &Setup<'_>) -> Result<Arc<dyn Provider>, SetupError> {

@@ -306,33 +306,6 @@ pub struct ConfluenceProvider {
     cfg: ConfluenceConfig,
     cache: Mutex<Cache>,
     served: Served,
-    /// Attachments whose download ignored `Range`, kept whole (see [`Whole`]); `None`
-    /// without a folder for them: such a download is read from its start each time.
-    whole: Option<tokio::sync::Mutex<Whole>>,
-}
-
-/// Most bytes of attachments kept whole on disk; the oldest go first.
-const WHOLE_BUDGET: u64 = 1 << 30;
-
-/// Attachments downloaded whole because the media service answered a ranged request with
-/// the whole file: kept in a private folder, so that the next piece of the same file is
-/// read from disk instead of downloading everything up to it again (which for a file read
-/// in chunks would transfer it many times over).
-struct Whole {
-    dir: std::path::PathBuf,
-    /// (attachment link and revision, file, size), oldest first.
-    files: std::collections::VecDeque<(String, std::path::PathBuf, u64)>,
-    total: u64,
-    next: u64,
-}
-
-impl Whole {
-    fn find(&self, key: &str) -> Option<(std::path::PathBuf, u64)> {
-        self.files
-            .iter()
-            .find(|(k, _, _)| k == key)
-            .map(|(_, p, n)| (p.clone(), *n))
-    }
 }
 
 /// A folder; its revision is what it stands for (`pagedir:<id>`), so that another page
@@ -391,23 +364,7 @@ impl ConfluenceProvider {
             cfg,
             cache: Mutex::new(Cache::default()),
             served: Served::new(),
-            whole: None,
         })
-    }
-
-    /// Keeps attachments the media service will not cut into ranges in `dir` (made
-    /// private, emptied: what was there is from an earlier run).
-    pub fn with_whole_files_in(mut self, dir: std::path::PathBuf) -> Result<Self, String> {
-        let _ = std::fs::remove_dir_all(&dir);
-        crate::private_fs::create_private_dir(&dir)
-            .map_err(|e| format!("cannot make {}: {e}", dir.display()))?;
-        self.whole = Some(tokio::sync::Mutex::new(Whole {
-            dir,
-            files: Default::default(),
-            total: 0,
-            next: 0,
-        }));
-        Ok(self)
     }
 
     /// Where the caches stand, for a fetch about to begin (in `space`, or above the
@@ -1414,8 +1371,7 @@ impl Provider for ConfluenceProvider {
         let whole = match node {
             Node::PageMd { body, .. } | Node::Url(body) => body,
             Node::Attachment { download, .. } => {
-                let key = format!("{download}@{}", entry.revision);
-                return self.download(path, &download, &key, offset, len).await;
+                return self.download(path, &download, offset, len).await
             }
             _ => return Err(ProviderError::IsADirectory(path.to_owned())),
         };
@@ -1534,17 +1490,11 @@ impl ConfluenceProvider {
         &self,
         path: &str,
         link: &str,
-        key: &str,
         offset: u64,
         len: u64,
     ) -> ProviderResult<ByteStream> {
         if len == 0 {
             return Ok(Box::pin(futures::stream::empty()));
-        }
-        if let Some(whole) = &self.whole {
-            if let Some((file, size)) = whole.lock().await.find(key) {
-                return read_window(&file, size, offset, len).await;
-            }
         }
         let url = format!("{}{link}", self.wiki().await?);
         let what = format!("download {path}");
@@ -1577,83 +1527,11 @@ impl ConfluenceProvider {
                 })
             }
         };
-        let whole_body = resp.status() == reqwest::StatusCode::OK && offset > 0;
         let body = resp
             .bytes_stream()
             .map(move |r| r.map_err(|e| transport_error(&e, "download")));
-        match &self.whole {
-            // The range was ignored: the body is the whole file. Kept, so that the next
-            // piece does not download it all again.
-            Some(whole) if whole_body => {
-                let mut w = whole.lock().await;
-                if let Some((file, size)) = w.find(key) {
-                    return read_window(&file, size, offset, len).await;
-                }
-                w.next += 1;
-                let file = w.dir.join(format!("{}", w.next));
-                let size = spill(body, &file).await?;
-                w.total += size;
-                w.files.push_back((key.to_owned(), file.clone(), size));
-                while w.total > WHOLE_BUDGET && w.files.len() > 1 {
-                    if let Some((_, old, n)) = w.files.pop_front() {
-                        let _ = tokio::fs::remove_file(&old).await;
-                        w.total -= n;
-                    }
-                }
-                drop(w);
-                read_window(&file, size, offset, len).await
-            }
-            _ => Ok(ranged::window(body, skip, len)),
-        }
+        Ok(ranged::window(body, skip, len))
     }
-}
-
-/// Writes `body` to `file` (private to the user); its length.
-async fn spill(
-    mut body: impl futures::Stream<Item = ProviderResult<Bytes>> + Unpin,
-    file: &std::path::Path,
-) -> ProviderResult<u64> {
-    use tokio::io::AsyncWriteExt;
-    let mut out = tokio::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(file)
-        .await?;
-    let mut n = 0u64;
-    while let Some(chunk) = body.next().await {
-        let chunk = match chunk {
-            Ok(c) => c,
-            Err(e) => {
-                drop(out);
-                let _ = tokio::fs::remove_file(file).await;
-                return Err(e);
-            }
-        };
-        out.write_all(&chunk).await?;
-        n += chunk.len() as u64;
-    }
-    out.flush().await?;
-    Ok(n)
-}
-
-/// Bytes `[offset, offset + len)` of a file kept whole (fewer at its end).
-async fn read_window(
-    file: &std::path::Path,
-    size: u64,
-    offset: u64,
-    len: u64,
-) -> ProviderResult<ByteStream> {
-    use tokio::io::{AsyncReadExt, AsyncSeekExt};
-    if offset >= size {
-        return Ok(Box::pin(futures::stream::empty()));
-    }
-    let take = len.min(size - offset);
-    let mut f = tokio::fs::File::open(file).await?;
-    f.seek(std::io::SeekFrom::Start(offset)).await?;
-    let mut buf = vec![0u8; take as usize];
-    f.read_exact(&mut buf).await?;
-    Ok(Box::pin(futures::stream::iter([Ok(Bytes::from(buf))])))
 }
 
 #[cfg(test)]
