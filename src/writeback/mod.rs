@@ -675,14 +675,25 @@ impl WriteBackQueue {
     }
 
     /// What `cloudmount sync` asks: every job runs now, until none is left (parked
-    /// failures excepted) or `timeout`; true when drained. The delay is skipped again for
-    /// whatever is queued while it waits: a job re-queued after a failed attempt (with its
-    /// backoff) or queued by a late release, which a single `expedite` at the start would
-    /// leave to wait out its full upload delay.
+    /// failures excepted) or `timeout`; true when drained. The upload delay is skipped
+    /// again for whatever is queued while it waits (a RELEASE the kernel sends after
+    /// close() returned re-arms a still-dirty file's delay), which a single `expedite` at
+    /// the start would leave to wait out its full delay.
     pub async fn drain_now(&self, timeout: Duration) -> bool {
         let deadline = tokio::time::Instant::now() + timeout;
+        self.expedite();
         loop {
-            self.expedite();
+            // Jobs waiting out their upload delay only: a retry keeps its backoff, so a
+            // sync during an outage does not hammer the server attempt after attempt.
+            {
+                let mut st = self.state.lock().unwrap();
+                for job in st.jobs.values_mut() {
+                    if job.attempts == 0 && job.failed.is_none() {
+                        job.not_before_ms = 0;
+                    }
+                }
+            }
+            self.wake.notify_one();
             let step = (tokio::time::Instant::now() + Duration::from_millis(200)).min(deadline);
             let left = step.saturating_duration_since(tokio::time::Instant::now());
             if self.wait_drained(left).await {

@@ -41,7 +41,7 @@ use serde_json::Value;
 use super::adf::{self, RenderContext};
 use super::{
     check_keys, first_free, folders_to_relist, millis, now_secs, parse_instant, title_to_name,
-    unique_names, Modified, Product, Site, SiteConfig, Watermark, OVERLAP,
+    unique_names, Gen, Invalidations, Modified, Product, Site, SiteConfig, Watermark, OVERLAP,
 };
 use crate::accounts::BearerTokens;
 use crate::provider::kit::client::{transport_error, Call};
@@ -287,18 +287,8 @@ struct Cache {
     /// The space each page was last listed in (kept across cache drops: a page moved to
     /// another space must be looked for where it was).
     homes: HashMap<String, String>,
-    /// Bumped by every invalidation of the whole cache, and per space by one of a space:
-    /// a fetch that began before one does not store what it got (it could put back what
-    /// the invalidation dropped). Per space, so that news elsewhere does not keep a slow
-    /// fetch (a big space's bulk listing) from ever being kept.
-    generation: u64,
-    space_gen: HashMap<String, u64>,
-}
-
-/// Where the caches stood when a fetch began (see [`Cache::generation`]).
-struct Gen {
-    all: u64,
-    space: Option<(String, u64)>,
+    /// What was dropped when (see [`Invalidations`]).
+    inval: Invalidations,
 }
 
 pub struct ConfluenceProvider {
@@ -370,22 +360,17 @@ impl ConfluenceProvider {
     /// Where the caches stand, for a fetch about to begin (in `space`, or above the
     /// spaces).
     fn generation(&self, space: Option<&str>) -> Gen {
-        let c = self.cache.lock().unwrap();
         Gen {
-            all: c.generation,
-            space: space.map(|s| (s.to_owned(), c.space_gen.get(s).copied().unwrap_or(0))),
+            start: self.cache.lock().unwrap().inval.now(),
+            part: space.map(str::to_owned),
         }
     }
 
-    /// Stores what a fetch that began at `gen` got, unless an invalidation of the whole
-    /// cache, or of its space, came since.
+    /// Stores what a fetch that began at `gen` got, unless what it depends on was
+    /// invalidated since.
     fn store(&self, gen: &Gen, f: impl FnOnce(&mut Cache)) {
         let mut c = self.cache.lock().unwrap();
-        let space_same = gen
-            .space
-            .as_ref()
-            .is_none_or(|(s, g)| c.space_gen.get(s).copied().unwrap_or(0) == *g);
-        if c.generation == gen.all && space_same {
+        if c.inval.fresh(gen.start, gen.part.as_deref()) {
             f(&mut c);
         }
     }
@@ -883,8 +868,11 @@ impl ConfluenceProvider {
             if let Some(l) = self.cache.lock().unwrap().listings.get(dir).cloned() {
                 return Ok(l);
             }
+            // Before the parent is looked at: a parent fetched across an invalidation
+            // must not make a listing that is kept.
+            let start = self.cache.lock().unwrap().inval.now();
             let (gen, listing) = if dir == "/" {
-                let gen = self.generation(None);
+                let gen = Gen { start, part: None };
                 let spaces = self.spaces().await?;
                 let names = Self::space_names(&spaces);
                 let listing = Listing {
@@ -916,7 +904,10 @@ impl ConfluenceProvider {
                     Node::Attachments { .. } => self.space_of(dir).await?,
                     _ => return Err(ProviderError::NotADirectory(dir.to_owned())),
                 };
-                let gen = self.generation(Some(&space.id));
+                let gen = Gen {
+                    start,
+                    part: Some(space.id.clone()),
+                };
                 let listing = match node {
                     Node::Space(space) => self.space_listing(&space).await?,
                     Node::PageDir { space, page } => self.page_listing(&space, &page).await?,
@@ -1016,7 +1007,7 @@ impl ConfluenceProvider {
             // Moved from another space: gone from that one's pages.
             spaces.extend(homes.get(&p.id).filter(|h| **h != p.space_id).cloned());
             for space in spaces {
-                *c.space_gen.entry(space.clone()).or_default() += 1;
+                c.inval.part(&space);
                 let Some(sc) = c.per_space.get_mut(&space) else {
                     continue;
                 };
@@ -1051,17 +1042,17 @@ impl ConfluenceProvider {
         let mut c = self.cache.lock().unwrap();
         if all {
             let homes = std::mem::take(&mut c.homes);
-            let space_gen = std::mem::take(&mut c.space_gen);
+            let mut inval = std::mem::take(&mut c.inval);
+            inval.all();
             *c = Cache {
                 homes,
-                generation: c.generation + 1,
-                space_gen,
+                inval,
                 ..Cache::default()
             };
             return;
         }
         for (id, path) in spaces {
-            *c.space_gen.entry(id.clone()).or_default() += 1;
+            c.inval.part(id);
             c.per_space.remove(id);
             c.listings
                 .retain(|p, _| !crate::provider::is_same_or_below(p, path));
@@ -1080,8 +1071,8 @@ impl ConfluenceProvider {
         for chunk in spaces.chunks(100) {
             let ids: Vec<&str> = chunk.iter().map(|s| s.id.as_str()).collect();
             let url = format!("{base}/pages");
-            // No bodies, a small page: a quiet look is one short reply. The bodies of what
-            // changed are asked for by id afterwards (`bodies`).
+            // No bodies: a quiet look is one short reply. The bodies of what changed are
+            // asked for by id afterwards (`bodies`).
             let query = vec![
                 ("space-id", ids.join(",")),
                 ("sort", "-modified-date".to_owned()),
@@ -1089,12 +1080,7 @@ impl ConfluenceProvider {
                 ("status", "current,trashed,archived".to_owned()),
                 (
                     "limit",
-                    if newest_only {
-                        1
-                    } else {
-                        self.cfg.page_size.min(25)
-                    }
-                    .to_string(),
+                    if newest_only { 1 } else { self.cfg.page_size }.to_string(),
                 ),
             ];
             let mut cursor: Option<String> = None;

@@ -32,7 +32,7 @@ use serde_json::Value;
 
 use super::{
     check_keys, folders_to_relist, millis, now_secs, parse_instant, title_to_name, unique_names,
-    Modified, Product, Site, SiteConfig, Watermark, OVERLAP,
+    Gen, Invalidations, Modified, Product, Site, SiteConfig, Watermark, OVERLAP,
 };
 use crate::accounts::BearerTokens;
 use crate::provider::kit::client::{transport_error, Call};
@@ -184,18 +184,8 @@ struct Cache {
     /// The project each issue was last listed in (kept across cache drops: a moved issue
     /// must be looked for where it was).
     homes: HashMap<String, String>,
-    /// Bumped by every invalidation of the whole cache, and per project by one of a
-    /// project: a fetch that began before one does not store what it got (it could put
-    /// back what the invalidation dropped). Per project, so that news elsewhere does not
-    /// keep a slow search (a big project's) from ever being kept.
-    generation: u64,
-    project_gen: HashMap<String, u64>,
-}
-
-/// Where the caches stood when a fetch began (see [`Cache::generation`]).
-struct Gen {
-    all: u64,
-    project: Option<(String, u64)>,
+    /// What was dropped when (see [`Invalidations`]).
+    inval: Invalidations,
 }
 
 pub struct JiraProvider {
@@ -402,8 +392,11 @@ impl JiraProvider {
             if let Some(l) = self.cache.lock().unwrap().listings.get(dir).cloned() {
                 return Ok(l);
             }
+            // Before the parent is looked at: a parent fetched across an invalidation
+            // must not make a listing that is kept.
+            let start = self.cache.lock().unwrap().inval.now();
             let (gen, listing) = if dir == "/" {
-                let gen = self.generation(None);
+                let gen = Gen { start, part: None };
                 let projects = self.projects().await?;
                 let names: Vec<(String, String, &str)> = projects
                     .iter()
@@ -450,7 +443,10 @@ impl JiraProvider {
                         return Err(ProviderError::NotADirectory(dir.to_owned()))
                     }
                 };
-                let gen = self.generation(Some(&project));
+                let gen = Gen {
+                    start,
+                    part: Some(project.clone()),
+                };
                 let listing = match node {
                     Node::Project(p) => {
                         let issues = self.issues(&p).await?;
@@ -593,22 +589,17 @@ impl JiraProvider {
     /// Where the caches stand, for a fetch about to begin (in `project`, or above the
     /// projects).
     fn generation(&self, project: Option<&str>) -> Gen {
-        let c = self.cache.lock().unwrap();
         Gen {
-            all: c.generation,
-            project: project.map(|p| (p.to_owned(), c.project_gen.get(p).copied().unwrap_or(0))),
+            start: self.cache.lock().unwrap().inval.now(),
+            part: project.map(str::to_owned),
         }
     }
 
-    /// Stores what a fetch that began at `gen` got, unless an invalidation of the whole
-    /// cache, or of its project, came since.
+    /// Stores what a fetch that began at `gen` got, unless what it depends on was
+    /// invalidated since.
     fn store(&self, gen: &Gen, f: impl FnOnce(&mut Cache)) {
         let mut c = self.cache.lock().unwrap();
-        let project_same = gen
-            .project
-            .as_ref()
-            .is_none_or(|(p, g)| c.project_gen.get(p).copied().unwrap_or(0) == *g);
-        if c.generation == gen.all && project_same {
+        if c.inval.fresh(gen.start, gen.part.as_deref()) {
             f(&mut c);
         }
     }
@@ -617,11 +608,11 @@ impl JiraProvider {
         let mut c = self.cache.lock().unwrap();
         if all {
             let homes = std::mem::take(&mut c.homes);
-            let project_gen = std::mem::take(&mut c.project_gen);
+            let mut inval = std::mem::take(&mut c.inval);
+            inval.all();
             *c = Cache {
                 homes,
-                generation: c.generation + 1,
-                project_gen,
+                inval,
                 ..Cache::default()
             };
             return;
@@ -645,7 +636,7 @@ impl JiraProvider {
         {
             let mut c = self.cache.lock().unwrap();
             for id in ids {
-                *c.project_gen.entry(id.clone()).or_default() += 1;
+                c.inval.part(id);
                 c.issues.remove(id);
             }
         }

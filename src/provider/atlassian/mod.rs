@@ -237,6 +237,50 @@ pub fn parse_instant(s: &str) -> Option<SystemTime> {
     })
 }
 
+/// The invalidations of a provider's caches, in order: a fetch notes when it began
+/// ([`Invalidations::now`]) and keeps what it got only if nothing it depends on was
+/// invalidated since ([`Invalidations::fresh`]) — else it could put back what the
+/// invalidation dropped. Per part (a space, a project), so that news elsewhere does not
+/// keep a slow fetch from ever being kept. A listing notes when it began before it looks
+/// at its parent's listing, so that one built from a parent fetched across an
+/// invalidation is not kept either.
+#[derive(Debug, Default)]
+pub struct Invalidations {
+    seq: u64,
+    all: u64,
+    parts: std::collections::HashMap<String, u64>,
+}
+
+impl Invalidations {
+    pub fn now(&self) -> u64 {
+        self.seq
+    }
+
+    /// Everything cached was dropped.
+    pub fn all(&mut self) {
+        self.seq += 1;
+        self.all = self.seq;
+    }
+
+    /// What was cached of `part` was dropped.
+    pub fn part(&mut self, part: &str) {
+        self.seq += 1;
+        self.parts.insert(part.to_owned(), self.seq);
+    }
+
+    /// Whether what a fetch begun at `start` got (of `part`, or above the parts) may be
+    /// kept.
+    pub fn fresh(&self, start: u64, part: Option<&str>) -> bool {
+        self.all <= start && part.is_none_or(|p| self.parts.get(p).copied().unwrap_or(0) <= start)
+    }
+}
+
+/// When a fetch began, and what it fetched (a part, or above the parts).
+pub struct Gen {
+    pub start: u64,
+    pub part: Option<String>,
+}
+
 /// How far below the watermark a change query looks again: clock skew, items saved in the
 /// same second as the last one seen, and Jira's minute precision.
 pub const OVERLAP: Duration = Duration::from_secs(120);
@@ -732,6 +776,23 @@ mod tests {
             ),
             ProviderError::NotFound(_)
         ));
+    }
+
+    #[test]
+    fn a_fetch_across_an_invalidation_is_not_kept() {
+        let mut i = Invalidations::default();
+        let before = i.now();
+        i.part("A");
+        assert!(
+            !i.fresh(before, Some("A")),
+            "its part was dropped meanwhile"
+        );
+        assert!(i.fresh(before, Some("B")), "news elsewhere does not matter");
+        assert!(i.fresh(before, None));
+        assert!(i.fresh(i.now(), Some("A")), "begun after: kept");
+        let before = i.now();
+        i.all();
+        assert!(!i.fresh(before, Some("B")) && !i.fresh(before, None));
     }
 
     #[test]
