@@ -34,19 +34,18 @@ use std::time::SystemTime;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use futures::StreamExt;
-use serde::{Deserialize, Deserializer};
+use serde::Deserialize;
 use serde_json::Value;
 
 use super::adf::{self, RenderContext};
 use super::{
-    check_keys, first_free, folders_to_relist, millis, now_secs, parse_instant, title_to_name,
-    unique_names, Gen, Invalidations, Modified, Product, Site, SiteConfig, Watermark, OVERLAP,
+    check_keys, first_free, folders_to_relist, id, instant, millis, now_secs, opt_id,
+    title_to_name, unique_names, Gen, Invalidations, Modified, Product, Site, SiteConfig,
+    Watermark, OVERLAP,
 };
 use crate::accounts::BearerTokens;
-use crate::provider::kit::client::{transport_error, Call};
+use crate::provider::kit::client::Call;
 use crate::provider::kit::paging::{self, Page};
-use crate::provider::kit::ranged::{self, Ranged};
 use crate::provider::kit::relist::Served;
 use crate::provider::kit::retry::Idempotency;
 use crate::provider::{
@@ -98,25 +97,6 @@ impl ConfluenceConfig {
             return Err(format!("page_size must be within 1..={MAX_LIMIT}"));
         }
         Ok(cfg)
-    }
-}
-
-/// Ids come as strings in v2, but a number is read too.
-fn id<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
-    match Value::deserialize(d)? {
-        Value::String(s) => Ok(s),
-        Value::Number(n) => Ok(n.to_string()),
-        other => Err(serde::de::Error::custom(format!("bad id {other}"))),
-    }
-}
-
-fn opt_id<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
-    match Option::<Value>::deserialize(d)? {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::String(s)) if s.is_empty() => Ok(None),
-        Some(Value::String(s)) => Ok(Some(s)),
-        Some(Value::Number(n)) => Ok(Some(n.to_string())),
-        Some(other) => Err(serde::de::Error::custom(format!("bad id {other}"))),
     }
 }
 
@@ -326,12 +306,6 @@ fn file_entry(name: &str, id: &str, size: u64, mtime: SystemTime, revision: Stri
         mode: Some(0o444),
         symlink_target: None,
     }
-}
-
-fn instant(s: &Option<String>) -> SystemTime {
-    s.as_deref()
-        .and_then(parse_instant)
-        .unwrap_or(SystemTime::UNIX_EPOCH)
 }
 
 /// The names of a page's attachments in its `_attachments/`, in the order given.
@@ -1357,7 +1331,8 @@ impl Provider for ConfluenceProvider {
         let whole = match node {
             Node::PageMd { body, .. } | Node::Url(body) => body,
             Node::Attachment { download, .. } => {
-                return self.download(path, &download, offset, len).await
+                let url = format!("{}{download}", self.wiki().await?);
+                return self.site.ranged_get(path, &url, &[], offset, len).await;
             }
             _ => return Err(ProviderError::IsADirectory(path.to_owned())),
         };
@@ -1465,59 +1440,6 @@ fn modified(pages: &[PageWire]) -> Vec<Modified> {
             group: p.space_id.clone(),
         })
         .collect()
-}
-
-impl ConfluenceProvider {
-    /// Bytes of an attachment: its download link, which redirects to the media service
-    /// (the redirect goes to another host, so the client drops our `Authorization`, which
-    /// the media service refuses). `Range` is sent; a target that ignores it answers the
-    /// whole file, of which the window asked for is kept.
-    async fn download(
-        &self,
-        path: &str,
-        link: &str,
-        offset: u64,
-        len: u64,
-    ) -> ProviderResult<ByteStream> {
-        if len == 0 {
-            return Ok(Box::pin(futures::stream::empty()));
-        }
-        let url = format!("{}{link}", self.wiki().await?);
-        let what = format!("download {path}");
-        let range = ranged::range_header(offset, len);
-        let resp = self
-            .site
-            .api
-            .send_raw(
-                Call::new(&what).idempotency(Idempotency::Idempotent),
-                || {
-                    let r = self
-                        .site
-                        .api
-                        .http()
-                        .get(&url)
-                        .header(reqwest::header::RANGE, &range)
-                        .build();
-                    async move { r.map_err(|e| ProviderError::Protocol(e.to_string())) }
-                },
-            )
-            .await?;
-        let skip = match ranged::interpret(resp.status(), resp.headers(), offset, &what) {
-            Some(Ok(Ranged::PastEnd)) => return Ok(Box::pin(futures::stream::empty())),
-            Some(Ok(Ranged::Body { skip, .. })) => skip,
-            Some(Err(e)) => return Err(e),
-            None => {
-                return Err(match self.site.api.error_of(resp, &what).await {
-                    ProviderError::NotFound(_) => ProviderError::NotFound(path.to_owned()),
-                    e => e,
-                })
-            }
-        };
-        let body = resp
-            .bytes_stream()
-            .map(move |r| r.map_err(|e| transport_error(&e, "download")));
-        Ok(ranged::window(body, skip, len))
-    }
 }
 
 #[cfg(test)]

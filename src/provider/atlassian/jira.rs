@@ -26,18 +26,15 @@ use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
 use async_trait::async_trait;
-use futures::StreamExt;
-use serde::{Deserialize, Deserializer};
-use serde_json::Value;
+use serde::Deserialize;
 
 use super::{
-    check_keys, folders_to_relist, millis, now_secs, parse_instant, title_to_name, unique_names,
-    Gen, Invalidations, Modified, Product, Site, SiteConfig, Watermark, OVERLAP,
+    check_keys, folders_to_relist, id, instant, millis, now_secs, title_to_name, unique_names, Gen,
+    Invalidations, Modified, Product, Site, SiteConfig, Watermark, OVERLAP,
 };
 use crate::accounts::BearerTokens;
-use crate::provider::kit::client::{transport_error, Call};
+use crate::provider::kit::client::Call;
 use crate::provider::kit::paging::{self, Page};
-use crate::provider::kit::ranged::{self, Ranged};
 use crate::provider::kit::relist::Served;
 use crate::provider::kit::retry::Idempotency;
 use crate::provider::{
@@ -79,14 +76,6 @@ impl JiraConfig {
             .clone()
             .try_into()
             .map_err(|e: toml::de::Error| e.to_string())
-    }
-}
-
-fn id<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
-    match Value::deserialize(d)? {
-        Value::String(s) => Ok(s),
-        Value::Number(n) => Ok(n.to_string()),
-        other => Err(serde::de::Error::custom(format!("bad id {other}"))),
     }
 }
 
@@ -211,12 +200,6 @@ fn dir_entry(name: &str, id: &str, mtime: SystemTime) -> RemoteEntry {
         mode: Some(0o555),
         symlink_target: None,
     }
-}
-
-fn instant(s: &Option<String>) -> SystemTime {
-    s.as_deref()
-        .and_then(parse_instant)
-        .unwrap_or(SystemTime::UNIX_EPOCH)
 }
 
 /// A JQL string literal.
@@ -717,41 +700,11 @@ impl Provider for JiraProvider {
             return Ok(Box::pin(futures::stream::empty()));
         }
         let url = format!("{}/attachment/content/{id}", self.site.base().await?);
-        let what = format!("download {path}");
-        let range = ranged::range_header(offset, len);
-        let resp = self
-            .site
-            .api
-            .send_raw(
-                Call::new(&what).idempotency(Idempotency::Idempotent),
-                || {
-                    let r = self
-                        .site
-                        .api
-                        .http()
-                        .get(&url)
-                        .query(&[("redirect", "false")])
-                        .header(reqwest::header::RANGE, &range)
-                        .build();
-                    async move { r.map_err(|e| ProviderError::Protocol(e.to_string())) }
-                },
-            )
-            .await?;
-        let skip = match ranged::interpret(resp.status(), resp.headers(), offset, &what) {
-            Some(Ok(Ranged::PastEnd)) => return Ok(Box::pin(futures::stream::empty())),
-            Some(Ok(Ranged::Body { skip, .. })) => skip,
-            Some(Err(e)) => return Err(e),
-            None => {
-                return Err(match self.site.api.error_of(resp, &what).await {
-                    ProviderError::NotFound(_) => ProviderError::NotFound(path.to_owned()),
-                    e => e,
-                })
-            }
-        };
-        let body = resp
-            .bytes_stream()
-            .map(move |r| r.map_err(|e| transport_error(&e, "download")));
-        Ok(ranged::window(body, skip, len))
+        // `redirect=false`: the bytes from Jira itself, which honours Range (the media URL
+        // a redirect leads to does not promise it).
+        self.site
+            .ranged_get(path, &url, &[("redirect", "false")], offset, len)
+            .await
     }
 
     async fn quota(&self) -> ProviderResult<Quota> {

@@ -678,6 +678,87 @@ impl Site {
     }
 }
 
+impl Site {
+    /// Bytes `[offset, offset + len)` of the file at `url` (with `query`): a ranged GET,
+    /// redirects followed (to a media host, without our `Authorization`); a server that
+    /// ignores `Range` sends the whole file, of which the window asked for is kept. `path`
+    /// names the file in errors (a 404 is the file's `NotFound`).
+    pub async fn ranged_get(
+        &self,
+        path: &str,
+        url: &str,
+        query: &[(&str, &str)],
+        offset: u64,
+        len: u64,
+    ) -> ProviderResult<super::ByteStream> {
+        use super::kit::ranged::{self, Ranged};
+        use futures::StreamExt;
+        if len == 0 {
+            return Ok(Box::pin(futures::stream::empty()));
+        }
+        let what = format!("download {path}");
+        let range = ranged::range_header(offset, len);
+        let resp = self
+            .api
+            .send_raw(
+                Call::new(&what).idempotency(Idempotency::Idempotent),
+                || {
+                    let r = self
+                        .api
+                        .http()
+                        .get(url)
+                        .query(query)
+                        .header(reqwest::header::RANGE, &range)
+                        .build();
+                    async move { r.map_err(|e| ProviderError::Protocol(e.to_string())) }
+                },
+            )
+            .await?;
+        let skip = match ranged::interpret(resp.status(), resp.headers(), offset, &what) {
+            Some(Ok(Ranged::PastEnd)) => return Ok(Box::pin(futures::stream::empty())),
+            Some(Ok(Ranged::Body { skip, .. })) => skip,
+            Some(Err(e)) => return Err(e),
+            None => {
+                return Err(match self.api.error_of(resp, &what).await {
+                    ProviderError::NotFound(_) => ProviderError::NotFound(path.to_owned()),
+                    e => e,
+                })
+            }
+        };
+        let body = resp
+            .bytes_stream()
+            .map(move |r| r.map_err(|e| super::kit::client::transport_error(&e, "download")));
+        Ok(ranged::window(body, skip, len))
+    }
+}
+
+/// An id as the APIs write it: a string (v2, Jira), or a number (some v1 and Jira replies).
+pub fn id<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    match Value::deserialize(d)? {
+        Value::String(s) => Ok(s),
+        Value::Number(n) => Ok(n.to_string()),
+        other => Err(serde::de::Error::custom(format!("bad id {other}"))),
+    }
+}
+
+/// An id that may be absent, null or empty (a page at the top of its space).
+pub fn opt_id<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    match Option::<Value>::deserialize(d)? {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) if s.is_empty() => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s)),
+        Some(Value::Number(n)) => Ok(Some(n.to_string())),
+        Some(other) => Err(serde::de::Error::custom(format!("bad id {other}"))),
+    }
+}
+
+/// An optional instant as an mtime (the epoch when absent or unreadable).
+pub fn instant(s: &Option<String>) -> SystemTime {
+    s.as_deref()
+        .and_then(parse_instant)
+        .unwrap_or(SystemTime::UNIX_EPOCH)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
