@@ -103,21 +103,37 @@ fn slot_for(db: &sled::Db, c: &ConnectionConfig) -> DynResult<u16> {
 /// entries; the rest is read from disk (the OS page cache keeps it close).
 const METADATA_CACHE_BYTES: u64 = 64 << 20;
 
+/// How long opening the metadata store waits for a lock held by another process: a
+/// daemon that was just told to unmount holds it until it has exited.
+const METADATA_LOCK_WAIT: Duration = Duration::from_secs(10);
+
 pub fn open_db(state_dir: &Path) -> DynResult<sled::Db> {
     crate::private_fs::create_private_dir(state_dir)?;
-    sled::Config::new()
+    let config = sled::Config::new()
         .path(state_dir.join("metadata"))
         // sled's default page cache is 1 GiB: with a large folder it filled up to that
         // (522 MiB resident after listing a 50,000-message mailbox, bench/imap.py).
-        .cache_capacity(METADATA_CACHE_BYTES)
-        .open()
-        .map_err(|e| {
-            format!(
-                "cannot open the metadata store in {} ({e}); is another cloudmount using it?",
-                state_dir.display()
-            )
-            .into()
-        })
+        .cache_capacity(METADATA_CACHE_BYTES);
+    let start = std::time::Instant::now();
+    loop {
+        match config.open() {
+            Ok(db) => return Ok(db),
+            // sled reports a held lock only in its message (kind `Other`).
+            Err(sled::Error::Io(e))
+                if e.to_string().contains("could not acquire lock")
+                    && start.elapsed() < METADATA_LOCK_WAIT =>
+            {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            Err(e) => {
+                return Err(format!(
+                    "cannot open the metadata store in {} ({e}); is another cloudmount using it?",
+                    state_dir.display()
+                )
+                .into())
+            }
+        }
+    }
 }
 
 /// Build the filesystem of every connection (no kernel involved): used by the daemon and

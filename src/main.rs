@@ -427,6 +427,25 @@ fn become_user(name: &str) -> DynResult<()> {
     Ok(())
 }
 
+/// Whether process `pid` still runs. A zombie (exited, not yet reaped by a parent that
+/// may never reap it) counts as gone: it holds no files or locks any more.
+fn process_alive(pid: i32) -> bool {
+    if nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None)
+        == Err(nix::errno::Errno::ESRCH)
+    {
+        return false;
+    }
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // The state follows the command name, which is in parentheses and may hold any
+        // character: look after the last ')'.
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .map(|(_, rest)| !rest.trim_start().starts_with(['Z', 'X']))
+            .unwrap_or(true),
+        Err(_) => false,
+    }
+}
+
 fn is_mounted(mount_point: &Path) -> bool {
     let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
         return false;
@@ -805,8 +824,12 @@ fn unmount(mount_point: &Path, drain: Option<f64>) -> DynResult<()> {
     }
     // The daemon answers once its queue drained (or the wait ran out); meanwhile the
     // bar follows the queue.
-    let queued = call(&mp, Request::Status).map(|s| queue_remaining(&s))?;
-    SYNC_START.store(queued, std::sync::atomic::Ordering::Relaxed);
+    let status = call(&mp, Request::Status)?;
+    let daemon_pid = status["pid"].as_u64().and_then(|p| i32::try_from(p).ok());
+    SYNC_START.store(
+        queue_remaining(&status),
+        std::sync::atomic::Ordering::Relaxed,
+    );
     let mp2 = mp.clone();
     let v = with_progress(
         &mp,
@@ -826,6 +849,17 @@ fn unmount(mount_point: &Path, drain: Option<f64>) -> DynResult<()> {
     }
     if is_mounted(&mp) {
         return Err(format!("{} is still mounted (busy?)", mp.display()).into());
+    }
+    // The daemon still closes its metadata store after the socket went: return only once
+    // it is gone, so a `mount` of the same state folder right after us finds it free.
+    if let Some(pid) = daemon_pid {
+        let start = Instant::now();
+        while process_alive(pid) && start.elapsed() < Duration::from_secs(30) {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        if process_alive(pid) {
+            eprintln!("cloudmount: the daemon (pid {pid}) is still closing its state");
+        }
     }
     println!("unmounted {}", mp.display());
     let left = v["left"].as_u64().unwrap_or(0);
