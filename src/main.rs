@@ -489,11 +489,19 @@ fn mount_background(args: MountArgs, verbose: u8) -> DynResult<()> {
         .iter()
         .position(|a| a == "mount")
         .map_or(argv.len(), |i| i + 1);
-    cmd.args(
-        argv[after_mount..]
-            .iter()
-            .filter(|a| *a != "-f" && *a != "--foreground"),
-    );
+    // The rest of our own arguments, less those the daemon was given above (a
+    // `--log-file` of the user's is the `log` it got; repeated, clap refuses it).
+    let mut rest = argv[after_mount..].iter();
+    while let Some(a) = rest.next() {
+        if a == "-f" || a == "--foreground" || a.to_string_lossy().starts_with("--log-file=") {
+            continue;
+        }
+        if a == "--log-file" {
+            rest.next();
+            continue;
+        }
+        cmd.arg(a);
+    }
     // The daemon outlives this command: its stderr goes to the log, not to a pipe that
     // closes when we exit.
     // Created private; an older, looser log is tightened (and reported) by the daemon.

@@ -412,8 +412,10 @@ fn unprivileged_user_mounts_through_fusermount3_privately() {
 fn status_right_after_a_background_mount_finds_the_daemon() {
     let dirs = TestDirs::new();
     fs::write(dirs.cloud.join("a.txt"), b"a").unwrap();
+    let log = dirs.tmp.path().join("chosen.log");
     for round in 0..10 {
-        let out = Command::new(BIN)
+        let mut mount = Command::new(BIN);
+        mount
             .arg("mount")
             .arg(&dirs.mnt)
             .arg("--local")
@@ -421,9 +423,15 @@ fn status_right_after_a_background_mount_finds_the_daemon() {
             .arg("--state-dir")
             .arg(&dirs.state)
             .arg("--cache-dir")
-            .arg(&dirs.cache)
-            .output()
-            .unwrap();
+            .arg(&dirs.cache);
+        // A log file of one's own choosing, in both spellings (the background daemon
+        // once got it twice and refused to start).
+        match round {
+            0 => mount.arg("--log-file").arg(&log),
+            1 => mount.arg(format!("--log-file={}", log.display())),
+            _ => &mut mount,
+        };
+        let out = mount.output().unwrap();
         let _guard = UnmountOnDrop(dirs.mnt.clone());
         stdout_of(&out, "mount");
         let out = Command::new(BIN)
@@ -440,6 +448,14 @@ fn status_right_after_a_background_mount_finds_the_daemon() {
             .output()
             .unwrap();
         stdout_of(&out, "unmount");
+        if round < 2 {
+            let text = fs::read_to_string(&log).unwrap_or_default();
+            assert!(
+                text.contains("unmounting"),
+                "round {round}: the chosen log: {text}"
+            );
+            fs::remove_file(&log).unwrap();
+        }
         assert!(!is_mounted(&dirs.mnt), "unmount returned while mounted");
         // `unmount` returns only once the daemon let go of its metadata store: the next
         // mount of this state folder must find it free (no waiting here).
