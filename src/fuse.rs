@@ -487,20 +487,26 @@ impl Filesystem for CloudFs {
     fn link(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         newparent: INodeNo,
-        _newname: &OsStr,
+        newname: &OsStr,
         reply: ReplyEntry,
     ) {
-        let (root, slot, _) = route_or_reply!(self, newparent, reply);
-        let (_, vfs) = Self::slot_vfs(&root, slot);
-        // No provider keeps hard links (EPERM, as filesystems without them answer); on a
-        // read-only connection the write into the folder is refused first (EROFS).
-        reply.error(Errno::from_i32(if vfs.config.read_only {
-            libc::EROFS
-        } else {
-            libc::EPERM
-        }));
+        let name = name_or_reply!(newname, reply);
+        let (root, slot, local) = route_or_reply!(self, ino, reply);
+        let (_, slot2, local_parent) = route_or_reply!(self, newparent, reply);
+        if slot != slot2 {
+            // Different connections are different filesystems.
+            return reply.error(Errno::EXDEV);
+        }
+        let ttl = self.attr_ttl;
+        self.spawn(async move {
+            let (_, vfs) = Self::slot_vfs(&root, slot);
+            match vfs.link(local, local_parent, &name).await {
+                Ok(attr) => Self::entry_reply(&root, slot, &attr, ttl, reply),
+                Err(e) => reply.error(errno(&e)),
+            }
+        });
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {

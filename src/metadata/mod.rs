@@ -20,6 +20,8 @@ const DIRENT: u8 = b'd';
 const CACHE: u8 = b'k';
 const JOB: u8 = b'j';
 const META: u8 = b'm';
+/// Hard links: `h` + the inode of an extra name → the inode the kernel knows the file by.
+const LINK: u8 = b'h';
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -197,9 +199,10 @@ impl Batch {
         self.inner.insert(&key(INODE, inode.ino), encode(inode));
     }
     pub fn remove_inode(&mut self, ino: Ino) {
-        self.ops += 2;
+        self.ops += 3;
         self.inner.remove(&key(INODE, ino));
         self.inner.remove(&key(CACHE, ino));
+        self.inner.remove(&key(LINK, ino));
     }
     pub fn link(&mut self, parent: Ino, name: &str, ino: Ino) {
         self.ops += 1;
@@ -209,6 +212,16 @@ impl Batch {
     pub fn unlink(&mut self, parent: Ino, name: &str) {
         self.ops += 1;
         self.inner.remove(dirent_key(parent, name));
+    }
+    /// Record that `name_ino` is another name of the file `holder` (a hard link).
+    pub fn put_link(&mut self, name_ino: Ino, holder: Ino) {
+        self.ops += 1;
+        self.inner
+            .insert(&key(LINK, name_ino), &holder.to_be_bytes());
+    }
+    pub fn remove_link(&mut self, name_ino: Ino) {
+        self.ops += 1;
+        self.inner.remove(&key(LINK, name_ino));
     }
     /// A write-back job, so that a namespace change and the jobs it queues land together.
     pub fn put_job<T: Serialize>(&mut self, seq: u64, job: &T) {
@@ -287,6 +300,21 @@ impl Store {
         })
     }
 
+    /// Every hard link: (the inode of an extra name, the inode of the file it names).
+    pub fn all_links(&self) -> impl Iterator<Item = StoreResult<(Ino, Ino)>> + '_ {
+        self.tree.scan_prefix([LINK]).map(|item| {
+            let (k, v) = item?;
+            let mut a = [0u8; 8];
+            a.copy_from_slice(&k[1..9]);
+            let mut b = [0u8; 8];
+            b.copy_from_slice(
+                v.get(..8)
+                    .ok_or_else(|| StoreError::Corrupt("a hard link record is cut short".into()))?,
+            );
+            Ok((u64::from_be_bytes(a), u64::from_be_bytes(b)))
+        })
+    }
+
     pub fn alloc_ino(&self) -> StoreResult<Ino> {
         // Persisted counter: inode numbers are never reused, so they stay stable across
         // remounts and a stale kernel handle can never reach a different file.
@@ -318,6 +346,13 @@ impl Store {
         let mut k = vec![META, b'/'];
         k.extend_from_slice(name.as_bytes());
         self.tree.insert(k, value)?;
+        Ok(())
+    }
+
+    pub fn remove_meta(&self, name: &str) -> StoreResult<()> {
+        let mut k = vec![META, b'/'];
+        k.extend_from_slice(name.as_bytes());
+        self.tree.remove(k)?;
         Ok(())
     }
 

@@ -125,7 +125,7 @@ impl Vfs {
     }
 
     async fn run_upload(&self, seq: u64, job: &Job, progress: &Progress) -> JobResult {
-        let Some(inode) = self.store.get(job.ino).map_err(store_err)? else {
+        let Some(mut inode) = self.store.get(job.ino).map_err(store_err)? else {
             return Ok(()); // deleted meanwhile
         };
         // A file without a name any more needs no upload: the jobs queued after this one
@@ -134,17 +134,32 @@ impl Vfs {
             return Ok(());
         }
         let generation = inode.generation;
-        // The parts never fetched come from the revision the edit started from.
-        let base = match (&inode.remote, &inode.base_revision) {
-            (Some(r), Some(rev)) => Some(crate::cache::Source {
-                path: r.path.clone(),
-                revision: rev.clone(),
-            }),
-            _ => None,
+        // A hard link's name record sends its file's content (kept whole while linked);
+        // the name's own record says what the remote holds at its name.
+        let holder = self.holder_of(job.ino);
+        let base = if holder != job.ino {
+            let file = self
+                .store
+                .get(holder)
+                .map_err(store_err)?
+                .ok_or_else(|| store_err(format!("the file linked as {} is gone", job.path)))?;
+            inode.size = file.size;
+            inode.mtime = file.mtime;
+            inode.perm = file.perm;
+            Self::source_of(&file)
+        } else {
+            // The parts never fetched come from the revision the edit started from.
+            match (&inode.remote, &inode.base_revision) {
+                (Some(r), Some(rev)) => Some(crate::cache::Source {
+                    path: r.path.clone(),
+                    revision: rev.clone(),
+                }),
+                _ => None,
+            }
         };
         if let Some(src) = &base {
             self.cache
-                .ensure(job.ino, Some(src), inode.size, 0, inode.size)
+                .ensure(holder, Some(src), inode.size, 0, inode.size)
                 .await
                 .map_err(cache_err)?;
         }
@@ -153,7 +168,7 @@ impl Vfs {
         // could not be resolved by comparing.
         let snapshot = self.staging.join(format!("upload-{seq}"));
         self.cache
-            .snapshot(job.ino, inode.size, &snapshot)
+            .snapshot(holder, inode.size, &snapshot)
             .map_err(cache_err)?;
         let result = self
             .upload_snapshot(seq, job, &inode, generation, &snapshot, progress)
@@ -245,7 +260,10 @@ impl Vfs {
                         i.dirty = false;
                         // Under the record lock, like a write marking it dirty again:
                         // the cache must not call clean a file a write just changed.
-                        self.cache.mark_uploaded(job.ino, &revision);
+                        // (A hard link's name record has no content of its own.)
+                        if self.holder_of(job.ino) == job.ino {
+                            self.cache.mark_uploaded(job.ino, &revision);
+                        }
                     }
                 })
                 .map_err(store_err)?;
@@ -441,6 +459,8 @@ impl Vfs {
             Err(e) => return Err(retryable(e)),
         };
         let _ns = self.ns_lock.lock().await;
+        // One name of a hard link: the local content is the link's, not this name's.
+        let linked = self.is_linked(job.ino);
         let parent = inode.parent;
         if parent != 0
             && self
@@ -466,7 +486,10 @@ impl Vfs {
                 revision: entry.revision.clone(),
                 id: entry.id.clone(),
             });
-            let _ = self.cache.transfer(job.ino, copy_ino);
+            if !linked {
+                let _ = self.cache.transfer(job.ino, copy_ino);
+            }
+            // (Linked, the copy's content is read back from the copy just uploaded.)
             self.cache.mark_uploaded(copy_ino, &entry.revision);
             let mut b = Batch::default();
             b.put_inode(&copy);
@@ -474,24 +497,31 @@ impl Vfs {
             self.store.apply(b).map_err(store_err)?;
             self.notify_entry(parent, &copy_name);
         }
-        self.cache.remove(job.ino);
-        self.update(job.ino, |i| {
-            i.dirty = false;
-            i.conflict = Some(copy_name.clone());
-            i.base_revision = None;
-            if let Some(cur) = &current {
-                i.size = cur.size;
-                i.mtime = cur.mtime;
-                i.remote = Some(RemoteState {
-                    path: job.path.clone(),
-                    revision: cur.revision.clone(),
-                    id: cur.id.clone(),
-                });
-            }
-        })
-        .map_err(store_err)?;
-        self.stale_pages.lock().unwrap().insert(job.ino);
-        self.notify_inode(job.ino);
+        if linked {
+            // The name shows what the remote has now, as a file of its own; the link's
+            // other names keep the local content.
+            self.split_name_off(job.ino, &job.path, current.as_ref(), &copy_name)
+                .map_err(store_err)?;
+        } else {
+            self.cache.remove(job.ino);
+            self.update(job.ino, |i| {
+                i.dirty = false;
+                i.conflict = Some(copy_name.clone());
+                i.base_revision = None;
+                if let Some(cur) = &current {
+                    i.size = cur.size;
+                    i.mtime = cur.mtime;
+                    i.remote = Some(RemoteState {
+                        path: job.path.clone(),
+                        revision: cur.revision.clone(),
+                        id: cur.id.clone(),
+                    });
+                }
+            })
+            .map_err(store_err)?;
+            self.stale_pages.lock().unwrap().insert(job.ino);
+            self.notify_inode(job.ino);
+        }
         self.record_conflict(ConflictRecord {
             path: job.path.clone(),
             conflict_copy: copy_path,

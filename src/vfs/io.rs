@@ -173,7 +173,8 @@ impl Vfs {
             Some(i) => i,
             None => return Ok(()),
         };
-        if !inode.dirty || inode.parent == 0 {
+        let linked = self.is_linked(ino);
+        if (!inode.dirty || inode.parent == 0) && !linked {
             return Ok(());
         }
         {
@@ -181,13 +182,16 @@ impl Vfs {
             // running meanwhile (a RELEASE arrives after close() returned) must not leave
             // this job at the old name.
             let _ns = self.ns_lock.lock().await;
-            let Some(path) = self.path_of(ino)? else {
-                return Ok(());
-            };
             let inode = self.get(ino)?;
             self.cache.sync_record(ino);
-            self.queue
-                .enqueue_upload(ino, &path, inode.size, inode.generation);
+            if inode.dirty {
+                if let Some(path) = self.path_of(ino)? {
+                    self.queue
+                        .enqueue_upload(ino, &path, inode.size, inode.generation);
+                }
+            }
+            // A hard link's other names get the content on the remote too.
+            self.sync_link_names(ino)?;
         }
         self.store.flush().await?;
         Ok(())

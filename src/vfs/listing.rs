@@ -218,6 +218,8 @@ impl Vfs {
         let mut batch = Batch::default();
         let mut changed_inodes = Vec::new();
         let mut changed_entries = Vec::new();
+        // Hard links' name records that left their link here.
+        let mut left_links = Vec::new();
         // The folder's subfolders once merged, counted on the way: whatever the remote did,
         // and whatever a crash between a local change and its count left, the link count
         // is right after every listing.
@@ -239,16 +241,23 @@ impl Vfs {
             let settled = !busy.contains(&ino) && !child.dirty;
             let stays = match remote.remove(&name) {
                 Some(e) if settled => {
-                    if e.kind != child.kind {
+                    let rev_changed =
+                        child.remote.as_ref().map(|r| &r.revision) != Some(&e.revision);
+                    // Replaced by another kind of entry; or, for one name of a hard link,
+                    // changed by another client: that name leaves the link and shows the
+                    // remote's content as a file of its own, the other names keep theirs.
+                    if e.kind != child.kind || (rev_changed && self.is_linked(ino)) {
                         batch.unlink(dir, &name);
-                        self.orphan(&mut batch, &mut child);
+                        left_links.extend(self.orphan_name(&mut batch, &mut child));
+                        if self.is_linked(ino) {
+                            // The file's link count changed.
+                            changed_inodes.push(self.holder_of(ino));
+                        }
                         changed_entries.push(name.clone());
                         // (Counted below with the new entries, if it comes back.)
                         remote.insert(name, e);
                         continue;
                     }
-                    let rev_changed =
-                        child.remote.as_ref().map(|r| &r.revision) != Some(&e.revision);
                     if rev_changed {
                         self.apply_remote(&mut child, &e, remote_dir);
                         batch.put_inode(&child);
@@ -264,7 +273,10 @@ impl Vfs {
                     if settled && child.remote.is_some() && gone.contains(&name) {
                         // Deleted on the remote by someone else.
                         batch.unlink(dir, &name);
-                        self.orphan(&mut batch, &mut child);
+                        left_links.extend(self.orphan_name(&mut batch, &mut child));
+                        if self.is_linked(ino) {
+                            changed_inodes.push(self.holder_of(ino));
+                        }
                         changed_entries.push(name);
                         false
                     } else {
@@ -314,6 +326,9 @@ impl Vfs {
             d.listed_at = Some(now());
             d.subdirs = Some(subdirs);
         })?;
+        for n in left_links {
+            self.name_left_link(n);
+        }
         for ino in changed_inodes {
             self.notify_inode(ino);
         }

@@ -7,6 +7,7 @@
 mod error;
 mod executor;
 mod io;
+mod links;
 mod listing;
 mod offline;
 mod poll;
@@ -162,6 +163,8 @@ pub struct Vfs {
     /// When the whole tree was last seen unchanged (providers whose directory revisions
     /// propagate to the root): every listing taken before is still good then.
     tree_verified: Mutex<Option<SystemTime>>,
+    /// Hard links: which name records belong to which file (see links.rs).
+    links: Mutex<links::LinkTable>,
 }
 
 fn now() -> SystemTime {
@@ -181,6 +184,7 @@ impl Vfs {
         health: Arc<Health>,
     ) -> FsResult<Arc<Self>> {
         std::fs::create_dir_all(&staging)?;
+        let store_for_links = store.clone();
         let conflicts = store
             .get_meta("conflicts")?
             .and_then(|b| serde_json::from_slice(&b).ok())
@@ -210,6 +214,7 @@ impl Vfs {
             pin_progress: Mutex::new(PinProgress::default()),
             direct_io: Mutex::new(HashSet::new()),
             tree_verified: Mutex::new(None),
+            links: Mutex::new(links::LinkTable::load(&store_for_links)?),
         };
         vfs.init_root()?;
         vfs.purge_orphans_from_last_run()?;
@@ -257,11 +262,14 @@ impl Vfs {
         let mut doomed = Vec::new();
         for inode in self.store.all_inodes() {
             let inode = inode?;
-            if inode.parent == 0 && !busy.contains(&inode.ino) {
+            // (A hard-linked file without a name of its own still has its other names.)
+            let has_names = !self.extra_names(inode.ino).is_empty();
+            if inode.parent == 0 && !busy.contains(&inode.ino) && !has_names {
                 doomed.push(inode.ino);
             }
         }
         for ino in doomed {
+            self.links.lock().unwrap().remove(ino);
             let mut b = Batch::default();
             b.remove_inode(ino);
             self.store.apply(b)?;
@@ -369,10 +377,9 @@ impl Vfs {
             // rather than 2, which would say there are none.
             nlink: if inode.is_dir() {
                 inode.subdirs.map_or(1, |n| 2 + n)
-            } else if inode.parent == 0 {
-                0
             } else {
-                1
+                // 1, or with hard links the number of names; 0 once unlinked.
+                self.name_count(inode)
             },
             uid: inode.uid,
             gid: inode.gid,
@@ -618,7 +625,8 @@ impl Vfs {
             .copied()
             .unwrap_or(0);
         let looked_up = self.lookups.lock().unwrap().contains_key(&ino);
-        if open > 0 || looked_up || self.queue.has_jobs_for(ino) {
+        // A hard-linked file whose own name went lives on for its other names.
+        if open > 0 || looked_up || self.queue.has_jobs_for(ino) || self.is_linked(ino) {
             return;
         }
         self.orphans.lock().unwrap().remove(&ino);
@@ -662,7 +670,7 @@ impl Vfs {
         }
         self.ensure_listed(parent).await?;
         let ino = self.store.child(parent, name)?.ok_or(FsError::NotFound)?;
-        let inode = self.get(ino)?;
+        let inode = self.entry_inode(ino)?;
         Ok(self.attr_of(&inode))
     }
 
@@ -686,7 +694,7 @@ impl Vfs {
         self.ensure_listed(ino).await?;
         let mut out = Vec::new();
         for (name, child) in self.store.children(ino)? {
-            if let Some(inode) = self.store.get(child)? {
+            if let Some(inode) = self.store.get(self.holder_of(child))? {
                 out.push((name, self.attr_of(&inode)));
             }
         }
@@ -874,12 +882,6 @@ impl Vfs {
         Ok(self.attr_of(&inode))
     }
 
-    pub async fn link(&self) -> FsResult<Attr> {
-        Err(FsError::NotPermitted(
-            "hard links cannot be represented on cloud providers".into(),
-        ))
-    }
-
     pub async fn unlink(&self, parent: Ino, name: &str) -> FsResult<()> {
         self.writable()?;
         self.ensure_listed(parent).await?;
@@ -896,10 +898,14 @@ impl Vfs {
             let on_remote = self.on_remote(&inode) || inode.base_revision.is_some();
             let mut b = Batch::default();
             b.unlink(parent, name);
-            self.orphan(&mut b, &mut inode);
+            let left_link = self.orphan_name(&mut b, &mut inode);
             let mut t = self.queue.begin(b);
             t.on_delete(ino, &path, on_remote);
             t.commit()?;
+            drop(_records);
+            if let Some(n) = left_link {
+                self.name_left_link(n);
+            }
         }
         self.touch_dir(parent)?;
         self.maybe_purge_orphan(ino);
@@ -1011,7 +1017,9 @@ impl Vfs {
         self.check_case_twin(new_parent, new_name, Some(src_ino))?;
         let mut victim = None;
         if let Some(dst_ino) = dst {
-            if dst_ino == src_ino {
+            // Two names of one file (the same entry, or hard links): POSIX says nothing
+            // happens.
+            if dst_ino == src_ino || self.holder_of(dst_ino) == self.holder_of(src_ino) {
                 return Ok(());
             }
             if no_replace {
@@ -1055,12 +1063,13 @@ impl Vfs {
         let delete_replaced_at_from =
             !src_on_remote && !src.is_dir() && src.base_revision.take().is_some();
         let mut victim_delete = false;
+        let mut victim_left_link = None;
         let b = t.batch();
         b.unlink(parent, name);
         if let Some(v) = victim.as_mut() {
             let v_on_remote = v_on_remote.unwrap_or(false);
             b.unlink(new_parent, new_name);
-            self.orphan(b, v);
+            victim_left_link = self.orphan_name(b, v);
             if !v_on_remote && !src_on_remote && !src.is_dir() {
                 // The replaced file had itself replaced a remote one and was not uploaded
                 // yet (git's `main.lock` -> `main`, twice in a row): that remote file is
@@ -1113,6 +1122,14 @@ impl Vfs {
             }
         }
         drop(records);
+        if let Some(n) = victim_left_link {
+            self.name_left_link(n);
+        }
+        // A hard link's name moved: the file the kernel knows changed (its ctime).
+        let src_holder = self.holder_of(src_ino);
+        if src_holder != src_ino {
+            self.update(src_holder, |h| h.ctime = now())?;
+        }
         if src.is_dir() && new_parent != parent {
             self.adjust_subdirs(parent, -1)?;
             self.adjust_subdirs(new_parent, 1)?;
@@ -1219,6 +1236,10 @@ impl Vfs {
                 self.queue.enqueue_set_mode(ino, &path);
             }
         }
+        if set.mode.is_some() && remote_mode && self.provider.capabilities().unix_attrs {
+            let _ns = self.ns_lock.lock().await;
+            self.sync_link_modes(ino)?;
+        }
         Ok(self.attr_of(&inode))
     }
 
@@ -1255,6 +1276,7 @@ impl Vfs {
                 self.queue
                     .enqueue_upload(ino, &path, size, self.get(ino)?.generation);
             }
+            self.sync_link_names(ino)?;
         }
         Ok(())
     }
@@ -1374,6 +1396,7 @@ impl Vfs {
             self.ensure_listed(ino).await?;
             ino = self.store.child(ino, comp)?.ok_or(FsError::NotFound)?;
         }
-        Ok(ino)
+        // A hard link's name is the file the kernel knows.
+        Ok(self.holder_of(ino))
     }
 }
