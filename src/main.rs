@@ -427,23 +427,28 @@ fn become_user(name: &str) -> DynResult<()> {
     Ok(())
 }
 
-/// Whether process `pid` still runs. A zombie (exited, not yet reaped by a parent that
-/// may never reap it) counts as gone: it holds no files or locks any more.
+/// Whether process `pid` still runs, or is still letting go of its files. A zombie (exited,
+/// not yet reaped by a parent that may never reap it) counts as gone once it is alone:
+/// while the main thread is a zombie its other threads may still be exiting, and the open
+/// files (the metadata store's lock) are closed only when the last of them has.
 fn process_alive(pid: i32) -> bool {
     if nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None)
         == Err(nix::errno::Errno::ESRCH)
     {
         return false;
     }
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        // The state follows the command name, which is in parentheses and may hold any
-        // character: look after the last ')'.
-        Ok(stat) => stat
-            .rsplit_once(')')
-            .map(|(_, rest)| !rest.trim_start().starts_with(['Z', 'X']))
-            .unwrap_or(true),
-        Err(_) => false,
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return false;
+    };
+    // The state follows the command name, which is in parentheses and may hold any
+    // character: look after the last ')'.
+    let zombie = stat
+        .rsplit_once(')')
+        .is_some_and(|(_, rest)| rest.trim_start().starts_with(['Z', 'X']));
+    if !zombie {
+        return true;
     }
+    std::fs::read_dir(format!("/proc/{pid}/task")).is_ok_and(|tasks| tasks.count() > 1)
 }
 
 fn is_mounted(mount_point: &Path) -> bool {

@@ -202,9 +202,10 @@ pub const CASES: &[(&str, Case)] = &[
         rename_directories_and_their_errors,
     ),
     ("symbolic_links", symbolic_links),
+    ("special_files_stay_here", special_files_stay_here),
     (
-        "special_files_stay_here_and_hard_links_are_refused",
-        special_files_stay_here_and_hard_links_are_refused,
+        "hard_links_are_one_file_and_a_copy_per_name_on_the_remote",
+        hard_links_are_one_file_and_a_copy_per_name_on_the_remote,
     ),
     (
         "an_unlinked_open_file_still_reads",
@@ -257,7 +258,8 @@ macro_rules! mount_suite {
                 rename_files_over_files_and_noreplace,
                 rename_directories_and_their_errors,
                 symbolic_links,
-                special_files_stay_here_and_hard_links_are_refused,
+                special_files_stay_here,
+                hard_links_are_one_file_and_a_copy_per_name_on_the_remote,
                 an_unlinked_open_file_still_reads,
                 a_handle_keeps_its_content_when_renamed_over,
                 shared_mmap_writes_reach_the_remote,
@@ -603,16 +605,11 @@ pub fn symbolic_links(m: &dyn Mounted) {
 }
 
 /// A FIFO is made and kept in the metadata store only (on every backend: nothing of it on
-/// the remote); hard links and cloudmount's reserved names: a clear EPERM.
-pub fn special_files_stay_here_and_hard_links_are_refused(m: &dyn Mounted) {
+/// the remote); cloudmount's reserved names: a clear EPERM.
+pub fn special_files_stay_here(m: &dyn Mounted) {
     use std::os::unix::fs::FileTypeExt;
     let root = m.mnt();
     fs::write(root.join("b.txt"), b"AAA").unwrap();
-    expect_errno(
-        fs::hard_link(root.join("b.txt"), root.join("hard")),
-        libc::EPERM,
-        "hard link",
-    );
     let fifo = cpath(&root.join("fifo"));
     assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o644) }, 0);
     assert!(fs::symlink_metadata(root.join("fifo"))
@@ -625,8 +622,44 @@ pub fn special_files_stay_here_and_hard_links_are_refused(m: &dyn Mounted) {
         "reserved name",
     );
     let remote = settled(m);
-    assert!(!remote.contains_key("/hard") && !remote.contains_key("/fifo"));
+    assert!(!remote.contains_key("/fifo"));
     assert!(remote.contains_key("/b.txt"));
+}
+
+/// A hard link is one file under two names (one inode, two links, one content), and on
+/// the remote each name is an ordinary file with that content; unlinking one name keeps
+/// the other.
+pub fn hard_links_are_one_file_and_a_copy_per_name_on_the_remote(m: &dyn Mounted) {
+    let root = m.mnt();
+    fs::write(root.join("b.txt"), b"AAA").unwrap();
+    fs::create_dir(root.join("sub")).unwrap();
+    fs::hard_link(root.join("b.txt"), root.join("sub/hard")).unwrap();
+    let (b, h) = (
+        fs::metadata(root.join("b.txt")).unwrap(),
+        fs::metadata(root.join("sub/hard")).unwrap(),
+    );
+    assert_eq!((b.ino(), b.nlink(), h.nlink()), (h.ino(), 2, 2));
+    OpenOptions::new()
+        .append(true)
+        .open(root.join("sub/hard"))
+        .unwrap()
+        .write_all(b"BBB")
+        .unwrap();
+    assert_eq!(fs::read(root.join("b.txt")).unwrap(), b"AAABBB");
+    let remote = settled(m);
+    assert_eq!(remote.get("/b.txt"), Some(&Some(b"AAABBB".to_vec())));
+    assert_eq!(remote.get("/sub/hard"), Some(&Some(b"AAABBB".to_vec())));
+    expect_errno(
+        fs::hard_link(root.join("b.txt"), root.join("sub/hard")),
+        libc::EEXIST,
+        "link over an existing name",
+    );
+    fs::remove_file(root.join("b.txt")).unwrap();
+    assert_eq!(fs::metadata(root.join("sub/hard")).unwrap().nlink(), 1);
+    assert_eq!(fs::read(root.join("sub/hard")).unwrap(), b"AAABBB");
+    let remote = settled(m);
+    assert!(!remote.contains_key("/b.txt"));
+    assert_eq!(remote.get("/sub/hard"), Some(&Some(b"AAABBB".to_vec())));
 }
 
 pub fn an_unlinked_open_file_still_reads(m: &dyn Mounted) {
