@@ -331,3 +331,88 @@ fn a_remote_change_to_one_name_splits_the_link() {
     assert_eq!(remote(&dirs), want);
     assert_eq!(local_tree(&m.mnt), want);
 }
+
+#[test]
+fn another_file_moved_over_the_first_name_leaves_the_others_linked() {
+    let dirs = TestDirs::new();
+    let m = DaemonMount::start(&dirs, FAST);
+    let p = |n: &str| m.mnt.join(n);
+    fs::write(p("a"), b"the linked file").unwrap();
+    fs::hard_link(p("a"), p("b")).unwrap();
+    fs::hard_link(p("a"), p("c")).unwrap();
+    m.sync();
+    fs::write(p("new"), b"replacement").unwrap();
+    fs::rename(p("new"), p("a")).unwrap();
+    assert_eq!(fs::read(p("a")).unwrap(), b"replacement");
+    assert_eq!(
+        (meta(&p("b")).nlink(), meta(&p("b")).ino()),
+        (2, meta(&p("c")).ino())
+    );
+    fs::write(p("b"), b"written through b").unwrap();
+    assert_eq!(fs::read(p("c")).unwrap(), b"written through b");
+    m.sync();
+    let want = tree(&[
+        ("/a", Some(b"replacement")),
+        ("/b", Some(b"written through b")),
+        ("/c", Some(b"written through b")),
+    ]);
+    assert_eq!(remote(&dirs), want);
+    assert_eq!(local_tree(&m.mnt), want);
+}
+
+#[test]
+fn a_chmod_reaches_every_name_on_the_remote() {
+    use std::os::unix::fs::PermissionsExt;
+    let dirs = TestDirs::new();
+    let m = DaemonMount::start(&dirs, FAST);
+    fs::write(m.mnt.join("a"), b"x").unwrap();
+    fs::hard_link(m.mnt.join("a"), m.mnt.join("b")).unwrap();
+    m.sync();
+    fs::set_permissions(m.mnt.join("b"), fs::Permissions::from_mode(0o600)).unwrap();
+    assert_eq!(meta(&m.mnt.join("a")).mode() & 0o777, 0o600);
+    m.sync();
+    for n in ["a", "b"] {
+        assert_eq!(
+            meta(&dirs.cloud.join(n)).mode() & 0o777,
+            0o600,
+            "remote {n}"
+        );
+    }
+}
+
+/// The first name of a remote file linked (its content fetched for the link) and removed:
+/// across a remount with a cache far smaller than the file, the other name still reads
+/// it whole — a linked file's content is never evicted, and its first name's remote copy
+/// is gone.
+#[test]
+fn a_linked_file_without_its_first_name_keeps_its_content_across_a_remount() {
+    let dirs = TestDirs::new();
+    let data = pattern(3 << 20, 7);
+    fs::write(dirs.cloud.join("big"), &data).unwrap();
+    let small_cache = ["--upload-delay", "0.05", "--cache-size", "1MiB"];
+    let m = DaemonMount::start(&dirs, &small_cache);
+    fs::hard_link(m.mnt.join("big"), m.mnt.join("other")).unwrap();
+    fs::remove_file(m.mnt.join("big")).unwrap();
+    m.sync();
+    assert_eq!(
+        remote(&dirs),
+        BTreeMap::from([("/other".to_string(), Some(data.clone()))])
+    );
+    assert!(m.unmount().status.success());
+
+    // Another file read meanwhile pushes at the small cache.
+    fs::write(dirs.cloud.join("filler"), pattern(4 << 20, 9)).unwrap();
+    let m = DaemonMount::start(&dirs, &small_cache);
+    assert!(m
+        .cli(&["refresh", m.mnt.to_str().unwrap()])
+        .status
+        .success());
+    let _ = fs::read(m.mnt.join("filler")).unwrap();
+    let md = meta(&m.mnt.join("other"));
+    assert_eq!((md.nlink(), md.len()), (1, data.len() as u64));
+    assert!(fs::read(m.mnt.join("other")).unwrap() == data);
+    // Its last name gone, the file is gone here and on the remote.
+    fs::remove_file(m.mnt.join("other")).unwrap();
+    m.sync();
+    assert_eq!(remote(&dirs).keys().collect::<Vec<_>>(), vec!["/filler"]);
+}

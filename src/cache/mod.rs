@@ -95,6 +95,9 @@ struct State {
     pinned: HashMap<(Ino, u64), u32>,
     /// Files the user asked to keep available offline (`cloudmount pin`).
     offline: HashSet<Ino>,
+    /// Hard-linked files, kept whole while they have several names (the VFS rebuilds this
+    /// set from its link records at every start, so it is not persisted here).
+    linked: HashSet<Ino>,
     fetches: HashMap<(Ino, u64), FetchFuture>,
 }
 
@@ -185,6 +188,7 @@ impl ChunkCache {
                 used,
                 pinned: HashMap::new(),
                 offline,
+                linked: HashSet::new(),
                 fetches: HashMap::new(),
             }),
             in_flight: Arc::new(Semaphore::new(permits)),
@@ -210,6 +214,16 @@ impl ChunkCache {
                     tracing::error!(error = %e, "could not persist the offline set");
                 }
             }
+        }
+    }
+
+    /// Keep (or stop keeping) a hard-linked file's content regardless of the quota.
+    pub fn keep_for_links(&self, ino: Ino, keep: bool) {
+        let mut st = self.state.lock().unwrap();
+        if keep {
+            st.linked.insert(ino);
+        } else {
+            st.linked.remove(&ino);
         }
     }
 
@@ -726,7 +740,8 @@ impl ChunkCache {
                 }
                 let busy = st.pinned.contains_key(&(ino, chunk))
                     || st.fetches.contains_key(&(ino, chunk))
-                    || st.offline.contains(&ino);
+                    || st.offline.contains(&ino)
+                    || st.linked.contains(&ino);
                 let Some(rec) = st.records.get_mut(&ino) else {
                     continue;
                 };

@@ -100,20 +100,35 @@ pub fn conflict_name(name: &str, at: chrono::DateTime<chrono::Local>) -> String 
 
 impl Vfs {
     /// Before the remote object at `path` is replaced or removed, give open handles of
-    /// files that still live there the rest of their content.
-    async fn preserve_open_orphans(&self, path: &str) {
+    /// files that still live there the rest of their content, and hard-linked files that
+    /// lost their own name there (their other names still show it) all of it. For the
+    /// latter a failure holds the job back: their content must not go with the object.
+    async fn preserve_orphans(&self, path: &str) -> JobResult {
         let orphans: Vec<Ino> = self.orphans.lock().unwrap().iter().copied().collect();
         for ino in orphans {
-            if !self.is_open(ino) {
+            let linked = self.is_linked(ino);
+            if !self.is_open(ino) && !linked {
                 continue;
             }
             let Ok(inode) = self.get(ino) else { continue };
-            let matches = inode
-                .remote
-                .as_ref()
-                .map(|r| r.path == path)
-                .unwrap_or(false);
-            if matches && !inode.dirty {
+            let Some(remote) = inode.remote.as_ref().filter(|r| r.path == path) else {
+                continue;
+            };
+            if linked {
+                // A local edit's holes come from the revision it started from.
+                let src = crate::cache::Source {
+                    path: remote.path.clone(),
+                    revision: match (&inode.base_revision, inode.dirty) {
+                        (Some(base), true) => base.clone(),
+                        _ => remote.revision.clone(),
+                    },
+                };
+                self.cache
+                    .ensure(ino, Some(&src), inode.size, 0, inode.size)
+                    .await
+                    .map_err(cache_err)
+                    .map_err(retryable)?;
+            } else if !inode.dirty {
                 if let Some(src) = Self::source_of(&inode) {
                     let _ = self
                         .cache
@@ -122,6 +137,7 @@ impl Vfs {
                 }
             }
         }
+        Ok(())
     }
 
     async fn run_upload(&self, seq: u64, job: &Job, progress: &Progress) -> JobResult {
@@ -133,7 +149,7 @@ impl Vfs {
         if !inode.dirty || inode.parent == 0 {
             return Ok(());
         }
-        let generation = inode.generation;
+        let mut generation = inode.generation;
         // A hard link's name record sends its file's content (kept whole while linked);
         // the name's own record says what the remote holds at its name.
         let holder = self.holder_of(job.ino);
@@ -143,6 +159,10 @@ impl Vfs {
                 .get(holder)
                 .map_err(store_err)?
                 .ok_or_else(|| store_err(format!("the file linked as {} is gone", job.path)))?;
+            // The name is in step only if the file's content is still the one its record
+            // was last brought to: otherwise (a write not closed yet) it stays changed,
+            // and the file's close queues it again.
+            generation = file.generation;
             inode.size = file.size;
             inode.mtime = file.mtime;
             inode.perm = file.perm;
@@ -186,7 +206,7 @@ impl Vfs {
         snapshot: &std::path::Path,
         progress: &Progress,
     ) -> JobResult {
-        self.preserve_open_orphans(&job.path).await;
+        self.preserve_orphans(&job.path).await?;
         // What this attempt sends, durable before it goes out: if the outcome is uncertain
         // (a cut reply, a crash), it is how we recognise our own bytes on the remote.
         let sent = fingerprint_file(snapshot.to_path_buf()).await?;
@@ -607,7 +627,7 @@ impl Vfs {
     }
 
     async fn run_rename(&self, job: &Job, from: &str, overwrite: bool) -> JobResult {
-        self.preserve_open_orphans(&job.path).await;
+        self.preserve_orphans(&job.path).await?;
         let entry = match self.provider.rename(from, &job.path, overwrite).await {
             Ok(e) => Some(e),
             // The outcome is uncertain (a cut reply) or the source is gone: look where the
@@ -697,7 +717,11 @@ impl Vfs {
         if inode.parent == 0 {
             return Ok(());
         }
-        let complete = inode.kind == EntryKind::File && self.cache.is_complete(job.ino, inode.size);
+        // (A hard link's name has its content in its file's record.)
+        let holder = self.holder_of(job.ino);
+        let content_size = self.get(holder).map(|h| h.size).unwrap_or(inode.size);
+        let complete =
+            inode.kind == EntryKind::File && self.cache.is_complete(holder, content_size);
         self.update(job.ino, |i| {
             i.remote = None;
             i.base_revision = None;
@@ -708,7 +732,9 @@ impl Vfs {
         })
         .map_err(store_err)?;
         if complete {
-            self.cache.set_dirty(job.ino, true);
+            if holder == job.ino {
+                self.cache.set_dirty(job.ino, true);
+            }
             let i = self
                 .get(job.ino)
                 .map_err(|e| ProviderError::Io(e.to_string()))?;
@@ -743,7 +769,7 @@ impl Vfs {
     }
 
     async fn run_delete(&self, job: &Job) -> JobResult {
-        self.preserve_open_orphans(&job.path).await;
+        self.preserve_orphans(&job.path).await?;
         match self.provider.delete(&job.path).await {
             Ok(()) | Err(ProviderError::NotFound(_)) => {}
             Err(e) if e.is_retryable() || matches!(e, ProviderError::Auth(_)) => return Err(e),

@@ -38,7 +38,13 @@ impl Vfs {
             }
         }
         let size_hints = self.provider.capabilities().size_hints;
-        if !inode.dirty && (inode.size == 0 || size_hints) && inode.kind == EntryKind::File {
+        // (Not for a hard-linked file: its content is kept here, and a remote change to
+        // one of its names splits that name off at the next listing instead.)
+        if !inode.dirty
+            && (inode.size == 0 || size_hints)
+            && inode.kind == EntryKind::File
+            && !self.is_linked(ino)
+        {
             self.refresh_size(&inode, size_hints).await;
         }
         // Pages the kernel cached stay valid unless the remote content changed meanwhile:
@@ -173,7 +179,8 @@ impl Vfs {
             Some(i) => i,
             None => return Ok(()),
         };
-        let linked = self.is_linked(ino);
+        // A hard link's other names may need the content too (cheap to ask when not).
+        let linked = self.is_linked(ino) && self.link_names_behind(ino);
         if (!inode.dirty || inode.parent == 0) && !linked {
             return Ok(());
         }

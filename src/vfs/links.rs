@@ -66,11 +66,6 @@ impl LinkTable {
     }
 }
 
-/// Store key remembering that a link (not the user) asked to keep a holder's content.
-fn pinned_key(holder: Ino) -> String {
-    format!("link-pinned:{holder}")
-}
-
 impl Vfs {
     /// The inode the kernel knows the file named by `ino` as (itself unless `ino` is a
     /// hard link's name record).
@@ -135,13 +130,13 @@ impl Vfs {
         }
         let regular = file.kind == EntryKind::File && file.special.is_none();
         if regular {
-            // The content stays whole here while the file has several names: the name
-            // whose remote copy it came from may go while the others remain.
-            if !self.cache.is_offline(holder) {
-                self.cache.set_offline(holder, true);
-                self.store.set_meta(&pinned_key(holder), b"1")?;
-            }
-            self.cache
+            // The content is kept whole here while the file has several names: the name
+            // whose remote copy it came from may go while the others remain. Fetched now
+            // where it can be; offline, the link is made all the same: the new name's
+            // upload fetches it, and so does any job that would remove or replace the
+            // remote copy it comes from first (see `preserve_orphans`).
+            if let Err(e) = self
+                .cache
                 .ensure(
                     holder,
                     Self::source_of(&file).as_ref(),
@@ -149,7 +144,10 @@ impl Vfs {
                     0,
                     file.size,
                 )
-                .await?;
+                .await
+            {
+                tracing::debug!(ino = holder, error = %e, "a linked file's content is not all here yet");
+            }
         }
         let _ns = self.ns_lock.lock().await;
         if self.store.child(new_parent, new_name)?.is_some() {
@@ -192,6 +190,7 @@ impl Vfs {
             }
             t.commit()?;
             self.links.lock().unwrap().insert(name_ino, holder);
+            self.cache.keep_for_links(holder, true);
             self.attr_of(&file)
         };
         self.touch_dir(new_parent)?;
@@ -200,8 +199,26 @@ impl Vfs {
         Ok(attr)
     }
 
+    /// Whether some name of `holder` still has to get the holder's content on the remote
+    /// (checked without locks, so that closing a linked file whose names are in step
+    /// costs nothing more).
+    pub(super) fn link_names_behind(&self, holder: Ino) -> bool {
+        let Ok(file) = self.get(holder) else {
+            return false;
+        };
+        self.extra_names(holder).into_iter().any(|name| {
+            self.get(name).is_ok_and(|r| {
+                r.generation != file.generation
+                    || r.size != file.size
+                    || (r.dirty && !self.queue.has_jobs_for(name))
+            })
+        })
+    }
+
     /// After the holder's content changed: every other name gets the new content on the
-    /// remote too. Call with the namespace lock held (paths are read and jobs queued).
+    /// remote too. Each name's record and its upload job are written together, so a crash
+    /// cannot leave a name marked changed with nothing queued to upload it. Call with the
+    /// namespace lock held (paths are read and jobs queued).
     pub(super) fn sync_link_names(&self, holder: Ino) -> FsResult<()> {
         let names = self.extra_names(holder);
         if names.is_empty() {
@@ -215,23 +232,79 @@ impl Vfs {
             let Some(path) = self.path_of(name)? else {
                 continue;
             };
-            let mut changed = false;
-            let rec = self.update(name, |r| {
-                if r.generation != file.generation || r.size != file.size {
-                    if !r.dirty {
-                        r.dirty = true;
-                        r.base_revision = r.remote.as_ref().map(|x| x.revision.clone());
-                    }
-                    r.generation = file.generation;
-                    r.size = file.size;
-                    r.mtime = file.mtime;
-                    changed = true;
+            let _record = self.lock_records(&[name]);
+            let mut rec = self.get(name)?;
+            let behind = rec.generation != file.generation || rec.size != file.size;
+            // (Also a name left changed without a job, as a crash could leave one.)
+            let stranded = rec.dirty && !self.queue.has_jobs_for(name);
+            if !behind && !stranded {
+                continue;
+            }
+            if !rec.dirty {
+                rec.dirty = true;
+                rec.base_revision = rec.remote.as_ref().map(|x| x.revision.clone());
+            }
+            rec.generation = file.generation;
+            rec.size = file.size;
+            rec.mtime = file.mtime;
+            let mut b = Batch::default();
+            b.put_inode(&rec);
+            let mut t = self.queue.begin(b);
+            t.enqueue_upload(name, &path, rec.size, rec.generation);
+            t.commit()?;
+        }
+        Ok(())
+    }
+
+    /// At start: the link table as the store left it, made whole. A name whose record
+    /// went, or that no longer has a path (a folder above it was removed on the remote),
+    /// leaves its link; holders are kept whole in the cache again, and a holder without a
+    /// name of its own is an orphan kept for its names; names a crash left behind their
+    /// holder's content are queued.
+    pub(super) fn restore_links(&self) -> FsResult<()> {
+        let pairs: Vec<(Ino, Ino)> = {
+            let t = self.links.lock().unwrap();
+            t.holder_of.iter().map(|(n, h)| (*n, *h)).collect()
+        };
+        for (name, holder) in pairs {
+            let reachable = self.store.get(holder)?.is_some()
+                && self.store.get(name)?.is_some()
+                && self.path_of(name)?.is_some();
+            if !reachable {
+                let mut b = Batch::default();
+                b.remove_link(name);
+                self.store.apply(b)?;
+                self.links.lock().unwrap().remove(name);
+            }
+        }
+        let holders: Vec<Ino> = self
+            .links
+            .lock()
+            .unwrap()
+            .names_of
+            .keys()
+            .copied()
+            .collect();
+        for holder in holders {
+            self.cache.keep_for_links(holder, true);
+            if self.get(holder)?.parent == 0 {
+                self.orphans.lock().unwrap().insert(holder);
+            }
+            self.sync_link_names(holder)?;
+        }
+        Ok(())
+    }
+
+    /// A linked file's content starts to change: so does every name's (a remote edit of
+    /// one of them meanwhile is then a conflict at its upload, not a newer version).
+    pub(super) fn mark_names_changed(&self, holder: Ino) -> FsResult<()> {
+        for name in self.extra_names(holder) {
+            self.update(name, |r| {
+                if !r.dirty {
+                    r.dirty = true;
+                    r.base_revision = r.remote.as_ref().map(|x| x.revision.clone());
                 }
             })?;
-            if changed {
-                self.queue
-                    .enqueue_upload(name, &path, rec.size, rec.generation);
-            }
         }
         Ok(())
     }
@@ -263,10 +336,7 @@ impl Vfs {
         if !self.extra_names(holder).is_empty() {
             return;
         }
-        if let Ok(Some(_)) = self.store.get_meta(&pinned_key(holder)) {
-            self.cache.set_offline(holder, false);
-            let _ = self.store.remove_meta(&pinned_key(holder));
-        }
+        self.cache.keep_for_links(holder, false);
         self.maybe_purge_orphan(holder);
     }
 
@@ -280,6 +350,8 @@ impl Vfs {
         current: Option<&RemoteEntry>,
         conflict_copy: &str,
     ) -> FsResult<()> {
+        // Under the record lock: a write to the file meanwhile must not be undone.
+        let records = self.lock_records(&[ino]);
         let mut rec = self.get(ino)?;
         if rec.parent == 0 {
             return Ok(()); // the name went meanwhile
@@ -308,6 +380,7 @@ impl Vfs {
             b.link(parent, &name, new_ino);
         }
         self.store.apply(b)?;
+        drop(records);
         if let Some(n) = left {
             self.name_left_link(n);
         }

@@ -217,6 +217,7 @@ impl Vfs {
             links: Mutex::new(links::LinkTable::load(&store_for_links)?),
         };
         vfs.init_root()?;
+        vfs.restore_links()?;
         vfs.purge_orphans_from_last_run()?;
         Ok(Arc::new(vfs))
     }
@@ -766,7 +767,7 @@ impl Vfs {
         if !self.get(parent)?.is_dir() {
             return Err(FsError::NotDir);
         }
-        if let Some(existing) = self.store.child(parent, name)? {
+        if let Some(existing) = self.store.child(parent, name)?.map(|i| self.holder_of(i)) {
             // The kernel normally looks up first; a racing creator still gets POSIX answers.
             if exclusive {
                 return Err(FsError::Exists);
@@ -1236,7 +1237,11 @@ impl Vfs {
                 self.queue.enqueue_set_mode(ino, &path);
             }
         }
-        if set.mode.is_some() && remote_mode && self.provider.capabilities().unix_attrs {
+        if set.mode.is_some()
+            && remote_mode
+            && self.provider.capabilities().unix_attrs
+            && self.is_linked(ino)
+        {
             let _ns = self.ns_lock.lock().await;
             self.sync_link_modes(ino)?;
         }
@@ -1288,13 +1293,17 @@ impl Vfs {
         if inode.dirty {
             return Ok(inode);
         }
-        self.update(ino, |i| {
+        let inode = self.update(ino, |i| {
             if !i.dirty {
                 i.dirty = true;
                 i.base_revision = i.remote.as_ref().map(|r| r.revision.clone());
             }
             self.cache.set_dirty(ino, true);
-        })
+        })?;
+        if self.is_linked(ino) {
+            self.mark_names_changed(ino)?;
+        }
+        Ok(inode)
     }
 
     /// The provider's quota as last seen (no request).

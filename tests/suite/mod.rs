@@ -233,6 +233,10 @@ pub const CASES: &[(&str, Case)] = &[
         "an_edit_on_the_remote_during_a_local_edit_is_a_conflict",
         an_edit_on_the_remote_during_a_local_edit_is_a_conflict,
     ),
+    (
+        "a_remote_edit_of_one_linked_name_during_a_local_edit_splits_it_off",
+        a_remote_edit_of_one_linked_name_during_a_local_edit_splits_it_off,
+    ),
 ];
 
 /// The remote once the queue drained.
@@ -268,6 +272,7 @@ macro_rules! mount_suite {
                 fsync_after_writes,
                 concurrent_writers_and_readers,
                 an_edit_on_the_remote_during_a_local_edit_is_a_conflict,
+                a_remote_edit_of_one_linked_name_during_a_local_edit_splits_it_off,
             );
         }
     };
@@ -880,4 +885,44 @@ pub fn an_edit_on_the_remote_during_a_local_edit_is_a_conflict(m: &dyn Mounted) 
         crate::common::xattr(&f, "user.cloudmount.state").unwrap(),
         "conflict"
     );
+}
+
+/// A conflict at one name of a hard link: another client changes `b.txt` on the remote
+/// while the file is edited here through `a.txt`. That name leaves the link and keeps the
+/// other edit; the local edit is kept beside it as a conflict copy, and stays under the
+/// link's other name.
+pub fn a_remote_edit_of_one_linked_name_during_a_local_edit_splits_it_off(m: &dyn Mounted) {
+    let (a, b) = (m.mnt().join("a.txt"), m.mnt().join("b.txt"));
+    fs::write(&a, b"base version").unwrap();
+    fs::hard_link(&a, &b).unwrap();
+    m.drain();
+    {
+        let mut h = OpenOptions::new().write(true).open(&a).unwrap();
+        h.write_all(b"local edit, longer than the base").unwrap();
+        m.remote_put("/b.txt", b"edited elsewhere meanwhile");
+    }
+    let remote = settled(m);
+    assert_eq!(
+        remote["/b.txt"].as_deref(),
+        Some(&b"edited elsewhere meanwhile"[..]),
+        "the other edit keeps its name"
+    );
+    assert_eq!(
+        remote["/a.txt"].as_deref(),
+        Some(&b"local edit, longer than the base"[..])
+    );
+    let copies: Vec<&String> = remote
+        .keys()
+        .filter(|p| p.starts_with("/b (conflict ") && p.ends_with(").txt"))
+        .collect();
+    assert_eq!(copies.len(), 1, "conflict copies: {:?}", remote.keys());
+    assert_eq!(
+        remote[copies[0]].as_deref(),
+        Some(&b"local edit, longer than the base"[..])
+    );
+    assert_eq!(remote.len(), 3, "{:?}", remote.keys());
+    assert_eq!(fs::read(&b).unwrap(), b"edited elsewhere meanwhile");
+    let (ma, mb) = (fs::metadata(&a).unwrap(), fs::metadata(&b).unwrap());
+    assert_ne!(ma.ino(), mb.ino(), "b.txt left the link");
+    assert_eq!((ma.nlink(), mb.nlink()), (1, 1));
 }
