@@ -561,18 +561,8 @@ pub fn run(spec: MountSpec) -> DynResult<()> {
         }
     }
 
-    let bg = mount_root(
-        Arc::clone(&root),
-        &spec.mount_point,
-        rt.handle().clone(),
-        &KernelMountOptions {
-            read_only: spec.config.read_only,
-            allow_other: spec.config.allow_other,
-            attr_ttl: secs(spec.config.attr_ttl_secs),
-        },
-    )?;
-    tracing::info!(mount_point = %spec.mount_point.display(), "mounted");
-
+    // The control socket answers before the mount appears: whoever sees the mount (a
+    // script waiting for it, `cloudmount sync` right after) finds the daemon too.
     let ctl = Arc::new(ControlState {
         shutdown: tokio::sync::Notify::new(),
         drain_override: std::sync::Mutex::new(None),
@@ -601,6 +591,24 @@ pub fn run(spec: MountSpec) -> DynResult<()> {
             }
         });
     }
+    let mounted = mount_root(
+        Arc::clone(&root),
+        &spec.mount_point,
+        rt.handle().clone(),
+        &KernelMountOptions {
+            read_only: spec.config.read_only,
+            allow_other: spec.config.allow_other,
+            attr_ttl: secs(spec.config.attr_ttl_secs),
+        },
+    );
+    let bg = match mounted {
+        Ok(bg) => bg,
+        Err(e) => {
+            let _ = std::fs::remove_file(&socket);
+            return Err(e);
+        }
+    };
+    tracing::info!(mount_point = %spec.mount_point.display(), "mounted");
     if let Some(addr) = spec.config.metrics_addr {
         let root = Arc::clone(&root);
         rt.spawn(async move {

@@ -533,10 +533,9 @@ fn mount_background(args: MountArgs, verbose: u8) -> DynResult<()> {
     }
     let mut child = cmd.spawn()?;
     let start = Instant::now();
-    // Usable means the mount answers and so does the daemon: the control socket is bound
-    // only after the kernel mount appears, and a `status` or `sync` right after this
-    // command returns must find it (found by a loaded test run reading the daemon's
-    // start-up warnings a moment too early).
+    // Usable means the mount answers and so does the daemon: a `status` or `sync` right
+    // after this command returns must find both (the daemon binds its control socket
+    // before it mounts).
     let socket = cloudmount::control::socket_for(&spec.mount_point);
     let ready = || {
         is_mounted(&spec.mount_point) && std::os::unix::net::UnixStream::connect(&socket).is_ok()

@@ -183,6 +183,13 @@ impl DaemonMount {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
+        // Whoever sees the mount finds the daemon too (`sync` right after the mount
+        // appeared once found no control socket under load).
+        let mp = std::fs::canonicalize(&m.mnt).unwrap();
+        assert!(
+            cloudmount::control::socket_for(&mp).exists(),
+            "the mount appeared before the daemon's control socket"
+        );
         m
     }
 
