@@ -114,7 +114,7 @@ impl Vfs {
             let Some(remote) = inode.remote.as_ref().filter(|r| r.path == path) else {
                 continue;
             };
-            if linked {
+            if linked && inode.kind == EntryKind::File && inode.special.is_none() {
                 // A local edit's holes come from the revision it started from.
                 let src = crate::cache::Source {
                     path: remote.path.clone(),
@@ -123,11 +123,28 @@ impl Vfs {
                         _ => remote.revision.clone(),
                     },
                 };
-                self.cache
+                match self
+                    .cache
                     .ensure(ino, Some(&src), inode.size, 0, inode.size)
                     .await
                     .map_err(cache_err)
-                    .map_err(retryable)?;
+                {
+                    Ok(()) => {}
+                    // Not now (offline, a 503): the job waits and tries again.
+                    Err(e) if e.is_retryable() || matches!(e, ProviderError::Auth(_)) => {
+                        return Err(e)
+                    }
+                    // Gone for good (removed or rewritten by someone else meanwhile):
+                    // what is not here cannot be had any more, and the path's jobs must
+                    // not wait for it forever.
+                    Err(e) => {
+                        tracing::warn!(path, ino, error = %e,
+                            "a hard-linked file's content could not all be fetched before its remote copy went");
+                        self.queue.note_error(format!(
+                            "{path}: part of a hard-linked file's content was lost: {e}"
+                        ));
+                    }
+                }
             } else if !inode.dirty {
                 if let Some(src) = Self::source_of(&inode) {
                     let _ = self
@@ -722,12 +739,18 @@ impl Vfs {
         let content_size = self.get(holder).map(|h| h.size).unwrap_or(inode.size);
         let complete =
             inode.kind == EntryKind::File && self.cache.is_complete(holder, content_size);
+        let holder_generation = self.get(holder).map(|h| h.generation).ok();
         self.update(job.ino, |i| {
             i.remote = None;
             i.base_revision = None;
             if complete {
                 i.dirty = true;
-                i.generation += 1;
+                // A hard link's name follows its file's content generation (its upload
+                // is clean only for that one).
+                i.generation = match holder_generation {
+                    Some(g) if holder != job.ino => g,
+                    _ => i.generation + 1,
+                };
             }
         })
         .map_err(store_err)?;

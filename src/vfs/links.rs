@@ -229,7 +229,8 @@ impl Vfs {
             return Ok(());
         }
         for name in names {
-            let Some(path) = self.path_of(name)? else {
+            // (A name whose folder went is not written to; it leaves at the next start.)
+            let Ok(Some(path)) = self.path_of(name) else {
                 continue;
             };
             let _record = self.lock_records(&[name]);
@@ -267,12 +268,19 @@ impl Vfs {
             t.holder_of.iter().map(|(n, h)| (*n, *h)).collect()
         };
         for (name, holder) in pairs {
-            let reachable = self.store.get(holder)?.is_some()
-                && self.store.get(name)?.is_some()
-                && self.path_of(name)?.is_some();
+            // (A folder above it that went leaves no path, or no record to follow.)
+            let reachable =
+                self.store.get(holder)?.is_some() && matches!(self.path_of(name), Ok(Some(_)));
             if !reachable {
+                // The name goes with its link: as an ordinary file it would upload a
+                // content it does not have.
                 let mut b = Batch::default();
                 b.remove_link(name);
+                if let Some(mut rec) = self.store.get(name)? {
+                    b.unlink(rec.parent, &rec.name);
+                    rec.parent = 0;
+                    b.put_inode(&rec);
+                }
                 self.store.apply(b)?;
                 self.links.lock().unwrap().remove(name);
             }
