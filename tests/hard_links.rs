@@ -416,3 +416,27 @@ fn a_linked_file_without_its_first_name_keeps_its_content_across_a_remount() {
     m.sync();
     assert_eq!(remote(&dirs).keys().collect::<Vec<_>>(), vec!["/filler"]);
 }
+
+/// `cloudmount pin` of a folder counts a hard-linked file once, whatever its names.
+#[test]
+fn pinning_a_folder_counts_a_linked_file_once() {
+    let dirs = TestDirs::new();
+    fs::create_dir(dirs.cloud.join("album")).unwrap();
+    fs::write(dirs.cloud.join("album/a"), pattern(100_000, 3)).unwrap();
+    fs::write(dirs.cloud.join("album/c"), b"another file").unwrap();
+    let m = DaemonMount::start(&dirs, FAST);
+    fs::hard_link(m.mnt.join("album/a"), m.mnt.join("album/b")).unwrap();
+    m.sync();
+    let out = m.cli(&["pin", m.mnt.join("album").to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("2 file(s)"), "{text}");
+    assert_eq!(
+        fs::read(m.mnt.join("album/b")).unwrap(),
+        pattern(100_000, 3)
+    );
+}

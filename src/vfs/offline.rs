@@ -21,17 +21,19 @@ impl Vfs {
         // Collect first, so progress has a total.
         let mut files = Vec::new();
         let mut dirs = vec![start];
+        // A hard-linked file is one file (its holder's content) under every name.
+        let mut seen = std::collections::HashSet::new();
         while let Some(ino) = dirs.pop() {
             let inode = self.get(ino)?;
             match inode.kind {
                 EntryKind::Dir => {
                     self.ensure_listed(ino).await?;
                     for (_, child) in self.store.children(ino)? {
-                        dirs.push(child);
+                        dirs.push(self.holder_of(child));
                     }
                 }
-                EntryKind::File => files.push(inode),
-                EntryKind::Symlink => {}
+                EntryKind::File if seen.insert(ino) => files.push(inode),
+                EntryKind::File | EntryKind::Symlink => {}
             }
         }
         let total_bytes = files.iter().map(|f| f.size).sum();
