@@ -851,6 +851,19 @@ pub fn concurrent_writers_and_readers(m: &dyn Mounted) {
     assert!(fs::read(root.join("big.bin")).unwrap() == big);
 }
 
+/// The content of the one conflict copy (`STEM (conflict …).txt`) on the remote.
+fn the_conflict_copy<'a>(remote: &'a Tree, stem: &str) -> &'a [u8] {
+    let prefix = format!("{stem} (conflict ");
+    let copies: Vec<&String> = remote
+        .keys()
+        .filter(|p| p.starts_with(&prefix) && p.ends_with(").txt"))
+        .collect();
+    assert_eq!(copies.len(), 1, "conflict copies: {:?}", remote.keys());
+    remote[copies[0]]
+        .as_deref()
+        .expect("a conflict copy is a file")
+}
+
 /// Someone else changes a file on the remote while it is being edited here: the remote's
 /// version keeps the name, the local edit is kept beside it as a conflict copy
 /// (`NAME (conflict …).EXT`), nothing is overwritten, and the mount shows both. The local
@@ -871,14 +884,9 @@ pub fn an_edit_on_the_remote_during_a_local_edit_is_a_conflict(m: &dyn Mounted) 
         Some(&b"edited elsewhere meanwhile"[..]),
         "the other edit keeps the name"
     );
-    let copies: Vec<&String> = remote
-        .keys()
-        .filter(|p| p.starts_with("/notes (conflict ") && p.ends_with(").txt"))
-        .collect();
-    assert_eq!(copies.len(), 1, "conflict copies: {:?}", remote.keys());
     assert_eq!(
-        remote[copies[0]].as_deref(),
-        Some(&b"local edit, longer than the base"[..])
+        the_conflict_copy(&remote, "/notes"),
+        b"local edit, longer than the base"
     );
     assert_eq!(remote.len(), 2, "{:?}", remote.keys());
     assert_eq!(
@@ -911,14 +919,9 @@ pub fn a_remote_edit_of_one_linked_name_during_a_local_edit_splits_it_off(m: &dy
         remote["/a.txt"].as_deref(),
         Some(&b"local edit, longer than the base"[..])
     );
-    let copies: Vec<&String> = remote
-        .keys()
-        .filter(|p| p.starts_with("/b (conflict ") && p.ends_with(").txt"))
-        .collect();
-    assert_eq!(copies.len(), 1, "conflict copies: {:?}", remote.keys());
     assert_eq!(
-        remote[copies[0]].as_deref(),
-        Some(&b"local edit, longer than the base"[..])
+        the_conflict_copy(&remote, "/b"),
+        b"local edit, longer than the base"
     );
     assert_eq!(remote.len(), 3, "{:?}", remote.keys());
     assert_eq!(fs::read(&b).unwrap(), b"edited elsewhere meanwhile");
