@@ -362,6 +362,42 @@ impl ConfluenceProvider {
         Ok(base.strip_suffix("/api/v2").unwrap_or(base).to_owned())
     }
 
+    /// One page of a cursor-paged listing at `url` (`cursor`: where the previous one said
+    /// the next begins): its items and the next cursor, taken from `Link: <…>; rel="next"`
+    /// or `_links.next`.
+    async fn get_page<T: serde::de::DeserializeOwned>(
+        &self,
+        what: &str,
+        url: &str,
+        query: &[(&str, String)],
+        cursor: Option<String>,
+    ) -> ProviderResult<Page<T>> {
+        let mut q: Vec<(&str, String)> = query.to_vec();
+        if let Some(c) = cursor {
+            q.push(("cursor", c));
+        }
+        let reply = self
+            .site
+            .api
+            .send_whole(Call::new(what).idempotency(Idempotency::Idempotent), || {
+                let r = self.site.api.http().get(url).query(&q).build();
+                async move { r.map_err(|e| ProviderError::Protocol(e.to_string())) }
+            })
+            .await?;
+        let page: Paged<T> = serde_json::from_slice(&reply.body)
+            .map_err(|e| ProviderError::Protocol(format!("{what}: unexpected reply: {e}")))?;
+        let request_url =
+            reqwest::Url::parse(url).map_err(|e| ProviderError::Protocol(e.to_string()))?;
+        let next = paging::next_from_link_header(&reply.headers, &request_url)?
+            .or(page.links.and_then(|l| l.next))
+            .map(|n| cursor_of(&n, what))
+            .transpose()?;
+        Ok(Page {
+            items: page.results,
+            next,
+        })
+    }
+
     /// Every item of a cursor-paged listing at `path` below the API base.
     async fn get_all<T: serde::de::DeserializeOwned>(
         &self,
@@ -371,35 +407,7 @@ impl ConfluenceProvider {
     ) -> ProviderResult<Vec<T>> {
         let url = format!("{}{path}", self.site.base().await?);
         paging::collect_all(what, |cursor: Option<String>| {
-            let url = url.clone();
-            async move {
-                let mut q: Vec<(&str, String)> = query.to_vec();
-                if let Some(c) = cursor {
-                    q.push(("cursor", c));
-                }
-                let reply = self
-                    .site
-                    .api
-                    .send_whole(Call::new(what).idempotency(Idempotency::Idempotent), || {
-                        let r = self.site.api.http().get(&url).query(&q).build();
-                        async move { r.map_err(|e| ProviderError::Protocol(e.to_string())) }
-                    })
-                    .await?;
-                let page: Paged<T> = serde_json::from_slice(&reply.body).map_err(|e| {
-                    ProviderError::Protocol(format!("{what}: unexpected reply: {e}"))
-                })?;
-                let request_url = reqwest::Url::parse(&url)
-                    .map_err(|e| ProviderError::Protocol(e.to_string()))?;
-                let link = paging::next_from_link_header(&reply.headers, &request_url)?;
-                let next = link
-                    .or(page.links.and_then(|l| l.next))
-                    .map(|n| cursor_of(&n, what))
-                    .transpose()?;
-                Ok(Page {
-                    items: page.results,
-                    next,
-                })
-            }
+            self.get_page(what, &url, query, cursor)
         })
         .await
     }
@@ -1057,31 +1065,17 @@ impl ConfluenceProvider {
                     if newest_only { 1 } else { self.cfg.page_size }.to_string(),
                 ),
             ];
+            let what = "list recently modified pages";
             let mut cursor: Option<String> = None;
             let mut cursors_seen = BTreeSet::new();
             'pages: loop {
-                let mut q = query.clone();
-                if let Some(c) = cursor.take() {
-                    q.push(("cursor", c));
-                }
-                let what = "list recently modified pages";
-                let reply = self
-                    .site
-                    .api
-                    .send_whole(Call::new(what).idempotency(Idempotency::Idempotent), || {
-                        let r = self.site.api.http().get(&url).query(&q).build();
-                        async move { r.map_err(|e| ProviderError::Protocol(e.to_string())) }
-                    })
-                    .await?;
-                let page: Paged<PageWire> = serde_json::from_slice(&reply.body).map_err(|e| {
-                    ProviderError::Protocol(format!("{what}: unexpected reply: {e}"))
-                })?;
+                let page: Page<PageWire> = self.get_page(what, &url, &query, cursor.take()).await?;
                 // The server sorts by its own modification date, which an operation that
                 // makes no version (a trash, a move) may set while `version.createdAt`
                 // stays old: such an item is skipped, not taken for the end; a reply
                 // wholly below the floor is.
                 let mut any_above = false;
-                for p in page.results {
+                for p in page.items {
                     if newest_only {
                         out.push(p);
                         break 'pages;
@@ -1091,16 +1085,8 @@ impl ConfluenceProvider {
                         out.push(p);
                     }
                 }
-                if !any_above {
-                    break;
-                }
-                let request_url = reqwest::Url::parse(&url)
-                    .map_err(|e| ProviderError::Protocol(e.to_string()))?;
-                match paging::next_from_link_header(&reply.headers, &request_url)?
-                    .or(page.links.and_then(|l| l.next))
-                {
-                    Some(n) => {
-                        let c = cursor_of(&n, what)?;
+                match page.next {
+                    Some(c) if any_above => {
                         if !cursors_seen.insert(c.clone()) {
                             return Err(ProviderError::Protocol(format!(
                                 "{what}: the server sent the same cursor twice"
@@ -1108,7 +1094,7 @@ impl ConfluenceProvider {
                         }
                         cursor = Some(c);
                     }
-                    None => break,
+                    _ => break,
                 }
             }
         }
